@@ -1,0 +1,1 @@
+//! Courier benchmarks; see `benches/`.

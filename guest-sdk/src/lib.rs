@@ -1,0 +1,1 @@
+//! courier-sdk: the SDK for Courier component authors.

@@ -1,0 +1,1 @@
+//! courier-host-broker: the actor runtime (actors, mailboxes, routing, supervision).

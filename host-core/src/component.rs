@@ -1,0 +1,276 @@
+//! Loading a component and checking it against world `courier:actor/actor`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::component::Type;
+use wasmtime::component::types::{ComponentFunc, ComponentItem};
+
+use wasmtime::component::{ComponentExportIndex, InstancePre};
+
+use crate::bindings::ActorPre;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::host::HostState;
+
+/// The interfaces of world `courier:actor/actor` that the host provides besides WASI.
+const COURIER_IMPORTS: [&str; 3] = [
+    "courier:actor/types@0.1.0",
+    "courier:actor/messaging@0.1.0",
+    "courier:actor/host-services@0.1.0",
+];
+
+const COMPONENT_ERROR: &str =
+    "variant { invalid-message(string), unsupported(string), internal(string) }";
+
+/// An export the world requires, with the signature it must have (parameter names aside).
+struct RequiredExport {
+    name: &'static str,
+    params: &'static [&'static str],
+    result: &'static str,
+    signature: &'static str,
+}
+
+const REQUIRED_EXPORTS: [RequiredExport; 2] = [
+    RequiredExport {
+        name: "handle-message",
+        params: &["string", "list<u8>"],
+        result: "result<_, component-error>",
+        signature: "func(sender: component-id, message: list<u8>) -> result<_, component-error>",
+    },
+    RequiredExport {
+        name: "handle-request",
+        params: &["string", "list<u8>"],
+        result: "result<list<u8>, component-error>",
+        signature: "func(sender: component-id, request: list<u8>) -> result<list<u8>, component-error>",
+    },
+];
+
+/// A compiled component, checked against the world and linked once, ready to instantiate.
+///
+/// Cloning is cheap. Linking is done here, at load time (`InstancePre`), so that spawning an
+/// instance does no linking work.
+#[derive(Clone)]
+pub struct Component {
+    pub(crate) inner: Arc<ComponentInner>,
+}
+
+pub(crate) struct ComponentInner {
+    pub(crate) name: String,
+    pub(crate) engine: Engine,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) handle_message: ComponentExportIndex,
+    pub(crate) handle_request: ComponentExportIndex,
+}
+
+impl Component {
+    /// The name the component was loaded under.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The engine the component was compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+impl std::fmt::Debug for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Component")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Compile `bytes` as the component `name`, check it against the world and link it.
+    ///
+    /// `name` is only used in errors and logs; instances get their own ids.
+    pub fn load_component(&self, name: &str, bytes: &[u8]) -> Result<Component> {
+        let wasmtime = &self.inner.wasmtime;
+        let component = wasmtime::component::Component::new(wasmtime, bytes).map_err(|err| {
+            Error::InvalidComponent {
+                component: name.to_string(),
+                reason: format!("{err:#}"),
+            }
+        })?;
+        check_against_world(name, wasmtime, &component)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| Error::Link {
+                component: name.to_string(),
+                reason: format!("{err:#}"),
+            })?;
+        // wasmtime's own type check of the exports, after ours: what passes both is safe to
+        // call through unchecked typed functions.
+        ActorPre::new(pre.clone()).map_err(|err| Error::Link {
+            component: name.to_string(),
+            reason: format!("{err:#}"),
+        })?;
+        let export = |name: &str| {
+            component
+                .get_export_index(None, name)
+                .expect("checked against the world above")
+        };
+        Ok(Component {
+            inner: Arc::new(ComponentInner {
+                name: name.to_string(),
+                engine: self.clone(),
+                handle_message: export("handle-message"),
+                handle_request: export("handle-request"),
+                pre,
+            }),
+        })
+    }
+
+    /// Read a component from a file and load it as [`Engine::load_component`] does.
+    pub fn load_component_file(&self, name: &str, path: impl AsRef<Path>) -> Result<Component> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            component: name.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_component(name, &bytes)
+    }
+}
+
+fn check_against_world(
+    name: &str,
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Result<()> {
+    let ty = component.component_type();
+
+    for required in &REQUIRED_EXPORTS {
+        let Some((_, item)) = ty
+            .exports(engine)
+            .find(|(export, _)| *export == required.name)
+        else {
+            return Err(Error::MissingExport {
+                component: name.to_string(),
+                export: required.name,
+            });
+        };
+        let mismatch = |found: String| Error::ExportType {
+            component: name.to_string(),
+            export: required.name,
+            expected: required.signature.to_string(),
+            found,
+        };
+        let ComponentItem::ComponentFunc(func) = item.ty else {
+            return Err(mismatch(describe_item(&item.ty).to_string()));
+        };
+        let params: Vec<String> = func.params().map(|(_, ty)| describe(&ty)).collect();
+        let results: Vec<String> = func.results().map(|ty| describe(&ty)).collect();
+        let expected_result = required.result.replace("component-error", COMPONENT_ERROR);
+        if params != required.params || results != [expected_result] {
+            return Err(mismatch(describe_func(&func)));
+        }
+    }
+
+    for (import, item) in ty.imports(engine) {
+        let provided = import.starts_with("wasi:") || COURIER_IMPORTS.contains(&import);
+        // An instance that carries only types (a world's `use` of an interface) needs
+        // nothing from the host, whatever its name.
+        let types_only = match &item.ty {
+            ComponentItem::ComponentInstance(instance) => instance
+                .exports(engine)
+                .all(|(_, item)| matches!(item.ty, ComponentItem::Type(_))),
+            _ => false,
+        };
+        if !provided && !types_only {
+            return Err(Error::UnknownImport {
+                component: name.to_string(),
+                import: import.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn describe_item(item: &ComponentItem) -> &'static str {
+    match item {
+        ComponentItem::ComponentFunc(_) => "a function",
+        ComponentItem::CoreFunc(_) => "a core function",
+        ComponentItem::Module(_) => "a core module",
+        ComponentItem::Component(_) => "a component",
+        ComponentItem::ComponentInstance(_) => "an instance",
+        ComponentItem::Type(_) => "a type",
+        ComponentItem::Resource(_) => "a resource",
+    }
+}
+
+fn describe_func(func: &ComponentFunc) -> String {
+    let params: Vec<String> = func
+        .params()
+        .map(|(name, ty)| format!("{name}: {}", describe(&ty)))
+        .collect();
+    let results: Vec<String> = func.results().map(|ty| describe(&ty)).collect();
+    let mut text = format!("func({})", params.join(", "));
+    if !results.is_empty() {
+        text.push_str(" -> ");
+        text.push_str(&results.join(", "));
+    }
+    text
+}
+
+/// Writes a component-model type in WIT syntax, structurally (type names are not part of a
+/// component's type, so a variant is spelled out).
+fn describe(ty: &Type) -> String {
+    let opt = |ty: Option<Type>| ty.map(|t| describe(&t)).unwrap_or_else(|| "_".into());
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(list) => format!("list<{}>", describe(&list.ty())),
+        Type::Option(option) => format!("option<{}>", describe(&option.ty())),
+        Type::Result(result) => format!("result<{}, {}>", opt(result.ok()), opt(result.err())),
+        Type::Tuple(tuple) => {
+            let types: Vec<String> = tuple.types().map(|t| describe(&t)).collect();
+            format!("tuple<{}>", types.join(", "))
+        }
+        Type::Record(record) => {
+            let fields: Vec<String> = record
+                .fields()
+                .map(|f| format!("{}: {}", f.name, describe(&f.ty)))
+                .collect();
+            format!("record {{ {} }}", fields.join(", "))
+        }
+        Type::Variant(variant) => {
+            let cases: Vec<String> = variant
+                .cases()
+                .map(|case| match case.ty {
+                    Some(ty) => format!("{}({})", case.name, describe(&ty)),
+                    None => case.name.to_string(),
+                })
+                .collect();
+            format!("variant {{ {} }}", cases.join(", "))
+        }
+        Type::Enum(en) => format!("enum {{ {} }}", en.names().collect::<Vec<_>>().join(", ")),
+        Type::Flags(flags) => format!(
+            "flags {{ {} }}",
+            flags.names().collect::<Vec<_>>().join(", ")
+        ),
+        Type::Own(_) => "own<resource>".into(),
+        Type::Borrow(_) => "borrow<resource>".into(),
+        Type::Future(_) => "future".into(),
+        Type::Stream(_) => "stream".into(),
+        Type::ErrorContext => "error-context".into(),
+        Type::Map(_) => "map".into(),
+        Type::FixedLengthList(_) => "fixed-length-list".into(),
+    }
+}

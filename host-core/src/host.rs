@@ -1,0 +1,400 @@
+//! What the host gives every instance: its state, the host services, the messaging hook and
+//! WASI without ambient authority.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::courier::actor::{host_services, messaging, types};
+use crate::{ComponentId, LogLevel, MessagingError};
+
+/// A boxed future, as returned by [`Messaging::send_request`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The routing behind a guest's `messaging` imports.
+///
+/// host-core defines it and the broker implements it; host-core's own default,
+/// [`NoMessaging`], refuses every call. `sender` is always the calling instance's id as the
+/// host knows it: a guest cannot choose it.
+pub trait Messaging: Send + Sync + 'static {
+    /// Queue `message` for `target` without waiting for it to be handled.
+    fn send_message(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        message: Vec<u8>,
+    ) -> Result<(), MessagingError>;
+
+    /// Deliver `request` to `target`'s `handle-request` and wait at most `timeout` for the reply.
+    fn send_request(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>>;
+
+    /// Deliver `message` to every subscriber of `topic` and return how many it reached.
+    fn publish(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        message: Vec<u8>,
+    ) -> Result<u32, MessagingError>;
+}
+
+/// The messaging of an instance that runs outside a broker: there is nobody to reach, so
+/// every call fails with `target-not-found` naming what the guest asked for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoMessaging;
+
+impl Messaging for NoMessaging {
+    fn send_message(
+        &self,
+        _: &ComponentId,
+        target: &str,
+        _: Vec<u8>,
+    ) -> Result<(), MessagingError> {
+        Err(MessagingError::TargetNotFound(target.to_string()))
+    }
+
+    fn send_request(
+        &self,
+        _: &ComponentId,
+        target: &str,
+        _: Vec<u8>,
+        _: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
+        let err = MessagingError::TargetNotFound(target.to_string());
+        Box::pin(async move { Err(err) })
+    }
+
+    fn publish(&self, _: &ComponentId, topic: &str, _: Vec<u8>) -> Result<u32, MessagingError> {
+        Err(MessagingError::TargetNotFound(topic.to_string()))
+    }
+}
+
+/// The store data of one instance.
+pub struct HostState {
+    pub(crate) id: ComponentId,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    messaging: Arc<dyn Messaging>,
+    pub(crate) stderr: GuestOutput,
+    /// When the call in progress must end; host calls that wait are cut short by it too.
+    pub(crate) call_deadline: Option<Instant>,
+    pub(crate) deadline_hit: bool,
+}
+
+impl HostState {
+    pub(crate) fn new(id: ComponentId, memory_limit: usize, messaging: Arc<dyn Messaging>) -> Self {
+        let stdout = GuestOutput::new(id.clone(), Stream::Stdout);
+        let stderr = GuestOutput::new(id.clone(), Stream::Stderr);
+        // No preopened directories, no environment, no arguments, no network: a guest gets
+        // only what the host grants it, and this host grants nothing ambient.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout)
+            .stderr(stderr.clone())
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        HostState {
+            id,
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            messaging,
+            stderr,
+            call_deadline: None,
+            deadline_hit: false,
+        }
+    }
+
+    /// Time left in the current call, if it has a deadline.
+    fn remaining(&self) -> Option<Duration> {
+        self.call_deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl messaging::Host for HostState {
+    fn self_id(&mut self) -> String {
+        self.id.to_string()
+    }
+
+    fn send_message(&mut self, target: String, message: Vec<u8>) -> Result<(), MessagingError> {
+        self.messaging.send_message(&self.id, &target, message)
+    }
+
+    async fn send_request(
+        &mut self,
+        target: String,
+        request: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<Vec<u8>, MessagingError> {
+        // A request may not outlive the call that makes it: epoch interruption cannot stop a
+        // guest that is parked in a host call, so the wait itself is bounded by the deadline.
+        let mut timeout = Duration::from_millis(u64::from(timeout_ms));
+        if let Some(remaining) = self.remaining() {
+            timeout = timeout.min(remaining);
+        }
+        self.messaging
+            .send_request(&self.id, &target, request, timeout)
+            .await
+    }
+
+    fn publish(&mut self, topic: String, message: Vec<u8>) -> Result<u32, MessagingError> {
+        self.messaging.publish(&self.id, &topic, message)
+    }
+}
+
+impl host_services::Host for HostState {
+    fn current_time_millis(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        let component = &*self.id;
+        match level {
+            LogLevel::Trace => tracing::trace!(component, "{message}"),
+            LogLevel::Debug => tracing::debug!(component, "{message}"),
+            LogLevel::Info => tracing::info!(component, "{message}"),
+            LogLevel::Warn => tracing::warn!(component, "{message}"),
+            LogLevel::Error => tracing::error!(component, "{message}"),
+        }
+    }
+}
+
+/// Add WASI and the Courier interfaces to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    crate::bindings::Actor::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    Ok(())
+}
+
+/// Enforces the per-instance memory cap.
+///
+/// Refusing a growth with an error (rather than `Ok(false)`) traps the guest at the very
+/// `memory.grow` that crossed the cap, so the error says what happened instead of surfacing
+/// later as an allocator abort.
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: usize,
+}
+
+/// The marker error of a growth refused by [`MemoryLimiter`].
+#[derive(Debug)]
+pub(crate) struct MemoryCapExceeded;
+
+impl std::fmt::Display for MemoryCapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memory limit exceeded")
+    }
+}
+
+impl std::error::Error for MemoryCapExceeded {}
+
+impl MemoryLimiter {
+    fn new(limit: usize) -> Self {
+        MemoryLimiter { limit }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            return Err(wasmtime::Error::new(MemoryCapExceeded));
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Below the cap but the allocator (the pool's slot size, or the OS) said no: to the
+        // guest this is the same wall, and it should hear about it the same way.
+        tracing::debug!(%error, "memory growth failed below the cap");
+        Err(wasmtime::Error::new(MemoryCapExceeded))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far beyond any real guest.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A guest's stdout or stderr: each complete line goes to `tracing` under the component's
+/// id, and stderr keeps the text written during the current call, where a panicking Rust
+/// guest leaves its panic message.
+#[derive(Clone)]
+pub(crate) struct GuestOutput {
+    inner: Arc<Mutex<OutputBuffer>>,
+}
+
+struct OutputBuffer {
+    id: ComponentId,
+    stream: Stream,
+    line: Vec<u8>,
+    /// Text of the current call, kept only for stderr and bounded by [`CALL_TEXT_LIMIT`].
+    call_text: Vec<u8>,
+}
+
+/// Enough for a panic message and its location; a guest that prints more only loses the
+/// excess from the error, not from the log.
+const CALL_TEXT_LIMIT: usize = 16 * 1024;
+/// A line longer than this is logged in pieces rather than held without bound.
+const LINE_LIMIT: usize = 8 * 1024;
+
+impl GuestOutput {
+    fn new(id: ComponentId, stream: Stream) -> Self {
+        GuestOutput {
+            inner: Arc::new(Mutex::new(OutputBuffer {
+                id,
+                stream,
+                line: Vec::new(),
+                call_text: Vec::new(),
+            })),
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(buf.stream, Stream::Stderr) {
+            let room = CALL_TEXT_LIMIT.saturating_sub(buf.call_text.len());
+            buf.call_text
+                .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+        for &byte in bytes {
+            if byte == b'\n' {
+                buf.emit_line();
+            } else {
+                buf.line.push(byte);
+                if buf.line.len() >= LINE_LIMIT {
+                    buf.emit_line();
+                }
+            }
+        }
+    }
+
+    /// Forget the text of the previous call.
+    pub(crate) fn begin_call(&self) {
+        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        buf.call_text.clear();
+    }
+
+    /// The text written during the current call, including a line not yet ended.
+    pub(crate) fn call_text(&self) -> String {
+        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // A panicking guest may trap before its last line ends; log that line now.
+        if !buf.line.is_empty() {
+            buf.emit_line();
+        }
+        String::from_utf8_lossy(&buf.call_text).into_owned()
+    }
+}
+
+impl OutputBuffer {
+    fn emit_line(&mut self) {
+        let line = String::from_utf8_lossy(&self.line);
+        let component = &*self.id;
+        match self.stream {
+            Stream::Stdout => tracing::info!(component, stream = "stdout", "{line}"),
+            Stream::Stderr => tracing::warn!(component, stream = "stderr", "{line}"),
+        }
+        self.line.clear();
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for GuestOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        GuestOutput::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        GuestOutput::write(&self, buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,122 @@
+//! Calling real guest components through the instance API.
+
+use courier_host_core::{Engine, EngineConfig, InstanceOptions};
+use courier_test_support::guest_path;
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig::default().max_instances(16)).expect("engine")
+}
+
+#[tokio::test]
+async fn echo_answers_a_request_with_its_payload() {
+    let engine = engine();
+    let echo = engine
+        .load_component_file("echo", guest_path("echo"))
+        .unwrap();
+    let mut instance = echo
+        .instantiate(InstanceOptions::new("echo"))
+        .await
+        .unwrap();
+
+    let reply = instance
+        .call_handle_request("host", b"hello, courier")
+        .await
+        .unwrap();
+    assert_eq!(reply.unwrap(), b"hello, courier");
+    instance
+        .call_handle_message("host", b"fire")
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn counter_keeps_its_state_over_a_thousand_calls() {
+    let engine = engine();
+    let counter = engine
+        .load_component_file("counter", guest_path("counter"))
+        .unwrap();
+    let mut instance = counter
+        .instantiate(InstanceOptions::new("counter"))
+        .await
+        .unwrap();
+
+    for _ in 0..1000 {
+        instance
+            .call_handle_message("host", b"tick")
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let count = instance
+        .call_handle_request("host", b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(count.try_into().unwrap()), 1000);
+
+    // A second instance of the same component has state of its own.
+    let mut other = counter
+        .instantiate(InstanceOptions::new("counter-2"))
+        .await
+        .unwrap();
+    let count = other
+        .call_handle_request("host", b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(count.try_into().unwrap()), 0);
+}
+
+#[tokio::test]
+async fn empty_and_one_mebibyte_payloads_travel_intact() {
+    let engine = engine();
+    let echo = engine
+        .load_component_file("echo", guest_path("echo"))
+        .unwrap();
+    let mut instance = echo
+        .instantiate(InstanceOptions::new("echo"))
+        .await
+        .unwrap();
+
+    let empty = instance
+        .call_handle_request("host", b"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(empty.is_empty());
+
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let reply = instance
+        .call_handle_request("host", &big)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.len(), big.len());
+    assert!(reply == big, "the 1 MiB payload came back altered");
+}
+
+#[tokio::test]
+async fn the_pooling_allocator_is_used_by_default() {
+    use courier_host_core::Allocation;
+    let engine = engine();
+    // The fallback exists for sandboxes that refuse the reservation; this machine does not.
+    assert_eq!(engine.allocation(), Allocation::Pooling);
+    let on_demand = Engine::new(EngineConfig::default().pooling(false)).unwrap();
+    assert_eq!(on_demand.allocation(), Allocation::OnDemand);
+    let echo = on_demand
+        .load_component_file("echo", guest_path("echo"))
+        .unwrap();
+    let mut instance = echo
+        .instantiate(InstanceOptions::new("echo"))
+        .await
+        .unwrap();
+    assert_eq!(
+        instance
+            .call_handle_request("host", b"x")
+            .await
+            .unwrap()
+            .unwrap(),
+        b"x"
+    );
+}

@@ -1,0 +1,238 @@
+//! Guests that misbehave are stopped with an error that says how, and poison only themselves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use courier_host_core::{Engine, EngineConfig, Error, InstanceOptions};
+use courier_test_support::guest_path;
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig::default().max_instances(16)).expect("engine")
+}
+
+/// Runs `test` on a runtime of its own and fails if it has not finished within a minute.
+///
+/// A guest that is not interrupted never yields, so a tokio timeout could not fire: only a
+/// separate thread can notice that the deadline mechanism failed.
+fn with_watchdog<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(test());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => worker.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The test panicked: re-raise its panic here.
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the guest was not interrupted: the test was still running after 60 s")
+        }
+    }
+}
+
+#[test]
+fn a_looping_handler_is_interrupted_at_its_deadline_while_another_instance_answers() {
+    with_watchdog(|| async {
+        let engine = engine();
+        let looper = engine
+            .load_component_file("looper", guest_path("looper"))
+            .unwrap();
+        let echo = engine
+            .load_component_file("echo", guest_path("echo"))
+            .unwrap();
+        let deadline = Duration::from_millis(100);
+        let mut looping = looper
+            .instantiate(InstanceOptions::new("looper").deadline(deadline))
+            .await
+            .unwrap();
+        let mut answering = echo
+            .instantiate(InstanceOptions::new("echo"))
+            .await
+            .unwrap();
+
+        let looper_done = AtomicBool::new(false);
+        let (outcome, answered) = tokio::join!(
+            async {
+                let outcome = looping.call_handle_message("host", b"spin").await;
+                looper_done.store(true, Ordering::SeqCst);
+                outcome
+            },
+            async {
+                let mut answered = 0u32;
+                while !looper_done.load(Ordering::SeqCst) {
+                    let reply = answering.call_handle_request("host", b"ping").await;
+                    assert_eq!(reply.unwrap().unwrap(), b"ping");
+                    answered += 1;
+                    tokio::task::yield_now().await;
+                }
+                answered
+            }
+        );
+
+        let err = outcome.unwrap_err();
+        let Error::DeadlineExceeded {
+            component,
+            deadline: d,
+            backtrace,
+        } = &err
+        else {
+            panic!("expected a deadline error, got {err}");
+        };
+        assert_eq!(component, "looper");
+        assert_eq!(*d, deadline);
+        // The epoch trap carries a wasm backtrace; the host's fallback for a guest parked in
+        // a host call does not. A backtrace proves the running wasm itself was interrupted.
+        assert!(
+            backtrace.is_some(),
+            "interrupted by the fallback, not the epoch: {err}"
+        );
+        assert!(err.to_string().contains("deadline of 100 ms"), "{err}");
+        assert!(
+            answered > 0,
+            "the echo instance was starved while looper ran"
+        );
+
+        // The neighbour is unaffected afterwards too.
+        let reply = answering.call_handle_request("host", b"still here").await;
+        assert_eq!(reply.unwrap().unwrap(), b"still here");
+    });
+}
+
+#[test]
+fn a_poisoned_instance_refuses_further_calls() {
+    with_watchdog(|| async {
+        let engine = engine();
+        let looper = engine
+            .load_component_file("looper", guest_path("looper"))
+            .unwrap();
+        let mut instance = looper
+            .instantiate(InstanceOptions::new("looper").deadline(Duration::from_millis(20)))
+            .await
+            .unwrap();
+        assert!(instance.call_handle_message("host", b"").await.is_err());
+        assert!(instance.is_poisoned());
+
+        let err = instance.call_handle_request("host", b"").await.unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(err.to_string().contains("deadline of 20 ms"), "{err}");
+        assert!(!err.is_trap(), "refusing a call is not a new trap");
+    });
+}
+
+#[tokio::test]
+async fn a_memory_bomb_stops_at_its_cap() {
+    let engine = engine();
+    let memhog = engine
+        .load_component_file("memhog", guest_path("memhog"))
+        .unwrap();
+    let mut instance = memhog
+        .instantiate(InstanceOptions::new("memhog").memory_limit(16 << 20))
+        .await
+        .unwrap();
+    let err = instance.call_handle_message("host", b"").await.unwrap_err();
+    assert!(
+        matches!(err, Error::MemoryLimitExceeded { limit, .. } if limit == 16 << 20),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("`memhog` exceeded its memory limit of 16 MiB"),
+        "{err}"
+    );
+    assert!(instance.is_poisoned());
+}
+
+#[tokio::test]
+async fn a_panic_becomes_an_error_carrying_the_panic_text() {
+    let engine = engine();
+    let panicker = engine
+        .load_component_file("panicker", guest_path("panicker"))
+        .unwrap();
+    let mut instance = panicker
+        .instantiate(InstanceOptions::new("panicker"))
+        .await
+        .unwrap();
+    let err = instance
+        .call_handle_message("host", b"boom")
+        .await
+        .unwrap_err();
+    let Error::Panicked { message, .. } = &err else {
+        panic!("expected a panic error, got {err}");
+    };
+    assert_eq!(message, "panicker refuses: boom");
+    assert!(
+        err.to_string()
+            .starts_with("component `panicker` panicked: \"panicker refuses: boom\"")
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_trap_is_reported_as_a_trap() {
+    let engine = engine();
+    let probe = engine
+        .load_component_file("probe", guest_path("probe"))
+        .unwrap();
+    let mut instance = probe
+        .instantiate(InstanceOptions::new("probe"))
+        .await
+        .unwrap();
+    let err = instance
+        .call_handle_request("host", b"trap")
+        .await
+        .unwrap_err();
+    let Error::Trapped {
+        trap, backtrace, ..
+    } = &err
+    else {
+        panic!("expected a trap error, got {err}");
+    };
+    assert!(trap.contains("unreachable"), "{trap}");
+    assert!(backtrace.is_some());
+    assert!(instance.is_poisoned());
+}
+
+#[tokio::test]
+async fn fuel_bounds_a_call_when_the_engine_meters_it() {
+    let metered = Engine::new(EngineConfig::default().max_instances(4).fuel(true)).unwrap();
+    let looper = metered
+        .load_component_file("looper", guest_path("looper"))
+        .unwrap();
+    let mut instance = looper
+        .instantiate(InstanceOptions::new("looper").fuel(1_000_000))
+        .await
+        .unwrap();
+    let err = instance.call_handle_message("host", b"").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::FuelExhausted {
+                fuel: 1_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Without metering, asking for fuel is a configuration error, not a silent no-op.
+    let plain = engine();
+    let looper = plain
+        .load_component_file("looper", guest_path("looper"))
+        .unwrap();
+    let err = looper
+        .instantiate(InstanceOptions::new("looper").fuel(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+}

@@ -1,0 +1,265 @@
+//! Project tasks, run as `cargo xtask <task>` from anywhere in the repository.
+//!
+//! Written in Rust with std only so that cargo is the one prerequisite: no shell scripts, no
+//! make, nothing that differs between machines. Every task runs its commands from the
+//! repository root, so relative paths here mean the same thing wherever it is started.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The target every guest component is built for.
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// The guest workspace's manifest, relative to the repository root.
+const GUEST_MANIFEST: &str = "guest-examples/Cargo.toml";
+
+/// Where cargo builds the guests, relative to the repository root. Separate from the host's
+/// `target/` layout so the two workspaces never invalidate each other's artifacts.
+const GUEST_TARGET_DIR: &str = "target/guest-build";
+
+/// Where the built components are copied, relative to the repository root: a stable path that
+/// host tests, benchmarks and the demo load from.
+const GUESTS_DIR: &str = "target/guests";
+
+/// How the tasks are used, printed by `help` and after an unknown task.
+const USAGE: &str = "\
+Usage: cargo xtask <task>
+
+Tasks:
+  build-guests  build the guest components for wasm32-wasip2 into target/guests/
+  test-all      build-guests, then fmt and clippy on both workspaces, then cargo test
+  demo          build-guests, then run host-core's demo example
+  help          print this message
+";
+
+/// What a failed task reports: which step failed and why.
+type TaskResult = Result<(), String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let task = match args.as_slice() {
+        [] => "help",
+        [task] => task.as_str(),
+        [task, extra, ..] => {
+            eprintln!("xtask: `{task}` takes no arguments, got `{extra}`\n\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match task {
+        "build-guests" => build_guests(),
+        "test-all" => test_all(),
+        "demo" => demo(),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        unknown => {
+            eprintln!("xtask: unknown task `{unknown}`\n\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask {task}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds every guest component and copies it to `target/guests/<name>.wasm`.
+fn build_guests() -> TaskResult {
+    ensure_guest_target()?;
+
+    let mut build = cargo(["build", "--release", "--target", GUEST_TARGET]);
+    build.args([
+        "--manifest-path",
+        GUEST_MANIFEST,
+        "--target-dir",
+        GUEST_TARGET_DIR,
+    ]);
+    run("cargo build (guests, wasm32-wasip2)", build)?;
+
+    let root = repo_root();
+    let built = root
+        .join(GUEST_TARGET_DIR)
+        .join(GUEST_TARGET)
+        .join("release");
+    let destination = root.join(GUESTS_DIR);
+    fs::create_dir_all(&destination)
+        .map_err(|e| format!("could not create {}: {e}", destination.display()))?;
+
+    let components = wasm_files_in(&built)?;
+    if components.is_empty() {
+        return Err(format!(
+            "cargo built no components: no .wasm files in {}",
+            built.display()
+        ));
+    }
+    println!("==> copy components to {GUESTS_DIR}/");
+    for component in components {
+        let name = component
+            .file_name()
+            .expect("read_dir entries have a file name");
+        let target = destination.join(name);
+        let bytes = fs::copy(&component, &target).map_err(|e| {
+            format!(
+                "could not copy {} to {}: {e}",
+                component.display(),
+                target.display()
+            )
+        })?;
+        // Lossy conversion is fine: a KiB figure with one decimal needs no more precision.
+        let kib = bytes as f64 / 1024.0;
+        println!("    {:<24} {kib:>8.1} KiB", name.to_string_lossy());
+    }
+    Ok(())
+}
+
+/// Builds the guests, then checks formatting and lints on both workspaces and runs every test,
+/// stopping at the first step that fails.
+fn test_all() -> TaskResult {
+    build_guests()?;
+
+    let mut guest_fmt = cargo(["fmt", "--all", "--check"]);
+    guest_fmt.args(["--manifest-path", GUEST_MANIFEST]);
+
+    let mut guest_clippy = cargo(["clippy", "--release", "--target", GUEST_TARGET]);
+    guest_clippy.args([
+        "--manifest-path",
+        GUEST_MANIFEST,
+        "--target-dir",
+        GUEST_TARGET_DIR,
+    ]);
+    guest_clippy.args(["--", "-D", "warnings"]);
+
+    let checks = [
+        (
+            "cargo fmt --check (host)",
+            cargo(["fmt", "--all", "--check"]),
+        ),
+        ("cargo fmt --check (guests)", guest_fmt),
+        (
+            "cargo clippy (host)",
+            cargo([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
+        ("cargo clippy (guests, wasm32-wasip2)", guest_clippy),
+        ("cargo test (host)", cargo(["test", "--workspace"])),
+    ];
+    // Building the guests is the first step.
+    let steps = checks.len() + 1;
+    for (step, command) in checks {
+        run(step, command)?;
+    }
+    println!("test-all: all {steps} steps passed");
+    Ok(())
+}
+
+/// Builds the guests and runs host-core's demo, which loads them from `target/guests/`.
+fn demo() -> TaskResult {
+    build_guests()?;
+    run(
+        "cargo run --example demo (host-core)",
+        cargo([
+            "run",
+            "--release",
+            "-p",
+            "courier-host-core",
+            "--example",
+            "demo",
+        ]),
+    )
+}
+
+/// Makes sure the active toolchain has the standard library for the guest target, installing
+/// it with rustup if not. `rust-toolchain.toml` lists the target, but rustup only installs
+/// listed targets along with the toolchain itself, so a machine that already had the toolchain
+/// without the target still needs this.
+fn ensure_guest_target() -> TaskResult {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
+    let output = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(repo_root())
+        .output()
+        .map_err(|e| format!("could not run `{} --print sysroot`: {e}", rustc.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{} --print sysroot` failed ({}): {}",
+            rustc.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if sysroot.join("lib/rustlib").join(GUEST_TARGET).is_dir() {
+        return Ok(());
+    }
+
+    println!("The {GUEST_TARGET} target is not installed for this toolchain; installing it.");
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", GUEST_TARGET]);
+    add.current_dir(repo_root());
+    run("rustup target add wasm32-wasip2", add).map_err(|e| {
+        format!("{e}; without rustup, install the {GUEST_TARGET} standard library by hand")
+    })
+}
+
+/// Runs one step with the output going straight to the terminal, after a header line naming
+/// it. A step fails if the command cannot start or exits unsuccessfully; the error names it.
+fn run(step: &str, mut command: Command) -> TaskResult {
+    println!("==> {step}");
+    let status = command.status().map_err(|e| {
+        format!(
+            "step `{step}` could not start `{}`: {e}",
+            command.get_program().display()
+        )
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("step `{step}` failed ({status})"))
+    }
+}
+
+/// A cargo command with these arguments, run from the repository root. Uses the cargo that
+/// started xtask (`$CARGO`), so the whole run stays on one toolchain.
+fn cargo<const N: usize>(args: [&str; N]) -> Command {
+    let program = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut command = Command::new(program);
+    command.args(args).current_dir(repo_root());
+    command
+}
+
+/// The repository root: the parent of the xtask crate.
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+}
+
+/// The `.wasm` files directly in `dir`, sorted by name so the listing is stable.
+fn wasm_files_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| format!("could not read {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("could not read {}: {e}", dir.display()))?
+            .path();
+        if path.is_file() && path.extension().is_some_and(|ext| ext == "wasm") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
