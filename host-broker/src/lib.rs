@@ -1,1 +1,60 @@
-//! courier-host-broker: the actor runtime (actors, mailboxes, routing, supervision).
+//! # courier-host-broker
+//!
+//! Courier's actor runtime on tokio. Every component instance is an actor: a task that owns
+//! its instance and a bounded mailbox and handles one message at a time. Components reach
+//! each other through their `messaging` imports, which this crate implements:
+//!
+//! - `send-message` routes by id to the target's mailbox; the target's `handle-message` runs
+//!   with the sender's id stamped by the host. A full mailbox, an unknown or denied target,
+//!   or an oversized payload is an immediate error to the sender.
+//! - `send-request` suspends the calling guest until the target's `handle-request` answers,
+//!   fails, or the timeout passes; a request cycle ends in a timeout, never a hang.
+//! - `publish` delivers to every component subscribed to the topic.
+//!
+//! Capabilities are deny-by-default ([`Capabilities`]); supervision ([`Supervision`])
+//! replaces an instance that traps, dead-letters the message that caused it and carries on
+//! with the mailbox. Nothing is dropped silently: every message ends delivered, refused to
+//! its sender with an error, or in the dead-letter record ([`Broker::dead_letters`]) with a
+//! reason, and [`Broker::accounting`] keeps the totals.
+//!
+//! The map: [`broker`](Broker) routes, `mailbox` is what travels, `registry` finds
+//! components, `actor` runs them, `supervisor` decides restarts, `capabilities` decides
+//! access, `dead_letter` and `metrics` keep the record.
+
+#![warn(missing_docs)]
+#![deny(unused_must_use)]
+
+mod actor;
+mod broker;
+mod capabilities;
+mod dead_letter;
+mod error;
+mod mailbox;
+mod metrics;
+mod registry;
+mod spec;
+mod supervisor;
+
+pub use broker::{
+    Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, HOST_SENDER, MetricsSnapshot, ShutdownReport,
+};
+pub use capabilities::{Capabilities, Pattern};
+pub use dead_letter::{
+    DEAD_LETTER_PAYLOAD_LIMIT, DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter, MessageKind,
+};
+pub use error::BrokerError;
+pub use metrics::{Accounting, LatencySummary};
+pub use registry::ComponentState;
+pub use spec::{ComponentSpec, DEFAULT_MAILBOX_CAPACITY};
+pub use supervisor::{RestartPolicy, Supervision};
+
+pub use courier_host_core::{ComponentError, ComponentId, MessagingError};
+
+/// What a typical integrator imports.
+pub mod prelude {
+    pub use crate::{
+        Broker, BrokerConfig, Capabilities, ComponentSpec, ComponentState, RestartPolicy,
+        Supervision,
+    };
+    pub use courier_host_core::{Component, Engine, EngineConfig, MessagingError};
+}

@@ -1,0 +1,124 @@
+//! Capabilities: which ids and topics a component may reach. Deny by default.
+
+/// A set of ids or topics: an exact name, a `prefix/*` pattern, or `*` for everything.
+///
+/// ```
+/// use courier_host_broker::Pattern;
+///
+/// assert!(Pattern::parse("orders/*").matches("orders/billing"));
+/// assert!(!Pattern::parse("orders/*").matches("orders"));
+/// assert!(Pattern::parse("audit").matches("audit"));
+/// assert!(!Pattern::parse("audit").matches("audit/log"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// Exactly this name.
+    Exact(String),
+    /// Every name that starts with this prefix (which includes its trailing `/`).
+    Prefix(String),
+    /// Every name.
+    Any,
+}
+
+impl Pattern {
+    /// Read a pattern: `*` is any name, `a/b/*` any name under `a/b/`, anything else exact.
+    pub fn parse(text: &str) -> Pattern {
+        if text == "*" {
+            Pattern::Any
+        } else if let Some(prefix) = text.strip_suffix('*').filter(|p| p.ends_with('/')) {
+            Pattern::Prefix(prefix.to_string())
+        } else {
+            Pattern::Exact(text.to_string())
+        }
+    }
+
+    /// Whether `name` is in the set.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Pattern::Exact(exact) => exact == name,
+            Pattern::Prefix(prefix) => {
+                name.starts_with(prefix.as_str()) && name.len() > prefix.len()
+            }
+            Pattern::Any => true,
+        }
+    }
+}
+
+impl From<&str> for Pattern {
+    fn from(text: &str) -> Self {
+        Pattern::parse(text)
+    }
+}
+
+/// What a component may do. The default allows nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// Ids it may send fire-and-forget messages to.
+    pub send: Vec<Pattern>,
+    /// Ids it may send requests to.
+    pub request: Vec<Pattern>,
+    /// Topics it may publish on.
+    pub publish: Vec<Pattern>,
+    /// Topics whose publications it receives.
+    pub subscribe: Vec<Pattern>,
+}
+
+impl Capabilities {
+    /// No capabilities at all: the component can only answer what it is sent.
+    pub fn none() -> Self {
+        Capabilities::default()
+    }
+
+    /// Whether the component may send a message to `target`.
+    pub fn may_send(&self, target: &str) -> bool {
+        self.send.iter().any(|p| p.matches(target))
+    }
+
+    /// Whether the component may send a request to `target`.
+    pub fn may_request(&self, target: &str) -> bool {
+        self.request.iter().any(|p| p.matches(target))
+    }
+
+    /// Whether the component may publish on `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|p| p.matches(topic))
+    }
+
+    /// Whether the component receives publications on `topic`.
+    pub fn subscribes_to(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|p| p.matches(topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_allowed_by_default() {
+        let caps = Capabilities::none();
+        assert!(!caps.may_send("pong"));
+        assert!(!caps.may_request("pong"));
+        assert!(!caps.may_publish("news"));
+        assert!(!caps.subscribes_to("news"));
+    }
+
+    #[test]
+    fn a_prefix_pattern_covers_names_below_it_only() {
+        let caps = Capabilities {
+            send: vec!["orders/*".into()],
+            ..Capabilities::none()
+        };
+        assert!(caps.may_send("orders/billing"));
+        assert!(caps.may_send("orders/eu/billing"));
+        assert!(!caps.may_send("orders/"));
+        assert!(!caps.may_send("ordersx/billing"));
+        assert!(!caps.may_send("billing"));
+    }
+
+    #[test]
+    fn a_star_inside_a_name_is_taken_literally() {
+        assert_eq!(Pattern::parse("a*"), Pattern::Exact("a*".into()));
+        assert!(Pattern::parse("*").matches("anything/at/all"));
+    }
+}

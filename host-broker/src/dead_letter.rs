@@ -1,0 +1,152 @@
+//! The dead-letter record: messages that were accepted but could not be delivered.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use courier_host_core::ComponentId;
+
+/// What kind of message a dead letter was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A fire-and-forget message.
+    Message,
+    /// A request awaiting a reply.
+    Request,
+}
+
+impl MessageKind {
+    /// `message` or `request`, as written in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Message => "message",
+            MessageKind::Request => "request",
+        }
+    }
+}
+
+/// One message that will never be delivered, and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Who sent it.
+    pub sender: ComponentId,
+    /// Whom it was for.
+    pub target: ComponentId,
+    /// Message or request.
+    pub kind: MessageKind,
+    /// The first [`DEAD_LETTER_PAYLOAD_LIMIT`] bytes of the payload.
+    pub payload: Vec<u8>,
+    /// The payload's full length.
+    pub payload_len: usize,
+    /// Why it was not delivered (the trap, the stop, the expired deadline...).
+    pub reason: String,
+    /// When it was dead-lettered.
+    pub at: SystemTime,
+}
+
+/// How much of each payload the record keeps: enough to recognise a message, bounded so a
+/// flood of large dead letters cannot exhaust the host's memory.
+pub const DEAD_LETTER_PAYLOAD_LIMIT: usize = 1024;
+
+/// Default number of dead letters kept; older ones are dropped from the record (they stay
+/// counted in [`DeadLetters::total`]).
+pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 1000;
+
+/// A bounded record of the most recent dead letters, and a count of all of them.
+#[derive(Debug)]
+pub(crate) struct DeadLetters {
+    capacity: usize,
+    inner: Mutex<Record>,
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    recent: VecDeque<DeadLetter>,
+    total: u64,
+}
+
+impl DeadLetters {
+    pub(crate) fn new(capacity: usize) -> Self {
+        DeadLetters {
+            capacity,
+            inner: Mutex::new(Record::default()),
+        }
+    }
+
+    pub(crate) fn record(
+        &self,
+        sender: ComponentId,
+        target: ComponentId,
+        kind: MessageKind,
+        payload: &[u8],
+        reason: String,
+    ) {
+        tracing::warn!(%sender, %target, kind = kind.as_str(), %reason, "dead letter");
+        let letter = DeadLetter {
+            sender,
+            target,
+            kind,
+            payload: payload[..payload.len().min(DEAD_LETTER_PAYLOAD_LIMIT)].to_vec(),
+            payload_len: payload.len(),
+            reason,
+            at: SystemTime::now(),
+        };
+        let mut record = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        record.total += 1;
+        if self.capacity == 0 {
+            return;
+        }
+        if record.recent.len() == self.capacity {
+            record.recent.pop_front();
+        }
+        record.recent.push_back(letter);
+    }
+
+    pub(crate) fn recent(&self) -> Vec<DeadLetter> {
+        let record = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        record.recent.iter().cloned().collect()
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_keeps_the_most_recent_and_counts_all() {
+        let letters = DeadLetters::new(2);
+        for i in 0..5u8 {
+            letters.record(
+                "a".into(),
+                "b".into(),
+                MessageKind::Message,
+                &[i],
+                format!("n{i}"),
+            );
+        }
+        let recent = letters.recent();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].reason, "n3");
+        assert_eq!(recent[1].reason, "n4");
+        assert_eq!(letters.total(), 5);
+    }
+
+    #[test]
+    fn large_payloads_are_kept_truncated_with_their_length() {
+        let letters = DeadLetters::new(1);
+        letters.record(
+            "a".into(),
+            "b".into(),
+            MessageKind::Request,
+            &[7; 5000],
+            "x".into(),
+        );
+        let letter = &letters.recent()[0];
+        assert_eq!(letter.payload.len(), DEAD_LETTER_PAYLOAD_LIMIT);
+        assert_eq!(letter.payload_len, 5000);
+    }
+}

@@ -1,0 +1,28 @@
+//! What travels through an actor's bounded mailbox.
+
+use std::time::Instant;
+
+use courier_host_core::{ComponentId, MessagingError};
+use tokio::sync::oneshot;
+
+/// The reply channel of a request.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
+
+/// One item in a mailbox. The payload is moved in by the sender and moved out by the actor:
+/// it is never copied between the sender's memory and the target's.
+pub(crate) enum Envelope {
+    /// A fire-and-forget message.
+    Message {
+        sender: ComponentId,
+        payload: Vec<u8>,
+    },
+    /// A request; `expires` is when its sender stops waiting.
+    Request {
+        sender: ComponentId,
+        payload: Vec<u8>,
+        reply: Reply,
+        expires: Instant,
+    },
+    /// Handle what is queued ahead of this, then stop.
+    Stop,
+}

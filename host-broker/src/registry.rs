@@ -1,0 +1,163 @@
+//! The registry: component ids to their mailboxes and shared state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use courier_host_core::ComponentId;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::capabilities::Capabilities;
+use crate::mailbox::Envelope;
+use crate::metrics::Metrics;
+
+/// Where a component is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentState {
+    /// Handling messages.
+    Running,
+    /// Its instance trapped; a fresh one is being created. Messages queue meanwhile.
+    Restarting,
+    /// Stopped by the host, or ended normally under a policy that does not restart it.
+    Stopped(String),
+    /// Restarted too often, or trapped under a policy that does not restart: messages to
+    /// it are refused with `target-crashed`.
+    Failed(String),
+}
+
+impl ComponentState {
+    /// `running`, `restarting`, `stopped` or `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ComponentState::Running => "running",
+            ComponentState::Restarting => "restarting",
+            ComponentState::Stopped(_) => "stopped",
+            ComponentState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What the actor task and the senders share about one component.
+pub(crate) struct ActorShared {
+    pub(crate) id: ComponentId,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) metrics: Metrics,
+    state: Mutex<ComponentState>,
+    /// Set once the component stops taking messages, so senders need not take the lock.
+    closed: AtomicBool,
+    /// During shutdown, when the actor must stop handling and dead-letter the rest.
+    pub(crate) drain_deadline: OnceLock<Instant>,
+}
+
+impl ActorShared {
+    pub(crate) fn new(id: ComponentId, capabilities: Capabilities) -> Self {
+        ActorShared {
+            id,
+            capabilities,
+            metrics: Metrics::new(),
+            state: Mutex::new(ComponentState::Running),
+            closed: AtomicBool::new(false),
+            drain_deadline: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> ComponentState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_state(&self, state: ComponentState) {
+        let closed = matches!(
+            state,
+            ComponentState::Stopped(_) | ComponentState::Failed(_)
+        );
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        if closed {
+            self.closed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the component has stopped taking messages.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn past_drain_deadline(&self) -> bool {
+        self.drain_deadline
+            .get()
+            .is_some_and(|deadline| Instant::now() >= *deadline)
+    }
+}
+
+/// A registered component: its mailbox and its shared state.
+pub(crate) struct Entry {
+    pub(crate) mailbox: mpsc::Sender<Envelope>,
+    pub(crate) shared: Arc<ActorShared>,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Entry {
+    pub(crate) fn mailbox_depth(&self) -> usize {
+        self.mailbox.max_capacity() - self.mailbox.capacity()
+    }
+
+    pub(crate) fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Component ids to entries. Read on every send; written only on spawn and removal.
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: RwLock<HashMap<ComponentId, Arc<Entry>>>,
+}
+
+impl Registry {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.read().get(id).cloned()
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.read().contains_key(id)
+    }
+
+    /// Add `entry` unless its id is taken; gives it back if it is.
+    pub(crate) fn insert(&self, entry: Arc<Entry>) -> Result<(), Arc<Entry>> {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.contains_key(&entry.shared.id) {
+            return Err(entry);
+        }
+        entries.insert(entry.shared.id.clone(), entry);
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, id: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.shared.id.cmp(&b.shared.id));
+        all
+    }
+
+    /// Every entry subscribed to `topic`.
+    pub(crate) fn subscribers(&self, topic: &str) -> Vec<Arc<Entry>> {
+        let mut subscribers: Vec<_> = self
+            .read()
+            .values()
+            .filter(|entry| entry.shared.capabilities.subscribes_to(topic))
+            .cloned()
+            .collect();
+        subscribers.sort_by(|a, b| a.shared.id.cmp(&b.shared.id));
+        subscribers
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ComponentId, Arc<Entry>>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+}

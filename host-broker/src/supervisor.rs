@@ -1,0 +1,211 @@
+//! Supervision: what happens to a component whose instance traps.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// When a trapped or exited instance is replaced, in the manner of Erlang/OTP.
+///
+/// A Courier instance ends either by trapping (deadline, memory cap, panic...) or by calling
+/// WASI `exit`; `exit(0)` is a normal end, anything else abnormal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Always replaced, even after a normal exit.
+    #[default]
+    Permanent,
+    /// Replaced after an abnormal end only; a normal exit stops the component.
+    Transient,
+    /// Never replaced: the first end stops the component.
+    Temporary,
+}
+
+impl RestartPolicy {
+    /// Whether an instance that ended this way is replaced.
+    pub fn restarts_after(self, normal_exit: bool) -> bool {
+        match self {
+            RestartPolicy::Permanent => true,
+            RestartPolicy::Transient => !normal_exit,
+            RestartPolicy::Temporary => false,
+        }
+    }
+}
+
+/// A component's supervision: its policy, its restart intensity and its backoff.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_host_broker::{RestartPolicy, Supervision};
+///
+/// // At most 3 restarts in 10 seconds, then the component is marked failed.
+/// let supervision = Supervision::new(RestartPolicy::Transient)
+///     .intensity(3, Duration::from_secs(10))
+///     .backoff(Duration::from_millis(10), Duration::from_secs(1));
+/// assert_eq!(supervision.max_restarts, 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supervision {
+    /// When to replace an instance.
+    pub policy: RestartPolicy,
+    /// Most restarts allowed within `window`; one more and the component is failed.
+    pub max_restarts: u32,
+    /// The sliding window of `max_restarts`.
+    pub window: Duration,
+    /// Wait before the first restart in a window; doubles with each further one.
+    pub backoff_min: Duration,
+    /// Longest wait between restarts.
+    pub backoff_max: Duration,
+}
+
+impl Default for Supervision {
+    /// Permanent, at most 5 restarts in 10 seconds (OTP's default is 1 in 5; components
+    /// here run other people's code and a few faults should not end them), with a backoff of
+    /// 1 ms doubling to 1 s.
+    fn default() -> Self {
+        Supervision {
+            policy: RestartPolicy::Permanent,
+            max_restarts: 5,
+            window: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(1),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Supervision {
+    /// The default supervision with another policy.
+    pub fn new(policy: RestartPolicy) -> Self {
+        Supervision {
+            policy,
+            ..Supervision::default()
+        }
+    }
+
+    /// At most `max_restarts` within `window`.
+    pub fn intensity(mut self, max_restarts: u32, window: Duration) -> Self {
+        self.max_restarts = max_restarts;
+        self.window = window;
+        self
+    }
+
+    /// Wait `min` before a restart, doubling up to `max` for restarts close together.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+}
+
+/// The restart history of one component.
+#[derive(Debug)]
+pub(crate) struct RestartHistory {
+    recent: VecDeque<Instant>,
+}
+
+/// What to do after an instance ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Replace it after this wait.
+    Restart(Duration),
+    /// Stop the component: the policy does not restart after such an end.
+    Stop,
+    /// Fail the component: it restarted too often.
+    Fail(String),
+}
+
+impl RestartHistory {
+    pub(crate) fn new() -> Self {
+        RestartHistory {
+            recent: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn decide(
+        &mut self,
+        supervision: &Supervision,
+        normal_exit: bool,
+        now: Instant,
+    ) -> Verdict {
+        if !supervision.policy.restarts_after(normal_exit) {
+            return Verdict::Stop;
+        }
+        while let Some(&oldest) = self.recent.front() {
+            if now.duration_since(oldest) > supervision.window {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.recent.len() >= supervision.max_restarts as usize {
+            return Verdict::Fail(format!(
+                "restart intensity exceeded: {} restarts within {:?}",
+                self.recent.len(),
+                supervision.window
+            ));
+        }
+        self.recent.push_back(now);
+        let doublings = (self.recent.len() - 1).min(30) as u32;
+        let backoff = supervision
+            .backoff_min
+            .saturating_mul(1 << doublings)
+            .min(supervision.backoff_max);
+        Verdict::Restart(backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_follow_otp() {
+        assert!(RestartPolicy::Permanent.restarts_after(true));
+        assert!(RestartPolicy::Permanent.restarts_after(false));
+        assert!(!RestartPolicy::Transient.restarts_after(true));
+        assert!(RestartPolicy::Transient.restarts_after(false));
+        assert!(!RestartPolicy::Temporary.restarts_after(false));
+    }
+
+    #[test]
+    fn intensity_fails_the_component_and_backoff_doubles() {
+        let supervision = Supervision::default()
+            .intensity(3, Duration::from_secs(10))
+            .backoff(Duration::from_millis(10), Duration::from_millis(25));
+        let mut history = RestartHistory::new();
+        let t0 = Instant::now();
+        assert_eq!(
+            history.decide(&supervision, false, t0),
+            Verdict::Restart(Duration::from_millis(10))
+        );
+        assert_eq!(
+            history.decide(&supervision, false, t0),
+            Verdict::Restart(Duration::from_millis(20))
+        );
+        assert_eq!(
+            history.decide(&supervision, false, t0),
+            Verdict::Restart(Duration::from_millis(25))
+        );
+        assert!(matches!(
+            history.decide(&supervision, false, t0),
+            Verdict::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn restarts_outside_the_window_are_forgotten() {
+        let supervision = Supervision::default().intensity(1, Duration::from_secs(1));
+        let mut history = RestartHistory::new();
+        let t0 = Instant::now();
+        assert!(matches!(
+            history.decide(&supervision, false, t0),
+            Verdict::Restart(_)
+        ));
+        let later = t0 + Duration::from_secs(2);
+        assert!(matches!(
+            history.decide(&supervision, false, later),
+            Verdict::Restart(_)
+        ));
+        assert!(matches!(
+            history.decide(&supervision, false, later),
+            Verdict::Fail(_)
+        ));
+    }
+}

@@ -1,0 +1,82 @@
+//! What the broker's integration tests share: an engine, loaded guests, small helpers.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use courier_host_broker::{Broker, ComponentSpec};
+use courier_host_core::{Component, Engine, EngineConfig};
+use courier_test_support::guest_path;
+
+pub const SECOND: Duration = Duration::from_secs(1);
+
+pub fn engine() -> Engine {
+    Engine::new(EngineConfig::default().max_instances(300)).expect("engine")
+}
+
+pub fn load(engine: &Engine, name: &str) -> Component {
+    engine
+        .load_component_file(name, guest_path(name))
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// A broker on a fresh engine, with a loader for the guests.
+pub struct Setup {
+    pub engine: Engine,
+    pub broker: Broker,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let engine = engine();
+        let broker = Broker::new(engine.clone());
+        Setup { engine, broker }
+    }
+
+    pub fn spec(&self, id: &str, guest: &str) -> ComponentSpec {
+        ComponentSpec::new(id, load(&self.engine, guest))
+    }
+
+    pub async fn spawn(&self, spec: ComponentSpec) {
+        let id = spec.id.clone();
+        self.broker
+            .spawn(spec)
+            .await
+            .unwrap_or_else(|err| panic!("spawning {id}: {err}"));
+    }
+
+    /// Ask a probe to run `command` and return its answer as text.
+    pub async fn probe(&self, id: &str, command: &str) -> String {
+        let reply = self
+            .broker
+            .request(id, command.as_bytes().to_vec(), 10 * SECOND)
+            .await
+            .unwrap_or_else(|err| panic!("probe {id} `{command}`: {err:?}"));
+        String::from_utf8(reply).unwrap()
+    }
+
+    /// The count a counter reports.
+    pub async fn count(&self, id: &str) -> u64 {
+        let reply = self
+            .broker
+            .request(id, Vec::new(), 10 * SECOND)
+            .await
+            .unwrap();
+        u64::from_le_bytes(reply.try_into().unwrap())
+    }
+
+    /// Wait for every message to be handled or dead-lettered, then check that the books
+    /// balance: delivered + refused + dead-lettered = sent.
+    pub async fn assert_accounted(&self) {
+        assert!(
+            self.broker.quiesce(30 * SECOND).await,
+            "messages still in flight"
+        );
+        let books = self.broker.accounting();
+        assert_eq!(
+            books.delivered + books.refused + books.dead_lettered,
+            books.sent,
+            "{books:?}"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Messages, requests and publications between real components.
+
+mod common;
+
+use common::{SECOND, Setup};
+use courier_host_broker::{BrokerError, MessagingError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_sends_and_requests_to_a_component() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("counter", "counter")).await;
+    for _ in 0..10 {
+        setup.broker.send("counter", b"tick".to_vec()).unwrap();
+    }
+    assert_eq!(
+        setup.count("counter").await,
+        10,
+        "messages and the request keep their order"
+    );
+    setup.assert_accounted().await;
+    assert_eq!(setup.broker.accounting().delivered, 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_from_one_component_is_answered_by_another() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("echo", "echo")).await;
+    setup
+        .spawn(setup.spec("asker", "probe").may_request("echo"))
+        .await;
+
+    // probe sends `hi` to echo with send-request and returns what came back.
+    assert_eq!(setup.probe("asker", "request:echo").await, "hi");
+    setup.assert_accounted().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_targets_handler_error_comes_back_to_the_requester() {
+    let setup = Setup::new();
+    setup
+        .spawn(setup.spec("asker", "probe").may_request("*"))
+        .await;
+    setup.spawn(setup.spec("answerer", "probe")).await;
+
+    // `hi` is no probe command, so the answering probe returns invalid-message.
+    let answer = setup.probe("asker", "request:answerer").await;
+    assert_eq!(
+        answer,
+        "err: MessagingError::HandlerFailed(ComponentError::InvalidMessage(\"unknown probe command: hi\"))"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_itself_ends_in_a_timeout_not_a_hang() {
+    let setup = Setup::new();
+    setup
+        .spawn(setup.spec("narcissus", "probe").may_request("narcissus"))
+        .await;
+    // The probe asks itself with a timeout of one second; its mailbox holds the request
+    // until the current call ends, which is only after the timeout.
+    let answer = setup.probe("narcissus", "request:narcissus").await;
+    assert_eq!(answer, "err: MessagingError::Timeout");
+    setup.assert_accounted().await;
+    let letters = setup.broker.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].reason.contains("stopped waiting"),
+        "{}",
+        letters[0].reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_denied_targets_are_refused_at_once() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("echo", "echo")).await;
+    setup
+        .spawn(
+            setup
+                .spec("allowed", "probe")
+                .may_send("echo")
+                .may_send("ghosts/*"),
+        )
+        .await;
+    setup.spawn(setup.spec("walled", "probe")).await;
+
+    assert_eq!(setup.probe("allowed", "send:echo").await, "ok");
+    assert_eq!(
+        setup.probe("allowed", "send:ghosts/casper").await,
+        "err: MessagingError::TargetNotFound(\"ghosts/casper\")"
+    );
+    // Denied before the registry is consulted: a walled-in component cannot even learn
+    // whether an id exists.
+    for command in ["send:echo", "send:nobody", "request:echo", "publish:news"] {
+        let answer = setup.probe("walled", command).await;
+        assert!(
+            answer.starts_with("err: MessagingError::AccessDenied"),
+            "{command}: {answer}"
+        );
+    }
+    assert!(matches!(
+        setup.broker.send("nobody", vec![]),
+        Err(MessagingError::TargetNotFound(id)) if id == "nobody"
+    ));
+    setup.assert_accounted().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_refuses_the_sender_at_once() {
+    let setup = Setup::new();
+    let spec = setup
+        .spec("looper", "looper")
+        .mailbox_capacity(2)
+        .deadline(200 * std::time::Duration::from_millis(1));
+    setup.spawn(spec).await;
+
+    let mut refused = None;
+    for attempt in 0..10 {
+        if let Err(err) = setup.broker.send("looper", vec![attempt]) {
+            refused = Some(err);
+            break;
+        }
+    }
+    assert!(
+        matches!(&refused, Some(MessagingError::MailboxFull(id)) if id == "looper"),
+        "{refused:?}"
+    );
+    setup.assert_accounted().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_the_limit_are_refused() {
+    let engine = common::engine();
+    let broker = courier_host_broker::Broker::with_config(
+        engine.clone(),
+        courier_host_broker::BrokerConfig {
+            max_payload_bytes: 1024,
+            ..Default::default()
+        },
+    );
+    let echo = common::load(&engine, "echo");
+    broker
+        .spawn(courier_host_broker::ComponentSpec::new("echo", echo))
+        .await
+        .unwrap();
+    assert!(matches!(
+        broker.send("echo", vec![0; 1025]),
+        Err(MessagingError::PayloadTooLarge(1024))
+    ));
+    broker.send("echo", vec![0; 1024]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_reaches_every_subscriber() {
+    let setup = Setup::new();
+    for id in ["news/a", "news/b", "news/c"] {
+        setup
+            .spawn(setup.spec(id, "counter").subscribe("headlines"))
+            .await;
+    }
+    setup
+        .spawn(setup.spec("bystander", "counter").subscribe("weather"))
+        .await;
+    setup
+        .spawn(setup.spec("publisher", "probe").may_publish("headlines"))
+        .await;
+
+    assert_eq!(setup.probe("publisher", "publish:headlines").await, "3");
+    assert_eq!(
+        setup
+            .broker
+            .publish("headlines", b"from host".to_vec())
+            .unwrap(),
+        3
+    );
+    assert_eq!(setup.broker.publish("sports", vec![]).unwrap(), 0);
+    for id in ["news/a", "news/b", "news/c"] {
+        assert_eq!(setup.count(id).await, 2, "{id}");
+    }
+    assert_eq!(setup.count("bystander").await, 0);
+    setup.assert_accounted().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_a_component_sees_is_stamped_by_the_host() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("mirror", "probe")).await;
+    setup
+        .spawn(setup.spec("orders/asker", "probe").may_request("mirror"))
+        .await;
+    // A request to `mirror` with `hi` fails as an unknown command; what matters is who
+    // the host says is asking, which the probe reports through self-id on its side.
+    assert_eq!(setup.probe("orders/asker", "self").await, "orders/asker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_unique_and_components_can_be_stopped_at_run_time() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("counter", "counter")).await;
+    let err = setup
+        .broker
+        .spawn(setup.spec("counter", "counter"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::DuplicateId(_)), "{err}");
+
+    for _ in 0..5 {
+        setup.broker.send("counter", vec![]).unwrap();
+    }
+    let report = setup.broker.stop("counter").await.unwrap();
+    assert_eq!(
+        report.delivered_while_draining, 5,
+        "queued messages are handled before stopping"
+    );
+    assert!(report.undelivered.is_empty());
+    assert!(matches!(
+        setup.broker.send("counter", vec![]),
+        Err(MessagingError::TargetNotFound(_))
+    ));
+    // The id is free again.
+    setup.spawn(setup.spec("counter", "counter")).await;
+    assert_eq!(setup.count("counter").await, 0);
+    let _ = SECOND;
+}
