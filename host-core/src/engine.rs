@@ -1,5 +1,6 @@
 //! The wasmtime engine, configured once for what a message runtime needs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub fuel: bool,
     /// Period of the epoch ticker thread; see [`DEFAULT_EPOCH_TICK`].
     pub epoch_tick: Duration,
+    /// Keep compiled code in this directory, so loading the same component again (in a
+    /// later run of the process, say) skips compilation. Off by default.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 256 << 20,
             fuel: false,
             epoch_tick: DEFAULT_EPOCH_TICK,
+            cache_dir: None,
         }
     }
 }
@@ -87,8 +92,22 @@ impl EngineConfig {
         self
     }
 
-    fn wasmtime_config(&self, pooling: bool) -> Config {
+    /// Cache compiled code in `dir` (created if missing).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    fn wasmtime_config(&self, pooling: bool) -> Result<Config> {
         let mut config = Config::new();
+        if let Some(dir) = &self.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache).map_err(|err| Error::Engine {
+                reason: format!("cannot use {} as the code cache: {err:#}", dir.display()),
+            })?;
+            config.cache(Some(cache));
+        }
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(self.fuel);
@@ -108,7 +127,7 @@ impl EngineConfig {
             pool.max_memory_size(self.max_memory_bytes);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        config
+        Ok(config)
     }
 }
 
@@ -153,21 +172,21 @@ impl Engine {
     /// Build the engine and start its epoch ticker.
     pub fn new(config: EngineConfig) -> Result<Engine> {
         let (wasmtime, allocation) = if config.pooling {
-            match wasmtime::Engine::new(&config.wasmtime_config(true)) {
+            match wasmtime::Engine::new(&config.wasmtime_config(true)?) {
                 Ok(engine) => (engine, Allocation::Pooling),
                 Err(err) => {
                     // Typically a sandbox or ulimit that refuses the pool's address-space
                     // reservation. On-demand allocation is slower to instantiate but works.
                     tracing::warn!(error = %err, "pooling allocator unavailable; falling back to on-demand allocation");
                     (
-                        Self::build(&config.wasmtime_config(false))?,
+                        Self::build(&config.wasmtime_config(false)?)?,
                         Allocation::OnDemand,
                     )
                 }
             }
         } else {
             (
-                Self::build(&config.wasmtime_config(false))?,
+                Self::build(&config.wasmtime_config(false)?)?,
                 Allocation::OnDemand,
             )
         };

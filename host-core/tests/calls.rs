@@ -120,3 +120,52 @@ async fn the_pooling_allocator_is_used_by_default() {
         b"x"
     );
 }
+
+#[tokio::test]
+async fn compiled_code_is_cached_on_disk_when_asked() {
+    let dir = std::env::temp_dir().join(format!("courier-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = EngineConfig::default().max_instances(4).cache_dir(&dir);
+    let engine = Engine::new(config.clone()).unwrap();
+    engine
+        .load_component_file("echo", guest_path("echo"))
+        .unwrap();
+    let files = walk(&dir);
+    assert!(
+        !files.is_empty(),
+        "nothing was written to {}",
+        dir.display()
+    );
+
+    // A second engine (as in a second run) loads from the cache and still works.
+    let engine = Engine::new(config).unwrap();
+    let echo = engine
+        .load_component_file("echo", guest_path("echo"))
+        .unwrap();
+    let mut instance = echo
+        .instantiate(InstanceOptions::new("echo"))
+        .await
+        .unwrap();
+    assert_eq!(
+        instance
+            .call_handle_request("host", b"c")
+            .await
+            .unwrap()
+            .unwrap(),
+        b"c"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
