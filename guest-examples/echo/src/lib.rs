@@ -2,20 +2,17 @@
 //! request itself. Host tests use it to check delivery without any guest logic in the way, and
 //! the benchmarks use it as the wasm floor, so it must stay as cheap as a handler can be.
 
-wit_bindgen::generate!({ path: "../../wit", world: "actor" });
+use courier_sdk::prelude::*;
 
-/// Does nothing with messages and mirrors requests, so a reply proves the payload survived the
-/// round trip through the host byte for byte.
-struct Echo;
-
-impl Guest for Echo {
-    fn handle_message(_sender: ComponentId, _message: Vec<u8>) -> Result<(), ComponentError> {
-        Ok(())
-    }
-
-    fn handle_request(_sender: ComponentId, request: Vec<u8>) -> Result<Vec<u8>, ComponentError> {
-        Ok(request)
-    }
+/// Accepts every message and does nothing with it.
+#[handler]
+fn accept(_msg: Message) -> Result<(), HandlerError> {
+    Ok(())
 }
 
-export!(Echo);
+/// Mirrors the request, so a reply proves the payload survived the round trip through the
+/// host byte for byte.
+#[handler(request)]
+fn mirror(req: Message) -> Result<Vec<u8>, HandlerError> {
+    Ok(req.into_payload())
+}

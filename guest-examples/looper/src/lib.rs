@@ -2,10 +2,7 @@
 //! can stop it, so it is the test that a per-call deadline really interrupts running wasm
 //! rather than waiting for the guest to yield.
 
-wit_bindgen::generate!({ path: "../../wit", world: "actor" });
-
-/// Spins forever on every call.
-struct Looper;
+use courier_sdk::prelude::*;
 
 /// Burns CPU without end. `black_box` keeps the optimiser from proving the loop does nothing,
 /// so the guest really executes instructions instead of sitting in a trivial branch.
@@ -16,14 +13,14 @@ fn spin_forever() -> ! {
     }
 }
 
-impl Guest for Looper {
-    fn handle_message(_sender: ComponentId, _message: Vec<u8>) -> Result<(), ComponentError> {
-        spin_forever()
-    }
-
-    fn handle_request(_sender: ComponentId, _request: Vec<u8>) -> Result<Vec<u8>, ComponentError> {
-        spin_forever()
-    }
+/// Spins forever on every message.
+#[handler]
+fn spin(_msg: Message) -> Result<(), HandlerError> {
+    spin_forever()
 }
 
-export!(Looper);
+/// Spins forever on every request.
+#[handler(request)]
+fn spin_on_request(_req: Message) -> Result<Vec<u8>, HandlerError> {
+    spin_forever()
+}

@@ -2,19 +2,22 @@
 //! and then traps, so this is the test that the host reports the panic message, marks the
 //! instance poisoned, and carries on with other work.
 
-wit_bindgen::generate!({ path: "../../wit", world: "actor" });
+use courier_sdk::prelude::*;
 
-/// Panics on every call, quoting the payload so a test can tell which call caused it.
-struct Panicker;
-
-impl Guest for Panicker {
-    fn handle_message(_sender: ComponentId, message: Vec<u8>) -> Result<(), ComponentError> {
-        panic!("panicker refuses: {}", String::from_utf8_lossy(&message));
-    }
-
-    fn handle_request(_sender: ComponentId, request: Vec<u8>) -> Result<Vec<u8>, ComponentError> {
-        panic!("panicker refuses: {}", String::from_utf8_lossy(&request));
-    }
+/// Panics on every message, quoting the payload so a test can tell which call caused it.
+#[handler]
+fn refuse(msg: Message) -> Result<(), HandlerError> {
+    panic!(
+        "panicker refuses: {}",
+        String::from_utf8_lossy(msg.payload())
+    );
 }
 
-export!(Panicker);
+/// Panics on every request, quoting the payload.
+#[handler(request)]
+fn refuse_request(req: Message) -> Result<Vec<u8>, HandlerError> {
+    panic!(
+        "panicker refuses: {}",
+        String::from_utf8_lossy(req.payload())
+    );
+}

@@ -6,43 +6,41 @@
 //! (`log:hello`, `send:orders/new`). Replies are plain bytes, mostly text, so a failing test
 //! shows the guest's view of the failure verbatim.
 
-use courier::actor::host_services::{self, LogLevel};
-use courier::actor::messaging;
+use std::time::Duration;
 
-wit_bindgen::generate!({ path: "../../wit", world: "actor" });
+use courier_sdk::prelude::*;
+use courier_sdk::{Level, MessagingError};
 
 /// Payload the probe sends, so a receiving test component sees something recognisable.
 const PROBE_PAYLOAD: &[u8] = b"hi";
 
-/// How long a `request:` command waits for its reply, in milliseconds.
-const REQUEST_TIMEOUT_MS: u32 = 1000;
+/// How long a `request:` command waits for its reply.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Accepts messages and ignores them: the probe's work is in its requests.
+#[handler]
+fn ignore(_msg: Message) -> Result<(), HandlerError> {
+    Ok(())
+}
 
 /// Runs the probe command in each request.
-struct Probe;
-
-impl Guest for Probe {
-    fn handle_message(_sender: ComponentId, _message: Vec<u8>) -> Result<(), ComponentError> {
-        Ok(())
-    }
-
-    fn handle_request(_sender: ComponentId, request: Vec<u8>) -> Result<Vec<u8>, ComponentError> {
-        let command = String::from_utf8(request).map_err(|e| {
-            ComponentError::InvalidMessage(format!("probe command is not UTF-8: {e}"))
-        })?;
-        run(&command)
-    }
+#[handler(request)]
+fn probe(req: Message) -> Result<Vec<u8>, HandlerError> {
+    let command = String::from_utf8(req.into_payload())
+        .map_err(|e| HandlerError::invalid(format!("probe command is not UTF-8: {e}")))?;
+    run(&command)
 }
 
 /// Dispatches one command to the check it names.
-fn run(command: &str) -> Result<Vec<u8>, ComponentError> {
+fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
     let (name, argument) = match command.split_once(':') {
         Some((name, argument)) => (name, Some(argument)),
         None => (command, None),
     };
     let reply = match (name, argument) {
-        ("time", None) => host_services::current_time_millis().to_le_bytes().to_vec(),
+        ("time", None) => courier_sdk::now_millis().to_le_bytes().to_vec(),
         ("log", Some(text)) => {
-            host_services::log(LogLevel::Info, text);
+            courier_sdk::log(Level::Info, text);
             b"ok".to_vec()
         }
         ("print", Some(text)) => {
@@ -56,28 +54,40 @@ fn run(command: &str) -> Result<Vec<u8>, ComponentError> {
         // A trap with no panic message in front of it, so the host's report of a bare trap
         // (not a panic, not a deadline) can be tested.
         ("trap", None) => core::arch::wasm32::unreachable(),
-        ("self", None) => messaging::self_id().into_bytes(),
-        ("send", Some(target)) => match messaging::send_message(target, PROBE_PAYLOAD) {
+        ("self", None) => courier_sdk::self_id().into_bytes(),
+        ("send", Some(target)) => match courier_sdk::send(target, PROBE_PAYLOAD) {
             Ok(()) => b"ok".to_vec(),
-            Err(e) => format!("err: {e:?}").into_bytes(),
+            Err(e) => failure(&e).into_bytes(),
         },
         ("request", Some(target)) => {
-            match messaging::send_request(target, PROBE_PAYLOAD, REQUEST_TIMEOUT_MS) {
+            match courier_sdk::request(target, PROBE_PAYLOAD, REQUEST_TIMEOUT) {
                 Ok(reply) => reply,
-                Err(e) => format!("err: {e:?}").into_bytes(),
+                Err(e) => failure(&e).into_bytes(),
             }
         }
-        ("publish", Some(topic)) => match messaging::publish(topic, PROBE_PAYLOAD) {
+        ("publish", Some(topic)) => match courier_sdk::publish(topic, PROBE_PAYLOAD) {
             Ok(reached) => reached.to_string().into_bytes(),
-            Err(e) => format!("err: {e:?}").into_bytes(),
+            Err(e) => failure(&e).into_bytes(),
         },
         _ => {
-            return Err(ComponentError::InvalidMessage(format!(
+            return Err(HandlerError::invalid(format!(
                 "unknown probe command: {command}"
             )));
         }
     };
     Ok(reply)
+}
+
+/// `err: ` and the error as the WIT bindings print it (`MessagingError::TargetNotFound("pong")`),
+/// the form host tests match on. The SDK's `Debug` prints the variant alone, so the type name
+/// goes in front, and a failed handler's error is named as the WIT `ComponentError`.
+fn failure(error: &MessagingError) -> String {
+    match error {
+        MessagingError::HandlerFailed(cause) => {
+            format!("err: MessagingError::HandlerFailed(ComponentError::{cause:?})")
+        }
+        other => format!("err: MessagingError::{other:?}"),
+    }
 }
 
 /// Counts environment variables and arguments as `vars,args`: both should be 0 unless the host
@@ -107,5 +117,3 @@ fn outcome<T>(result: std::io::Result<T>) -> String {
         Err(e) => format!("err: {e}"),
     }
 }
-
-export!(Probe);

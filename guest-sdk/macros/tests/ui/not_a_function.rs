@@ -1,0 +1,6 @@
+use courier_sdk::prelude::*;
+
+#[handler]
+struct Handler;
+
+fn main() {}
