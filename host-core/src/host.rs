@@ -88,6 +88,8 @@ pub struct HostState {
     pub(crate) stderr: GuestOutput,
     /// When the call in progress must end; host calls that wait are cut short by it too.
     pub(crate) call_deadline: Option<Instant>,
+    /// Epoch ticks of running time the current call has left.
+    pub(crate) ticks_left: u64,
     pub(crate) deadline_hit: bool,
 }
 
@@ -112,6 +114,7 @@ impl HostState {
             messaging,
             stderr,
             call_deadline: None,
+            ticks_left: 0,
             deadline_hit: false,
         }
     }

@@ -1,10 +1,11 @@
 //! Instances: one store per actor, kept across calls, with its limits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Func, TypedFunc};
-use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{CallHook, Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use crate::component::Component;
 use crate::error::{Error, Result, format_bytes};
@@ -32,7 +33,10 @@ pub struct InstanceOptions {
     pub id: ComponentId,
     /// Largest linear memory, in bytes; `None` means the engine's maximum.
     pub memory_limit: Option<usize>,
-    /// How long one call (and instantiation) may run before it is interrupted.
+    /// How long one call (and instantiation) may run before it is interrupted. It counts
+    /// the time the guest runs and the time it is parked in a host call, not time spent
+    /// waiting for a thread while other actors run, so a busy host does not fail handlers
+    /// that did nothing wrong.
     pub deadline: Duration,
     /// Fuel for each call, if the engine meters fuel.
     pub fuel: Option<u64>,
@@ -87,6 +91,10 @@ pub struct Instance {
     handle_message: Func,
     handle_request: Func,
     deadline: Duration,
+    /// The deadline in epoch ticks of running time.
+    ticks: u64,
+    /// Transitions into and out of host calls: odd while the guest is in one.
+    host_calls: Arc<AtomicU64>,
     fuel: Option<u64>,
     poisoned: Option<String>,
 }
@@ -101,6 +109,12 @@ pub type CallResult<T> = Result<std::result::Result<T, ComponentError>>;
 /// abandons it. Running wasm is stopped by the epoch at the deadline itself; this only
 /// catches a guest waiting in a host import (a WASI sleep, say), where no epoch check runs.
 const PARKED_GRACE: Duration = Duration::from_millis(50);
+
+/// The number of epoch ticks in `deadline`, at least one.
+fn ticks_in(deadline: Duration, tick: Duration) -> u64 {
+    let ticks = deadline.as_nanos() / tick.as_nanos().max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+}
 
 impl Component {
     /// Create a fresh instance with its own store.
@@ -134,23 +148,39 @@ impl Component {
         let state = HostState::new(id.clone(), memory_limit, options.messaging);
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
+        // The callback runs once per tick of running wasm (a guest that was waiting for a
+        // thread finds the epoch moved on and is called once, not once per missed tick), so
+        // counting calls measures running time.
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
-            match state.call_deadline {
-                Some(deadline) if Instant::now() >= deadline => {
-                    state.deadline_hit = true;
-                    Ok(UpdateDeadline::Interrupt)
-                }
-                // Give the thread back to the scheduler at every tick so a long handler
-                // cannot starve the other actors sharing it.
-                _ => Ok(UpdateDeadline::Yield(1)),
+            if state.ticks_left <= 1 {
+                state.deadline_hit = true;
+                return Ok(UpdateDeadline::Interrupt);
             }
+            state.ticks_left -= 1;
+            // Give the thread back to the scheduler at every tick so a long handler cannot
+            // starve the other actors sharing it.
+            Ok(UpdateDeadline::Yield(1))
         });
+        let host_calls = Arc::new(AtomicU64::new(0));
+        let transitions = host_calls.clone();
+        store.call_hook(move |_, hook| {
+            if matches!(hook, CallHook::CallingHost | CallHook::ReturningFromHost) {
+                transitions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        let ticks = ticks_in(options.deadline, engine.config().epoch_tick);
 
         // Instantiation runs guest code (constructors, WASI set-up), so it has a deadline too.
-        arm(&mut store, options.deadline, fuel);
+        arm(&mut store, options.deadline, ticks, fuel);
         let pre = &self.inner.pre;
-        let instantiated = bounded(options.deadline, pre.instantiate_async(&mut store)).await;
+        let instantiated = bounded(
+            options.deadline,
+            &host_calls,
+            pre.instantiate_async(&mut store),
+        )
+        .await;
         store.data_mut().call_deadline = None;
         let instance = match instantiated {
             Some(Ok(instance)) => instance,
@@ -177,6 +207,8 @@ impl Component {
             handle_message,
             handle_request,
             deadline: options.deadline,
+            ticks,
+            host_calls,
             fuel,
             poisoned: None,
         })
@@ -199,11 +231,11 @@ impl Instance {
     /// `sender` is the id the guest sees; the host, not the guest, decides it.
     pub async fn call_handle_message(&mut self, sender: &str, message: &[u8]) -> CallResult<()> {
         self.check_usable()?;
-        arm(&mut self.store, self.deadline, self.fuel);
+        arm(&mut self.store, self.deadline, self.ticks, self.fuel);
         // SAFETY: the export's type was checked against exactly this signature at load time.
         let func: Handler<'_, ()> = unsafe { TypedFunc::new_unchecked(self.handle_message) };
         let call = func.call_async(&mut self.store, (sender, message));
-        let outcome = bounded(self.deadline, call)
+        let outcome = bounded(self.deadline, &self.host_calls, call)
             .await
             .map(|r| r.map(|(answer,)| answer));
         self.finish(outcome)
@@ -216,11 +248,11 @@ impl Instance {
         request: &[u8],
     ) -> CallResult<Vec<u8>> {
         self.check_usable()?;
-        arm(&mut self.store, self.deadline, self.fuel);
+        arm(&mut self.store, self.deadline, self.ticks, self.fuel);
         // SAFETY: the export's type was checked against exactly this signature at load time.
         let func: Handler<'_, Vec<u8>> = unsafe { TypedFunc::new_unchecked(self.handle_request) };
         let call = func.call_async(&mut self.store, (sender, request));
-        let outcome = bounded(self.deadline, call)
+        let outcome = bounded(self.deadline, &self.host_calls, call)
             .await
             .map(|r| r.map(|(answer,)| answer));
         self.finish(outcome)
@@ -270,9 +302,10 @@ impl std::fmt::Debug for Instance {
 }
 
 /// Prepare the store for a call: a fresh deadline, fresh fuel, no leftover stderr.
-fn arm(store: &mut Store<HostState>, deadline: Duration, fuel: Option<u64>) {
+fn arm(store: &mut Store<HostState>, deadline: Duration, ticks: u64, fuel: Option<u64>) {
     let state = store.data_mut();
     state.call_deadline = Some(Instant::now() + deadline);
+    state.ticks_left = ticks;
     state.deadline_hit = false;
     state.stderr.begin_call();
     store.set_epoch_deadline(1);
@@ -282,12 +315,36 @@ fn arm(store: &mut Store<HostState>, deadline: Duration, fuel: Option<u64>) {
     }
 }
 
-/// Run `call`, giving up on it if it stays parked in a host call well past the deadline.
+/// Run `call`, giving up on it only if it stays parked in one host call past the deadline.
 /// `None` means it was abandoned.
-async fn bounded<F: std::future::Future>(deadline: Duration, call: F) -> Option<F::Output> {
-    tokio::time::timeout(deadline + PARKED_GRACE, call)
-        .await
-        .ok()
+///
+/// Running wasm is the epoch's business; this catches what the epoch cannot see, a guest
+/// waiting in a host import (a WASI sleep, say). Once the deadline has passed in wall time,
+/// the call is checked every [`PARKED_GRACE`]: if it sat in the same host call through a
+/// whole grace period, it is abandoned. A guest that is merely waiting for a thread is left
+/// alone, so a busy host does not fail it.
+async fn bounded<F: std::future::Future>(
+    deadline: Duration,
+    host_calls: &AtomicU64,
+    call: F,
+) -> Option<F::Output> {
+    tokio::pin!(call);
+    let mut wait = deadline;
+    let mut parked_in = None;
+    loop {
+        match tokio::time::timeout(wait, &mut call).await {
+            Ok(output) => return Some(output),
+            Err(_) => {
+                let transitions = host_calls.load(Ordering::Relaxed);
+                let in_host = transitions % 2 == 1;
+                if in_host && parked_in == Some(transitions) {
+                    return None;
+                }
+                parked_in = in_host.then_some(transitions);
+                wait = PARKED_GRACE;
+            }
+        }
+    }
 }
 
 fn parked_past_deadline(id: &ComponentId, deadline: Duration) -> Error {
