@@ -163,26 +163,29 @@ impl Actor {
                 match result {
                     Ok(Ok(bytes)) => {
                         span.record("outcome", "ok");
-                        let _ = reply.send(Ok(bytes));
+                        // Counted before the reply leaves, so whoever holds the reply sees
+                        // the delivery in the metrics.
                         self.delivered(started);
+                        let _ = reply.send(Ok(bytes));
                         None
                     }
                     Ok(Err(err)) => {
                         span.record("outcome", "handler-error");
                         bump(&self.shared.metrics.failed);
-                        let _ = reply.send(Err(MessagingError::HandlerFailed(err)));
                         self.delivered(started);
+                        let _ = reply.send(Err(MessagingError::HandlerFailed(err)));
                         None
                     }
                     Err(err) => {
                         span.record("outcome", "trap");
-                        let _ = reply.send(Err(MessagingError::TargetCrashed(err.to_string())));
+                        let reason = err.to_string();
                         self.record_dead_letter(
                             sender,
                             MessageKind::Request,
                             &payload,
-                            err.to_string(),
+                            reason.clone(),
                         );
+                        let _ = reply.send(Err(MessagingError::TargetCrashed(reason)));
                         Some(err)
                     }
                 }
@@ -260,8 +263,8 @@ impl Actor {
                 reply,
                 ..
             } => {
-                let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
                 self.record_dead_letter(sender, MessageKind::Request, &payload, reason.to_string());
+                let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
             }
             Envelope::Stop => {}
         }
