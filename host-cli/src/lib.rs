@@ -1,0 +1,31 @@
+//! # courier-cli
+//!
+//! The `courier` runner: it reads a manifest (`courier.toml`) that declares components, their
+//! capabilities, limits and supervision, starts them on a [`Broker`] and opens an HTTP
+//! ingress through which the outside world sends them messages and requests and reads their
+//! metrics. The binary's commands are `check`, `run` and `new`; this library holds their
+//! parts so that they can be tested and reused.
+//!
+//! The map: [`manifest`] reads and checks `courier.toml`, reporting [`diagnostics`] with
+//! their lines; [`units`] reads sizes and durations; [`load`] builds the engine and
+//! compiles the components; [`check`] and [`run`] are the commands of those names;
+//! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`scaffold`] is
+//! `courier new`.
+//!
+//! [`Broker`]: courier_host_broker::Broker
+
+#![warn(missing_docs)]
+#![deny(unused_must_use)]
+
+pub mod check;
+pub mod diagnostics;
+pub mod ingress;
+pub mod load;
+pub mod manifest;
+pub mod prometheus;
+pub mod run;
+pub mod scaffold;
+pub mod units;
+
+pub use diagnostics::{Diagnostics, Problem};
+pub use manifest::Manifest;

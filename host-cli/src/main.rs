@@ -1,0 +1,109 @@
+//! `courier`: run Courier components from a manifest. See `courier --help` and the crate's
+//! README.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use courier_cli::units::Millis;
+use courier_cli::{check, run, scaffold};
+
+/// Run Courier components: WebAssembly actors that handle messages.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a manifest and load every component it names against world courier:actor/actor.
+    ///
+    /// Prints each problem as FILE:LINE: and exits with status 1 if there is any.
+    Check {
+        /// The manifest.
+        #[arg(default_value = "courier.toml")]
+        manifest: PathBuf,
+    },
+    /// Start the components of a manifest and serve the HTTP ingress until Ctrl-C or SIGTERM,
+    /// which drains the mailboxes and stops.
+    Run {
+        /// The manifest.
+        #[arg(default_value = "courier.toml")]
+        manifest: PathBuf,
+        /// Serve the ingress here instead of at the manifest's `runtime.listen` (port 0 picks
+        /// a free port; the address is printed).
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Option<SocketAddr>,
+        /// On a stop signal, wait this long for mailboxes to empty (`500ms`, `10s`) instead of
+        /// the manifest's `runtime.drain`.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        drain: Option<Duration>,
+    },
+    /// Create a component crate in the new folder NAME, ready to build for wasm32-wasip2.
+    New {
+        /// The folder to create; its last part is the crate's name and the component's id.
+        name: PathBuf,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<Millis>().map(|millis| millis.0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { manifest } => check::check(&manifest),
+        Command::Run {
+            manifest,
+            listen,
+            drain,
+        } => match run::run(&manifest, run::RunOptions { listen, drain }) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("courier: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::New { name } => match scaffold::new_component(&name) {
+            Ok(created) => {
+                println!(
+                    "courier: created component `{}` in {}",
+                    created.name,
+                    created.dir.display()
+                );
+                for file in &created.files {
+                    println!("  {}", file.display());
+                }
+                println!("courier-sdk = {}", created.sdk);
+                println!("next:");
+                println!("  cd {}", created.dir.display());
+                println!("  cargo build --release --target wasm32-wasip2");
+                println!("  courier run courier.toml");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("courier: {err}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Logs (the broker's, and the components' own through `log` and stdout/stderr) go to
+/// stderr, at `info` unless `RUST_LOG` says otherwise.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,869 @@
+//! The manifest, `courier.toml`: which components to run, what each may do, its limits and
+//! its supervision, and the runtime's own settings.
+//!
+//! ```toml
+//! [runtime]
+//! listen = "127.0.0.1:8080"      # the HTTP ingress; loopback addresses only
+//! max_payload = "4 MiB"          # largest message, request or reply
+//! cache_dir = ".courier-cache"   # compiled code, relative to this file
+//! drain = "5s"                   # how long shutdown waits for mailboxes to empty
+//! request_timeout = "5s"         # default wait for a reply to an HTTP request
+//!
+//! [[component]]
+//! id = "ping"
+//! path = "../target/guests/ping.wasm"   # relative to this file
+//! capabilities = { send = ["pong"] }    # also request, publish, subscribe
+//! limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64 }
+//! restart = { policy = "transient", max_restarts = 3, window = "10s" }
+//! ```
+//!
+//! [`Manifest::parse`] reads and checks it in two steps. The first is serde's: a TOML
+//! syntax error, an unknown field (`deny_unknown_fields` everywhere), a value of the wrong
+//! type, size or duration stops it with one problem. The second looks at what the values
+//! mean and reports every problem it finds: an invalid or repeated id, a missing file, a
+//! pattern that would not match what its author meant, a limit that makes no sense. Each
+//! problem carries its line and names its field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use courier_host_broker::{
+    BrokerConfig, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES,
+    RestartPolicy, Supervision,
+};
+use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diagnostics::{Diagnostics, Problem, from_toml_error, line_of};
+use crate::units::{ByteSize, Millis, format_bytes};
+
+/// Where the ingress listens unless the manifest or `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Where compiled code is cached unless the manifest says otherwise, relative to the
+/// manifest's folder.
+pub const DEFAULT_CACHE_DIR: &str = ".courier-cache";
+/// How long shutdown waits for mailboxes to empty: long enough for ordinary backlogs, short
+/// enough that a stop request is honoured promptly.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// How long an HTTP request waits for its reply unless it says `?timeout_ms=`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The smallest memory cap that makes sense: one WebAssembly page.
+const MIN_MEMORY: u64 = 64 << 10;
+
+/// A checked manifest: every path resolved, every value within bounds.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file, as it was named.
+    pub file: PathBuf,
+    /// Settings of the runtime as a whole.
+    pub runtime: Runtime,
+    /// The components, in the order declared.
+    pub components: Vec<ComponentEntry>,
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// Address of the HTTP ingress.
+    pub listen: SocketAddr,
+    /// Largest payload of a message, request or reply, in bytes.
+    pub max_payload: usize,
+    /// Where compiled components are cached (absolute).
+    pub cache_dir: PathBuf,
+    /// How long shutdown waits for mailboxes to empty.
+    pub drain: Duration,
+    /// How long an HTTP request waits for its reply by default.
+    pub request_timeout: Duration,
+}
+
+/// One `[[component]]` table.
+#[derive(Debug, Clone)]
+pub struct ComponentEntry {
+    /// The id it is reached by and sends as.
+    pub id: String,
+    /// The `.wasm` file (absolute).
+    pub path: PathBuf,
+    /// The line of its `path` field, where problems with the file are reported.
+    pub path_line: usize,
+    /// Ids it may send messages to.
+    pub send: Vec<String>,
+    /// Ids it may send requests to.
+    pub request: Vec<String>,
+    /// Topics it may publish on.
+    pub publish: Vec<String>,
+    /// Topics it hears.
+    pub subscribe: Vec<String>,
+    /// Its mailbox capacity.
+    pub mailbox: usize,
+    /// How long one handler call may run.
+    pub deadline: Duration,
+    /// Cap on its linear memory, in bytes.
+    pub memory: Option<usize>,
+    /// Fuel per handler call.
+    pub fuel: Option<u64>,
+    /// What happens when its instance traps or exits.
+    pub supervision: Supervision,
+}
+
+impl ComponentEntry {
+    /// The broker spec of this component, once it is loaded.
+    pub fn spec(&self, component: Component) -> ComponentSpec {
+        let mut spec = ComponentSpec::new(self.id.as_str(), component)
+            .mailbox_capacity(self.mailbox)
+            .deadline(self.deadline)
+            .supervision(self.supervision);
+        for pattern in &self.send {
+            spec = spec.may_send(pattern);
+        }
+        for pattern in &self.request {
+            spec = spec.may_request(pattern);
+        }
+        for pattern in &self.publish {
+            spec = spec.may_publish(pattern);
+        }
+        for pattern in &self.subscribe {
+            spec = spec.subscribe(pattern);
+        }
+        if let Some(memory) = self.memory {
+            spec = spec.memory_limit(memory);
+        }
+        if let Some(fuel) = self.fuel {
+            spec = spec.fuel(fuel);
+        }
+        spec
+    }
+}
+
+impl Manifest {
+    /// Read and check the manifest at `file`.
+    pub fn load(file: &Path) -> Result<Manifest, Diagnostics> {
+        match Manifest::load_lenient(file) {
+            (Some(manifest), diagnostics) if diagnostics.is_empty() => Ok(manifest),
+            (_, diagnostics) => Err(diagnostics),
+        }
+    }
+
+    /// Check the manifest text `source`, read from `file` (relative paths in it are taken
+    /// from `file`'s folder).
+    pub fn parse(source: &str, file: &Path) -> Result<Manifest, Diagnostics> {
+        match Manifest::parse_lenient(source, file) {
+            (Some(manifest), diagnostics) if diagnostics.is_empty() => Ok(manifest),
+            (_, diagnostics) => Err(diagnostics),
+        }
+    }
+
+    /// Like [`Manifest::load`], but keeps what it can: unless the file cannot be read or
+    /// deserialized at all, the manifest comes back with the components that have no
+    /// problems, beside every problem found, so that `courier check` can go on to check
+    /// those components too.
+    pub fn load_lenient(file: &Path) -> (Option<Manifest>, Diagnostics) {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Manifest::parse_lenient(&text, file),
+            Err(err) => {
+                let mut diagnostics = Diagnostics::new(file);
+                diagnostics.push(Problem::new(format!("cannot read the manifest: {err}")));
+                (None, diagnostics)
+            }
+        }
+    }
+
+    /// Like [`Manifest::parse`], but keeps what it can, as [`Manifest::load_lenient`] does.
+    pub fn parse_lenient(source: &str, file: &Path) -> (Option<Manifest>, Diagnostics) {
+        let mut diagnostics = Diagnostics::new(file);
+        let raw: RawManifest = match toml::from_str(source) {
+            Ok(raw) => raw,
+            Err(err) => {
+                diagnostics.push(from_toml_error(source, &err));
+                return (None, diagnostics);
+            }
+        };
+        let dir = manifest_dir(file);
+        let mut check = Checker {
+            source,
+            diagnostics,
+        };
+        let runtime = check.runtime(raw.runtime, &dir);
+        let mut components: Vec<ComponentEntry> = Vec::new();
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for raw in &raw.component {
+            let raw = raw.get_ref();
+            let entry = check.component(raw, &dir);
+            let id = raw.id.get_ref();
+            let line = check.line(&raw.id);
+            if let Some((_, first)) = seen.iter().find(|(seen, _)| seen == id) {
+                let msg =
+                    format!("id `{id}` is already used by the component declared at line {first}");
+                check.problem(&raw.id, Some(id), "id", msg);
+            } else {
+                seen.push((id.clone(), line));
+                components.extend(entry);
+            }
+        }
+        if raw.component.is_empty() {
+            check.diagnostics.push(Problem::new(
+                "the manifest declares no components: add a `[[component]]` table with an `id` and a `path`",
+            ));
+        }
+        let manifest = Manifest {
+            file: file.to_path_buf(),
+            runtime,
+            components,
+        };
+        (Some(manifest), check.diagnostics)
+    }
+
+    /// The engine configuration the components need: the pooling default, the code cache,
+    /// fuel metering if any component has a fuel budget, and room for the largest memory cap.
+    pub fn engine_config(&self) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        let largest_memory = self
+            .components
+            .iter()
+            .filter_map(|c| c.memory)
+            .max()
+            .unwrap_or(0);
+        defaults
+            .clone()
+            .cache_dir(&self.runtime.cache_dir)
+            .fuel(self.components.iter().any(|c| c.fuel.is_some()))
+            .max_memory_bytes(defaults.max_memory_bytes.max(largest_memory))
+    }
+
+    /// The broker configuration: the payload limit.
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            max_payload_bytes: self.runtime.max_payload,
+            ..BrokerConfig::default()
+        }
+    }
+}
+
+/// The folder relative paths are taken from: the manifest's own.
+fn manifest_dir(file: &Path) -> PathBuf {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Joins `path` to `dir` unless it is absolute, and drops `.` and `..` where it can, so that
+/// messages show the path a person would write.
+fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    let joined = dir.join(path);
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !clean.pop() {
+                    clean.push("..");
+                }
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
+}
+
+/// Whether `id` is acceptable as a component id, by the broker's rules: `name` or
+/// `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`, and not `host`.
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("it is empty");
+    }
+    if id == "host" {
+        return Err("`host` is the sender id of the host itself");
+    }
+    if id.starts_with('/') || id.ends_with('/') || id.contains("//") {
+        return Err("a `/` must separate two non-empty parts");
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    {
+        return Err("only letters, digits, `-`, `_`, `.` and `/` are allowed");
+    }
+    Ok(())
+}
+
+/// Whether `pattern` is a capability pattern the broker reads as its author meant: `*`, a
+/// name, or `prefix/*`. A `*` anywhere else would be taken literally, which is never what
+/// was meant, so it is refused.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    let name = pattern.strip_suffix("/*").unwrap_or(pattern);
+    if name.contains('*') {
+        return Err(format!(
+            "`{pattern}` is not a pattern: `*` may stand alone or end one as `prefix/*`"
+        ));
+    }
+    check_id(name).map_err(|reason| format!("`{pattern}` is not a valid pattern: {reason}"))
+}
+
+struct Checker<'a> {
+    source: &'a str,
+    diagnostics: Diagnostics,
+}
+
+impl Checker<'_> {
+    fn line<T>(&self, spanned: &Spanned<T>) -> usize {
+        line_of(self.source, spanned.span().start)
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, component: Option<&str>, field: &str, msg: String) {
+        let mut problem = Problem::new(msg).line(self.line(at)).field(field);
+        if let Some(id) = component {
+            problem = problem.component(id);
+        }
+        self.diagnostics.push(problem);
+    }
+
+    fn runtime(&mut self, raw: RawRuntime, dir: &Path) -> Runtime {
+        let listen = match raw.listen {
+            Some(listen) => {
+                if let Err(reason) = check_listen(*listen.get_ref()) {
+                    self.problem(&listen, None, "runtime.listen", reason);
+                }
+                listen.into_inner()
+            }
+            None => DEFAULT_LISTEN.parse().expect("the default address parses"),
+        };
+        let max_payload = match raw.max_payload {
+            Some(size) => match usize::try_from(size.get_ref().0) {
+                Ok(0) | Err(_) => {
+                    let msg = format!(
+                        "the payload limit must be between 1 byte and {}",
+                        format_bytes(usize::MAX as u64)
+                    );
+                    self.problem(&size, None, "runtime.max_payload", msg);
+                    DEFAULT_MAX_PAYLOAD_BYTES
+                }
+                Ok(bytes) => bytes,
+            },
+            None => DEFAULT_MAX_PAYLOAD_BYTES,
+        };
+        let cache_dir = resolve(
+            dir,
+            raw.cache_dir
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_CACHE_DIR)),
+        );
+        let request_timeout = match raw.request_timeout {
+            Some(timeout) if timeout.get_ref().0.is_zero() => {
+                let msg = "a request timeout of zero would fail every request".to_string();
+                self.problem(&timeout, None, "runtime.request_timeout", msg);
+                DEFAULT_REQUEST_TIMEOUT
+            }
+            Some(timeout) => timeout.into_inner().0,
+            None => DEFAULT_REQUEST_TIMEOUT,
+        };
+        Runtime {
+            listen,
+            max_payload,
+            cache_dir,
+            drain: raw.drain.map_or(DEFAULT_DRAIN, |d| d.0),
+            request_timeout,
+        }
+    }
+
+    fn component(&mut self, raw: &RawComponent, dir: &Path) -> Option<ComponentEntry> {
+        let before = self.diagnostics.problems.len();
+        let id = raw.id.get_ref().as_str();
+        if let Err(reason) = check_id(id) {
+            let msg = format!("`{id}` is not a valid component id: {reason}");
+            self.problem(&raw.id, Some(id), "id", msg);
+        }
+
+        let path = resolve(dir, raw.path.get_ref());
+        if !path.is_file() {
+            let mut msg = if path.exists() {
+                format!("{} is not a file", path.display())
+            } else {
+                format!("no file at {}", path.display())
+            };
+            if path.to_string_lossy().contains("target/guests") {
+                msg.push_str(" (run `cargo xtask build-guests` to build the example components)");
+            }
+            self.problem(&raw.path, Some(id), "path", msg);
+        }
+
+        let caps = &raw.capabilities;
+        for (field, patterns) in [
+            ("capabilities.send", &caps.send),
+            ("capabilities.request", &caps.request),
+            ("capabilities.publish", &caps.publish),
+            ("capabilities.subscribe", &caps.subscribe),
+        ] {
+            for pattern in patterns {
+                if let Err(msg) = check_pattern(pattern.get_ref()) {
+                    self.problem(pattern, Some(id), field, msg);
+                }
+            }
+        }
+
+        let limits = &raw.limits;
+        let mailbox = match &limits.mailbox {
+            Some(mailbox) if *mailbox.get_ref() == 0 => {
+                let msg = "a mailbox must hold at least one message".to_string();
+                self.problem(mailbox, Some(id), "limits.mailbox", msg);
+                0
+            }
+            Some(mailbox) => usize::try_from(*mailbox.get_ref()).unwrap_or(usize::MAX),
+            None => DEFAULT_MAILBOX_CAPACITY,
+        };
+        let deadline = match &limits.deadline {
+            Some(deadline) if deadline.get_ref().0.is_zero() => {
+                let msg = "a deadline of zero would interrupt every handler".to_string();
+                self.problem(deadline, Some(id), "limits.deadline", msg);
+                DEFAULT_DEADLINE
+            }
+            Some(deadline) => deadline.get_ref().0,
+            None => DEFAULT_DEADLINE,
+        };
+        let memory = match &limits.memory {
+            Some(memory) => {
+                let bytes = memory.get_ref().0;
+                match usize::try_from(bytes) {
+                    Ok(bytes) if bytes as u64 >= MIN_MEMORY => Some(bytes),
+                    _ => {
+                        let msg = format!(
+                            "a memory cap of {} is below one WebAssembly page (64 KiB)",
+                            format_bytes(bytes)
+                        );
+                        self.problem(memory, Some(id), "limits.memory", msg);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let fuel = match &limits.fuel {
+            Some(fuel) if *fuel.get_ref() == 0 => {
+                let msg = "a fuel budget of zero would stop every handler at once".to_string();
+                self.problem(fuel, Some(id), "limits.fuel", msg);
+                None
+            }
+            Some(fuel) => Some(*fuel.get_ref()),
+            None => None,
+        };
+
+        let restart = &raw.restart;
+        let defaults = Supervision::default();
+        let mut supervision = Supervision::new(restart.policy.map_or(defaults.policy, Into::into))
+            .intensity(
+                restart.max_restarts.unwrap_or(defaults.max_restarts),
+                restart
+                    .window
+                    .as_ref()
+                    .map_or(defaults.window, |w| w.get_ref().0),
+            );
+        if let Some(window) = &restart.window
+            && window.get_ref().0.is_zero()
+        {
+            let msg = "a restart window of zero would never count a restart".to_string();
+            self.problem(window, Some(id), "restart.window", msg);
+        }
+        supervision = supervision.backoff(
+            restart
+                .backoff_min
+                .as_ref()
+                .map_or(defaults.backoff_min, |b| b.get_ref().0),
+            restart
+                .backoff_max
+                .as_ref()
+                .map_or(defaults.backoff_max, |b| b.get_ref().0),
+        );
+        if supervision.backoff_min > supervision.backoff_max {
+            let msg = format!(
+                "the backoff starts at {:?}, above its maximum of {:?}",
+                supervision.backoff_min, supervision.backoff_max
+            );
+            // The defaults are in order, so at least one of the two was written.
+            match (&restart.backoff_min, &restart.backoff_max) {
+                (Some(at), _) => self.problem(at, Some(id), "restart.backoff_min", msg),
+                (None, Some(at)) => self.problem(at, Some(id), "restart.backoff_max", msg),
+                (None, None) => self.diagnostics.push(Problem::new(msg).component(id)),
+            }
+        }
+
+        let strings = |patterns: &[Spanned<String>]| {
+            patterns
+                .iter()
+                .map(|p| p.get_ref().clone())
+                .collect::<Vec<_>>()
+        };
+        (self.diagnostics.problems.len() == before).then(|| ComponentEntry {
+            id: id.to_string(),
+            path,
+            path_line: self.line(&raw.path),
+            send: strings(&caps.send),
+            request: strings(&caps.request),
+            publish: strings(&caps.publish),
+            subscribe: strings(&caps.subscribe),
+            mailbox,
+            deadline,
+            memory,
+            fuel,
+            supervision,
+        })
+    }
+}
+
+/// The ingress has no authentication, so it listens on loopback addresses only.
+pub fn check_listen(address: SocketAddr) -> Result<(), String> {
+    if address.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{address} is not a loopback address: the ingress has no authentication, so it \
+             listens only on 127.0.0.1, ::1 or another loopback address"
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    runtime: RawRuntime,
+    #[serde(default)]
+    component: Vec<Spanned<RawComponent>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    listen: Option<Spanned<SocketAddr>>,
+    max_payload: Option<Spanned<ByteSize>>,
+    cache_dir: Option<PathBuf>,
+    drain: Option<Millis>,
+    request_timeout: Option<Spanned<Millis>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    id: Spanned<String>,
+    path: Spanned<PathBuf>,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    restart: RawRestart,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    #[serde(default)]
+    send: Vec<Spanned<String>>,
+    #[serde(default)]
+    request: Vec<Spanned<String>>,
+    #[serde(default)]
+    publish: Vec<Spanned<String>>,
+    #[serde(default)]
+    subscribe: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<Spanned<ByteSize>>,
+    deadline: Option<Spanned<Millis>>,
+    mailbox: Option<Spanned<u64>>,
+    fuel: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    policy: Option<Policy>,
+    max_restarts: Option<u32>,
+    window: Option<Spanned<Millis>>,
+    backoff_min: Option<Spanned<Millis>>,
+    backoff_max: Option<Spanned<Millis>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Policy {
+    Permanent,
+    Transient,
+    Temporary,
+}
+
+impl From<Policy> for RestartPolicy {
+    fn from(policy: Policy) -> Self {
+        match policy {
+            Policy::Permanent => RestartPolicy::Permanent,
+            Policy::Transient => RestartPolicy::Transient,
+            Policy::Temporary => RestartPolicy::Temporary,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder with `ping.wasm` and `pong.wasm` in it (empty: only their existence is
+    /// checked here), and the manifest path inside it.
+    fn folder() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ping.wasm", "pong.wasm"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let file = dir.path().join("courier.toml");
+        (dir, file)
+    }
+
+    const GOOD: &str = r#"
+[runtime]
+listen = "127.0.0.1:9090"
+max_payload = "1 MiB"
+drain = "2s"
+
+[[component]]
+id = "ping"
+path = "ping.wasm"
+capabilities = { send = ["pong"], publish = ["scores/*"] }
+limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64, fuel = 1000000 }
+restart = { policy = "transient", max_restarts = 3, window = "10s", backoff_min = "10ms", backoff_max = "1s" }
+
+[[component]]
+id = "pong"
+path = "pong.wasm"
+
+[component.capabilities]
+subscribe = ["scores/*"]
+
+[component.limits]
+mailbox = 10000
+"#;
+
+    /// The one problem `source` has, as printed.
+    fn problem(source: &str) -> String {
+        let (_dir, file) = folder();
+        let diagnostics = Manifest::parse(source, &file).unwrap_err();
+        assert_eq!(diagnostics.problems.len(), 1, "{diagnostics}");
+        let problem = &diagnostics.problems[0];
+        format!("{}: {problem}", problem.line.unwrap_or(0))
+    }
+
+    /// `GOOD` with `from` replaced by `to`.
+    fn good_but(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        GOOD.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn a_complete_manifest_is_read_with_its_defaults_filled_in() {
+        let (dir, file) = folder();
+        let manifest = Manifest::parse(GOOD, &file).unwrap();
+        assert_eq!(manifest.runtime.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(manifest.runtime.max_payload, 1 << 20);
+        assert_eq!(manifest.runtime.drain, Duration::from_secs(2));
+        assert_eq!(manifest.runtime.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        let cache = std::fs::canonicalize(manifest.runtime.cache_dir.parent().unwrap()).unwrap();
+        assert_eq!(cache, dir);
+
+        let [ping, pong] = &manifest.components[..] else {
+            panic!("two components")
+        };
+        assert_eq!(ping.id, "ping");
+        assert!(ping.path.ends_with("ping.wasm") && ping.path.is_absolute());
+        assert_eq!(ping.path_line, 9);
+        assert_eq!(ping.send, ["pong"]);
+        assert_eq!(ping.publish, ["scores/*"]);
+        assert_eq!(ping.memory, Some(16 << 20));
+        assert_eq!(ping.deadline, Duration::from_millis(100));
+        assert_eq!(ping.mailbox, 64);
+        assert_eq!(ping.fuel, Some(1_000_000));
+        assert_eq!(ping.supervision.policy, RestartPolicy::Transient);
+        assert_eq!(ping.supervision.max_restarts, 3);
+        assert_eq!(ping.supervision.backoff_min, Duration::from_millis(10));
+
+        assert_eq!(pong.subscribe, ["scores/*"]);
+        assert_eq!(pong.mailbox, 10_000);
+        assert_eq!(pong.deadline, DEFAULT_DEADLINE);
+        assert_eq!(pong.supervision, Supervision::default());
+
+        let engine = manifest.engine_config();
+        assert!(engine.fuel, "a fuel budget turns metering on");
+        assert!(engine.pooling);
+        assert_eq!(manifest.broker_config().max_payload_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_line() {
+        let source = good_but("mailbox = 10000", "mailbox = 10000\nmailbox_size = 3");
+        assert_eq!(
+            problem(&source),
+            "23: component `pong`: `limits.mailbox_size`: unknown field `mailbox_size`, \
+             expected one of `memory`, `deadline`, `mailbox`, `fuel`"
+        );
+        let source = format!("verbose = true\n{GOOD}");
+        assert!(problem(&source).starts_with("1: `verbose`: unknown field `verbose`"));
+    }
+
+    #[test]
+    fn a_bad_duration_is_named_with_its_line() {
+        let source = good_but("deadline = \"100ms\"", "deadline = \"100 parsecs\"");
+        let problem = problem(&source);
+        assert!(
+            problem.starts_with(
+                "11: component `ping`: `limits.deadline`: \"100 parsecs\" is not a duration"
+            ),
+            "{problem}"
+        );
+        let source = good_but("drain = \"2s\"", "drain = -5");
+        assert!(problem_starts(
+            &source,
+            "5: `runtime.drain`: -5 is negative"
+        ));
+    }
+
+    fn problem_starts(source: &str, start: &str) -> bool {
+        let problem = problem(source);
+        assert!(problem.starts_with(start), "{problem}");
+        true
+    }
+
+    #[test]
+    fn a_bad_size_is_named_with_its_line() {
+        let source = good_but("memory = \"16 MiB\"", "memory = \"16 MiBs\"");
+        assert!(problem_starts(
+            &source,
+            "11: component `ping`: `limits.memory`: unknown unit \"MiBs\""
+        ));
+        let source = good_but("max_payload = \"1 MiB\"", "max_payload = \"lots\"");
+        assert!(problem_starts(
+            &source,
+            "4: `runtime.max_payload`: unknown unit"
+        ));
+        let source = good_but("memory = \"16 MiB\"", "memory = 100");
+        assert!(problem_starts(
+            &source,
+            "11: component `ping`: `limits.memory`: a memory cap of 100 bytes is below one WebAssembly page"
+        ));
+    }
+
+    #[test]
+    fn a_bad_policy_is_named_with_its_line() {
+        let source = good_but("\"transient\"", "\"sometimes\"");
+        assert_eq!(
+            problem(&source),
+            "12: component `ping`: `restart.policy`: unknown variant `sometimes`, \
+             expected one of `permanent`, `transient`, `temporary`"
+        );
+    }
+
+    #[test]
+    fn a_missing_path_is_named_with_its_line() {
+        let source = good_but("path = \"pong.wasm\"\n", "");
+        assert_eq!(
+            problem(&source),
+            "14: component `pong`: `path`: missing field `path`"
+        );
+        let source = good_but("path = \"pong.wasm\"", "path = \"gone.wasm\"");
+        let problem = problem(&source);
+        assert!(
+            problem.starts_with("16: component `pong`: `path`: no file at /")
+                && problem.ends_with("gone.wasm"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_bad_pattern_is_named_with_its_line() {
+        let source = good_but("send = [\"pong\"]", "send = [\"pong\", \"po*\"]");
+        assert_eq!(
+            problem(&source),
+            "10: component `ping`: `capabilities.send`: `po*` is not a pattern: \
+             `*` may stand alone or end one as `prefix/*`"
+        );
+        let source = good_but("subscribe = [\"scores/*\"]", "subscribe = [\"scores//*\"]");
+        assert!(problem_starts(
+            &source,
+            "19: component `pong`: `capabilities.subscribe`: `scores//*` is not a valid pattern"
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_id_is_named_with_both_lines() {
+        let source = good_but("id = \"pong\"", "id = \"ping\"");
+        assert_eq!(
+            problem(&source),
+            "15: component `ping`: `id`: id `ping` is already used by the component declared at line 8"
+        );
+    }
+
+    #[test]
+    fn a_bad_id_listen_address_or_limit_is_named_with_its_line() {
+        let source = good_but("id = \"pong\"", "id = \"host\"");
+        assert!(problem_starts(
+            &source,
+            "15: component `host`: `id`: `host` is not a valid"
+        ));
+        let source = good_but("127.0.0.1:9090", "0.0.0.0:9090");
+        assert!(problem_starts(
+            &source,
+            "3: `runtime.listen`: 0.0.0.0:9090 is not a loopback"
+        ));
+        let source = good_but("127.0.0.1:9090", "localhost");
+        assert!(problem_starts(
+            &source,
+            "3: `runtime.listen`: invalid socket address"
+        ));
+        let source = good_but("mailbox = 10000", "mailbox = 0");
+        assert!(problem_starts(
+            &source,
+            "22: component `pong`: `limits.mailbox`: a mailbox"
+        ));
+        let source = good_but("backoff_min = \"10ms\"", "backoff_min = \"2s\"");
+        assert!(problem_starts(
+            &source,
+            "12: component `ping`: `restart.backoff_min`"
+        ));
+    }
+
+    #[test]
+    fn a_syntax_error_is_reported_at_its_line() {
+        let source = good_but("drain = \"2s\"", "drain = \"2s");
+        assert!(problem_starts(&source, "5: "));
+    }
+
+    #[test]
+    fn every_meaning_problem_is_reported_at_once() {
+        let (_dir, file) = folder();
+        let source = good_but("path = \"pong.wasm\"", "path = \"gone.wasm\"").replacen(
+            "send = [\"pong\"]",
+            "send = [\"a**\"]",
+            1,
+        );
+        let diagnostics = Manifest::parse(&source, &file).unwrap_err();
+        let lines: Vec<_> = diagnostics.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [Some(10), Some(16)]);
+        let text = diagnostics.to_string();
+        assert!(
+            text.starts_with(&format!("{}:10: component `ping`", file.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_empty_manifest_asks_for_a_component() {
+        let (_dir, file) = folder();
+        let diagnostics = Manifest::parse("", &file).unwrap_err();
+        assert!(diagnostics.problems[0].message.contains("no components"));
+    }
+}

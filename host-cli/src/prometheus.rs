@@ -1,0 +1,277 @@
+//! The broker's metrics in the Prometheus text exposition format (version 0.0.4), which
+//! Prometheus, VictoriaMetrics, the OpenTelemetry collector and most agents scrape.
+//!
+//! The broker keeps its own counters, so each scrape writes out a snapshot; there is no
+//! registry of live metric objects to keep in step with it.
+
+use std::fmt::Write;
+
+use courier_host_broker::{Accounting, MetricsSnapshot};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One sample: its labels and its value.
+type Sample = (Vec<(&'static str, String)>, f64);
+
+/// A per-component counter: its name, its help and how to read it from a snapshot.
+type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> f64);
+
+/// Writes every component's counters and the broker-wide accounting.
+///
+/// Per component (label `component`): the counters `courier_messages_delivered_total`,
+/// `courier_messages_failed_total`, `courier_messages_dead_lettered_total`,
+/// `courier_messages_refused_total`, `courier_restarts_total` and
+/// `courier_handler_calls_total`; the gauges `courier_mailbox_depth`,
+/// `courier_component_state` (1 for the current `state`), `courier_handler_latency_seconds`
+/// (label `quantile`: 0.5, 0.9, 0.99) and `courier_handler_latency_max_seconds`. Broker-wide:
+/// `courier_broker_messages_{sent,delivered,refused,dead_lettered}_total` and the gauge
+/// `courier_broker_messages_in_flight`.
+pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String {
+    let mut out = String::new();
+    let per = |value: fn(&MetricsSnapshot) -> f64| -> Vec<Sample> {
+        components
+            .iter()
+            .map(|m| (vec![("component", m.id.to_string())], value(m)))
+            .collect()
+    };
+
+    let counters: [Counter; 6] = [
+        (
+            "courier_messages_delivered_total",
+            "Messages and requests whose handler ran to completion (Ok or a handler error).",
+            |m| m.delivered as f64,
+        ),
+        (
+            "courier_messages_failed_total",
+            "Handler calls that returned an error or trapped.",
+            |m| m.failed as f64,
+        ),
+        (
+            "courier_messages_dead_lettered_total",
+            "Messages for the component that were accepted, then given up on.",
+            |m| m.dead_lettered as f64,
+        ),
+        (
+            "courier_messages_refused_total",
+            "Messages for the component refused to their senders at once.",
+            |m| m.refused as f64,
+        ),
+        (
+            "courier_restarts_total",
+            "Instances replaced after a trap.",
+            |m| m.restarts as f64,
+        ),
+        (
+            "courier_handler_calls_total",
+            "Handler calls timed for the latency figures.",
+            |m| m.latency.count as f64,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help, per(value));
+    }
+    family(
+        &mut out,
+        "courier_mailbox_depth",
+        "gauge",
+        "Messages waiting in the component's mailbox.",
+        per(|m| m.mailbox_depth as f64),
+    );
+    family(
+        &mut out,
+        "courier_component_state",
+        "gauge",
+        "1 for the component's current state: running, restarting, stopped or failed.",
+        components
+            .iter()
+            .map(|m| {
+                let labels = vec![
+                    ("component", m.id.to_string()),
+                    ("state", m.state.name().to_string()),
+                ];
+                (labels, 1.0)
+            })
+            .collect(),
+    );
+    let mut quantiles = Vec::new();
+    for m in components {
+        for (quantile, value) in [
+            ("0.5", m.latency.p50),
+            ("0.9", m.latency.p90),
+            ("0.99", m.latency.p99),
+        ] {
+            if let Some(value) = value {
+                let labels = vec![
+                    ("component", m.id.to_string()),
+                    ("quantile", quantile.to_string()),
+                ];
+                quantiles.push((labels, value.as_secs_f64()));
+            }
+        }
+    }
+    family(
+        &mut out,
+        "courier_handler_latency_seconds",
+        "gauge",
+        "Handler latency quantiles since start (approximate, within about 19%).",
+        quantiles,
+    );
+    family(
+        &mut out,
+        "courier_handler_latency_max_seconds",
+        "gauge",
+        "Slowest handler call since start.",
+        components
+            .iter()
+            .filter_map(|m| {
+                let max = m.latency.max?;
+                Some((vec![("component", m.id.to_string())], max.as_secs_f64()))
+            })
+            .collect(),
+    );
+
+    let broker = |value: u64| vec![(Vec::new(), value as f64)];
+    for (name, help, value) in [
+        (
+            "courier_broker_messages_sent_total",
+            "Messages and requests anyone tried to send (a publication counts once per subscriber).",
+            accounting.sent,
+        ),
+        (
+            "courier_broker_messages_delivered_total",
+            "Messages handled by their target's handler.",
+            accounting.delivered,
+        ),
+        (
+            "courier_broker_messages_refused_total",
+            "Messages refused to their sender at once with an error.",
+            accounting.refused,
+        ),
+        (
+            "courier_broker_messages_dead_lettered_total",
+            "Messages accepted, then given up on, with a reason in the dead-letter record.",
+            accounting.dead_lettered,
+        ),
+    ] {
+        family(&mut out, name, "counter", help, broker(value));
+    }
+    family(
+        &mut out,
+        "courier_broker_messages_in_flight",
+        "gauge",
+        "Messages accepted and not yet delivered or dead-lettered.",
+        broker(accounting.in_flight()),
+    );
+    out
+}
+
+/// Writes one metric family: its help, its type and its samples. A family with no samples
+/// is left out, as the format asks.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Sample>) {
+    if samples.is_empty() {
+        return;
+    }
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        out.push_str(name);
+        if !labels.is_empty() {
+            out.push('{');
+            for (index, (label, value)) in labels.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{label}=\"{}\"", escape_label(value));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {}", format_value(value));
+    }
+}
+
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn format_value(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use courier_host_broker::{ComponentState, LatencySummary};
+
+    use super::*;
+
+    fn snapshot(id: &str) -> MetricsSnapshot {
+        MetricsSnapshot {
+            id: id.into(),
+            state: ComponentState::Running,
+            delivered: 7,
+            failed: 1,
+            dead_lettered: 1,
+            refused: 2,
+            restarts: 1,
+            mailbox_depth: 3,
+            latency: LatencySummary {
+                count: 8,
+                p50: Some(Duration::from_micros(12)),
+                p90: Some(Duration::from_micros(40)),
+                p99: None,
+                max: Some(Duration::from_millis(2)),
+            },
+        }
+    }
+
+    #[test]
+    fn counters_and_gauges_carry_the_component_label() {
+        let text = render(
+            &[snapshot("echo")],
+            &Accounting {
+                sent: 10,
+                delivered: 7,
+                refused: 2,
+                dead_lettered: 1,
+            },
+        );
+        assert!(text.contains("# TYPE courier_messages_delivered_total counter\n"));
+        assert!(text.contains("courier_messages_delivered_total{component=\"echo\"} 7\n"));
+        assert!(text.contains("courier_mailbox_depth{component=\"echo\"} 3\n"));
+        assert!(text.contains(
+            "courier_handler_latency_seconds{component=\"echo\",quantile=\"0.5\"} 0.000012\n"
+        ));
+        assert!(
+            !text.contains("quantile=\"0.99\""),
+            "absent quantiles are left out"
+        );
+        assert!(text.contains("courier_component_state{component=\"echo\",state=\"running\"} 1\n"));
+        assert!(text.contains("courier_broker_messages_sent_total 10\n"));
+        assert!(text.contains("courier_broker_messages_in_flight 0\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn no_components_means_no_per_component_families() {
+        let text = render(&[], &Accounting::default());
+        assert!(!text.contains("courier_messages_delivered_total"));
+        assert!(text.contains("courier_broker_messages_sent_total 0\n"));
+    }
+}

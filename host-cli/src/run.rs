@@ -1,0 +1,251 @@
+//! `courier run`: start every component of a manifest, serve the ingress, and on Ctrl-C or
+//! SIGTERM drain the mailboxes, stop, and say what was left.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use courier_host_broker::{Broker, ShutdownReport};
+use courier_host_core::{Component, Engine};
+use tokio::sync::oneshot;
+
+use crate::diagnostics::Diagnostics;
+use crate::manifest::{Manifest, check_listen};
+use crate::units::format_duration;
+use crate::{ingress, load};
+
+/// How long the HTTP server may take to finish its last answers once the broker has
+/// stopped. Every answer waits on the broker, which has ended by then, so this is ample.
+const SERVER_GRACE: Duration = Duration::from_secs(2);
+
+/// What `courier run` was asked, beyond the manifest.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Listen here instead of at the manifest's `runtime.listen`.
+    pub listen: Option<SocketAddr>,
+    /// Drain for this long instead of the manifest's `runtime.drain`.
+    pub drain: Option<Duration>,
+}
+
+/// Run the manifest at `file` until a signal stops it. Problems with the manifest or its
+/// components are printed with their lines and end the run with a failure status; a run
+/// stopped by a signal ends with success once it has drained (or status 130 if a second
+/// signal cut the drain short).
+pub fn run(file: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
+    let mut manifest = match Manifest::load(file) {
+        Ok(manifest) => manifest,
+        Err(diagnostics) => return Ok(report_problems(&diagnostics)),
+    };
+    if let Some(listen) = options.listen {
+        check_listen(listen).map_err(|reason| anyhow::anyhow!("--listen: {reason}"))?;
+        manifest.runtime.listen = listen;
+    }
+    if let Some(drain) = options.drain {
+        manifest.runtime.drain = drain;
+    }
+    println!(
+        "courier: {} declares {} components",
+        file.display(),
+        manifest.components.len()
+    );
+
+    let engine = match load::engine(&manifest) {
+        Ok(engine) => engine,
+        Err(problem) => anyhow::bail!("{problem}"),
+    };
+    let components = match load::components(&engine, &manifest) {
+        Ok(components) => components,
+        Err(problems) => {
+            let diagnostics = Diagnostics {
+                file: file.to_path_buf(),
+                problems,
+            };
+            return Ok(report_problems(&diagnostics));
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(serve(manifest, engine, components))
+}
+
+/// Print the problems and say how many there were; the failure status to exit with.
+pub fn report_problems(diagnostics: &Diagnostics) -> ExitCode {
+    eprintln!("{diagnostics}");
+    let count = diagnostics.problems.len();
+    eprintln!(
+        "courier: {count} problem{} in {}",
+        if count == 1 { "" } else { "s" },
+        diagnostics.file.display()
+    );
+    ExitCode::FAILURE
+}
+
+async fn serve(
+    manifest: Manifest,
+    engine: Engine,
+    components: Vec<Component>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = &manifest.runtime;
+    // Installed before the address is announced, so that whoever reads it can stop us with
+    // a signal straight away and still get a drain.
+    let mut signals = Signals::new().context("cannot listen for signals")?;
+    // Bound before any component starts, so that a port in use fails the run at once.
+    let listener = tokio::net::TcpListener::bind(runtime.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", runtime.listen))?;
+    let address = listener.local_addr()?;
+
+    let broker = Broker::with_config(engine, manifest.broker_config());
+    for (entry, component) in manifest.components.iter().zip(components) {
+        if let Err(err) = broker.spawn(entry.spec(component)).await {
+            broker.shutdown(Duration::ZERO).await;
+            return Err(err).with_context(|| format!("cannot start component `{}`", entry.id));
+        }
+    }
+    println!(
+        "courier: started {}",
+        manifest
+            .components
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let app = ingress::router(broker.clone(), runtime.request_timeout, runtime.max_payload);
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = server_stopped.await;
+            })
+            .into_future(),
+    );
+    println!("courier: listening on http://{address}");
+
+    let signal = tokio::select! {
+        signal = signals.next() => signal,
+        ended = &mut server => {
+            broker.shutdown(Duration::ZERO).await;
+            return match ended {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
+                Ok(Err(err)) => Err(err).context("the HTTP server failed"),
+                Err(err) => Err(err).context("the HTTP server panicked"),
+            };
+        }
+    };
+    println!(
+        "courier: {signal} received; draining mailboxes for up to {}",
+        format_duration(runtime.drain)
+    );
+    let report = tokio::select! {
+        report = broker.shutdown(runtime.drain) => report,
+        signal = signals.next() => {
+            println!("courier: {signal} received again; stopping without waiting for the drain");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let _ = stop_server.send(());
+    if tokio::time::timeout(SERVER_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+    }
+    print_report(&report, &broker);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Say what the drain did and what it left.
+fn print_report(report: &ShutdownReport, broker: &Broker) {
+    let stopped: Vec<&str> = report.stopped.iter().map(|id| id.as_ref()).collect();
+    println!(
+        "courier: stopped {} ({})",
+        plural(stopped.len() as u64, "component"),
+        stopped.join(", ")
+    );
+    println!(
+        "courier: delivered {} while draining",
+        plural(report.delivered_while_draining, "message")
+    );
+    if report.undelivered.is_empty() {
+        println!("courier: nothing left undelivered");
+    } else {
+        println!(
+            "courier: {} left undelivered:",
+            plural(report.undelivered.len() as u64, "message")
+        );
+        for letter in &report.undelivered {
+            // A trap's reason carries its wasm backtrace on further lines.
+            println!(
+                "  {} {} -> {} ({} bytes): {}",
+                letter.kind.as_str(),
+                letter.sender,
+                letter.target,
+                letter.payload_len,
+                letter.reason.trim_end().replace('\n', "\n    ")
+            );
+        }
+    }
+    let books = broker.accounting();
+    println!(
+        "courier: in all {} sent, {} delivered, {} refused, {} dead-lettered",
+        books.sent, books.delivered, books.refused, books.dead_lettered
+    );
+}
+
+/// `1 message`, `2 messages`.
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// Ctrl-C and, on Unix, SIGTERM.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    /// Wait for the next signal and name it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}

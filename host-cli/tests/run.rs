@@ -1,0 +1,541 @@
+//! `courier run` end to end: the built binary, real components from `target/guests/`, a real
+//! HTTP client, and a real SIGTERM.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use courier_test_support::guest_path;
+
+/// Loading a cold cache compiles every component; give it room on a busy 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Drain deadline plus the longest handler deadline below, with room to spare.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `courier`, killed if the test ends without stopping it.
+struct Courier {
+    child: Child,
+    lines: Receiver<String>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Courier {
+    fn start(args: &[&str]) -> Courier {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the courier binary starts");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (sender, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let collected = stdout.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                collected.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = sender.send(line);
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        thread::spawn(move || {
+            let mut buffer = [0; 4096];
+            while let Ok(n @ 1..) = err.read(&mut buffer) {
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Courier {
+            child,
+            lines,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The address from `courier: listening on http://ADDRESS`.
+    fn address(&self) -> String {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(address) = line.strip_prefix("courier: listening on http://") {
+                        return address.to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "courier did not say where it listens\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a pid we spawned and still own (the child is not reaped).
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM was sent");
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the readers take the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "courier did not stop within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Courier {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A manifest in a temporary folder, naming components in `target/guests/`.
+fn manifest(dir: &Path, body: &str) -> PathBuf {
+    let guest = |name: &str| guest_path(name).display().to_string();
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/courier-cli-test-cache");
+    let text = body
+        .replace("{cache}", &cache.display().to_string())
+        .replace("{ping}", &guest("ping"))
+        .replace("{pong}", &guest("pong"))
+        .replace("{echo}", &guest("echo"))
+        .replace("{panicker}", &guest("panicker"))
+        .replace("{looper}", &guest("looper"))
+        .replace("{no_handler}", &guest("no_handler"));
+    let file = dir.join("courier.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+const MANIFEST: &str = r#"
+[runtime]
+listen = "127.0.0.1:1"   # replaced by --listen
+max_payload = "1 KiB"
+cache_dir = "{cache}"
+drain = "1s"
+request_timeout = "2s"
+
+[[component]]
+id = "ping"
+path = "{ping}"
+capabilities = { send = ["pong"] }
+
+[[component]]
+id = "pong"
+path = "{pong}"
+limits = { mailbox = 1000 }
+
+[[component]]
+id = "echo"
+path = "{echo}"
+
+[[component]]
+id = "tools/echo"
+path = "{echo}"
+
+[[component]]
+id = "panicker"
+path = "{panicker}"
+restart = { max_restarts = 100 }
+
+[[component]]
+id = "looper"
+path = "{looper}"
+limits = { deadline = "1s", mailbox = 1 }
+restart = { max_restarts = 100 }
+"#;
+
+fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// Status and body of a POST.
+fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut response = agent.post(url).send(body).expect("the ingress answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_vec().unwrap())
+}
+
+/// Status and body of a GET, as text.
+fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
+    let mut response = agent.get(url).call().expect("the ingress answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(body)))
+}
+
+/// The value of the sample `name` in a Prometheus exposition.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_runner_routes_http_to_components_reports_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(dir.path(), MANIFEST);
+    let mut courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+
+    // A message from the host makes ping send 100 numbered messages to pong, wasm to wasm.
+    let (status, body) = post(&agent, &format!("{base}/components/ping/messages"), b"100");
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["target"], "ping");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, figures) = post(&agent, &format!("{base}/components/pong/requests"), b"");
+        assert_eq!(status, 200);
+        let received = u64::from_le_bytes(figures[..8].try_into().unwrap());
+        let out_of_order = u64::from_le_bytes(figures[8..16].try_into().unwrap());
+        assert_eq!(out_of_order, 0);
+        if received == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pong has {received} of 100");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // A request comes back with the reply as the body.
+    let (status, reply) = post(
+        &agent,
+        &format!("{base}/components/echo/requests"),
+        b"hello",
+    );
+    assert_eq!((status, reply.as_slice()), (200, &b"hello"[..]));
+
+    // An id with a namespace is written with its slash percent-encoded.
+    let (status, reply) = post(
+        &agent,
+        &format!("{base}/components/tools%2Fecho/requests"),
+        b"ns",
+    );
+    assert_eq!((status, reply.as_slice()), (200, &b"ns"[..]));
+
+    // Typed errors: unknown id, unknown route, too large, a timeout beyond reason.
+    let (status, body) = get(&agent, &format!("{base}/nowhere"));
+    assert_eq!(status, 404);
+    assert_eq!(json(body.as_bytes())["error"], "no-such-route");
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/echo/requests?timeout_ms=99999999999"),
+        b"x",
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = post(&agent, &format!("{base}/components/nobody/messages"), b"x");
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error"], "target-not-found");
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/echo/requests"),
+        &[b'x'; 2048],
+    );
+    assert_eq!(status, 413);
+    assert_eq!(json(&body)["error"], "payload-too-large");
+
+    // A panicking handler: its message is dead-lettered, a request to it is a 502.
+    let (status, _) = post(
+        &agent,
+        &format!("{base}/components/panicker/messages"),
+        b"boom",
+    );
+    assert_eq!(status, 202);
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/panicker/requests"),
+        b"bang",
+    );
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let error = json(&body);
+    assert_eq!(error["error"], "target-crashed");
+    assert!(
+        error["message"].as_str().unwrap().contains("panicker"),
+        "{error}"
+    );
+
+    // A handler that never returns: the request times out, and while it loops its
+    // one-message mailbox fills up.
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/looper/requests?timeout_ms=100"),
+        b"spin",
+    );
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["error"], "timeout");
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| {
+            post(
+                &agent,
+                &format!("{base}/components/looper/messages"),
+                b"spin",
+            )
+            .0
+        })
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [202, 429].contains(s)),
+        "{statuses:?}"
+    );
+
+    let (status, letters) = get(&agent, &format!("{base}/dead-letters"));
+    assert_eq!(status, 200);
+    let letters = json(letters.as_bytes());
+    let boom = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|letter| letter["payload_preview"] == "boom")
+        .unwrap_or_else(|| panic!("no dead letter for `boom` in {letters}"));
+    assert_eq!(boom["sender"], "host");
+    assert_eq!(boom["target"], "panicker");
+    assert_eq!(boom["kind"], "message");
+    assert_eq!(boom["payload_len"], 4);
+    assert!(
+        boom["reason"].as_str().unwrap().contains("panicked"),
+        "{boom}"
+    );
+
+    let (status, components) = get(&agent, &format!("{base}/components"));
+    assert_eq!(status, 200);
+    let components = json(components.as_bytes());
+    let ids: Vec<&str> = components
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["echo", "looper", "panicker", "ping", "pong", "tools/echo"]
+    );
+    assert!(components[0]["state"] == "running", "{components}");
+
+    let (status, metrics) = get(&agent, &format!("{base}/metrics"));
+    assert_eq!(status, 200);
+    assert!(
+        sample(
+            &metrics,
+            "courier_messages_delivered_total{component=\"pong\"}"
+        ) >= 100.0,
+        "{metrics}"
+    );
+    assert!(sample(&metrics, "courier_restarts_total{component=\"panicker\"}") >= 1.0);
+    assert!(
+        sample(
+            &metrics,
+            "courier_messages_dead_lettered_total{component=\"panicker\"}"
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "courier_messages_refused_total{component=\"looper\"}"
+        ) >= 1.0
+    );
+    assert!(sample(&metrics, "courier_broker_messages_sent_total") >= 110.0);
+    assert!(metrics.contains("# TYPE courier_mailbox_depth gauge\n"));
+    assert!(
+        metrics.contains("courier_handler_latency_seconds{component=\"echo\",quantile=\"0.5\"}")
+    );
+
+    courier.terminate();
+    let status = courier.wait(STOP_TIMEOUT);
+    let stdout = courier.stdout();
+    assert!(
+        status.success(),
+        "{status}\nstdout:\n{stdout}\nstderr:\n{}",
+        courier.stderr()
+    );
+    assert!(
+        stdout.contains("courier: SIGTERM received; draining mailboxes for up to 1 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "courier: stopped 6 components (echo, looper, panicker, ping, pong, tools/echo)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" while draining\n"), "{stdout}");
+    assert!(stdout.contains("courier: in all "), "{stdout}");
+}
+
+#[test]
+fn while_draining_new_messages_are_refused_and_what_is_left_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+drain = "100ms"
+
+[[component]]
+id = "looper"
+path = "{looper}"
+limits = { deadline = "1s", mailbox = 4 }
+"#,
+    );
+    let mut courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    // The first message keeps looper busy for its whole deadline; the second waits behind it
+    // and is still queued when the 100 ms drain ends.
+    for payload in [&b"first"[..], b"second"] {
+        let (status, _) = post(
+            &agent,
+            &format!("{base}/components/looper/messages"),
+            payload,
+        );
+        assert_eq!(status, 202);
+    }
+    courier.terminate();
+    // Looper holds the drain open until its handler's deadline; meanwhile the ingress still
+    // answers, and refuses new work.
+    let draining = Instant::now() + STOP_TIMEOUT;
+    while !courier.stdout().contains("draining mailboxes") {
+        assert!(Instant::now() < draining, "{}", courier.stdout());
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/looper/messages"),
+        b"late",
+    );
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["error"], "shutting-down");
+
+    let status = courier.wait(STOP_TIMEOUT);
+    let stdout = courier.stdout();
+    assert!(status.success(), "{status}\n{stdout}\n{}", courier.stderr());
+    assert!(stdout.contains("left undelivered:"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "  message host -> looper (6 bytes): the shutdown deadline passed before delivery\n"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_example_manifest_checks() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/courier.toml");
+    for guest in ["ping", "pong", "echo"] {
+        guest_path(guest);
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["check", example.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"[runtime]
+cache_dir = "{cache}"
+
+[[component]]
+id = "echo"
+path = "{echo}"
+
+[[component]]
+id = "broken"
+path = "{no_handler}"
+
+[[component]]
+id = "gone"
+path = "gone.wasm"
+"#,
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let name = file.display();
+    assert!(
+        stderr.contains(&format!(
+            "{name}:10: `path`: component `broken` lacks the export `handle-message`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{name}:14: component `gone`: `path`: no file at ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("courier: 2 problems in"), "{stderr}");
+
+    let fine = manifest(
+        dir.path(),
+        "[runtime]\ncache_dir = \"{cache}\"\n[[component]]\nid = \"echo\"\npath = \"{echo}\"\n",
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["check", fine.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
