@@ -30,8 +30,15 @@ Usage: cargo xtask <task>
 
 Tasks:
   build-guests  build the guest components for wasm32-wasip2 into target/guests/
-  test-all      build-guests, then fmt and clippy on both workspaces, then cargo test
-  demo          build-guests, then run host-core's demo example
+  test-all      build-guests, then fmt and clippy on both workspaces, compile the benchmarks,
+                then cargo test
+  run           build-guests, then serve examples/courier.toml with the `courier` runner
+                (ping, pong and echo behind an HTTP ingress on 127.0.0.1:8080; Ctrl-C stops)
+  demo          build-guests, then run the host-core and broker demos, which end by themselves
+  bench         build-guests, then run the benchmarks and print their table of ratios
+                (also written to target/bench-report.md); `bench --quick` is a short run,
+                and arguments after `--` go to criterion (`bench -- ping` runs only the
+                benchmarks whose names contain `ping`)
   help          print this message
 ";
 
@@ -43,6 +50,9 @@ fn main() -> ExitCode {
     let task = match args.as_slice() {
         [] => "help",
         [task] => task.as_str(),
+        [task, rest @ ..] if task == "bench" => {
+            return finish(task, bench(rest));
+        }
         [task, extra, ..] => {
             eprintln!("xtask: `{task}` takes no arguments, got `{extra}`\n\n{USAGE}");
             return ExitCode::FAILURE;
@@ -51,7 +61,9 @@ fn main() -> ExitCode {
     let result = match task {
         "build-guests" => build_guests(),
         "test-all" => test_all(),
+        "run" => run_example(),
         "demo" => demo(),
+        "bench" => bench(&[]),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -61,6 +73,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    finish(task, result)
+}
+
+/// The exit code of a task, after reporting its failure.
+fn finish(task: &str, result: TaskResult) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -119,8 +136,8 @@ fn build_guests() -> TaskResult {
     Ok(())
 }
 
-/// Builds the guests, then checks formatting and lints on both workspaces and runs every test,
-/// stopping at the first step that fails.
+/// Builds the guests, then checks formatting and lints on both workspaces, compiles the
+/// benchmarks (without running them) and runs every test, stopping at the first step that fails.
 fn test_all() -> TaskResult {
     build_guests()?;
 
@@ -154,6 +171,10 @@ fn test_all() -> TaskResult {
             ]),
         ),
         ("cargo clippy (guests, wasm32-wasip2)", guest_clippy),
+        (
+            "cargo bench --no-run (benchmarks compile)",
+            cargo(["bench", "--no-run", "-p", "courier-benches"]),
+        ),
         ("cargo test (host)", cargo(["test", "--workspace"])),
     ];
     // Building the guests is the first step.
@@ -165,7 +186,26 @@ fn test_all() -> TaskResult {
     Ok(())
 }
 
-/// Builds the guests and runs host-core's demo, which loads them from `target/guests/`.
+/// Builds the guests and serves the example manifest with the `courier` runner until Ctrl-C.
+fn run_example() -> TaskResult {
+    build_guests()?;
+    run(
+        "courier run examples/courier.toml",
+        cargo([
+            "run",
+            "--release",
+            "-p",
+            "courier-cli",
+            "--",
+            "run",
+            "examples/courier.toml",
+        ]),
+    )
+}
+
+/// Builds the guests and runs the two demos, which load them from `target/guests/`: host-core's
+/// (echo and counter called through the instance API) and the broker's (ping sends 10,000
+/// messages to pong, wasm to wasm). Release builds, so the figures they print are real ones.
 fn demo() -> TaskResult {
     build_guests()?;
     run(
@@ -177,6 +217,17 @@ fn demo() -> TaskResult {
             "courier-host-core",
             "--example",
             "demo",
+        ]),
+    )?;
+    run(
+        "cargo run --example fire_and_forget_messaging (host-broker)",
+        cargo([
+            "run",
+            "--release",
+            "-p",
+            "courier-host-broker",
+            "--example",
+            "fire_and_forget_messaging",
         ]),
     )
 }
@@ -262,4 +313,71 @@ fn wasm_files_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
     }
     files.sort();
     Ok(files)
+}
+
+/// The environment variable that makes the benchmarks take their short run; read by
+/// `courier-benches`.
+const BENCH_QUICK_ENV: &str = "COURIER_BENCH_QUICK";
+
+/// Where the benchmarks write their figures, relative to the repository root.
+const BENCH_RESULTS_DIR: &str = "target/bench-results";
+
+/// Builds the guests, runs every benchmark of `courier-benches` (each measures its own
+/// baselines), then prints the table of figures and ratios that `bench-report` assembles from
+/// what they wrote. `--quick` shortens every benchmark (see `benches/README.md`); arguments
+/// after `--` go to criterion. A slow figure fails nothing; a benchmark that breaks does.
+fn bench(args: &[String]) -> TaskResult {
+    let mut quick = false;
+    let mut criterion_args: &[String] = &[];
+    for (index, arg) in args.iter().enumerate() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--" => {
+                criterion_args = &args[index + 1..];
+                break;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`: bench takes `--quick`, then `--` and \
+                     criterion's arguments"
+                ));
+            }
+        }
+    }
+    build_guests()?;
+
+    // Figures of an earlier run would mix into this run's table.
+    let results = repo_root().join(BENCH_RESULTS_DIR);
+    if results.is_dir() {
+        fs::remove_dir_all(&results)
+            .map_err(|e| format!("could not clear {}: {e}", results.display()))?;
+    }
+
+    let mut benches = cargo(["bench", "-p", "courier-benches", "--benches", "--"]);
+    benches.args(criterion_args);
+    if quick {
+        benches.env(BENCH_QUICK_ENV, "1");
+    }
+    run(
+        if quick {
+            "cargo bench (courier-benches, quick)"
+        } else {
+            "cargo bench (courier-benches)"
+        },
+        benches,
+    )?;
+    // The bench profile, so the report reuses what `cargo bench` just built.
+    run(
+        "bench-report",
+        cargo([
+            "run",
+            "--quiet",
+            "--profile",
+            "bench",
+            "-p",
+            "courier-benches",
+            "--bin",
+            "bench-report",
+        ]),
+    )
 }
