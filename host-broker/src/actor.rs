@@ -1,16 +1,15 @@
 //! The actor: a task that owns one instance and its mailbox and handles one message at a time.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 use courier_host_core::{Component, ComponentId, Instance, InstanceOptions, MessagingError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::broker::BrokerInner;
-use crate::dead_letter::MessageKind;
+use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
-use crate::metrics::bump;
+use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState};
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
 
@@ -21,7 +20,10 @@ const BATCH: usize = 64;
 
 pub(crate) struct Actor {
     pub(crate) shared: Arc<ActorShared>,
-    pub(crate) broker: Weak<BrokerInner>,
+    /// The broker's counters and dead letters, shared rather than reached through the
+    /// broker, so an actor never keeps the broker (and so its own mailbox) alive.
+    pub(crate) counters: Arc<BrokerCounters>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
     pub(crate) component: Component,
     pub(crate) options: InstanceOptions,
     pub(crate) supervision: Supervision,
@@ -199,9 +201,7 @@ impl Actor {
     fn delivered(&self, started: Instant) {
         self.shared.metrics.latency.record(started.elapsed());
         bump(&self.shared.metrics.delivered);
-        if let Some(broker) = self.broker.upgrade() {
-            bump(&broker.counters.delivered);
-        }
+        bump(&self.counters.delivered);
     }
 
     /// After a trap: replace the instance as the supervision says, or end the actor.
@@ -278,11 +278,8 @@ impl Actor {
         reason: String,
     ) {
         bump(&self.shared.metrics.dead_lettered);
-        if let Some(broker) = self.broker.upgrade() {
-            bump(&broker.counters.dead_lettered);
-            broker
-                .dead_letters
-                .record(sender, self.shared.id.clone(), kind, payload, reason);
-        }
+        bump(&self.counters.dead_lettered);
+        self.dead_letters
+            .record(sender, self.shared.id.clone(), kind, payload, reason);
     }
 }

@@ -76,8 +76,8 @@ pub(crate) struct BrokerInner {
     config: BrokerConfig,
     registry: Registry,
     shutting_down: AtomicBool,
-    pub(crate) counters: BrokerCounters,
-    pub(crate) dead_letters: DeadLetters,
+    pub(crate) counters: Arc<BrokerCounters>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
 }
 
 /// A component's counters at one moment.
@@ -125,11 +125,11 @@ impl Broker {
         Broker {
             inner: Arc::new(BrokerInner {
                 engine,
-                dead_letters: DeadLetters::new(config.dead_letter_capacity),
+                dead_letters: Arc::new(DeadLetters::new(config.dead_letter_capacity)),
                 config,
                 registry: Registry::default(),
                 shutting_down: AtomicBool::new(false),
-                counters: BrokerCounters::default(),
+                counters: Arc::default(),
             }),
         }
     }
@@ -153,6 +153,7 @@ impl Broker {
         let messaging = Arc::new(ActorMessaging {
             broker: Arc::downgrade(inner),
             capabilities: spec.capabilities,
+            last_target: std::sync::Mutex::new(None),
         });
         let mut options = InstanceOptions::new(spec.id.clone())
             .deadline(spec.deadline)
@@ -172,7 +173,8 @@ impl Broker {
         }
         let actor = Actor {
             shared,
-            broker: Arc::downgrade(inner),
+            counters: inner.counters.clone(),
+            dead_letters: inner.dead_letters.clone(),
             component: spec.component,
             options,
             supervision: spec.supervision,
@@ -263,7 +265,8 @@ impl Broker {
         target: &str,
         payload: Vec<u8>,
     ) -> Result<(), MessagingError> {
-        self.inner.route_message(sender, target, payload, None)
+        self.inner
+            .route_message(sender, target, payload, None, None)
     }
 
     /// Send a message, waiting up to `wait` for room in a full mailbox instead of failing
@@ -409,6 +412,19 @@ impl BrokerInner {
         payload_len: usize,
         allowed: Option<bool>,
     ) -> Result<Arc<Entry>, MessagingError> {
+        self.check_target_cached(target, payload_len, allowed, None)
+    }
+
+    /// [`check_target`](Self::check_target), looking in `cache` before the registry and
+    /// leaving the entry found there: a component that sends to the same target again and
+    /// again (the common case) then skips the registry's lock and hash lookup.
+    fn check_target_cached(
+        &self,
+        target: &str,
+        payload_len: usize,
+        allowed: Option<bool>,
+        cache: Option<&RouteCache>,
+    ) -> Result<Arc<Entry>, MessagingError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(MessagingError::ShuttingDown);
         }
@@ -422,10 +438,16 @@ impl BrokerInner {
         if allowed == Some(false) {
             return Err(MessagingError::AccessDenied(target.to_string()));
         }
+        if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
+            return Ok(entry);
+        }
         let entry = self
             .registry
             .get(target)
             .ok_or_else(|| MessagingError::TargetNotFound(target.to_string()))?;
+        if let Some(cache) = cache {
+            cache.put(&entry);
+        }
         if entry.shared.is_closed() {
             return Err(closed_error(&entry));
         }
@@ -447,9 +469,10 @@ impl BrokerInner {
         target: &str,
         payload: Vec<u8>,
         allowed: Option<bool>,
+        cache: Option<&RouteCache>,
     ) -> Result<(), MessagingError> {
         bump(&self.counters.sent);
-        let entry = match self.check_target(target, payload.len(), allowed) {
+        let entry = match self.check_target_cached(target, payload.len(), allowed, cache) {
             Ok(entry) => entry,
             Err(err) => return Err(self.deny_or_refuse(sender, target, "send to", err)),
         };
@@ -598,6 +621,30 @@ impl BrokerInner {
 struct ActorMessaging {
     broker: Weak<BrokerInner>,
     capabilities: Capabilities,
+    last_target: RouteCache,
+}
+
+/// The entry a component last sent to. Only its own actor uses it, so the lock is never
+/// contended.
+type RouteCache = std::sync::Mutex<Option<Arc<Entry>>>;
+
+trait CachedRoute {
+    fn get(&self, target: &str) -> Option<Arc<Entry>>;
+    fn put(&self, entry: &Arc<Entry>);
+}
+
+impl CachedRoute for RouteCache {
+    fn get(&self, target: &str) -> Option<Arc<Entry>> {
+        let cached = self.lock().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|entry| &*entry.shared.id == target && entry.shared.is_current())
+            .cloned()
+    }
+
+    fn put(&self, entry: &Arc<Entry>) {
+        *self.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
+    }
 }
 
 impl ActorMessaging {
@@ -614,8 +661,13 @@ impl Messaging for ActorMessaging {
         message: Vec<u8>,
     ) -> Result<(), MessagingError> {
         let allowed = self.capabilities.may_send(target);
-        self.broker()?
-            .route_message(sender, target, message, Some(allowed))
+        self.broker()?.route_message(
+            sender,
+            target,
+            message,
+            Some(allowed),
+            Some(&self.last_target),
+        )
     }
 
     fn send_request(

@@ -154,12 +154,26 @@ impl Accounting {
     }
 }
 
+/// A counter on a cache line of its own. Senders bump `sent` on one core while actors bump
+/// `delivered` on another; sharing a line would make every message bounce it between them.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct PaddedCounter(AtomicU64);
+
+impl std::ops::Deref for PaddedCounter {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct BrokerCounters {
-    pub(crate) sent: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) sent: PaddedCounter,
+    pub(crate) delivered: PaddedCounter,
+    pub(crate) refused: PaddedCounter,
+    pub(crate) dead_lettered: PaddedCounter,
 }
 
 impl BrokerCounters {

@@ -47,6 +47,9 @@ pub(crate) struct ActorShared {
     state: Mutex<ComponentState>,
     /// Set once the component stops taking messages, so senders need not take the lock.
     closed: AtomicBool,
+    /// Set when the component is removed from the registry, so senders that cached its
+    /// entry look it up again.
+    retired: AtomicBool,
     /// During shutdown, when the actor must stop handling and dead-letter the rest.
     pub(crate) drain_deadline: OnceLock<Instant>,
 }
@@ -59,6 +62,7 @@ impl ActorShared {
             metrics: Metrics::new(),
             state: Mutex::new(ComponentState::Running),
             closed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             drain_deadline: OnceLock::new(),
         }
     }
@@ -81,6 +85,15 @@ impl ActorShared {
     /// Whether the component has stopped taking messages.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether a sender may keep using a cached entry for this component.
+    pub(crate) fn is_current(&self) -> bool {
+        !self.retired.load(Ordering::Acquire) && !self.is_closed()
     }
 
     pub(crate) fn past_drain_deadline(&self) -> bool {
@@ -133,10 +146,13 @@ impl Registry {
     }
 
     pub(crate) fn remove(&self, id: &str) -> Option<Arc<Entry>> {
-        self.entries
+        let entry = self
+            .entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
+            .remove(id)?;
+        entry.shared.retire();
+        Some(entry)
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Entry>> {

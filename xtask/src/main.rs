@@ -173,7 +173,17 @@ fn test_all() -> TaskResult {
         ("cargo clippy (guests, wasm32-wasip2)", guest_clippy),
         (
             "cargo bench --no-run (benchmarks compile)",
-            cargo(["bench", "--no-run", "-p", "courier-benches"]),
+            // The dev profile reuses the test build's dependencies; the bench profile would
+            // compile wasmtime a second time, optimised, for a check that only needs the
+            // benchmarks to build.
+            cargo([
+                "bench",
+                "--no-run",
+                "--profile",
+                "dev",
+                "-p",
+                "courier-benches",
+            ]),
         ),
         ("cargo test (host)", cargo(["test", "--workspace"])),
     ];
