@@ -104,21 +104,20 @@ async fn the_pooling_allocator_is_used_by_default() {
     assert_eq!(engine.allocation(), Allocation::Pooling);
     let on_demand = Engine::new(EngineConfig::default().pooling(false)).unwrap();
     assert_eq!(on_demand.allocation(), Allocation::OnDemand);
-    let echo = on_demand
+    assert_echo_answers(&on_demand).await;
+}
+
+/// Loads echo on `engine` and checks one round trip.
+async fn assert_echo_answers(engine: &Engine) {
+    let echo = engine
         .load_component_file("echo", guest_path("echo"))
         .unwrap();
     let mut instance = echo
         .instantiate(InstanceOptions::new("echo"))
         .await
         .unwrap();
-    assert_eq!(
-        instance
-            .call_handle_request("host", b"x")
-            .await
-            .unwrap()
-            .unwrap(),
-        b"x"
-    );
+    let reply = instance.call_handle_request("host", b"x").await.unwrap();
+    assert_eq!(reply.unwrap(), b"x");
 }
 
 #[tokio::test]
@@ -138,22 +137,7 @@ async fn compiled_code_is_cached_on_disk_when_asked() {
     );
 
     // A second engine (as in a second run) loads from the cache and still works.
-    let engine = Engine::new(config).unwrap();
-    let echo = engine
-        .load_component_file("echo", guest_path("echo"))
-        .unwrap();
-    let mut instance = echo
-        .instantiate(InstanceOptions::new("echo"))
-        .await
-        .unwrap();
-    assert_eq!(
-        instance
-            .call_handle_request("host", b"c")
-            .await
-            .unwrap()
-            .unwrap(),
-        b"c"
-    );
+    assert_echo_answers(&Engine::new(config).unwrap()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
