@@ -558,6 +558,27 @@ mod tests {
             ));
         }
 
+        #[cfg(feature = "json")]
+        #[test]
+        fn json_floats_decode_to_the_exact_value_encoded() {
+            // serde_json's default float parser may be one bit off for long mantissas, which
+            // would make a float decoded and encoded again come back different. Courier turns
+            // on its `float_roundtrip` feature; these values are ones the default gets wrong.
+            for value in [
+                1.844_677_374_467_440_6e26_f64,
+                184_467_737_446_744_073_709_551_615.0,
+                0.1,
+                1e-300,
+                f64::MAX,
+                f64::MIN_POSITIVE,
+                5e-324,
+            ] {
+                let payload = encode(Codec::Json, &value).unwrap();
+                let back: f64 = decode(&payload).unwrap();
+                assert_eq!(back.to_bits(), value.to_bits(), "{value:e}");
+            }
+        }
+
         #[cfg(all(feature = "json", feature = "cbor"))]
         #[test]
         fn decoding_as_one_codec_refuses_the_other() {

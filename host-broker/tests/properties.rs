@@ -25,7 +25,7 @@
 //! - every trap dead-letters exactly its own message, with the trap as the reason, and costs
 //!   exactly one restart; a publication that finds `tiny` full is dead-lettered, not lost.
 //!
-//! The case count is kept small for CI (24, a few seconds); `PROPTEST_CASES=500` runs more.
+//! The case count is kept small for CI (24, a few seconds); `PROPTEST_CASES=1000` runs more.
 
 mod common;
 

@@ -39,6 +39,9 @@ Tasks:
                 (also written to target/bench-report.md); `bench --quick` is a short run,
                 and arguments after `--` go to criterion (`bench -- ping` runs only the
                 benchmarks whose names contain `ping`)
+  fuzz          run each fuzz target in fuzz/ for 30 seconds from its seed corpus (cargo-fuzz on
+                the nightly toolchain, both installed if missing); fails on a crash. `fuzz
+                codec_decode` runs one target; arguments after `--` go to libFuzzer
   help          print this message
 ";
 
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         [task, rest @ ..] if task == "bench" => {
             return finish(task, bench(rest));
         }
+        [task, rest @ ..] if task == "fuzz" => return finish(task, fuzz(rest)),
         [task, extra, ..] => {
             eprintln!("xtask: `{task}` takes no arguments, got `{extra}`\n\n{USAGE}");
             return ExitCode::FAILURE;
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         "run" => run_example(),
         "demo" => demo(),
         "bench" => bench(&[]),
+        "fuzz" => fuzz(&[]),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -390,4 +395,80 @@ fn bench(args: &[String]) -> TaskResult {
             "bench-report",
         ]),
     )
+}
+
+/// Runs the fuzz targets of `fuzz/` (cargo-fuzz, libFuzzer): each for a short run with a fixed
+/// seed from its committed seed corpus, or those named in `args`, and fails on the first crash.
+/// Arguments after `--` go to libFuzzer after the short run's own, so they override them
+/// (`fuzz -- -max_total_time=3600` fuzzes for an hour). New inputs are kept in
+/// `target/fuzz-corpus/`, so the seed corpus changes only by hand.
+///
+/// cargo-fuzz builds with sanitizer flags that only nightly accepts; this installs the
+/// nightly toolchain and cargo-fuzz when they are missing.
+fn fuzz(args: &[String]) -> TaskResult {
+    const TARGETS: [&str; 2] = ["codec_decode", "load_component"];
+    const SHORT_RUN: [&str; 2] = ["-seed=1", "-max_total_time=30"];
+
+    let (names, libfuzzer_args) = match args.iter().position(|arg| arg == "--") {
+        Some(index) => (&args[..index], &args[index + 1..]),
+        None => (args, &[][..]),
+    };
+    if let Some(unknown) = names.iter().find(|name| !TARGETS.contains(&name.as_str())) {
+        return Err(format!(
+            "unknown fuzz target `{unknown}`: the targets are {}",
+            TARGETS.join(", ")
+        ));
+    }
+    let targets: Vec<&str> = if names.is_empty() {
+        TARGETS.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+
+    // `rustup run` rather than `cargo +nightly`, so that every cargo and rustc it starts is
+    // nightly's, whatever `rust-toolchain.toml` and PATH say.
+    let nightly = |args: &[&str]| {
+        let mut command = Command::new("rustup");
+        command
+            .args(["run", "nightly", "cargo"])
+            .args(args)
+            .current_dir(repo_root());
+        command
+    };
+    let succeeds = |mut command: Command| {
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !succeeds(nightly(&["--version"])) {
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        run("rustup toolchain install nightly", install)?;
+    }
+    if !succeeds(nightly(&["fuzz", "--version"])) {
+        run(
+            "cargo install cargo-fuzz",
+            cargo(["install", "cargo-fuzz", "--locked"]),
+        )?;
+    }
+
+    let root = repo_root();
+    for target in &targets {
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        fs::create_dir_all(&corpus)
+            .map_err(|e| format!("could not create {}: {e}", corpus.display()))?;
+        let mut command = nightly(&["fuzz", "run", target]);
+        command
+            .arg(&corpus)
+            .arg(root.join("fuzz/corpus").join(target))
+            .arg("--")
+            .args(SHORT_RUN)
+            .args(libfuzzer_args);
+        run(&format!("cargo fuzz run {target} (nightly)"), command)
+            .map_err(|e| format!("{e}; a crashing input is kept in fuzz/artifacts/{target}/"))?;
+    }
+    println!("fuzz: {} targets ran without a crash", targets.len());
+    Ok(())
 }
