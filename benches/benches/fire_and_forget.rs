@@ -13,7 +13,6 @@
 //!   (ping's payload is fixed at 8 bytes, so the payload sizes are measured from the host),
 //!   each against the wasm floor at the same size.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use courier_benches::bare::BareEngine;
@@ -91,16 +90,7 @@ fn main() {
             &mut group,
             &format!("wasm_floor/handle_message/{label}"),
             &settings,
-            |iters| {
-                rt.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        let answer = bare_echo.handle_message("host", black_box(&message)).await;
-                        answer.expect("echo accepts every message");
-                    }
-                    started.elapsed()
-                })
-            },
+            |iters| rt.block_on(bare_echo.time_handle_messages(&message, iters)),
         );
         figures.push(Figure::time(
             &format!("wasm_{size}"),

@@ -62,16 +62,7 @@ fn main() {
             &mut group,
             &format!("wasm_floor/handle_message/{label}"),
             &settings,
-            |iters| {
-                rt.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        let answer = bare_echo.handle_message("host", black_box(&message)).await;
-                        answer.expect("echo accepts every message");
-                    }
-                    started.elapsed()
-                })
-            },
+            |iters| rt.block_on(bare_echo.time_handle_messages(&message, iters)),
         );
         let courier = measure(
             &mut group,

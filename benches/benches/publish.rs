@@ -5,7 +5,6 @@
 //! nothing in flight; the figure is the cost of one publication (its delivery to every
 //! subscriber included), compared with as many bare `handle-message` calls on `echo`.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use courier_benches::bare::BareEngine;
@@ -42,16 +41,7 @@ fn main() {
         &mut group,
         "wasm_floor/handle_message/8 B",
         &settings,
-        |iters| {
-            rt.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let answer = bare_echo.handle_message("host", black_box(&message)).await;
-                    answer.expect("echo accepts every message");
-                }
-                started.elapsed()
-            })
-        },
+        |iters| rt.block_on(bare_echo.time_handle_messages(&message, iters)),
     );
     figures.push(Figure::time(
         "wasm_8",

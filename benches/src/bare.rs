@@ -16,6 +16,7 @@
 //! costs the checks and never fires.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Func, HasSelf, InstancePre, Linker, ResourceTable, TypedFunc};
@@ -179,6 +180,19 @@ impl BareInstance {
             .await
             .unwrap_or_else(|err| panic!("handle-message trapped: {err:#}"));
         answer
+    }
+
+    /// Time `iters` calls of `handle-message` with `message`: the wasm floor every
+    /// benchmark compares with. The guest must accept every message (echo does).
+    pub async fn time_handle_messages(&mut self, message: &[u8], iters: u64) -> Duration {
+        let started = Instant::now();
+        for _ in 0..iters {
+            let answer = self
+                .handle_message("host", std::hint::black_box(message))
+                .await;
+            answer.expect("the floor's guest accepts every message");
+        }
+        started.elapsed()
     }
 
     /// Call the guest's `handle-request` and return its reply.
