@@ -1,12 +1,10 @@
 //! A hostile component gets a clear, typed outcome, and its healthy neighbour keeps working.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{SECOND, Setup};
+use crate::common::{SECOND, Setup};
 use courier_host_broker::{ComponentState, MessagingError};
 
 const MS: Duration = Duration::from_millis(1);

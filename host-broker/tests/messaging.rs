@@ -1,8 +1,6 @@
 //! Messages, requests and publications between real components.
 
-mod common;
-
-use common::Setup;
+use crate::common::Setup;
 use courier_host_broker::{BrokerError, MessagingError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +128,7 @@ async fn a_full_mailbox_refuses_the_sender_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_over_the_limit_are_refused() {
-    let engine = common::engine();
+    let engine = crate::common::engine();
     let broker = courier_host_broker::Broker::with_config(
         engine.clone(),
         courier_host_broker::BrokerConfig {
@@ -138,7 +136,7 @@ async fn payloads_over_the_limit_are_refused() {
             ..Default::default()
         },
     );
-    let echo = common::load(&engine, "echo");
+    let echo = crate::common::load(&engine, "echo");
     broker
         .spawn(courier_host_broker::ComponentSpec::new("echo", echo))
         .await

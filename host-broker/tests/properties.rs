@@ -27,8 +27,6 @@
 //!
 //! The case count is kept small for CI (24, a few seconds); `PROPTEST_CASES=1000` runs more.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -41,7 +39,7 @@ use courier_host_core::Component;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use common::SECOND;
+use crate::common::SECOND;
 
 /// The broker's payload limit in these tests: small, so generated payloads cross it often.
 const MAX_PAYLOAD: usize = 64;
@@ -79,10 +77,10 @@ fn guests() -> &'static Guests {
         )
         .expect("engine");
         Guests {
-            counter: common::load(&engine, "counter"),
-            echo: common::load(&engine, "echo"),
-            pong: common::load(&engine, "pong"),
-            hostile: common::load(&engine, "hostile"),
+            counter: crate::common::load(&engine, "counter"),
+            echo: crate::common::load(&engine, "echo"),
+            pong: crate::common::load(&engine, "pong"),
+            hostile: crate::common::load(&engine, "hostile"),
         }
     })
 }

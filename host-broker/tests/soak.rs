@@ -6,11 +6,9 @@
 //! `COURIER_SOAK_MESSAGES` makes it a long soak, `COURIER_SOAK_SEED` picks another routing,
 //! and `COURIER_SOAK_TRAPS` the traps per mille.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Setup;
+use crate::common::Setup;
 use courier_host_broker::{ComponentState, Supervision};
 
 fn setting(name: &str, default: u64) -> u64 {

@@ -1,10 +1,8 @@
 //! Supervision: traps dead-letter their message, instances are replaced, nothing is lost.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{SECOND, Setup};
+use crate::common::{SECOND, Setup};
 use courier_host_broker::{ComponentState, MessagingError, RestartPolicy, Supervision};
 
 const MS: Duration = Duration::from_millis(1);

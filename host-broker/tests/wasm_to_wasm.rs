@@ -1,8 +1,6 @@
 //! Messages leaving one real wasm component and arriving in another.
 
-mod common;
-
-use common::{SECOND, Setup};
+use crate::common::{SECOND, Setup};
 
 /// Pong's figures: how many messages it received and how many arrived out of order.
 async fn pong_figures(setup: &Setup, id: &str) -> (u64, u64) {

@@ -76,15 +76,7 @@ fn a_new_component_builds_for_wasm32_wasip2_and_passes_check() {
         ),
     )
     .unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["check", manifest.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    crate::assert_check_passes(&manifest);
 }
 
 #[test]

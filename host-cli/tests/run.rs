@@ -474,15 +474,7 @@ fn the_example_manifest_checks() {
     for guest in ["ping", "pong", "echo"] {
         guest_path(guest);
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["check", example.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::assert_check_passes(&example);
 }
 
 #[test]
@@ -529,13 +521,5 @@ path = "gone.wasm"
         dir.path(),
         "[runtime]\ncache_dir = \"{cache}\"\n[[component]]\nid = \"echo\"\npath = \"{echo}\"\n",
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["check", fine.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::assert_check_passes(&fine);
 }

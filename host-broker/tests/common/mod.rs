@@ -1,7 +1,5 @@
 //! What the broker's integration tests share: an engine, loaded guests, small helpers.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use courier_host_broker::{Broker, ComponentSpec};

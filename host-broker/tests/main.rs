@@ -1,0 +1,13 @@
+//! The broker's integration tests, against real components from `guest-examples`.
+//!
+//! One test binary rather than one per file: each binary links all of wasmtime, so a binary
+//! per file multiplies link time and disk use for nothing.
+
+mod common;
+
+mod hostile;
+mod messaging;
+mod properties;
+mod soak;
+mod supervision;
+mod wasm_to_wasm;
