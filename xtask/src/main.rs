@@ -181,13 +181,17 @@ fn test_all() -> TaskResult {
             // The dev profile reuses the test build's dependencies; the bench profile would
             // compile wasmtime a second time, optimised, for a check that only needs the
             // benchmarks to build.
+            // `--workspace` with only the bench targets selected: cargo unifies features over
+            // the packages it is given, so `-p courier-benches` alone would build wasmtime a
+            // second time with another feature set.
             cargo([
                 "bench",
                 "--no-run",
                 "--profile",
                 "dev",
-                "-p",
-                "courier-benches",
+                "--workspace",
+                "--bench",
+                "*",
             ]),
         ),
         ("cargo test (host)", cargo(["test", "--workspace"])),
@@ -303,6 +307,11 @@ fn cargo<const N: usize>(args: [&str; N]) -> Command {
     let program = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut command = Command::new(program);
     command.args(args).current_dir(repo_root());
+    // A CI run builds once from clean and throws the build away: incremental state would only
+    // cost time and about a GiB of disk.
+    if env::var_os("CI").is_some() && env::var_os("CARGO_INCREMENTAL").is_none() {
+        command.env("CARGO_INCREMENTAL", "0");
+    }
     command
 }
 
