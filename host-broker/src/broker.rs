@@ -145,7 +145,10 @@ impl Broker {
         if inner.shutting_down.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
-        check_id(&spec.id)?;
+        check_id(&spec.id).map_err(|reason| BrokerError::InvalidId {
+            id: spec.id.to_string(),
+            reason,
+        })?;
         if inner.registry.contains(&spec.id) {
             return Err(BrokerError::DuplicateId(spec.id));
         }

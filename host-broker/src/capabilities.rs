@@ -1,5 +1,7 @@
 //! Capabilities: which ids and topics a component may reach. Deny by default.
 
+use crate::error::check_id;
+
 /// A set of ids or topics: an exact name, a `prefix/*` pattern, or `*` for everything.
 ///
 /// ```
@@ -22,6 +24,9 @@ pub enum Pattern {
 
 impl Pattern {
     /// Read a pattern: `*` is any name, `a/b/*` any name under `a/b/`, anything else exact.
+    ///
+    /// This never fails, so a `*` anywhere else is a literal character of an exact name;
+    /// [`Pattern::try_parse`] refuses such text instead, for patterns a person wrote.
     pub fn parse(text: &str) -> Pattern {
         if text == "*" {
             Pattern::Any
@@ -30,6 +35,36 @@ impl Pattern {
         } else {
             Pattern::Exact(text.to_string())
         }
+    }
+
+    /// Read a pattern a person wrote, refusing what [`Pattern::parse`] would take in a way
+    /// they cannot have meant: a `*` other than alone or as the last part of `prefix/*`, and a
+    /// name or prefix that is not a valid id (see [`check_id`]).
+    ///
+    /// ```
+    /// use courier_host_broker::Pattern;
+    ///
+    /// assert_eq!(Pattern::try_parse("orders/*"), Ok(Pattern::Prefix("orders/".into())));
+    /// let err = Pattern::try_parse("ord*").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "`ord*` is not a valid pattern: `*` may stand alone or end one as `prefix/*`"
+    /// );
+    /// ```
+    pub fn try_parse(text: &str) -> Result<Pattern, PatternError> {
+        if text == "*" {
+            return Ok(Pattern::Any);
+        }
+        let name = text.strip_suffix("/*").unwrap_or(text);
+        let refused = |reason| PatternError {
+            pattern: text.to_string(),
+            reason,
+        };
+        if name.contains('*') {
+            return Err(refused("`*` may stand alone or end one as `prefix/*`"));
+        }
+        check_id(name).map_err(refused)?;
+        Ok(Pattern::parse(text))
     }
 
     /// Whether `name` is in the set.
@@ -48,6 +83,16 @@ impl From<&str> for Pattern {
     fn from(text: &str) -> Self {
         Pattern::parse(text)
     }
+}
+
+/// Why [`Pattern::try_parse`] refused a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{pattern}` is not a valid pattern: {reason}")]
+pub struct PatternError {
+    /// The text given.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
 }
 
 /// What a component may do. The default allows nothing.
@@ -120,5 +165,22 @@ mod tests {
     fn a_star_inside_a_name_is_taken_literally() {
         assert_eq!(Pattern::parse("a*"), Pattern::Exact("a*".into()));
         assert!(Pattern::parse("*").matches("anything/at/all"));
+    }
+
+    #[test]
+    fn try_parse_refuses_what_parse_would_take_literally() {
+        assert_eq!(Pattern::try_parse("*"), Ok(Pattern::Any));
+        assert_eq!(
+            Pattern::try_parse("a/b/*"),
+            Ok(Pattern::Prefix("a/b/".into()))
+        );
+        assert_eq!(
+            Pattern::try_parse("pong"),
+            Ok(Pattern::Exact("pong".into()))
+        );
+        for bad in ["a*", "a/*/b", "*/a", "a**", "a//*", "/*", "", "a b", "host"] {
+            let err = Pattern::try_parse(bad).expect_err(bad);
+            assert_eq!(err.pattern, bad);
+        }
     }
 }

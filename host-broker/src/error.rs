@@ -29,29 +29,35 @@ pub enum BrokerError {
     Instantiate(#[from] courier_host_core::Error),
 }
 
-/// Checks an id: `name` or `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`,
-/// so it reads well in logs and can be matched by `prefix/*` patterns.
-pub(crate) fn check_id(id: &str) -> Result<(), BrokerError> {
-    let invalid = |reason| BrokerError::InvalidId {
-        id: id.to_string(),
-        reason,
-    };
+/// Checks a component id against the broker's rules and says what is wrong with it: an id is
+/// `name` or `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`, so it reads
+/// well in logs and can be matched by `prefix/*` patterns; `host` is taken by the host itself.
+///
+/// [`Broker::spawn`](crate::Broker::spawn) refuses an id that fails this with
+/// [`BrokerError::InvalidId`]; a tool that reads ids from a file can check them first.
+///
+/// ```
+/// use courier_host_broker::check_id;
+///
+/// assert!(check_id("orders/billing-2").is_ok());
+/// assert_eq!(check_id("host"), Err("`host` is the sender id of the host itself"));
+/// assert!(check_id("a b").is_err());
+/// ```
+pub fn check_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() {
-        return Err(invalid("it is empty"));
+        return Err("it is empty");
     }
     if id == "host" {
-        return Err(invalid("`host` is the sender id of the host itself"));
+        return Err("`host` is the sender id of the host itself");
     }
     if id.starts_with('/') || id.ends_with('/') || id.contains("//") {
-        return Err(invalid("a `/` must separate two non-empty parts"));
+        return Err("a `/` must separate two non-empty parts");
     }
     if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
     {
-        return Err(invalid(
-            "only letters, digits, `-`, `_`, `.` and `/` are allowed",
-        ));
+        return Err("only letters, digits, `-`, `_`, `.` and `/` are allowed");
     }
     Ok(())
 }

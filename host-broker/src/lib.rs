@@ -38,11 +38,11 @@ mod supervisor;
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, HOST_SENDER, MetricsSnapshot, ShutdownReport,
 };
-pub use capabilities::{Capabilities, Pattern};
+pub use capabilities::{Capabilities, Pattern, PatternError};
 pub use dead_letter::{
     DEAD_LETTER_PAYLOAD_LIMIT, DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter, MessageKind,
 };
-pub use error::BrokerError;
+pub use error::{BrokerError, check_id};
 pub use metrics::{Accounting, LatencySummary};
 pub use registry::ComponentState;
 pub use spec::{ComponentSpec, DEFAULT_MAILBOX_CAPACITY};

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use courier_host_broker::{
-    BrokerConfig, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES,
-    RestartPolicy, Supervision,
+    BrokerConfig, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES, Pattern,
+    RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use serde::Deserialize;
@@ -270,43 +270,6 @@ fn resolve(dir: &Path, path: &Path) -> PathBuf {
     clean
 }
 
-/// Whether `id` is acceptable as a component id, by the broker's rules: `name` or
-/// `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`, and not `host`.
-pub fn check_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() {
-        return Err("it is empty");
-    }
-    if id == "host" {
-        return Err("`host` is the sender id of the host itself");
-    }
-    if id.starts_with('/') || id.ends_with('/') || id.contains("//") {
-        return Err("a `/` must separate two non-empty parts");
-    }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-    {
-        return Err("only letters, digits, `-`, `_`, `.` and `/` are allowed");
-    }
-    Ok(())
-}
-
-/// Whether `pattern` is a capability pattern the broker reads as its author meant: `*`, a
-/// name, or `prefix/*`. A `*` anywhere else would be taken literally, which is never what
-/// was meant, so it is refused.
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    if pattern == "*" {
-        return Ok(());
-    }
-    let name = pattern.strip_suffix("/*").unwrap_or(pattern);
-    if name.contains('*') {
-        return Err(format!(
-            "`{pattern}` is not a pattern: `*` may stand alone or end one as `prefix/*`"
-        ));
-    }
-    check_id(name).map_err(|reason| format!("`{pattern}` is not a valid pattern: {reason}"))
-}
-
 struct Checker<'a> {
     source: &'a str,
     diagnostics: Diagnostics,
@@ -402,8 +365,8 @@ impl Checker<'_> {
             ("capabilities.subscribe", &caps.subscribe),
         ] {
             for pattern in patterns {
-                if let Err(msg) = check_pattern(pattern.get_ref()) {
-                    self.problem(pattern, Some(id), field, msg);
+                if let Err(err) = Pattern::try_parse(pattern.get_ref()) {
+                    self.problem(pattern, Some(id), field, err.to_string());
                 }
             }
         }
@@ -788,7 +751,7 @@ mailbox = 10000
         let source = good_but("send = [\"pong\"]", "send = [\"pong\", \"po*\"]");
         assert_eq!(
             problem(&source),
-            "10: component `ping`: `capabilities.send`: `po*` is not a pattern: \
+            "10: component `ping`: `capabilities.send`: `po*` is not a valid pattern: \
              `*` may stand alone or end one as `prefix/*`"
         );
         let source = good_but("subscribe = [\"scores/*\"]", "subscribe = [\"scores//*\"]");
