@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use courier_host_core::{BoxFuture, ComponentId, InstanceOptions, Messaging, MessagingError};
+use courier_host_core::{
+    BoxFuture, ComponentError, ComponentId, InstanceOptions, Messaging, MessagingError,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::Actor;
@@ -529,8 +531,15 @@ impl BrokerInner {
         }
         drop(entry);
         match tokio::time::timeout(timeout, answer).await {
+            // The request was fine and the handler ran; the fault is the target's, so the
+            // requester hears it as the target's failure, not as `payload-too-large`, which
+            // would say its own request was too big.
             Ok(Ok(Ok(reply))) if reply.len() > self.config.max_payload_bytes => Err(
-                MessagingError::PayloadTooLarge(self.config.max_payload_bytes as u64),
+                MessagingError::HandlerFailed(ComponentError::Internal(format!(
+                    "component `{target}` replied with {} bytes, over the limit of {} bytes",
+                    reply.len(),
+                    self.config.max_payload_bytes
+                ))),
             ),
             Ok(Ok(answer)) => answer,
             // The actor dropped the reply without answering: it ended while the request

@@ -155,7 +155,7 @@ async fn a_flood_fills_only_the_targets_mailbox_and_every_message_is_accounted()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_over_the_size_limit_is_refused() {
+async fn a_reply_over_the_size_limit_is_the_targets_failure() {
     let setup = Setup::new();
     setup.spawn(setup.spec("bad", "hostile")).await;
     setup
@@ -164,7 +164,16 @@ async fn a_reply_over_the_size_limit_is_refused() {
     let limit = courier_host_broker::DEFAULT_MAX_PAYLOAD_BYTES;
     let command = format!("request:bad:big:{}", limit + 1);
     let answer = setup.probe("asker", &command).await;
-    assert_eq!(answer, format!("err: PayloadTooLarge({limit})"));
+    let size = limit + 1;
+    assert_eq!(
+        answer,
+        format!(
+            "err: HandlerFailed(Internal(\"component `bad` replied with {size} bytes, over the \
+             limit of {limit} bytes\"))"
+        )
+    );
+    let bad = setup.broker.metrics("bad").expect("bad is running");
+    assert_eq!(bad.delivered, 1, "{bad:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
