@@ -12,6 +12,9 @@ const BUCKETS: usize = (64 * SUB_BUCKETS) as usize;
 pub(crate) struct Histogram {
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
+    /// Nanoseconds of all calls together, for the mean and Prometheus's `_sum`. A u64 of
+    /// nanoseconds overflows after 584 years of handler time.
+    sum_ns: AtomicU64,
     max_ns: AtomicU64,
 }
 
@@ -20,6 +23,7 @@ impl Histogram {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
             max_ns: AtomicU64::new(0),
         }
     }
@@ -30,6 +34,7 @@ impl Histogram {
             .max(1);
         self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
@@ -54,6 +59,7 @@ impl Histogram {
     pub(crate) fn summary(&self) -> LatencySummary {
         LatencySummary {
             count: self.count.load(Ordering::Relaxed),
+            total: Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed)),
             p50: self.quantile(0.50),
             p90: self.quantile(0.90),
             p99: self.quantile(0.99),
@@ -91,6 +97,8 @@ fn upper_bound_of(index: usize) -> u64 {
 pub struct LatencySummary {
     /// Handler calls measured.
     pub count: u64,
+    /// The time of all of them together: with `count`, the mean.
+    pub total: Duration,
     /// Median.
     pub p50: Option<Duration>,
     /// 90th percentile.
@@ -240,7 +248,11 @@ mod tests {
             p99 >= Duration::from_micros(99) && p99 <= Duration::from_micros(100),
             "{p99:?}"
         );
-        assert_eq!(histogram.summary().max, Some(Duration::from_micros(100)));
+        let summary = histogram.summary();
+        assert_eq!(summary.max, Some(Duration::from_micros(100)));
+        assert_eq!(summary.count, 100);
+        // 1 + 2 + ... + 100 microseconds, exactly: the sum is not bucketed.
+        assert_eq!(summary.total, Duration::from_micros(5050));
         assert_eq!(Histogram::new().quantile(0.5), None);
     }
 }

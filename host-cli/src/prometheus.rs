@@ -21,10 +21,10 @@ type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> f64);
 ///
 /// Per component (label `component`): the counters `courier_messages_delivered_total`,
 /// `courier_messages_failed_total`, `courier_messages_dead_lettered_total`,
-/// `courier_messages_refused_total`, `courier_restarts_total` and
-/// `courier_handler_calls_total`; the gauges `courier_mailbox_depth`,
-/// `courier_component_state` (1 for the current `state`), `courier_handler_latency_seconds`
-/// (label `quantile`: 0.5, 0.9, 0.99) and `courier_handler_latency_max_seconds`. Broker-wide:
+/// `courier_messages_refused_total` and `courier_restarts_total`; the gauges
+/// `courier_mailbox_depth`, `courier_component_state` (1 for the current `state`) and
+/// `courier_handler_latency_max_seconds`; the summary `courier_handler_latency_seconds`
+/// (label `quantile`: 0.5, 0.9, 0.99, with `_sum` and `_count`). Broker-wide:
 /// `courier_broker_messages_{sent,delivered,refused,dead_lettered}_total` and the gauge
 /// `courier_broker_messages_in_flight`.
 pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String {
@@ -36,7 +36,7 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             .collect()
     };
 
-    let counters: [Counter; 6] = [
+    let counters: [Counter; 5] = [
         (
             "courier_messages_delivered_total",
             "Messages and requests whose handler ran to completion (Ok or a handler error).",
@@ -61,11 +61,6 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             "courier_restarts_total",
             "Instances replaced after a trap.",
             |m| m.restarts as f64,
-        ),
-        (
-            "courier_handler_calls_total",
-            "Handler calls timed for the latency figures.",
-            |m| m.latency.count as f64,
         ),
     ];
     for (name, help, value) in counters {
@@ -94,29 +89,7 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             })
             .collect(),
     );
-    let mut quantiles = Vec::new();
-    for m in components {
-        for (quantile, value) in [
-            ("0.5", m.latency.p50),
-            ("0.9", m.latency.p90),
-            ("0.99", m.latency.p99),
-        ] {
-            if let Some(value) = value {
-                let labels = vec![
-                    ("component", m.id.to_string()),
-                    ("quantile", quantile.to_string()),
-                ];
-                quantiles.push((labels, value.as_secs_f64()));
-            }
-        }
-    }
-    family(
-        &mut out,
-        "courier_handler_latency_seconds",
-        "gauge",
-        "Handler latency quantiles since start (approximate, within about 19%).",
-        quantiles,
-    );
+    latency_summary(&mut out, components);
     family(
         &mut out,
         "courier_handler_latency_max_seconds",
@@ -166,6 +139,46 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
     out
 }
 
+/// Writes handler latency as a Prometheus summary: the quantiles of each component that has
+/// any, then its `_sum` and `_count`, from which a scraper computes the mean over any window.
+fn latency_summary(out: &mut String, components: &[MetricsSnapshot]) {
+    const NAME: &str = "courier_handler_latency_seconds";
+    if components.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Handler latency since start; quantiles approximate (within about 19%)."
+    );
+    let _ = writeln!(out, "# TYPE {NAME} summary");
+    for m in components {
+        let component = ("component", m.id.to_string());
+        for (quantile, value) in [
+            ("0.5", m.latency.p50),
+            ("0.9", m.latency.p90),
+            ("0.99", m.latency.p99),
+        ] {
+            if let Some(value) = value {
+                let labels = [component.clone(), ("quantile", quantile.to_string())];
+                sample(out, NAME, &labels, value.as_secs_f64());
+            }
+        }
+        let labels = [component];
+        sample(
+            out,
+            &format!("{NAME}_sum"),
+            &labels,
+            m.latency.total.as_secs_f64(),
+        );
+        sample(
+            out,
+            &format!("{NAME}_count"),
+            &labels,
+            m.latency.count as f64,
+        );
+    }
+}
+
 /// Writes one metric family: its help, its type and its samples. A family with no samples
 /// is left out, as the format asks.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Sample>) {
@@ -176,19 +189,24 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Sam
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
-        out.push_str(name);
-        if !labels.is_empty() {
-            out.push('{');
-            for (index, (label, value)) in labels.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{label}=\"{}\"", escape_label(value));
-            }
-            out.push('}');
-        }
-        let _ = writeln!(out, " {}", format_value(value));
+        sample(out, name, &labels, value);
     }
+}
+
+/// Writes one sample line: `name{label="value",...} value`.
+fn sample(out: &mut String, name: &str, labels: &[(&str, String)], value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (index, (label, value)) in labels.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{}\"", escape_label(value));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {}", format_value(value));
 }
 
 fn escape_help(text: &str) -> String {
@@ -229,6 +247,7 @@ mod tests {
             mailbox_depth: 3,
             latency: LatencySummary {
                 count: 8,
+                total: Duration::from_micros(250),
                 p50: Some(Duration::from_micros(12)),
                 p90: Some(Duration::from_micros(40)),
                 p99: None,
@@ -258,6 +277,9 @@ mod tests {
             !text.contains("quantile=\"0.99\""),
             "absent quantiles are left out"
         );
+        assert!(text.contains("# TYPE courier_handler_latency_seconds summary\n"));
+        assert!(text.contains("courier_handler_latency_seconds_sum{component=\"echo\"} 0.00025\n"));
+        assert!(text.contains("courier_handler_latency_seconds_count{component=\"echo\"} 8\n"));
         assert!(text.contains("courier_component_state{component=\"echo\",state=\"running\"} 1\n"));
         assert!(text.contains("courier_broker_messages_sent_total 10\n"));
         assert!(text.contains("courier_broker_messages_in_flight 0\n"));

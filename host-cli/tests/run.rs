@@ -388,6 +388,18 @@ fn the_runner_routes_http_to_components_reports_and_drains_on_sigterm() {
     assert!(
         metrics.contains("courier_handler_latency_seconds{component=\"echo\",quantile=\"0.5\"}")
     );
+    let echo_calls = sample(
+        &metrics,
+        "courier_handler_latency_seconds_count{component=\"echo\"}",
+    );
+    assert!(echo_calls >= 1.0, "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "courier_handler_latency_seconds_sum{component=\"echo\"}"
+        ) > 0.0,
+        "{metrics}"
+    );
 
     courier.terminate();
     let status = courier.wait(STOP_TIMEOUT);
