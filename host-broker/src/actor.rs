@@ -91,17 +91,18 @@ impl Actor {
         }
     }
 
-    /// Close the mailbox and account for whatever is still in it.
+    /// Close the mailbox and account for whatever is still in it. What is left gets the same
+    /// reason as what was left in the last batch taken: whether a message was still in the
+    /// channel or already taken out of it is an accident of timing its sender cannot see.
     fn close(mut self, end: End) {
-        let (state, reason) = match end {
-            End::Stopped(reason) => (ComponentState::Stopped(reason.clone()), reason),
-            End::Failed(reason) => (ComponentState::Failed(reason.clone()), reason),
+        let state = match &end {
+            End::Stopped(reason) => ComponentState::Stopped(reason.clone()),
+            End::Failed(reason) => ComponentState::Failed(reason.clone()),
         };
         if !matches!(self.shared.state(), ComponentState::Failed(_)) {
             self.shared.set_state(state);
         }
         self.mailbox.close();
-        let end = End::Stopped(reason);
         while let Ok(envelope) = self.mailbox.try_recv() {
             if !matches!(envelope, Envelope::Stop) {
                 self.refuse_after_end(envelope, &end);

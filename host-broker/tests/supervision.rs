@@ -103,6 +103,40 @@ async fn exceeding_the_restart_intensity_fails_the_component() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_queued_behind_a_failure_is_dead_lettered_as_failed() {
+    // More messages than an actor takes from its mailbox at once, so some are still in the
+    // channel when the component fails and some already taken out: all get the same reason.
+    const QUEUED: u8 = 150;
+    let setup = Setup::new();
+    let spec = setup
+        .spec("panicker", "panicker")
+        .mailbox_capacity(usize::from(QUEUED))
+        .supervision(Supervision::new(RestartPolicy::Temporary));
+    setup.spawn(spec).await;
+    for i in 0..QUEUED {
+        setup.broker.send("panicker", vec![i]).unwrap();
+    }
+    setup.assert_accounted().await;
+
+    let letters = setup.broker.dead_letters();
+    assert_eq!(letters.len(), usize::from(QUEUED));
+    assert!(
+        letters[0].reason.contains("panicked"),
+        "{}",
+        letters[0].reason
+    );
+    for letter in &letters[1..] {
+        assert!(
+            letter.reason.starts_with(
+                "component failed: not restarted after: component `panicker` panicked"
+            ),
+            "{}",
+            letter.reason
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporary_component_is_not_restarted() {
     let setup = Setup::new();
     let spec = setup
