@@ -104,22 +104,25 @@ async fn exceeding_the_restart_intensity_fails_the_component() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_queued_behind_a_failure_is_dead_lettered_as_failed() {
-    // More messages than an actor takes from its mailbox at once, so some are still in the
-    // channel when the component fails and some already taken out: all get the same reason.
-    const QUEUED: u8 = 150;
+    // More messages than an actor takes from its mailbox at once, so when the component
+    // fails some are still in the channel and some already taken out: all get one reason.
+    // The first message holds the actor in a host call while the rest are queued.
+    const BEHIND: usize = 150;
     let setup = Setup::new();
     let spec = setup
-        .spec("panicker", "panicker")
-        .mailbox_capacity(usize::from(QUEUED))
+        .spec("bad", "hostile")
+        .mailbox_capacity(BEHIND + 2)
         .supervision(Supervision::new(RestartPolicy::Temporary));
     setup.spawn(spec).await;
-    for i in 0..QUEUED {
-        setup.broker.send("panicker", vec![i]).unwrap();
+    setup.broker.send("bad", b"sleep:500".to_vec()).unwrap();
+    setup.broker.send("bad", b"panic".to_vec()).unwrap();
+    for _ in 0..BEHIND {
+        setup.broker.send("bad", b"count".to_vec()).unwrap();
     }
     setup.assert_accounted().await;
 
     let letters = setup.broker.dead_letters();
-    assert_eq!(letters.len(), usize::from(QUEUED));
+    assert_eq!(letters.len(), 1 + BEHIND);
     assert!(
         letters[0].reason.contains("panicked"),
         "{}",
@@ -127,9 +130,9 @@ async fn every_message_queued_behind_a_failure_is_dead_lettered_as_failed() {
     );
     for letter in &letters[1..] {
         assert!(
-            letter.reason.starts_with(
-                "component failed: not restarted after: component `panicker` panicked"
-            ),
+            letter
+                .reason
+                .starts_with("component failed: not restarted after: component `bad` panicked"),
             "{}",
             letter.reason
         );
