@@ -78,8 +78,34 @@ pub(crate) struct BrokerInner {
     config: BrokerConfig,
     registry: Registry,
     shutting_down: AtomicBool,
+    /// Whether [`keep_timer_armed`] runs for this broker; it starts with the first spawn,
+    /// the first moment the broker is sure to be on a runtime.
+    keepalive_started: AtomicBool,
     pub(crate) counters: Arc<BrokerCounters>,
     pub(crate) dead_letters: Arc<DeadLetters>,
+}
+
+/// How often the broker's keep-alive timer fires; see [`keep_timer_armed`].
+const TIMER_KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// Keeps a timer pending on the runtime, never more than [`TIMER_KEEPALIVE`] away, for as
+/// long as the broker lives.
+///
+/// Every request waits for its reply under a timeout, which registers a timer with tokio.
+/// tokio wakes the thread parked on its timer driver (a write to an eventfd, a system call,
+/// and a context switch on the other core) whenever a new timer expires before everything
+/// the driver is already waiting for, which, with no other timer pending, is every request.
+/// With this one pending, a request whose timeout is longer than the period registers its
+/// timer without a wake-up: about a fifth of a host-to-component round trip on two cores.
+async fn keep_timer_armed(broker: Weak<BrokerInner>) {
+    let mut ticks = tokio::time::interval(TIMER_KEEPALIVE);
+    loop {
+        ticks.tick().await;
+        match broker.upgrade() {
+            Some(inner) if !inner.shutting_down.load(Ordering::Acquire) => {}
+            _ => return,
+        }
+    }
 }
 
 /// A component's counters at one moment.
@@ -131,6 +157,7 @@ impl Broker {
                 config,
                 registry: Registry::default(),
                 shutting_down: AtomicBool::new(false),
+                keepalive_started: AtomicBool::new(false),
                 counters: Arc::default(),
             }),
         }
@@ -189,6 +216,9 @@ impl Broker {
         };
         let task = tokio::spawn(actor.run());
         *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        if !inner.keepalive_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(keep_timer_armed(Arc::downgrade(inner)));
+        }
         tracing::info!(component = %spec.id, "spawned");
         Ok(())
     }

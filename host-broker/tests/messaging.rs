@@ -220,3 +220,28 @@ async fn ids_are_unique_and_components_can_be_stopped_at_run_time() {
     setup.spawn(setup.spec("counter", "counter")).await;
     assert_eq!(setup.count("counter").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_broker_leaves_no_task_behind() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("echo", "echo")).await;
+    setup
+        .spawn(setup.spec("asker", "probe").may_request("echo"))
+        .await;
+    assert_eq!(setup.probe("asker", "request:echo").await, "hi");
+    let runtime = tokio::runtime::Handle::current().metrics();
+    assert!(runtime.num_alive_tasks() >= 2, "the actors run as tasks");
+
+    // The actors end when their mailboxes close, and the broker's own timer task when it
+    // next finds the broker gone.
+    drop(setup);
+    let deadline = std::time::Instant::now() + 10 * crate::common::SECOND;
+    while runtime.num_alive_tasks() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} tasks still alive",
+            runtime.num_alive_tasks()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
