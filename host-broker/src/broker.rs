@@ -178,6 +178,13 @@ impl Broker {
             id: spec.id.to_string(),
             reason,
         })?;
+        spec.capabilities
+            .validate()
+            .map_err(|(list, error)| BrokerError::InvalidPattern {
+                component: spec.id.clone(),
+                list,
+                error,
+            })?;
         if inner.registry.contains(&spec.id) {
             return Err(BrokerError::DuplicateId(spec.id));
         }

@@ -79,6 +79,17 @@ impl Pattern {
     }
 }
 
+impl std::fmt::Display for Pattern {
+    /// The pattern as it is written: `pong`, `orders/*` or `*`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Exact(name) => f.write_str(name),
+            Pattern::Prefix(prefix) => write!(f, "{prefix}*"),
+            Pattern::Any => f.write_str("*"),
+        }
+    }
+}
+
 impl From<&str> for Pattern {
     fn from(text: &str) -> Self {
         Pattern::parse(text)
@@ -112,6 +123,22 @@ impl Capabilities {
     /// No capabilities at all: the component can only answer what it is sent.
     pub fn none() -> Self {
         Capabilities::default()
+    }
+
+    /// Checks every pattern as [`Pattern::try_parse`] would, and says which list the first
+    /// one it refuses is in (`send`, `request`, `publish` or `subscribe`).
+    pub fn validate(&self) -> Result<(), (&'static str, PatternError)> {
+        for (list, patterns) in [
+            ("send", &self.send),
+            ("request", &self.request),
+            ("publish", &self.publish),
+            ("subscribe", &self.subscribe),
+        ] {
+            for pattern in patterns {
+                Pattern::try_parse(&pattern.to_string()).map_err(|err| (list, err))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the component may send a message to `target`.
@@ -165,6 +192,26 @@ mod tests {
     fn a_star_inside_a_name_is_taken_literally() {
         assert_eq!(Pattern::parse("a*"), Pattern::Exact("a*".into()));
         assert!(Pattern::parse("*").matches("anything/at/all"));
+    }
+
+    #[test]
+    fn patterns_are_written_back_as_they_were_read() {
+        for text in ["pong", "orders/*", "*", "a*"] {
+            assert_eq!(Pattern::parse(text).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn validate_names_the_list_of_the_first_bad_pattern() {
+        let caps = Capabilities {
+            send: vec!["pong".into(), "orders/*".into()],
+            subscribe: vec!["news".into(), "sc*res".into()],
+            ..Capabilities::none()
+        };
+        let (list, err) = caps.validate().unwrap_err();
+        assert_eq!(list, "subscribe");
+        assert_eq!(err.pattern, "sc*res");
+        assert!(Capabilities::none().validate().is_ok());
     }
 
     #[test]

@@ -18,6 +18,17 @@ pub enum BrokerError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A capability pattern in the spec would not mean what it says (see
+    /// [`Pattern::try_parse`](crate::Pattern::try_parse)).
+    #[error("component `{component}`: `capabilities.{list}`: {error}")]
+    InvalidPattern {
+        /// The component whose spec holds it.
+        component: ComponentId,
+        /// Which list it is in: `send`, `request`, `publish` or `subscribe`.
+        list: &'static str,
+        /// The pattern and what is wrong with it.
+        error: crate::PatternError,
+    },
     /// No component with this id is running.
     #[error("no component with id `{0}`")]
     NotFound(ComponentId),

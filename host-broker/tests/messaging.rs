@@ -222,6 +222,35 @@ async fn ids_are_unique_and_components_can_be_stopped_at_run_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_with_a_bad_id_or_pattern_is_refused_naming_it() {
+    let setup = Setup::new();
+    let err = setup
+        .broker
+        .spawn(setup.spec("two words", "counter"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`two words` is not a valid component id: only letters, digits, `-`, `_`, `.` and `/` \
+         are allowed"
+    );
+
+    // A `*` inside a name would be matched literally, never what its author meant.
+    let err = setup
+        .broker
+        .spawn(setup.spec("ping", "ping").may_send("po*"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::InvalidPattern { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "component `ping`: `capabilities.send`: `po*` is not a valid pattern: `*` may stand \
+         alone or end one as `prefix/*`"
+    );
+    assert!(setup.broker.components().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_broker_leaves_no_task_behind() {
     let setup = Setup::new();
     setup.spawn(setup.spec("echo", "echo")).await;
