@@ -139,6 +139,7 @@ fn manifest(dir: &Path, body: &str) -> PathBuf {
         .replace("{echo}", &guest("echo"))
         .replace("{panicker}", &guest("panicker"))
         .replace("{looper}", &guest("looper"))
+        .replace("{hostile}", &guest("hostile"))
         .replace("{no_handler}", &guest("no_handler"));
     let file = dir.join("courier.toml");
     std::fs::write(&file, text).unwrap();
@@ -181,6 +182,10 @@ id = "looper"
 path = "{looper}"
 limits = { deadline = "1s", mailbox = 1 }
 restart = { max_restarts = 100 }
+
+[[component]]
+id = "hostile"
+path = "{hostile}"
 "#;
 
 fn client() -> ureq::Agent {
@@ -282,6 +287,22 @@ fn the_runner_routes_http_to_components_reports_and_drains_on_sigterm() {
     );
     assert_eq!(status, 413);
     assert_eq!(json(&body)["error"], "payload-too-large");
+    // A small request whose reply is over the limit is the component's failure, not the
+    // caller's: 502, saying so.
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/hostile/requests"),
+        b"big:2000",
+    );
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let body = json(&body);
+    assert_eq!(body["error"], "handler-failed");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("replied with 2000 bytes, over the limit of 1024 bytes")),
+        "{body}"
+    );
 
     // A panicking handler: its message is dead-lettered, a request to it is a 502.
     let (status, _) = post(
@@ -357,7 +378,15 @@ fn the_runner_routes_http_to_components_reports_and_drains_on_sigterm() {
         .collect();
     assert_eq!(
         ids,
-        ["echo", "looper", "panicker", "ping", "pong", "tools/echo"]
+        [
+            "echo",
+            "hostile",
+            "looper",
+            "panicker",
+            "ping",
+            "pong",
+            "tools/echo"
+        ]
     );
     assert!(components[0]["state"] == "running", "{components}");
 
@@ -415,7 +444,7 @@ fn the_runner_routes_http_to_components_reports_and_drains_on_sigterm() {
     );
     assert!(
         stdout.contains(
-            "courier: stopped 6 components (echo, looper, panicker, ping, pong, tools/echo)"
+            "courier: stopped 7 components (echo, hostile, looper, panicker, ping, pong, tools/echo)"
         ),
         "{stdout}"
     );
