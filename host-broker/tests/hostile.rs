@@ -1,7 +1,7 @@
 //! A hostile component gets a clear, typed outcome, and its healthy neighbour keeps working.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::common::{SECOND, Setup};
@@ -9,10 +9,21 @@ use courier_host_broker::{ComponentState, MessagingError};
 
 const MS: Duration = Duration::from_millis(1);
 
+/// How long a misbehaviour lasts, which decides what its neighbour can be asked to do.
+#[derive(Clone, Copy, PartialEq)]
+enum Lasts {
+    /// It runs until the 200 ms deadline cuts it: the neighbour must be served meanwhile.
+    UntilTheDeadline,
+    /// It traps at once (a panic, the stack running out): there is no "meanwhile", so the
+    /// neighbour need only be served before and after.
+    Moments,
+}
+
 /// Spawns `bad` (the hostile component, with a 200 ms deadline and a 32 MiB memory cap) and
-/// a healthy `counter`; runs `command` on `bad` as a request while the host keeps sending to
-/// `counter`; returns the request's outcome once the counter has handled messages during it.
-async fn misbehave(setup: &Setup, command: &str) -> Result<Vec<u8>, MessagingError> {
+/// a healthy `counter`, which the host keeps sending to and asking; once the counter is
+/// answering, runs `command` on `bad` as a request, and returns its outcome after checking
+/// that the counter was served while it ran (if it lasts) and goes on being served after.
+async fn misbehave(setup: &Setup, command: &str, lasts: Lasts) -> Result<Vec<u8>, MessagingError> {
     let bad = setup
         .spec("bad", "hostile")
         .deadline(200 * MS)
@@ -21,11 +32,12 @@ async fn misbehave(setup: &Setup, command: &str) -> Result<Vec<u8>, MessagingErr
     setup.spawn(setup.spec("counter", "counter")).await;
 
     let done = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(AtomicU64::new(0));
     let neighbour = {
         let broker = setup.broker.clone();
         let done = done.clone();
+        let handled = handled.clone();
         tokio::spawn(async move {
-            let mut handled_during = 0u64;
             while !done.load(Ordering::SeqCst) {
                 broker.send("counter", b"tick".to_vec()).unwrap();
                 let reply = broker
@@ -33,22 +45,41 @@ async fn misbehave(setup: &Setup, command: &str) -> Result<Vec<u8>, MessagingErr
                     .await
                     .unwrap();
                 assert!(!reply.is_empty());
-                handled_during += 1;
+                handled.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(MS).await;
             }
-            handled_during
         })
     };
+    let served_since = |count: u64| {
+        let handled = handled.clone();
+        async move {
+            let deadline = std::time::Instant::now() + 10 * SECOND;
+            while handled.load(Ordering::SeqCst) <= count {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the neighbour was not served"
+                );
+                tokio::time::sleep(MS).await;
+            }
+        }
+    };
+    served_since(0).await;
+
+    let before = handled.load(Ordering::SeqCst);
     let outcome = setup
         .broker
         .request("bad", command.as_bytes().to_vec(), 10 * SECOND)
         .await;
+    let after = handled.load(Ordering::SeqCst);
+    if lasts == Lasts::UntilTheDeadline {
+        assert!(
+            after > before,
+            "the neighbour was starved while `{command}` ran"
+        );
+    }
+    served_since(after).await;
     done.store(true, Ordering::SeqCst);
-    let handled_during = neighbour.await.unwrap();
-    assert!(
-        handled_during > 0,
-        "the neighbour was starved while `{command}` ran"
-    );
+    neighbour.await.unwrap();
     setup.assert_accounted().await;
     // The hostile component was replaced and answers again.
     assert_eq!(setup.probe("bad", "self").await, "bad");
@@ -76,7 +107,7 @@ fn assert_dead_letter(setup: &Setup, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_cut_at_the_deadline() {
     let setup = Setup::new();
-    let reason = crashed(misbehave(&setup, "spin").await);
+    let reason = crashed(misbehave(&setup, "spin", Lasts::UntilTheDeadline).await);
     assert!(reason.contains("deadline of 200 ms"), "{reason}");
     assert_dead_letter(&setup, "deadline of 200 ms");
 }
@@ -84,28 +115,28 @@ async fn an_infinite_loop_is_cut_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_that_calls_host_imports_is_cut_at_the_deadline() {
     let setup = Setup::new();
-    let reason = crashed(misbehave(&setup, "spin-calls").await);
+    let reason = crashed(misbehave(&setup, "spin-calls", Lasts::UntilTheDeadline).await);
     assert!(reason.contains("deadline of 200 ms"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_stops_at_the_cap() {
     let setup = Setup::new();
-    let reason = crashed(misbehave(&setup, "alloc").await);
+    let reason = crashed(misbehave(&setup, "alloc", Lasts::Moments).await);
     assert!(reason.contains("memory limit of 32 MiB"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_recursion_is_a_stack_overflow_not_a_host_crash() {
     let setup = Setup::new();
-    let reason = crashed(misbehave(&setup, "recurse").await);
+    let reason = crashed(misbehave(&setup, "recurse", Lasts::Moments).await);
     assert!(reason.contains("call stack exhausted"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_and_an_unreachable_are_reported_as_such() {
     let setup = Setup::new();
-    let reason = crashed(misbehave(&setup, "panic").await);
+    let reason = crashed(misbehave(&setup, "panic", Lasts::Moments).await);
     assert!(
         reason.contains("panicked: \"hostile was told to panic\""),
         "{reason}"
@@ -122,7 +153,7 @@ async fn a_panic_and_an_unreachable_are_reported_as_such() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleeping_through_the_deadline_in_a_host_call_is_cut_too() {
     let setup = Setup::new();
-    let reason = crashed(misbehave(&setup, "sleep:60000").await);
+    let reason = crashed(misbehave(&setup, "sleep:60000", Lasts::UntilTheDeadline).await);
     assert!(reason.contains("deadline of 200 ms"), "{reason}");
 }
 
