@@ -10,7 +10,9 @@
 //!   `send-request`, echo answers, asker returns echo's reply (host to wasm to wasm).
 //!
 //! The host's requests are made from a task on the runtime, as a service embedding Courier
-//! would make them.
+//! would make them. The broker figures are taken twice: on tokio's multi-threaded runtime
+//! with a worker per core (the default), and on a current-thread runtime, where a request
+//! and its answer never cross from one core to another (see `benches/README.md`).
 //!
 //! Criterion reports the median of its samples (each the mean of many round trips); the tail
 //! comes from a plain loop afterwards that times every round trip on its own, for the p99.
@@ -65,6 +67,22 @@ fn main() {
         "asker should relay echo's reply to `request:echo`, got {reply:?}"
     );
 
+    // The same components under a broker whose actors run on one current-thread runtime.
+    let local_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building the current-thread runtime");
+    let local_broker = Broker::new(engine.clone());
+    for spec in [
+        ComponentSpec::new("echo", load("echo")),
+        ComponentSpec::new("asker", load("probe")).may_request("echo"),
+    ] {
+        let id = spec.id.clone();
+        local_rt
+            .block_on(local_broker.spawn(spec))
+            .unwrap_or_else(|err| panic!("spawning {id} on the current-thread runtime: {err}"));
+    }
+
     let mut group = criterion.benchmark_group("request_response");
     let native = measure(&mut group, "native_floor/round_trip", &settings, |iters| {
         native::mpsc_round_trips(&rt, iters, HI, Timing::Total)
@@ -96,6 +114,33 @@ fn main() {
             .into_iter()
             .sum()
     });
+    let local_echo = measure(
+        &mut group,
+        "broker_current_thread/host_echo",
+        &settings,
+        |iters| {
+            broker_requests(&local_rt, &local_broker, "echo", HI, iters, Timing::Total)
+                .into_iter()
+                .sum()
+        },
+    );
+    let local_chain = measure(
+        &mut group,
+        "broker_current_thread/host_asker_echo",
+        &settings,
+        |iters| {
+            broker_requests(
+                &local_rt,
+                &local_broker,
+                "asker",
+                ASK_ECHO,
+                iters,
+                Timing::Total,
+            )
+            .into_iter()
+            .sum()
+        },
+    );
     group.finish();
 
     figures.push(Figure::time(
@@ -126,6 +171,23 @@ fn main() {
             "chain",
             "Broker::request host → asker → echo (wasm to wasm to wasm), median",
             chain,
+        )
+        .vs("wasm_chain")
+        .target(Target::AtMost(5_000.0)),
+    );
+    figures.push(
+        Figure::time(
+            "echo_current_thread",
+            "Broker::request host → echo round trip, current-thread runtime, median",
+            local_echo,
+        )
+        .vs("wasm_echo"),
+    );
+    figures.push(
+        Figure::time(
+            "chain_current_thread",
+            "Broker::request host → asker → echo, current-thread runtime, median",
+            local_chain,
         )
         .vs("wasm_chain")
         .target(Target::AtMost(5_000.0)),
@@ -205,6 +267,7 @@ fn main() {
     figures.write();
     criterion.final_summary();
     rt.block_on(broker.shutdown(Duration::from_secs(5)));
+    local_rt.block_on(local_broker.shutdown(Duration::from_secs(5)));
 }
 
 /// Make `count` bare requests and return their times (see [`Timing`]).
