@@ -17,6 +17,11 @@
 //! its sender with an error, or in the dead-letter record ([`Broker::dead_letters`]) with a
 //! reason, and [`Broker::accounting`] keeps the totals.
 //!
+//! Actors are spawned on the tokio runtime that calls [`Broker::spawn`], so the integrator
+//! picks the trade-off: on the multi-threaded runtime actors use every core; on a
+//! current-thread runtime a request and its answer never cross between cores, which on two
+//! cores cuts a wasm-to-wasm-to-wasm round trip by about a third (`benches/README.md`).
+//!
 //! The map: [`broker`](Broker) routes, `mailbox` is what travels, `registry` finds
 //! components, `actor` runs them, `supervisor` decides restarts, `capabilities` decides
 //! access, `dead_letter` and `metrics` keep the record.
