@@ -49,7 +49,7 @@ pub struct DeadLetter {
 pub const DEAD_LETTER_PAYLOAD_LIMIT: usize = 1024;
 
 /// Default number of dead letters kept; older ones are dropped from the record (they stay
-/// counted in [`DeadLetters::total`]).
+/// counted in [`Accounting::dead_lettered`](crate::Accounting::dead_lettered)).
 pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 1000;
 
 /// A bounded record of the most recent dead letters, and a count of all of them.
