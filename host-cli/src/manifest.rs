@@ -8,6 +8,7 @@
 //! cache_dir = ".courier-cache"   # compiled code, relative to this file
 //! drain = "5s"                   # how long shutdown waits for mailboxes to empty
 //! request_timeout = "5s"         # default wait for a reply to an HTTP request
+//! scheduler = "multi-thread"     # or "current-thread": every actor on one thread
 //!
 //! [[component]]
 //! id = "ping"
@@ -76,6 +77,30 @@ pub struct Runtime {
     pub drain: Duration,
     /// How long an HTTP request waits for its reply by default.
     pub request_timeout: Duration,
+    /// Which tokio scheduler runs the actors and the ingress.
+    pub scheduler: Scheduler,
+}
+
+/// `runtime.scheduler`: how the actors are spread over threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scheduler {
+    /// tokio's multi-threaded runtime, a worker per core: actors use every core. The default.
+    #[default]
+    MultiThread,
+    /// One thread for everything: no message or reply crosses between cores, so a request
+    /// between components is about a third quicker on two cores (`benches/README.md`), but
+    /// only one core runs wasm.
+    CurrentThread,
+}
+
+impl Scheduler {
+    /// The name it is written with in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::MultiThread => "multi-thread",
+            Scheduler::CurrentThread => "current-thread",
+        }
+    }
 }
 
 /// One `[[component]]` table.
@@ -327,12 +352,27 @@ impl Checker<'_> {
             Some(timeout) => timeout.into_inner().0,
             None => DEFAULT_REQUEST_TIMEOUT,
         };
+        let scheduler = match raw.scheduler {
+            None => Scheduler::default(),
+            Some(name) => match name.get_ref().as_str() {
+                "multi-thread" => Scheduler::MultiThread,
+                "current-thread" => Scheduler::CurrentThread,
+                other => {
+                    let msg = format!(
+                        "`{other}` is not a scheduler: expected `multi-thread` or `current-thread`"
+                    );
+                    self.problem(&name, None, "runtime.scheduler", msg);
+                    Scheduler::default()
+                }
+            },
+        };
         Runtime {
             listen,
             max_payload,
             cache_dir,
             drain: raw.drain.map_or(DEFAULT_DRAIN, |d| d.0),
             request_timeout,
+            scheduler,
         }
     }
 
@@ -508,6 +548,7 @@ struct RawRuntime {
     cache_dir: Option<PathBuf>,
     drain: Option<Millis>,
     request_timeout: Option<Spanned<Millis>>,
+    scheduler: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -635,6 +676,7 @@ mailbox = 10000
         assert_eq!(manifest.runtime.max_payload, 1 << 20);
         assert_eq!(manifest.runtime.drain, Duration::from_secs(2));
         assert_eq!(manifest.runtime.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(manifest.runtime.scheduler, Scheduler::MultiThread);
         let dir = std::fs::canonicalize(dir.path()).unwrap();
         let cache = std::fs::canonicalize(manifest.runtime.cache_dir.parent().unwrap()).unwrap();
         assert_eq!(cache, dir);
@@ -727,6 +769,24 @@ mailbox = 10000
             problem(&source),
             "12: component `ping`: `restart.policy`: unknown variant `sometimes`, \
              expected one of `permanent`, `transient`, `temporary`"
+        );
+    }
+
+    #[test]
+    fn the_scheduler_is_one_of_two_names() {
+        let (_dir, file) = folder();
+        let source = good_but(
+            "drain = \"2s\"",
+            "drain = \"2s\"\nscheduler = \"current-thread\"",
+        );
+        let manifest = Manifest::parse(&source, &file).unwrap();
+        assert_eq!(manifest.runtime.scheduler, Scheduler::CurrentThread);
+
+        let source = good_but("drain = \"2s\"", "drain = \"2s\"\nscheduler = \"single\"");
+        assert_eq!(
+            problem(&source),
+            "6: `runtime.scheduler`: `single` is not a scheduler: expected `multi-thread` or \
+             `current-thread`"
         );
     }
 

@@ -13,7 +13,7 @@ use courier_host_core::{Component, Engine};
 use tokio::sync::oneshot;
 
 use crate::diagnostics::Diagnostics;
-use crate::manifest::{Manifest, check_listen};
+use crate::manifest::{Manifest, Scheduler, check_listen};
 use crate::units::format_duration;
 use crate::{ingress, load};
 
@@ -67,10 +67,15 @@ pub fn run(file: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match manifest.runtime.scheduler {
+        Scheduler::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        Scheduler::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    println!("courier: scheduler {}", manifest.runtime.scheduler.name());
     runtime.block_on(serve(manifest, engine, components))
 }
 

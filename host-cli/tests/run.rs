@@ -140,6 +140,7 @@ fn manifest(dir: &Path, body: &str) -> PathBuf {
         .replace("{panicker}", &guest("panicker"))
         .replace("{looper}", &guest("looper"))
         .replace("{hostile}", &guest("hostile"))
+        .replace("{probe}", &guest("probe"))
         .replace("{no_handler}", &guest("no_handler"));
     let file = dir.join("courier.toml");
     std::fs::write(&file, text).unwrap();
@@ -506,6 +507,67 @@ limits = { deadline = "1s", mailbox = 4 }
             "  message host -> looper (6 bytes): the shutdown deadline passed before delivery\n"
         ),
         "{stdout}"
+    );
+}
+
+#[test]
+fn the_current_thread_scheduler_serves_requests_between_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+scheduler = "current-thread"
+
+[[component]]
+id = "echo"
+path = "{echo}"
+
+[[component]]
+id = "asker"
+path = "{probe}"
+capabilities = { request = ["echo"] }
+
+[[component]]
+id = "looper"
+path = "{looper}"
+limits = { deadline = "300ms" }
+"#,
+    );
+    let mut courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    assert!(
+        courier
+            .stdout()
+            .contains("courier: scheduler current-thread\n"),
+        "{}",
+        courier.stdout()
+    );
+    let agent = client();
+    // A loop on the one thread is cut at its deadline, yielding at every epoch tick meanwhile,
+    // so the ingress and the other actors go on being served.
+    let (status, _) = post(&agent, &format!("{base}/components/looper/messages"), b"x");
+    assert_eq!(status, 202);
+    // asker asks echo with send-request, wasm to wasm, and relays the reply.
+    for _ in 0..3 {
+        let (status, reply) = post(
+            &agent,
+            &format!("{base}/components/asker/requests"),
+            b"request:echo",
+        );
+        assert_eq!(
+            (status, String::from_utf8_lossy(&reply).as_ref()),
+            (200, "hi")
+        );
+    }
+    courier.terminate();
+    let status = courier.wait(STOP_TIMEOUT);
+    assert!(
+        status.success(),
+        "{status}\n{}\n{}",
+        courier.stdout(),
+        courier.stderr()
     );
 }
 
