@@ -47,20 +47,27 @@ fn main() {
     bare_asker.connect(rt.block_on(bare_echo_component.instantiate("echo")));
 
     let engine = Engine::new(EngineConfig::default()).expect("building the engine");
-    let broker = Broker::new(engine.clone());
     let load = |name: &str| {
         engine
             .load_component_file(name, guest_path(name))
             .unwrap_or_else(|err| panic!("loading {name}: {err}"))
     };
-    for spec in [
-        ComponentSpec::new("echo", load("echo")),
-        ComponentSpec::new("asker", load("probe")).may_request("echo"),
-    ] {
-        let id = spec.id.clone();
-        rt.block_on(broker.spawn(spec))
-            .unwrap_or_else(|err| panic!("spawning {id}: {err}"));
-    }
+    let (echo_component, probe_component) = (load("echo"), load("probe"));
+    // `echo`, and `asker`: a probe allowed to request from echo, on a broker of its own
+    // whose actors run on `rt`.
+    let echo_and_asker = |rt: &tokio::runtime::Runtime| {
+        let broker = Broker::new(engine.clone());
+        for spec in [
+            ComponentSpec::new("echo", echo_component.clone()),
+            ComponentSpec::new("asker", probe_component.clone()).may_request("echo"),
+        ] {
+            let id = spec.id.clone();
+            rt.block_on(broker.spawn(spec))
+                .unwrap_or_else(|err| panic!("spawning {id}: {err}"));
+        }
+        broker
+    };
+    let broker = echo_and_asker(&rt);
     let reply = rt.block_on(broker.request("asker", ASK_ECHO.to_vec(), TIMEOUT));
     assert!(
         matches!(reply.as_deref(), Ok(HI)),
@@ -72,16 +79,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("building the current-thread runtime");
-    let local_broker = Broker::new(engine.clone());
-    for spec in [
-        ComponentSpec::new("echo", load("echo")),
-        ComponentSpec::new("asker", load("probe")).may_request("echo"),
-    ] {
-        let id = spec.id.clone();
-        local_rt
-            .block_on(local_broker.spawn(spec))
-            .unwrap_or_else(|err| panic!("spawning {id} on the current-thread runtime: {err}"));
-    }
+    let local_broker = echo_and_asker(&local_rt);
 
     let mut group = criterion.benchmark_group("request_response");
     let native = measure(&mut group, "native_floor/round_trip", &settings, |iters| {

@@ -19,13 +19,20 @@ async fn the_host_sends_and_requests_to_a_component() {
     assert_eq!(setup.broker.accounting().delivered, 11);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_from_one_component_is_answered_by_another() {
+/// `echo`, and `asker`, a probe allowed to request from it: `request:echo` makes asker call
+/// `send-request` to echo and answer with echo's reply.
+async fn asker_and_echo() -> Setup {
     let setup = Setup::new();
     setup.spawn(setup.spec("echo", "echo")).await;
     setup
         .spawn(setup.spec("asker", "probe").may_request("echo"))
         .await;
+    setup
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_from_one_component_is_answered_by_another() {
+    let setup = asker_and_echo().await;
 
     // probe sends `hi` to echo with send-request and returns what came back.
     assert_eq!(setup.probe("asker", "request:echo").await, "hi");
@@ -252,11 +259,7 @@ async fn a_spec_with_a_bad_id_or_pattern_is_refused_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_broker_leaves_no_task_behind() {
-    let setup = Setup::new();
-    setup.spawn(setup.spec("echo", "echo")).await;
-    setup
-        .spawn(setup.spec("asker", "probe").may_request("echo"))
-        .await;
+    let setup = asker_and_echo().await;
     assert_eq!(setup.probe("asker", "request:echo").await, "hi");
     let runtime = tokio::runtime::Handle::current().metrics();
     assert!(runtime.num_alive_tasks() >= 2, "the actors run as tasks");

@@ -146,11 +146,12 @@ fn latency_summary(out: &mut String, components: &[MetricsSnapshot]) {
     if components.is_empty() {
         return;
     }
-    let _ = writeln!(
+    header(
         out,
-        "# HELP {NAME} Handler latency since start; quantiles approximate (within about 19%)."
+        NAME,
+        "summary",
+        "Handler latency since start; quantiles approximate (within about 19%).",
     );
-    let _ = writeln!(out, "# TYPE {NAME} summary");
     for m in components {
         let component = ("component", m.id.to_string());
         for (quantile, value) in [
@@ -185,12 +186,17 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Sam
     if samples.is_empty() {
         return;
     }
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+    header(out, name, kind, help);
     for (labels, value) in samples {
         sample(out, name, &labels, value);
     }
+}
+
+/// Writes a family's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Writes one sample line: `name{label="value",...} value`.
