@@ -6,7 +6,7 @@
 //!   calls `send-message` N times to `pong` with an 8-byte payload; one iteration is the whole
 //!   batch, timed until the broker has nothing in flight. Per message it is compared with
 //!   twice the wasm floor at 8 B (the sender's `send-message` plus the receiver's
-//!   `handle-message`, DESIGN.md §7);
+//!   `handle-message`, docs/design.md §7);
 //! - the same batch with no runtime: bare `ping` whose `send-message` calls bare `pong`'s
 //!   `handle-message` inline;
 //! - host to `counter` through `Broker::send` with payloads of 0 B, 64 B, 4 KiB and 64 KiB

@@ -86,7 +86,7 @@ pub fn render(benches: &[BenchFigures]) -> String {
     }
     out.push_str(
         "Ratio = value / (factor × the figure it is compared with), both measured in the same \
-         run. Targets are DESIGN.md §7's.\n\n",
+         run. Targets are docs/design.md §7's.\n\n",
     );
     out.push_str("| Bench | Figure | Value | Compared with | Ratio | Target |\n");
     out.push_str("|---|---|---:|---|---:|---|\n");

@@ -57,7 +57,7 @@ impl Unit {
     }
 }
 
-/// A target from DESIGN.md §7 that a figure is held against.
+/// A target from docs/design.md §7 that a figure is held against.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
     /// The ratio to the compared figure is at most this.
