@@ -56,7 +56,7 @@ fn main() {
             .unwrap_or_else(|err| panic!("loading {name}: {err}"))
     };
     let spawn = |spec: ComponentSpec| {
-        let id = spec.id.clone();
+        let id = spec.id().clone();
         rt.block_on(broker.spawn(spec))
             .unwrap_or_else(|err| panic!("spawning {id}: {err}"));
     };

@@ -61,7 +61,7 @@ fn main() {
             ComponentSpec::new("echo", echo_component.clone()),
             ComponentSpec::new("asker", probe_component.clone()).may_request("echo"),
         ] {
-            let id = spec.id.clone();
+            let id = spec.id().clone();
             rt.block_on(broker.spawn(spec))
                 .unwrap_or_else(|err| panic!("spawning {id}: {err}"));
         }

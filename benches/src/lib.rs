@@ -14,9 +14,6 @@
 //! files into one table with every figure's ratio to its floor ([`report`]). `cargo xtask
 //! bench` does all of it; see `benches/README.md`.
 
-#![warn(missing_docs)]
-#![deny(unused_must_use)]
-
 pub mod bare;
 pub mod memory;
 pub mod native;

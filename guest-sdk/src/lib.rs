@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![warn(missing_docs)]
 
 // The `#[handler]` expansion and the generated `export!` macro name this crate as
 // `::courier_sdk`, which must also resolve inside the crate itself.

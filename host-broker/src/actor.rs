@@ -40,6 +40,16 @@ enum End {
     Failed(String),
 }
 
+impl End {
+    /// The state a component that ended so is in.
+    fn state(&self) -> ComponentState {
+        match self {
+            End::Stopped(reason) => ComponentState::Stopped(reason.clone()),
+            End::Failed(reason) => ComponentState::Failed(reason.clone()),
+        }
+    }
+}
+
 impl Actor {
     pub(crate) async fn run(mut self) {
         let mut batch = Vec::with_capacity(BATCH);
@@ -82,10 +92,7 @@ impl Actor {
                 continue;
             }
             if let Some(end) = self.deliver(envelope).await {
-                self.shared.set_state(match &end {
-                    End::Stopped(r) => ComponentState::Stopped(r.clone()),
-                    End::Failed(r) => ComponentState::Failed(r.clone()),
-                });
+                self.shared.set_state(end.state());
                 return;
             }
         }
@@ -95,12 +102,8 @@ impl Actor {
     /// reason as what was left in the last batch taken: whether a message was still in the
     /// channel or already taken out of it is an accident of timing its sender cannot see.
     fn close(mut self, end: End) {
-        let state = match &end {
-            End::Stopped(reason) => ComponentState::Stopped(reason.clone()),
-            End::Failed(reason) => ComponentState::Failed(reason.clone()),
-        };
         if !matches!(self.shared.state(), ComponentState::Failed(_)) {
-            self.shared.set_state(state);
+            self.shared.set_state(end.state());
         }
         self.mailbox.close();
         while let Ok(envelope) = self.mailbox.try_recv() {

@@ -1,38 +1,46 @@
-//! The broker: spawns actors, routes messages, requests and publications between them.
+//! The broker's public face: spawning and stopping components, the host's sends, and what
+//! it reports. Routing lives in `routing`, requests in `request`, the guests' `messaging`
+//! imports in `messaging`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use courier_host_core::{
-    BoxFuture, ComponentError, ComponentId, InstanceOptions, Messaging, MessagingError,
-};
-use tokio::sync::{mpsc, oneshot};
+use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
+use tokio::sync::mpsc;
 
 use crate::actor::Actor;
-use crate::capabilities::Capabilities;
-use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter, DeadLetters};
-use crate::error::{BrokerError, check_id};
+use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::error::{BrokerError, SendError, check_id};
+use crate::handle::ComponentHandle;
 use crate::mailbox::Envelope;
-use crate::metrics::{Accounting, BrokerCounters, LatencySummary, bump};
-use crate::registry::{ActorShared, ComponentState, Entry, Registry};
+use crate::messaging::ActorMessaging;
+use crate::metrics::{Accounting, LatencySummary};
+use crate::registry::{ActorShared, ComponentState, Entry};
+use crate::routing::{Access, Router};
 use crate::spec::ComponentSpec;
 use crate::supervisor::RestartHistory;
 
-/// The sender id of messages the host sends without naming another.
+/// The sender id of messages the host sends without naming another. No component may
+/// take it as its id.
 pub const HOST_SENDER: &str = "host";
 
 /// Default largest payload: generous for messages, small enough that one sender cannot make
 /// the host hold gigabytes in a mailbox.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 << 20;
 
-/// Settings of a [`Broker`].
+/// Settings of a [`Broker`]: a builder whose defaults suit most hosts.
+///
+/// ```
+/// use courier_host_broker::BrokerConfig;
+///
+/// let config = BrokerConfig::default().max_payload_bytes(1 << 20);
+/// assert_eq!(config.get_max_payload_bytes(), 1 << 20);
+/// ```
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Largest payload of a message, request or reply, in bytes.
-    pub max_payload_bytes: usize,
-    /// How many recent dead letters are kept for inspection.
-    pub dead_letter_capacity: usize,
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) dead_letter_capacity: usize,
 }
 
 impl Default for BrokerConfig {
@@ -41,6 +49,33 @@ impl Default for BrokerConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
         }
+    }
+}
+
+impl BrokerConfig {
+    /// Largest payload of a message, request or reply, in bytes
+    /// ([`DEFAULT_MAX_PAYLOAD_BYTES`] by default). A larger one is refused with
+    /// `payload-too-large`.
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// How many recent dead letters are kept for inspection
+    /// ([`DEFAULT_DEAD_LETTER_CAPACITY`] by default); older ones stay counted.
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.dead_letter_capacity = capacity;
+        self
+    }
+
+    /// The largest payload, in bytes.
+    pub fn get_max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    /// How many dead letters are kept.
+    pub fn get_dead_letter_capacity(&self) -> usize {
+        self.dead_letter_capacity
     }
 }
 
@@ -58,11 +93,12 @@ impl Default for BrokerConfig {
 /// let engine = Engine::new(EngineConfig::default())?;
 /// let broker = Broker::new(engine.clone());
 /// let echo = engine.load_component_file("echo", "target/guests/echo.wasm")?;
-/// broker.spawn(ComponentSpec::new("echo", echo)).await?;
+/// let handle = broker.spawn(ComponentSpec::new("echo", echo)).await?;
 ///
 /// broker.send("echo", b"fire and forget".to_vec())?;
 /// let reply = broker.request("echo", b"hello".to_vec(), Duration::from_secs(1)).await?;
 /// assert_eq!(reply, b"hello");
+/// assert_eq!(handle.metrics().delivered, 2);
 ///
 /// let report = broker.shutdown(Duration::from_secs(1)).await;
 /// assert!(report.undelivered.is_empty());
@@ -75,14 +111,11 @@ pub struct Broker {
 
 pub(crate) struct BrokerInner {
     engine: courier_host_core::Engine,
-    config: BrokerConfig,
-    registry: Registry,
-    shutting_down: AtomicBool,
+    /// The only strong reference: actors reach it weakly, so it goes with the broker.
+    pub(crate) router: Arc<Router>,
     /// Whether [`keep_timer_armed`] runs for this broker; it starts with the first spawn,
     /// the first moment the broker is sure to be on a runtime.
     keepalive_started: AtomicBool,
-    pub(crate) counters: Arc<BrokerCounters>,
-    pub(crate) dead_letters: Arc<DeadLetters>,
 }
 
 /// How often the broker's keep-alive timer fires; see [`keep_timer_armed`].
@@ -102,7 +135,7 @@ async fn keep_timer_armed(broker: Weak<BrokerInner>) {
     loop {
         ticks.tick().await;
         match broker.upgrade() {
-            Some(inner) if !inner.shutting_down.load(Ordering::Acquire) => {}
+            Some(inner) if !inner.router.is_shutting_down() => {}
             _ => return,
         }
     }
@@ -153,12 +186,8 @@ impl Broker {
         Broker {
             inner: Arc::new(BrokerInner {
                 engine,
-                dead_letters: Arc::new(DeadLetters::new(config.dead_letter_capacity)),
-                config,
-                registry: Registry::default(),
-                shutting_down: AtomicBool::new(false),
+                router: Arc::new(Router::new(config)),
                 keepalive_started: AtomicBool::new(false),
-                counters: Arc::default(),
             }),
         }
     }
@@ -168,76 +197,106 @@ impl Broker {
         &self.inner.engine
     }
 
-    /// Instantiate the component and start its actor. Refuses an id already in use.
-    pub async fn spawn(&self, spec: ComponentSpec) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        if inner.shutting_down.load(Ordering::Acquire) {
+    fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// Instantiate the component and start its actor on the current tokio runtime.
+    /// Refuses an id already in use, an id [`check_id`] refuses, and capability patterns
+    /// that would not mean what they say.
+    pub async fn spawn(&self, spec: ComponentSpec) -> Result<ComponentHandle, BrokerError> {
+        let router = self.router();
+        if router.is_shutting_down() {
             return Err(BrokerError::ShuttingDown);
         }
-        check_id(&spec.id).map_err(|reason| BrokerError::InvalidId {
-            id: spec.id.to_string(),
+        let ComponentSpec {
+            id,
+            component,
+            capabilities,
+            mailbox_capacity,
+            deadline,
+            memory_limit,
+            fuel,
+            supervision,
+        } = spec;
+        check_id(&id).map_err(|reason| BrokerError::InvalidId {
+            id: id.to_string(),
             reason,
         })?;
-        spec.capabilities
+        capabilities
             .validate()
             .map_err(|(list, error)| BrokerError::InvalidPattern {
-                component: spec.id.clone(),
+                component: id.clone(),
                 list,
                 error,
             })?;
-        if inner.registry.contains(&spec.id) {
-            return Err(BrokerError::DuplicateId(spec.id));
+        if router.registry.contains(&id) {
+            return Err(BrokerError::DuplicateId(id));
         }
-        let shared = Arc::new(ActorShared::new(spec.id.clone(), spec.capabilities.clone()));
-        let messaging = Arc::new(ActorMessaging {
-            broker: Arc::downgrade(inner),
-            capabilities: spec.capabilities,
-            last_target: std::sync::Mutex::new(None),
-        });
-        let mut options = InstanceOptions::new(spec.id.clone())
-            .deadline(spec.deadline)
+        let shared = Arc::new(ActorShared::new(id.clone(), capabilities.clone()));
+        let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
+        let mut options = InstanceOptions::new(id.clone())
+            .deadline(deadline)
             .messaging(messaging);
-        options.memory_limit = spec.memory_limit;
-        options.fuel = spec.fuel;
-        let instance = spec.component.instantiate(options.clone()).await?;
+        if let Some(bytes) = memory_limit {
+            options = options.memory_limit(bytes);
+        }
+        if let Some(fuel) = fuel {
+            options = options.fuel(fuel);
+        }
+        let instance = component.instantiate(options.clone()).await?;
 
-        let (sender, receiver) = mpsc::channel(spec.mailbox_capacity);
+        let (sender, receiver) = mpsc::channel(mailbox_capacity);
         let entry = Arc::new(Entry {
             mailbox: sender,
             shared: shared.clone(),
             task: std::sync::Mutex::new(None),
         });
-        if inner.registry.insert(entry.clone()).is_err() {
-            return Err(BrokerError::DuplicateId(spec.id));
+        if router.registry.insert(entry.clone()).is_err() {
+            return Err(BrokerError::DuplicateId(id));
         }
         let actor = Actor {
-            shared,
-            counters: inner.counters.clone(),
-            dead_letters: inner.dead_letters.clone(),
-            component: spec.component,
+            shared: shared.clone(),
+            counters: router.counters.clone(),
+            dead_letters: router.dead_letters.clone(),
+            component,
             options,
-            supervision: spec.supervision,
+            supervision,
             instance,
             mailbox: receiver,
             history: RestartHistory::new(),
         };
         let task = tokio::spawn(actor.run());
         *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-        if !inner.keepalive_started.swap(true, Ordering::Relaxed) {
-            tokio::spawn(keep_timer_armed(Arc::downgrade(inner)));
+        if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(keep_timer_armed(Arc::downgrade(&self.inner)));
         }
-        tracing::info!(component = %spec.id, "spawned");
-        Ok(())
+        tracing::info!(component = %id, "spawned");
+        Ok(ComponentHandle::new(shared, Arc::downgrade(&self.inner)))
     }
 
     /// Stop a component: it handles what is already in its mailbox, then ends and is
     /// removed. Messages sent to it afterwards get `target-not-found`.
     pub async fn stop(&self, id: &str) -> Result<ShutdownReport, BrokerError> {
         let entry = self
-            .inner
+            .router()
             .registry
             .remove(id)
             .ok_or_else(|| BrokerError::NotFound(id.into()))?;
+        Ok(self.stop_entries(vec![entry]).await)
+    }
+
+    /// [`stop`](Self::stop) the component whose actor shares `shared`, if it is still the
+    /// one registered under its id.
+    pub(crate) async fn stop_instance(
+        &self,
+        shared: &Arc<ActorShared>,
+    ) -> Result<ShutdownReport, BrokerError> {
+        let entry = self
+            .router()
+            .registry
+            .remove_if_current(shared)
+            .ok_or_else(|| BrokerError::NotFound(shared.id.clone()))?;
         Ok(self.stop_entries(vec![entry]).await)
     }
 
@@ -245,9 +304,10 @@ impl Broker {
     /// whatever is left then is dead-lettered and reported. New messages are refused with
     /// `shutting-down` from the start.
     pub async fn shutdown(&self, drain: Duration) -> ShutdownReport {
-        self.inner.shutting_down.store(true, Ordering::Release);
+        let router = self.router();
+        router.shutting_down.store(true, Ordering::Release);
         let deadline = Instant::now() + drain;
-        let entries = self.inner.registry.all();
+        let entries = router.registry.all();
         for entry in &entries {
             let _ = entry.shared.drain_deadline.set(deadline);
         }
@@ -255,11 +315,15 @@ impl Broker {
     }
 
     async fn stop_entries(&self, entries: Vec<Arc<Entry>>) -> ShutdownReport {
-        let dead_before = self.inner.dead_letters.total();
-        let delivered_before: u64 = entries
-            .iter()
-            .map(|e| e.shared.metrics.delivered.load(Ordering::Relaxed))
-            .sum();
+        let dead_letters = &self.router().dead_letters;
+        let dead_before = dead_letters.total();
+        let delivered = |entries: &[Arc<Entry>]| -> u64 {
+            entries
+                .iter()
+                .map(|e| e.shared.metrics.delivered.load(Ordering::Relaxed))
+                .sum()
+        };
+        let delivered_before = delivered(&entries);
         for entry in &entries {
             // Queued behind what is already there, so those messages are handled first.
             // A send fails only if the actor has already ended, which is just as good.
@@ -270,12 +334,8 @@ impl Broker {
                 let _ = task.await;
             }
         }
-        let delivered_after: u64 = entries
-            .iter()
-            .map(|e| e.shared.metrics.delivered.load(Ordering::Relaxed))
-            .sum();
-        let new_dead = (self.inner.dead_letters.total() - dead_before) as usize;
-        let mut undelivered = self.inner.dead_letters.recent();
+        let new_dead = (dead_letters.total() - dead_before) as usize;
+        let mut undelivered = dead_letters.recent();
         let ids: Vec<ComponentId> = entries.iter().map(|e| e.shared.id.clone()).collect();
         undelivered = undelivered
             .split_off(undelivered.len().saturating_sub(new_dead))
@@ -284,7 +344,7 @@ impl Broker {
             .collect();
         ShutdownReport {
             stopped: ids,
-            delivered_while_draining: delivered_after - delivered_before,
+            delivered_while_draining: delivered(&entries) - delivered_before,
             undelivered,
         }
     }
@@ -294,8 +354,9 @@ impl Broker {
         self.stop(id).await.map(|_| ())
     }
 
-    /// Send a fire-and-forget message from the host (sender [`HOST_SENDER`]).
-    pub fn send(&self, target: &str, payload: Vec<u8>) -> Result<(), MessagingError> {
+    /// Send a fire-and-forget message from the host (sender [`HOST_SENDER`]). A message
+    /// the broker does not queue comes back in the error, so the caller can retry it.
+    pub fn send(&self, target: &str, payload: Vec<u8>) -> Result<(), SendError> {
         self.send_as(&ComponentId::from(HOST_SENDER), target, payload)
     }
 
@@ -306,34 +367,32 @@ impl Broker {
         sender: &ComponentId,
         target: &str,
         payload: Vec<u8>,
-    ) -> Result<(), MessagingError> {
-        self.inner
-            .route_message(sender, target, payload, None, None)
+    ) -> Result<(), SendError> {
+        let envelope = Envelope::Message {
+            sender: sender.clone(),
+            payload,
+        };
+        self.router()
+            .route(target, envelope, Access::Host, None)
+            .map_err(SendError::from)
     }
 
     /// Send a message, waiting up to `wait` for room in a full mailbox instead of failing
-    /// at once.
+    /// at once. A message not queued by then comes back in the error.
     pub async fn send_waiting(
         &self,
         target: &str,
         payload: Vec<u8>,
         wait: Duration,
-    ) -> Result<(), MessagingError> {
-        let inner = &self.inner;
-        bump(&inner.counters.sent);
-        let entry = match inner.check_target(target, payload.len(), None) {
-            Ok(entry) => entry,
-            Err(err) => return Err(inner.refused(None, err)),
-        };
+    ) -> Result<(), SendError> {
         let envelope = Envelope::Message {
             sender: ComponentId::from(HOST_SENDER),
             payload,
         };
-        match tokio::time::timeout(wait, entry.mailbox.send(envelope)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(inner.refused(Some(&entry), closed_error(&entry))),
-            Err(_) => Err(inner.refused(Some(&entry), MessagingError::MailboxFull(target.into()))),
-        }
+        self.router()
+            .route_waiting(target, envelope, wait)
+            .await
+            .map_err(SendError::from)
     }
 
     /// Send a request from the host and wait up to `timeout` for the reply.
@@ -344,35 +403,35 @@ impl Broker {
         timeout: Duration,
     ) -> Result<Vec<u8>, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
-        self.inner
-            .route_request(&sender, target, payload, timeout, None)
+        self.router()
+            .request(&sender, target, payload, timeout, Access::Host)
             .await
     }
 
     /// Publish from the host to every subscriber of `topic`; returns how many it reached.
     pub fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<u32, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
-        self.inner.route_publish(&sender, topic, payload, None)
+        self.router().publish(&sender, topic, payload, Access::Host)
     }
 
     /// The most recent dead letters, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.inner.dead_letters.recent()
+        self.router().dead_letters.recent()
     }
 
     /// The broker-wide accounting of every message sent so far.
     pub fn accounting(&self) -> Accounting {
-        self.inner.counters.snapshot()
+        self.router().counters.snapshot()
     }
 
     /// The state of a component, if it is registered.
     pub fn state(&self, id: &str) -> Option<ComponentState> {
-        self.inner.registry.get(id).map(|e| e.shared.state())
+        self.router().registry.get(id).map(|e| e.shared.state())
     }
 
     /// The ids of every registered component, sorted.
     pub fn components(&self) -> Vec<ComponentId> {
-        self.inner
+        self.router()
             .registry
             .all()
             .into_iter()
@@ -382,16 +441,17 @@ impl Broker {
 
     /// A component's counters.
     pub fn metrics(&self, id: &str) -> Option<MetricsSnapshot> {
-        self.inner.registry.get(id).map(|entry| snapshot(&entry))
+        let entry = self.router().registry.get(id)?;
+        Some(MetricsSnapshot::of(&entry.shared, entry.mailbox_depth()))
     }
 
     /// Every component's counters, sorted by id.
     pub fn all_metrics(&self) -> Vec<MetricsSnapshot> {
-        self.inner
+        self.router()
             .registry
             .all()
             .iter()
-            .map(|e| snapshot(e))
+            .map(|e| MetricsSnapshot::of(&e.shared, e.mailbox_depth()))
             .collect()
     }
 
@@ -409,6 +469,18 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+
+    /// The broker behind `inner`, for a handle that holds it weakly.
+    pub(crate) fn from_inner(inner: Arc<BrokerInner>) -> Broker {
+        Broker { inner }
+    }
+
+    /// The mailbox depth of the component whose actor shares `shared`, if it is still
+    /// the one registered under its id.
+    pub(crate) fn mailbox_depth_of(&self, shared: &Arc<ActorShared>) -> Option<usize> {
+        let entry = self.router().registry.get(&shared.id)?;
+        Arc::ptr_eq(&entry.shared, shared).then(|| entry.mailbox_depth())
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -420,331 +492,19 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-fn snapshot(entry: &Entry) -> MetricsSnapshot {
-    let m = &entry.shared.metrics;
-    MetricsSnapshot {
-        id: entry.shared.id.clone(),
-        state: entry.shared.state(),
-        delivered: m.delivered.load(Ordering::Relaxed),
-        failed: m.failed.load(Ordering::Relaxed),
-        dead_lettered: m.dead_lettered.load(Ordering::Relaxed),
-        refused: m.refused.load(Ordering::Relaxed),
-        restarts: m.restarts.load(Ordering::Relaxed),
-        mailbox_depth: entry.mailbox_depth(),
-        latency: m.latency.summary(),
-    }
-}
-
-fn closed_error(entry: &Entry) -> MessagingError {
-    match entry.shared.state() {
-        ComponentState::Failed(reason) => MessagingError::TargetCrashed(format!(
-            "component `{}` failed: {reason}",
-            entry.shared.id
-        )),
-        _ => MessagingError::TargetNotFound(entry.shared.id.to_string()),
-    }
-}
-
-impl BrokerInner {
-    /// Checks that apply to every send: shutdown, size, capability, existence, liveness.
-    /// `allowed` is the sender's capability verdict, `None` for the host, which is trusted.
-    fn check_target(
-        &self,
-        target: &str,
-        payload_len: usize,
-        allowed: Option<bool>,
-    ) -> Result<Arc<Entry>, MessagingError> {
-        self.check_target_cached(target, payload_len, allowed, None)
-    }
-
-    /// [`check_target`](Self::check_target), looking in `cache` before the registry and
-    /// leaving the entry found there: a component that sends to the same target again and
-    /// again (the common case) then skips the registry's lock and hash lookup.
-    fn check_target_cached(
-        &self,
-        target: &str,
-        payload_len: usize,
-        allowed: Option<bool>,
-        cache: Option<&RouteCache>,
-    ) -> Result<Arc<Entry>, MessagingError> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(MessagingError::ShuttingDown);
+impl MetricsSnapshot {
+    pub(crate) fn of(shared: &ActorShared, mailbox_depth: usize) -> MetricsSnapshot {
+        let m = &shared.metrics;
+        MetricsSnapshot {
+            id: shared.id.clone(),
+            state: shared.state(),
+            delivered: m.delivered.load(Ordering::Relaxed),
+            failed: m.failed.load(Ordering::Relaxed),
+            dead_lettered: m.dead_lettered.load(Ordering::Relaxed),
+            refused: m.refused.load(Ordering::Relaxed),
+            restarts: m.restarts.load(Ordering::Relaxed),
+            mailbox_depth,
+            latency: m.latency.summary(),
         }
-        if payload_len > self.config.max_payload_bytes {
-            return Err(MessagingError::PayloadTooLarge(
-                self.config.max_payload_bytes as u64,
-            ));
-        }
-        // The capability is checked before the registry, so a denied sender learns nothing
-        // about which ids exist.
-        if allowed == Some(false) {
-            return Err(MessagingError::AccessDenied(target.to_string()));
-        }
-        if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
-            return Ok(entry);
-        }
-        let entry = self
-            .registry
-            .get(target)
-            .ok_or_else(|| MessagingError::TargetNotFound(target.to_string()))?;
-        if let Some(cache) = cache {
-            cache.put(&entry);
-        }
-        if entry.shared.is_closed() {
-            return Err(closed_error(&entry));
-        }
-        Ok(entry)
-    }
-
-    /// Count a refusal and hand the error back.
-    fn refused(&self, entry: Option<&Entry>, err: MessagingError) -> MessagingError {
-        bump(&self.counters.refused);
-        if let Some(entry) = entry {
-            bump(&entry.shared.metrics.refused);
-        }
-        err
-    }
-
-    fn route_message(
-        &self,
-        sender: &ComponentId,
-        target: &str,
-        payload: Vec<u8>,
-        allowed: Option<bool>,
-        cache: Option<&RouteCache>,
-    ) -> Result<(), MessagingError> {
-        bump(&self.counters.sent);
-        let entry = match self.check_target_cached(target, payload.len(), allowed, cache) {
-            Ok(entry) => entry,
-            Err(err) => return Err(self.deny_or_refuse(sender, target, "send to", err)),
-        };
-        let envelope = Envelope::Message {
-            sender: sender.clone(),
-            payload,
-        };
-        match entry.mailbox.try_send(envelope) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.refused(
-                Some(&entry),
-                MessagingError::MailboxFull(target.to_string()),
-            )),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(self.refused(Some(&entry), closed_error(&entry)))
-            }
-        }
-    }
-
-    async fn route_request(
-        &self,
-        sender: &ComponentId,
-        target: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-        allowed: Option<bool>,
-    ) -> Result<Vec<u8>, MessagingError> {
-        bump(&self.counters.sent);
-        let entry = match self.check_target(target, payload.len(), allowed) {
-            Ok(entry) => entry,
-            Err(err) => return Err(self.deny_or_refuse(sender, target, "request from", err)),
-        };
-        let (reply, answer) = oneshot::channel();
-        let envelope = Envelope::Request {
-            sender: sender.clone(),
-            payload,
-            reply,
-            expires: Instant::now() + timeout,
-        };
-        match entry.mailbox.try_send(envelope) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(self.refused(
-                    Some(&entry),
-                    MessagingError::MailboxFull(target.to_string()),
-                ));
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(self.refused(Some(&entry), closed_error(&entry)));
-            }
-        }
-        drop(entry);
-        match tokio::time::timeout(timeout, answer).await {
-            // The request was fine and the handler ran; the fault is the target's, so the
-            // requester hears it as the target's failure, not as `payload-too-large`, which
-            // would say its own request was too big.
-            Ok(Ok(Ok(reply))) if reply.len() > self.config.max_payload_bytes => Err(
-                MessagingError::HandlerFailed(ComponentError::Internal(format!(
-                    "component `{target}` replied with {} bytes, over the limit of {} bytes",
-                    reply.len(),
-                    self.config.max_payload_bytes
-                ))),
-            ),
-            Ok(Ok(answer)) => answer,
-            // The actor dropped the reply without answering: it ended while the request
-            // was queued. The request itself is in the dead-letter record.
-            Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
-                "component `{target}` ended before answering"
-            ))),
-            Err(_) => Err(MessagingError::Timeout),
-        }
-    }
-
-    fn route_publish(
-        &self,
-        sender: &ComponentId,
-        topic: &str,
-        payload: Vec<u8>,
-        allowed: Option<bool>,
-    ) -> Result<u32, MessagingError> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(MessagingError::ShuttingDown);
-        }
-        if allowed == Some(false) {
-            tracing::warn!(%sender, topic, "access denied: publish");
-            return Err(MessagingError::AccessDenied(topic.to_string()));
-        }
-        if payload.len() > self.config.max_payload_bytes {
-            return Err(MessagingError::PayloadTooLarge(
-                self.config.max_payload_bytes as u64,
-            ));
-        }
-        let subscribers = self.registry.subscribers(topic);
-        let mut reached = 0;
-        let mut payload = Some(payload);
-        let last = subscribers.len().saturating_sub(1);
-        for (index, entry) in subscribers.iter().enumerate() {
-            bump(&self.counters.sent);
-            // The last subscriber takes the payload itself; the others get copies.
-            let payload = if index == last {
-                payload.take().unwrap_or_default()
-            } else {
-                payload.clone().unwrap_or_default()
-            };
-            if entry.shared.is_closed() {
-                self.refused(Some(entry), closed_error(entry));
-                continue;
-            }
-            let envelope = Envelope::Message {
-                sender: sender.clone(),
-                payload,
-            };
-            match entry.mailbox.try_send(envelope) {
-                Ok(()) => reached += 1,
-                Err(mpsc::error::TrySendError::Full(Envelope::Message { payload, .. })) => {
-                    // The publisher learns only a count, so a subscriber it missed is kept
-                    // on record rather than silently skipped.
-                    bump(&self.counters.dead_lettered);
-                    bump(&entry.shared.metrics.dead_lettered);
-                    self.dead_letters.record(
-                        sender.clone(),
-                        entry.shared.id.clone(),
-                        crate::dead_letter::MessageKind::Message,
-                        &payload,
-                        format!("publication on `{topic}`: mailbox full"),
-                    );
-                }
-                Err(_) => {
-                    self.refused(Some(entry), closed_error(entry));
-                }
-            }
-        }
-        Ok(reached)
-    }
-
-    /// Count a refusal, logging a denial with both ids.
-    fn deny_or_refuse(
-        &self,
-        sender: &ComponentId,
-        target: &str,
-        action: &str,
-        err: MessagingError,
-    ) -> MessagingError {
-        if matches!(err, MessagingError::AccessDenied(_)) {
-            tracing::warn!(%sender, target, "access denied: {action}");
-        }
-        let entry = self.registry.get(target);
-        self.refused(entry.as_deref(), err)
-    }
-}
-
-/// The messaging of one spawned component: its capabilities and a way back to the broker.
-struct ActorMessaging {
-    broker: Weak<BrokerInner>,
-    capabilities: Capabilities,
-    last_target: RouteCache,
-}
-
-/// The entry a component last sent to. Only its own actor uses it, so the lock is never
-/// contended.
-type RouteCache = std::sync::Mutex<Option<Arc<Entry>>>;
-
-trait CachedRoute {
-    fn get(&self, target: &str) -> Option<Arc<Entry>>;
-    fn put(&self, entry: &Arc<Entry>);
-}
-
-impl CachedRoute for RouteCache {
-    fn get(&self, target: &str) -> Option<Arc<Entry>> {
-        let cached = self.lock().unwrap_or_else(|e| e.into_inner());
-        cached
-            .as_ref()
-            .filter(|entry| &*entry.shared.id == target && entry.shared.is_current())
-            .cloned()
-    }
-
-    fn put(&self, entry: &Arc<Entry>) {
-        *self.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
-    }
-}
-
-impl ActorMessaging {
-    fn broker(&self) -> Result<Arc<BrokerInner>, MessagingError> {
-        self.broker.upgrade().ok_or(MessagingError::ShuttingDown)
-    }
-}
-
-impl Messaging for ActorMessaging {
-    fn send_message(
-        &self,
-        sender: &ComponentId,
-        target: &str,
-        message: Vec<u8>,
-    ) -> Result<(), MessagingError> {
-        let allowed = self.capabilities.may_send(target);
-        self.broker()?.route_message(
-            sender,
-            target,
-            message,
-            Some(allowed),
-            Some(&self.last_target),
-        )
-    }
-
-    fn send_request(
-        &self,
-        sender: &ComponentId,
-        target: &str,
-        request: Vec<u8>,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
-        let broker = self.broker();
-        let allowed = self.capabilities.may_request(target);
-        let sender = sender.clone();
-        let target = target.to_string();
-        Box::pin(async move {
-            broker?
-                .route_request(&sender, &target, request, timeout, Some(allowed))
-                .await
-        })
-    }
-
-    fn publish(
-        &self,
-        sender: &ComponentId,
-        topic: &str,
-        message: Vec<u8>,
-    ) -> Result<u32, MessagingError> {
-        let allowed = self.capabilities.may_publish(topic);
-        self.broker()?
-            .route_publish(sender, topic, message, Some(allowed))
     }
 }

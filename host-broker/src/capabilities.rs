@@ -90,12 +90,6 @@ impl std::fmt::Display for Pattern {
     }
 }
 
-impl From<&str> for Pattern {
-    fn from(text: &str) -> Self {
-        Pattern::parse(text)
-    }
-}
-
 /// Why [`Pattern::try_parse`] refused a pattern.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{pattern}` is not a valid pattern: {reason}")]
@@ -106,23 +100,74 @@ pub struct PatternError {
     pub reason: &'static str,
 }
 
-/// What a component may do. The default allows nothing.
-#[derive(Debug, Clone, Default)]
+/// What a component may do: a builder whose default allows nothing.
+///
+/// ```
+/// use courier_host_broker::{Capabilities, Pattern};
+///
+/// let caps = Capabilities::none()
+///     .allow_send(Pattern::try_parse("orders/*").unwrap())
+///     .subscribe(Pattern::try_parse("news").unwrap());
+/// assert!(caps.may_send("orders/billing"));
+/// assert!(!caps.may_request("orders/billing"));
+/// assert!(caps.subscribes_to("news"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Ids it may send fire-and-forget messages to.
-    pub send: Vec<Pattern>,
-    /// Ids it may send requests to.
-    pub request: Vec<Pattern>,
-    /// Topics it may publish on.
-    pub publish: Vec<Pattern>,
-    /// Topics whose publications it receives.
-    pub subscribe: Vec<Pattern>,
+    send: Vec<Pattern>,
+    request: Vec<Pattern>,
+    publish: Vec<Pattern>,
+    subscribe: Vec<Pattern>,
 }
 
 impl Capabilities {
     /// No capabilities at all: the component can only answer what it is sent.
     pub fn none() -> Self {
         Capabilities::default()
+    }
+
+    /// Allow sending fire-and-forget messages to ids in `pattern`.
+    pub fn allow_send(mut self, pattern: Pattern) -> Self {
+        self.send.push(pattern);
+        self
+    }
+
+    /// Allow sending requests to ids in `pattern`.
+    pub fn allow_request(mut self, pattern: Pattern) -> Self {
+        self.request.push(pattern);
+        self
+    }
+
+    /// Allow publishing on topics in `pattern`.
+    pub fn allow_publish(mut self, pattern: Pattern) -> Self {
+        self.publish.push(pattern);
+        self
+    }
+
+    /// Receive publications on topics in `pattern`.
+    pub fn subscribe(mut self, pattern: Pattern) -> Self {
+        self.subscribe.push(pattern);
+        self
+    }
+
+    /// The ids it may send messages to.
+    pub fn send_patterns(&self) -> &[Pattern] {
+        &self.send
+    }
+
+    /// The ids it may send requests to.
+    pub fn request_patterns(&self) -> &[Pattern] {
+        &self.request
+    }
+
+    /// The topics it may publish on.
+    pub fn publish_patterns(&self) -> &[Pattern] {
+        &self.publish
+    }
+
+    /// The topics whose publications it receives.
+    pub fn subscribe_patterns(&self) -> &[Pattern] {
+        &self.subscribe
     }
 
     /// Checks every pattern as [`Pattern::try_parse`] would, and says which list the first
@@ -177,10 +222,7 @@ mod tests {
 
     #[test]
     fn a_prefix_pattern_covers_names_below_it_only() {
-        let caps = Capabilities {
-            send: vec!["orders/*".into()],
-            ..Capabilities::none()
-        };
+        let caps = Capabilities::none().allow_send(Pattern::parse("orders/*"));
         assert!(caps.may_send("orders/billing"));
         assert!(caps.may_send("orders/eu/billing"));
         assert!(!caps.may_send("orders/"));
@@ -203,11 +245,11 @@ mod tests {
 
     #[test]
     fn validate_names_the_list_of_the_first_bad_pattern() {
-        let caps = Capabilities {
-            send: vec!["pong".into(), "orders/*".into()],
-            subscribe: vec!["news".into(), "sc*res".into()],
-            ..Capabilities::none()
-        };
+        let caps = Capabilities::none()
+            .allow_send(Pattern::parse("pong"))
+            .allow_send(Pattern::parse("orders/*"))
+            .subscribe(Pattern::parse("news"))
+            .subscribe(Pattern::parse("sc*res"));
         let (list, err) = caps.validate().unwrap_err();
         assert_eq!(list, "subscribe");
         assert_eq!(err.pattern, "sc*res");

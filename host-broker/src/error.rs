@@ -1,7 +1,10 @@
 //! Errors of the broker's own API (spawning, stopping). Errors of sending are the WIT
 //! `messaging-error`, the same a guest sees.
 
-use courier_host_core::ComponentId;
+use courier_host_core::{ComponentId, MessagingError};
+
+use crate::broker::HOST_SENDER;
+use crate::routing::Refused;
 
 /// Why the broker refused an operation on a component.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,86 @@ pub enum BrokerError {
     Instantiate(#[from] courier_host_core::Error),
 }
 
+/// A message the broker did not queue, given back with the reason, so the caller can retry
+/// it (after a `mailbox-full`, say) without having kept a copy.
+///
+/// ```no_run
+/// # fn run(broker: courier_host_broker::Broker) {
+/// use courier_host_broker::MessagingError;
+///
+/// let mut payload = b"tick".to_vec();
+/// loop {
+///     match broker.send("counter", payload) {
+///         Ok(()) => break,
+///         Err(refused) if matches!(refused.error(), MessagingError::MailboxFull(_)) => {
+///             payload = refused.into_payload();
+///             std::thread::yield_now();
+///         }
+///         Err(refused) => panic!("{refused}"),
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SendError {
+    error: MessagingError,
+    payload: Vec<u8>,
+}
+
+impl SendError {
+    /// Why the message was not queued.
+    pub fn error(&self) -> &MessagingError {
+        &self.error
+    }
+
+    /// The payload that was not sent.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload that was not sent, to send again.
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+
+    /// The reason, without the payload.
+    pub fn into_error(self) -> MessagingError {
+        self.error
+    }
+}
+
+impl From<Refused> for SendError {
+    fn from(refused: Refused) -> SendError {
+        SendError {
+            error: refused.error,
+            payload: refused.envelope.into_payload(),
+        }
+    }
+}
+
+impl From<SendError> for MessagingError {
+    fn from(err: SendError) -> MessagingError {
+        err.error
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a message of {} bytes was not sent: {}",
+            self.payload.len(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// Checks a component id against the broker's rules and says what is wrong with it: an id is
 /// `name` or `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`, so it reads
 /// well in logs and can be matched by `prefix/*` patterns; `host` is taken by the host itself.
@@ -58,7 +141,7 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() {
         return Err("it is empty");
     }
-    if id == "host" {
+    if id == HOST_SENDER {
         return Err("`host` is the sender id of the host itself");
     }
     if id.starts_with('/') || id.ends_with('/') || id.contains("//") {

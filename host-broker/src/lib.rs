@@ -22,21 +22,24 @@
 //! current-thread runtime a request and its answer never cross between cores, which on two
 //! cores cuts a wasm-to-wasm-to-wasm round trip by about a third (`benches/README.md`).
 //!
-//! The map: [`broker`](Broker) routes, `mailbox` is what travels, `registry` finds
-//! components, `actor` runs them, `supervisor` decides restarts, `capabilities` decides
-//! access, `dead_letter` and `metrics` keep the record.
-
-#![warn(missing_docs)]
-#![deny(unused_must_use)]
+//! The map: `broker` is the public API ([`Broker`], and [`ComponentHandle`] in `handle`);
+//! `routing` takes a send from its checks to a mailbox, `request` waits for replies,
+//! `messaging` is what a guest's `messaging` imports call; `mailbox` is what travels,
+//! `registry` finds components, `actor` runs them, `supervisor` decides restarts,
+//! `capabilities` decides access, `dead_letter` and `metrics` keep the record.
 
 mod actor;
 mod broker;
 mod capabilities;
 mod dead_letter;
 mod error;
+mod handle;
 mod mailbox;
+mod messaging;
 mod metrics;
 mod registry;
+mod request;
+mod routing;
 mod spec;
 mod supervisor;
 
@@ -47,7 +50,8 @@ pub use capabilities::{Capabilities, Pattern, PatternError};
 pub use dead_letter::{
     DEAD_LETTER_PAYLOAD_LIMIT, DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter, MessageKind,
 };
-pub use error::{BrokerError, check_id};
+pub use error::{BrokerError, SendError, check_id};
+pub use handle::ComponentHandle;
 pub use metrics::{Accounting, LatencySummary};
 pub use registry::ComponentState;
 pub use spec::{ComponentSpec, DEFAULT_MAILBOX_CAPACITY};
@@ -58,8 +62,8 @@ pub use courier_host_core::{ComponentError, ComponentId, MessagingError};
 /// What a typical integrator imports.
 pub mod prelude {
     pub use crate::{
-        Broker, BrokerConfig, Capabilities, ComponentSpec, ComponentState, RestartPolicy,
-        Supervision,
+        Broker, BrokerConfig, Capabilities, ComponentHandle, ComponentSpec, ComponentState,
+        RestartPolicy, SendError, Supervision,
     };
     pub use courier_host_core::{Component, Engine, EngineConfig, MessagingError};
 }

@@ -26,3 +26,29 @@ pub(crate) enum Envelope {
     /// Handle what is queued ahead of this, then stop.
     Stop,
 }
+
+impl Envelope {
+    /// Who sent it; empty for [`Envelope::Stop`], which only the broker sends.
+    pub(crate) fn sender(&self) -> &str {
+        match self {
+            Envelope::Message { sender, .. } | Envelope::Request { sender, .. } => sender,
+            Envelope::Stop => "",
+        }
+    }
+
+    /// What it carries; empty for [`Envelope::Stop`].
+    pub(crate) fn payload(&self) -> &[u8] {
+        match self {
+            Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
+            Envelope::Stop => &[],
+        }
+    }
+
+    /// The payload itself, given back to a sender whose message was refused.
+    pub(crate) fn into_payload(self) -> Vec<u8> {
+        match self {
+            Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
+            Envelope::Stop => Vec::new(),
+        }
+    }
+}

@@ -155,6 +155,21 @@ impl Registry {
         Some(entry)
     }
 
+    /// Remove the entry of `shared`'s actor, if it is still the one registered under its id.
+    pub(crate) fn remove_if_current(&self, shared: &Arc<ActorShared>) -> Option<Arc<Entry>> {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let current = entries
+            .get(&shared.id)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.shared, shared));
+        let entry = if current {
+            entries.remove(&shared.id)?
+        } else {
+            return None;
+        };
+        entry.shared.retire();
+        Some(entry)
+    }
+
     pub(crate) fn all(&self) -> Vec<Arc<Entry>> {
         let mut all: Vec<_> = self.read().values().cloned().collect();
         all.sort_by(|a, b| a.shared.id.cmp(&b.shared.id));

@@ -30,26 +30,20 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 /// ```
 #[derive(Clone, Debug)]
 pub struct ComponentSpec {
-    /// The id the component is reached by and that it sends as.
-    pub id: ComponentId,
-    /// The loaded component to instantiate.
-    pub component: Component,
-    /// Whom it may reach, what it hears. Nothing by default.
-    pub capabilities: Capabilities,
-    /// Messages its mailbox holds before senders get `mailbox-full`.
-    pub mailbox_capacity: usize,
-    /// How long one handler call may run.
-    pub deadline: Duration,
-    /// Cap on its linear memory, in bytes; `None` for the engine's maximum.
-    pub memory_limit: Option<usize>,
-    /// Fuel per handler call, if the engine meters fuel.
-    pub fuel: Option<u64>,
-    /// What happens when its instance traps.
-    pub supervision: Supervision,
+    pub(crate) id: ComponentId,
+    pub(crate) component: Component,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) mailbox_capacity: usize,
+    pub(crate) deadline: Duration,
+    pub(crate) memory_limit: Option<usize>,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) supervision: Supervision,
 }
 
 impl ComponentSpec {
-    /// A spec with no capabilities and default limits.
+    /// A spec for running `component` as the id `id` (the id it is reached by and sends
+    /// as), with no capabilities, a mailbox of [`DEFAULT_MAILBOX_CAPACITY`], the default
+    /// deadline, the engine's memory maximum and the default supervision.
     pub fn new(id: impl Into<ComponentId>, component: Component) -> Self {
         ComponentSpec {
             id: id.into(),
@@ -63,49 +57,51 @@ impl ComponentSpec {
         }
     }
 
-    /// Replace all capabilities.
+    /// Replace all capabilities: whom it may reach, what it hears.
     pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
         self.capabilities = capabilities;
         self
     }
 
     /// Allow sending messages to ids matching `pattern` (`pong`, `orders/*`, `*`).
+    /// [`Broker::spawn`](crate::Broker::spawn) refuses a pattern that would not mean what
+    /// it says ([`Pattern::try_parse`]).
     pub fn may_send(mut self, pattern: &str) -> Self {
-        self.capabilities.send.push(Pattern::parse(pattern));
+        self.capabilities = self.capabilities.allow_send(Pattern::parse(pattern));
         self
     }
 
     /// Allow sending requests to ids matching `pattern`.
     pub fn may_request(mut self, pattern: &str) -> Self {
-        self.capabilities.request.push(Pattern::parse(pattern));
+        self.capabilities = self.capabilities.allow_request(Pattern::parse(pattern));
         self
     }
 
     /// Allow publishing on topics matching `pattern`.
     pub fn may_publish(mut self, pattern: &str) -> Self {
-        self.capabilities.publish.push(Pattern::parse(pattern));
+        self.capabilities = self.capabilities.allow_publish(Pattern::parse(pattern));
         self
     }
 
     /// Receive publications on topics matching `pattern`.
     pub fn subscribe(mut self, pattern: &str) -> Self {
-        self.capabilities.subscribe.push(Pattern::parse(pattern));
+        self.capabilities = self.capabilities.subscribe(Pattern::parse(pattern));
         self
     }
 
-    /// Set the mailbox capacity (at least 1).
+    /// How many messages its mailbox holds before senders get `mailbox-full` (at least 1).
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.mailbox_capacity = capacity.max(1);
         self
     }
 
-    /// Set the per-call deadline.
+    /// How long one handler call may run.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
-    /// Cap linear memory at `bytes`.
+    /// Cap its linear memory at `bytes`; without it the engine's maximum applies.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -117,9 +113,49 @@ impl ComponentSpec {
         self
     }
 
-    /// Set the supervision.
+    /// What happens when its instance traps.
     pub fn supervision(mut self, supervision: Supervision) -> Self {
         self.supervision = supervision;
         self
+    }
+
+    /// The id it will run as.
+    pub fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    /// The component it will run.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// Its capabilities.
+    pub fn get_capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Its mailbox capacity.
+    pub fn get_mailbox_capacity(&self) -> usize {
+        self.mailbox_capacity
+    }
+
+    /// Its per-call deadline.
+    pub fn get_deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Its memory cap, if one was set.
+    pub fn get_memory_limit(&self) -> Option<usize> {
+        self.memory_limit
+    }
+
+    /// Its per-call fuel budget, if one was set.
+    pub fn get_fuel(&self) -> Option<u64> {
+        self.fuel
+    }
+
+    /// Its supervision.
+    pub fn get_supervision(&self) -> Supervision {
+        self.supervision
     }
 }

@@ -39,20 +39,20 @@ impl RestartPolicy {
 /// let supervision = Supervision::new(RestartPolicy::Transient)
 ///     .intensity(3, Duration::from_secs(10))
 ///     .backoff(Duration::from_millis(10), Duration::from_secs(1));
-/// assert_eq!(supervision.max_restarts, 3);
+/// assert_eq!(supervision.get_max_restarts(), 3);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Supervision {
     /// When to replace an instance.
-    pub policy: RestartPolicy,
+    pub(crate) policy: RestartPolicy,
     /// Most restarts allowed within `window`; one more and the component is failed.
-    pub max_restarts: u32,
+    pub(crate) max_restarts: u32,
     /// The sliding window of `max_restarts`.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Wait before the first restart in a window; doubles with each further one.
-    pub backoff_min: Duration,
+    pub(crate) backoff_min: Duration,
     /// Longest wait between restarts.
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
 }
 
 impl Default for Supervision {
@@ -91,6 +91,26 @@ impl Supervision {
         self.backoff_min = min;
         self.backoff_max = max;
         self
+    }
+
+    /// When an instance is replaced.
+    pub fn get_policy(&self) -> RestartPolicy {
+        self.policy
+    }
+
+    /// Most restarts allowed within [`get_window`](Self::get_window).
+    pub fn get_max_restarts(&self) -> u32 {
+        self.max_restarts
+    }
+
+    /// The sliding window of the restart intensity.
+    pub fn get_window(&self) -> Duration {
+        self.window
+    }
+
+    /// The shortest and the longest wait before a restart.
+    pub fn get_backoff(&self) -> (Duration, Duration) {
+        (self.backoff_min, self.backoff_max)
     }
 }
 

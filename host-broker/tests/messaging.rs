@@ -1,7 +1,9 @@
 //! Messages, requests and publications between real components.
 
+use std::time::Duration;
+
 use crate::common::Setup;
-use courier_host_broker::{BrokerError, MessagingError};
+use courier_host_broker::{BrokerError, ComponentState, MessagingError, SendError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_sends_and_requests_to_a_component() {
@@ -104,32 +106,45 @@ async fn unknown_and_denied_targets_are_refused_at_once() {
         );
     }
     assert!(matches!(
-        setup.broker.send("nobody", vec![]),
+        setup.broker.send("nobody", vec![]).map_err(SendError::into_error),
         Err(MessagingError::TargetNotFound(id)) if id == "nobody"
     ));
     setup.assert_accounted().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_mailbox_refuses_the_sender_at_once() {
+async fn a_full_mailbox_refuses_the_sender_at_once_and_gives_the_payload_back() {
     let setup = Setup::new();
     let spec = setup
         .spec("looper", "looper")
         .mailbox_capacity(2)
-        .deadline(std::time::Duration::from_millis(200));
+        .deadline(Duration::from_millis(500));
     setup.spawn(spec).await;
 
-    let mut refused = None;
-    for attempt in 0..10 {
-        if let Err(err) = setup.broker.send("looper", vec![attempt]) {
-            refused = Some(err);
-            break;
-        }
-    }
+    // Once the looper has taken its first message out of the mailbox it spins in its
+    // handler, and the next two messages fill the mailbox.
+    setup.broker.send("looper", b"spin".to_vec()).unwrap();
+    setup.mailbox_drains("looper").await;
+    setup.broker.send("looper", vec![1; 3]).unwrap();
+    setup.broker.send("looper", vec![2; 3]).unwrap();
+    let refused = setup
+        .broker
+        .send("looper", vec![3; 3])
+        .expect_err("the mailbox holds two");
     assert!(
-        matches!(&refused, Some(MessagingError::MailboxFull(id)) if id == "looper"),
+        matches!(refused.error(), MessagingError::MailboxFull(id) if id == "looper"),
         "{refused:?}"
     );
+    assert_eq!(refused.into_payload(), [3; 3]);
+
+    // The waiting send gives its payload back too when the wait runs out.
+    let refused = setup
+        .broker
+        .send_waiting("looper", b"patient".to_vec(), Duration::from_millis(20))
+        .await
+        .expect_err("the looper's mailbox stays full");
+    assert!(matches!(refused.error(), MessagingError::MailboxFull(_)));
+    assert_eq!(refused.payload(), b"patient");
     setup.assert_accounted().await;
 }
 
@@ -138,20 +153,19 @@ async fn payloads_over_the_limit_are_refused() {
     let engine = crate::common::engine();
     let broker = courier_host_broker::Broker::with_config(
         engine.clone(),
-        courier_host_broker::BrokerConfig {
-            max_payload_bytes: 1024,
-            ..Default::default()
-        },
+        courier_host_broker::BrokerConfig::default().max_payload_bytes(1024),
     );
     let echo = crate::common::load(&engine, "echo");
     broker
         .spawn(courier_host_broker::ComponentSpec::new("echo", echo))
         .await
         .unwrap();
+    let refused = broker.send("echo", vec![7; 1025]).unwrap_err();
     assert!(matches!(
-        broker.send("echo", vec![0; 1025]),
-        Err(MessagingError::PayloadTooLarge(1024))
+        refused.error(),
+        MessagingError::PayloadTooLarge(1024)
     ));
+    assert_eq!(refused.into_payload(), vec![7; 1025]);
     broker.send("echo", vec![0; 1024]).unwrap();
 }
 
@@ -220,7 +234,10 @@ async fn ids_are_unique_and_components_can_be_stopped_at_run_time() {
         "queued messages are handled before stopping"
     );
     assert!(matches!(
-        setup.broker.send("counter", vec![]),
+        setup
+            .broker
+            .send("counter", vec![])
+            .map_err(SendError::into_error),
         Err(MessagingError::TargetNotFound(_))
     ));
     // The id is free again.
@@ -276,4 +293,87 @@ async fn dropping_the_broker_leaves_no_task_behind() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_publish_check_the_capability_before_the_payload_size() {
+    let engine = crate::common::engine();
+    let broker = courier_host_broker::Broker::with_config(
+        engine.clone(),
+        courier_host_broker::BrokerConfig::default().max_payload_bytes(1024),
+    );
+    let spawn = |spec| {
+        let broker = broker.clone();
+        async move { broker.spawn(spec).await.unwrap() }
+    };
+    let probe = crate::common::load(&engine, "probe");
+    let spec = courier_host_broker::ComponentSpec::new;
+    spawn(spec("echo", crate::common::load(&engine, "echo"))).await;
+    spawn(spec("walled", probe.clone())).await;
+    spawn(spec("allowed", probe).may_send("echo").may_publish("news")).await;
+    let ask = |id: &'static str, command: &'static str| {
+        let broker = broker.clone();
+        async move {
+            let reply = broker
+                .request(id, command.as_bytes().to_vec(), 10 * crate::common::SECOND)
+                .await
+                .unwrap();
+            String::from_utf8(reply).unwrap()
+        }
+    };
+
+    // A sender that may not reach the target hears so, whatever it sends.
+    for command in ["send-big:echo", "publish-big:news"] {
+        let answer = ask("walled", command).await;
+        assert!(
+            answer.starts_with("err: MessagingError::AccessDenied"),
+            "{command}: {answer}"
+        );
+    }
+    // One that may hears that its payload is too large, from either call.
+    for command in ["send-big:echo", "publish-big:news"] {
+        let answer = ask("allowed", command).await;
+        assert_eq!(
+            answer, "err: MessagingError::PayloadTooLarge(1024)",
+            "{command}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_returns_a_handle_that_follows_its_one_component() {
+    let setup = Setup::new();
+    let counter = setup
+        .broker
+        .spawn(setup.spec("counter", "counter"))
+        .await
+        .unwrap();
+    assert_eq!(&**counter.id(), "counter");
+    assert_eq!(counter.state(), ComponentState::Running);
+    for _ in 0..3 {
+        setup.broker.send("counter", b"tick".to_vec()).unwrap();
+    }
+    assert_eq!(setup.count("counter").await, 3);
+    let metrics = counter.metrics();
+    assert_eq!(metrics.delivered, 4, "three messages and the request");
+    assert_eq!(metrics, setup.broker.metrics("counter").unwrap());
+
+    let report = counter.stop().await.unwrap();
+    assert_eq!(report.stopped, ["counter".into()]);
+    assert!(matches!(counter.state(), ComponentState::Stopped(_)));
+    assert_eq!(setup.broker.state("counter"), None);
+    assert_eq!(counter.metrics().delivered, 4, "its counters outlive it");
+
+    // A component spawned later under the same id is not the handle's to stop.
+    let again = setup
+        .broker
+        .spawn(setup.spec("counter", "counter"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        counter.stop().await,
+        Err(BrokerError::NotFound(id)) if &*id == "counter"
+    ));
+    assert_eq!(again.state(), ComponentState::Running);
+    assert_eq!(setup.broker.state("counter"), Some(ComponentState::Running));
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use courier_host_broker::{
     Accounting, Broker, BrokerConfig, ComponentError, ComponentId, ComponentSpec, ComponentState,
-    MessageKind, MessagingError, Supervision,
+    MessageKind, MessagingError, SendError, Supervision,
 };
 use courier_host_core::Component;
 use proptest::collection::vec;
@@ -372,7 +372,9 @@ async fn send(
     payload: &Payload,
 ) -> Result<(), TestCaseError> {
     let bytes = model.bytes(sender, payload);
-    let result = broker.send_as(&ComponentId::from(sender), target.id(), bytes);
+    let result = broker
+        .send_as(&ComponentId::from(sender), target.id(), bytes)
+        .map_err(SendError::into_error);
     model.books.sent += 1;
     if let Payload::Oversized(_) = payload {
         prop_assert!(too_large(&result), "send to {target:?}: {result:?}");
@@ -550,7 +552,7 @@ async fn spawn_all(broker: &Broker) {
             .supervision(restart_always),
     ];
     for spec in specs {
-        let id = spec.id.clone();
+        let id = spec.id().clone();
         broker
             .spawn(spec)
             .await
@@ -561,10 +563,7 @@ async fn spawn_all(broker: &Broker) {
 async fn play(ops: &[Op]) -> Result<(), TestCaseError> {
     let broker = Broker::with_config(
         guests().counter.engine().clone(),
-        BrokerConfig {
-            max_payload_bytes: MAX_PAYLOAD,
-            ..BrokerConfig::default()
-        },
+        BrokerConfig::default().max_payload_bytes(MAX_PAYLOAD),
     );
     spawn_all(&broker).await;
     let mut model = Model::default();

@@ -191,7 +191,7 @@ async fn post_message(
     ingress
         .broker
         .send(&id, payload)
-        .map_err(|err| messaging_error(err, &id, Call::Message))?;
+        .map_err(|err| messaging_error(err.into_error(), &id, Call::Message))?;
     let answer = json!({ "status": "accepted", "target": id });
     Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
 }

@@ -14,9 +14,6 @@
 //!
 //! [`Broker`]: courier_host_broker::Broker
 
-#![warn(missing_docs)]
-#![deny(unused_must_use)]
-
 pub mod check;
 pub mod diagnostics;
 pub mod ingress;

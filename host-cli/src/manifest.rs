@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use courier_host_broker::{
-    BrokerConfig, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES, Pattern,
-    RestartPolicy, Supervision, check_id,
+    BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES,
+    Pattern, RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use serde::Deserialize;
@@ -82,7 +82,8 @@ pub struct Runtime {
 }
 
 /// `runtime.scheduler`: how the actors are spread over threads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
     /// tokio's multi-threaded runtime, a worker per core: actors use every core. The default.
     #[default]
@@ -112,14 +113,8 @@ pub struct ComponentEntry {
     pub path: PathBuf,
     /// The line of its `path` field, where problems with the file are reported.
     pub path_line: usize,
-    /// Ids it may send messages to.
-    pub send: Vec<String>,
-    /// Ids it may send requests to.
-    pub request: Vec<String>,
-    /// Topics it may publish on.
-    pub publish: Vec<String>,
-    /// Topics it hears.
-    pub subscribe: Vec<String>,
+    /// Whom it may reach and what it hears, every pattern checked.
+    pub capabilities: Capabilities,
     /// Its mailbox capacity.
     pub mailbox: usize,
     /// How long one handler call may run.
@@ -136,21 +131,10 @@ impl ComponentEntry {
     /// The broker spec of this component, once it is loaded.
     pub fn spec(&self, component: Component) -> ComponentSpec {
         let mut spec = ComponentSpec::new(self.id.as_str(), component)
+            .capabilities(self.capabilities.clone())
             .mailbox_capacity(self.mailbox)
             .deadline(self.deadline)
             .supervision(self.supervision);
-        for pattern in &self.send {
-            spec = spec.may_send(pattern);
-        }
-        for pattern in &self.request {
-            spec = spec.may_request(pattern);
-        }
-        for pattern in &self.publish {
-            spec = spec.may_publish(pattern);
-        }
-        for pattern in &self.subscribe {
-            spec = spec.subscribe(pattern);
-        }
         if let Some(memory) = self.memory {
             spec = spec.memory_limit(memory);
         }
@@ -253,15 +237,12 @@ impl Manifest {
             .clone()
             .cache_dir(&self.runtime.cache_dir)
             .fuel(self.components.iter().any(|c| c.fuel.is_some()))
-            .max_memory_bytes(defaults.max_memory_bytes.max(largest_memory))
+            .max_memory_bytes(defaults.get_max_memory_bytes().max(largest_memory))
     }
 
     /// The broker configuration: the payload limit.
     pub fn broker_config(&self) -> BrokerConfig {
-        BrokerConfig {
-            max_payload_bytes: self.runtime.max_payload,
-            ..BrokerConfig::default()
-        }
+        BrokerConfig::default().max_payload_bytes(self.runtime.max_payload)
     }
 }
 
@@ -352,20 +333,7 @@ impl Checker<'_> {
             Some(timeout) => timeout.into_inner().0,
             None => DEFAULT_REQUEST_TIMEOUT,
         };
-        let scheduler = match raw.scheduler {
-            None => Scheduler::default(),
-            Some(name) => match name.get_ref().as_str() {
-                "multi-thread" => Scheduler::MultiThread,
-                "current-thread" => Scheduler::CurrentThread,
-                other => {
-                    let msg = format!(
-                        "`{other}` is not a scheduler: expected `multi-thread` or `current-thread`"
-                    );
-                    self.problem(&name, None, "runtime.scheduler", msg);
-                    Scheduler::default()
-                }
-            },
-        };
+        let scheduler = raw.scheduler.unwrap_or_default();
         Runtime {
             listen,
             max_payload,
@@ -398,15 +366,31 @@ impl Checker<'_> {
         }
 
         let caps = &raw.capabilities;
-        for (field, patterns) in [
-            ("capabilities.send", &caps.send),
-            ("capabilities.request", &caps.request),
-            ("capabilities.publish", &caps.publish),
-            ("capabilities.subscribe", &caps.subscribe),
-        ] {
+        let mut capabilities = Capabilities::none();
+        type Allow = fn(Capabilities, Pattern) -> Capabilities;
+        let lists: [(&str, &[Spanned<String>], Allow); 4] = [
+            ("capabilities.send", &caps.send, Capabilities::allow_send),
+            (
+                "capabilities.request",
+                &caps.request,
+                Capabilities::allow_request,
+            ),
+            (
+                "capabilities.publish",
+                &caps.publish,
+                Capabilities::allow_publish,
+            ),
+            (
+                "capabilities.subscribe",
+                &caps.subscribe,
+                Capabilities::subscribe,
+            ),
+        ];
+        for (field, patterns, allow) in lists {
             for pattern in patterns {
-                if let Err(err) = Pattern::try_parse(pattern.get_ref()) {
-                    self.problem(pattern, Some(id), field, err.to_string());
+                match Pattern::try_parse(pattern.get_ref()) {
+                    Ok(parsed) => capabilities = allow(capabilities, parsed),
+                    Err(err) => self.problem(pattern, Some(id), field, err.to_string()),
                 }
             }
         }
@@ -459,13 +443,14 @@ impl Checker<'_> {
 
         let restart = &raw.restart;
         let defaults = Supervision::default();
-        let mut supervision = Supervision::new(restart.policy.map_or(defaults.policy, Into::into))
-            .intensity(
-                restart.max_restarts.unwrap_or(defaults.max_restarts),
+        let (default_min, default_max) = defaults.get_backoff();
+        let mut supervision =
+            Supervision::new(restart.policy.map_or(defaults.get_policy(), Into::into)).intensity(
+                restart.max_restarts.unwrap_or(defaults.get_max_restarts()),
                 restart
                     .window
                     .as_ref()
-                    .map_or(defaults.window, |w| w.get_ref().0),
+                    .map_or(defaults.get_window(), |w| w.get_ref().0),
             );
         if let Some(window) = &restart.window
             && window.get_ref().0.is_zero()
@@ -477,16 +462,16 @@ impl Checker<'_> {
             restart
                 .backoff_min
                 .as_ref()
-                .map_or(defaults.backoff_min, |b| b.get_ref().0),
+                .map_or(default_min, |b| b.get_ref().0),
             restart
                 .backoff_max
                 .as_ref()
-                .map_or(defaults.backoff_max, |b| b.get_ref().0),
+                .map_or(default_max, |b| b.get_ref().0),
         );
-        if supervision.backoff_min > supervision.backoff_max {
+        let (backoff_min, backoff_max) = supervision.get_backoff();
+        if backoff_min > backoff_max {
             let msg = format!(
-                "the backoff starts at {:?}, above its maximum of {:?}",
-                supervision.backoff_min, supervision.backoff_max
+                "the backoff starts at {backoff_min:?}, above its maximum of {backoff_max:?}"
             );
             // The defaults are in order, so at least one of the two was written.
             match (&restart.backoff_min, &restart.backoff_max) {
@@ -496,20 +481,11 @@ impl Checker<'_> {
             }
         }
 
-        let strings = |patterns: &[Spanned<String>]| {
-            patterns
-                .iter()
-                .map(|p| p.get_ref().clone())
-                .collect::<Vec<_>>()
-        };
         (self.diagnostics.problems.len() == before).then(|| ComponentEntry {
             id: id.to_string(),
             path,
             path_line: self.line(&raw.path),
-            send: strings(&caps.send),
-            request: strings(&caps.request),
-            publish: strings(&caps.publish),
-            subscribe: strings(&caps.subscribe),
+            capabilities,
             mailbox,
             deadline,
             memory,
@@ -548,7 +524,7 @@ struct RawRuntime {
     cache_dir: Option<PathBuf>,
     drain: Option<Millis>,
     request_timeout: Option<Spanned<Millis>>,
-    scheduler: Option<Spanned<String>>,
+    scheduler: Option<Scheduler>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -687,25 +663,29 @@ mailbox = 10000
         assert_eq!(ping.id, "ping");
         assert!(ping.path.ends_with("ping.wasm") && ping.path.is_absolute());
         assert_eq!(ping.path_line, 9);
-        assert_eq!(ping.send, ["pong"]);
-        assert_eq!(ping.publish, ["scores/*"]);
+        let patterns = |list: &[Pattern]| list.iter().map(Pattern::to_string).collect::<Vec<_>>();
+        assert_eq!(patterns(ping.capabilities.send_patterns()), ["pong"]);
+        assert_eq!(patterns(ping.capabilities.publish_patterns()), ["scores/*"]);
         assert_eq!(ping.memory, Some(16 << 20));
         assert_eq!(ping.deadline, Duration::from_millis(100));
         assert_eq!(ping.mailbox, 64);
         assert_eq!(ping.fuel, Some(1_000_000));
-        assert_eq!(ping.supervision.policy, RestartPolicy::Transient);
-        assert_eq!(ping.supervision.max_restarts, 3);
-        assert_eq!(ping.supervision.backoff_min, Duration::from_millis(10));
+        assert_eq!(ping.supervision.get_policy(), RestartPolicy::Transient);
+        assert_eq!(ping.supervision.get_max_restarts(), 3);
+        assert_eq!(ping.supervision.get_backoff().0, Duration::from_millis(10));
 
-        assert_eq!(pong.subscribe, ["scores/*"]);
+        assert_eq!(
+            patterns(pong.capabilities.subscribe_patterns()),
+            ["scores/*"]
+        );
         assert_eq!(pong.mailbox, 10_000);
         assert_eq!(pong.deadline, DEFAULT_DEADLINE);
         assert_eq!(pong.supervision, Supervision::default());
 
         let engine = manifest.engine_config();
-        assert!(engine.fuel, "a fuel budget turns metering on");
-        assert!(engine.pooling);
-        assert_eq!(manifest.broker_config().max_payload_bytes, 1 << 20);
+        assert!(engine.get_fuel(), "a fuel budget turns metering on");
+        assert!(engine.get_pooling());
+        assert_eq!(manifest.broker_config().get_max_payload_bytes(), 1 << 20);
     }
 
     #[test]
@@ -785,7 +765,7 @@ mailbox = 10000
         let source = good_but("drain = \"2s\"", "drain = \"2s\"\nscheduler = \"single\"");
         assert_eq!(
             problem(&source),
-            "6: `runtime.scheduler`: `single` is not a scheduler: expected `multi-thread` or \
+            "6: `runtime.scheduler`: unknown variant `single`, expected `multi-thread` or \
              `current-thread`"
         );
     }

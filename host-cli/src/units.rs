@@ -150,31 +150,8 @@ impl<'de> de::Deserialize<'de> for Millis {
     }
 }
 
-/// Writes a byte count in the largest binary unit that divides it: `16 MiB`, `64 KiB`,
-/// `1000 bytes`.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (name, factor) in UNITS {
-        if bytes >= factor && bytes.is_multiple_of(factor) {
-            return format!("{} {name}", bytes / factor);
-        }
-    }
-    format!("{bytes} bytes")
-}
-
-/// Writes a duration for a person: `850 µs`, `12 ms`, `1.25 s`.
-pub fn format_duration(duration: Duration) -> String {
-    let micros = duration.as_micros();
-    if micros < 1_000 {
-        format!("{micros} µs")
-    } else if micros < 1_000_000 {
-        format!("{} ms", duration.as_millis())
-    } else if micros.is_multiple_of(1_000_000) {
-        format!("{} s", duration.as_secs())
-    } else {
-        format!("{:.2} s", duration.as_secs_f64())
-    }
-}
+/// How Courier writes sizes and durations for people; the one copy lives in host-core.
+pub use courier_host_core::units::{format_bytes, format_duration};
 
 #[cfg(test)]
 mod tests {
@@ -203,15 +180,5 @@ mod tests {
         assert_eq!(ms("250"), Ok(Duration::from_millis(250)));
         assert_eq!(ms("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(ms("10 parsecs").unwrap_err().contains("not a duration"));
-    }
-
-    #[test]
-    fn amounts_are_written_for_people() {
-        assert_eq!(format_bytes(16 << 20), "16 MiB");
-        assert_eq!(format_bytes(1000), "1000 bytes");
-        assert_eq!(format_duration(Duration::from_micros(850)), "850 µs");
-        assert_eq!(format_duration(Duration::from_millis(12)), "12 ms");
-        assert_eq!(format_duration(Duration::from_millis(1250)), "1.25 s");
-        assert_eq!(format_duration(Duration::from_secs(5)), "5 s");
     }
 }

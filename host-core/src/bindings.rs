@@ -1,4 +1,7 @@
 //! The wasmtime bindings of world `courier:actor/actor`, generated from `wit/` at build time.
+//!
+//! The host calls a guest's handlers through the generated, typed exports (`ActorPre` kept
+//! per component, `Actor` per instance), so no hand-written unchecked call exists.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -7,5 +10,10 @@ wasmtime::component::bindgen!({
     // at once and stay synchronous, which keeps them cheap.
     imports: {
         "courier:actor/messaging.send-request": async,
+    },
+    // Handlers run under epoch interruption, which yields to the scheduler at every tick:
+    // only an async call can yield.
+    exports: {
+        default: async,
     },
 });

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use wasmtime::component::Type;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 
-use wasmtime::component::{ComponentExportIndex, InstancePre};
-
 use crate::bindings::ActorPre;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::host::HostState;
 
 /// The interfaces of world `courier:actor/actor` that the host provides besides WASI.
@@ -58,9 +56,9 @@ pub struct Component {
 pub(crate) struct ComponentInner {
     pub(crate) name: String,
     pub(crate) engine: Engine,
-    pub(crate) pre: InstancePre<HostState>,
-    pub(crate) handle_message: ComponentExportIndex,
-    pub(crate) handle_request: ComponentExportIndex,
+    /// Linked once, with the typed exports of world `actor` looked up: instantiating does
+    /// neither again.
+    pub(crate) pre: ActorPre<HostState>,
 }
 
 impl Component {
@@ -89,38 +87,27 @@ impl Engine {
     /// `name` is only used in errors and logs; instances get their own ids.
     pub fn load_component(&self, name: &str, bytes: &[u8]) -> Result<Component> {
         let wasmtime = &self.inner.wasmtime;
-        let component = wasmtime::component::Component::new(wasmtime, bytes).map_err(|err| {
-            Error::InvalidComponent {
-                component: name.to_string(),
-                reason: format!("{err:#}"),
-            }
-        })?;
-        check_against_world(name, wasmtime, &component)?;
+        let component = wasmtime::component::Component::new(wasmtime, bytes)
+            .map_err(|err| Error::new(name, ErrorKind::InvalidComponent).caused_by(err))?;
+        check_exports(name, wasmtime, &component)?;
+        // An embedder's own host interfaces are known to the linker alone, so with them the
+        // linker decides, and its error names the import it lacks.
+        if !self.inner.extended {
+            check_imports(name, wasmtime, &component)?;
+        }
+        let link_error = |err| Error::new(name, ErrorKind::Link).caused_by(err);
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|err| Error::Link {
-                component: name.to_string(),
-                reason: format!("{err:#}"),
-            })?;
-        // wasmtime's own type check of the exports, after ours: what passes both is safe to
-        // call through unchecked typed functions.
-        ActorPre::new(pre.clone()).map_err(|err| Error::Link {
-            component: name.to_string(),
-            reason: format!("{err:#}"),
-        })?;
-        let export = |name: &str| {
-            component
-                .get_export_index(None, name)
-                .expect("checked against the world above")
-        };
+            .map_err(link_error)?;
+        // wasmtime's own type check of the exports, after ours, which has the better
+        // messages: what passes both is called through the typed bindings.
+        let pre = ActorPre::new(pre).map_err(link_error)?;
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 name: name.to_string(),
                 engine: self.clone(),
-                handle_message: export("handle-message"),
-                handle_request: export("handle-request"),
                 pre,
             }),
         })
@@ -129,16 +116,16 @@ impl Engine {
     /// Read a component from a file and load it as [`Engine::load_component`] does.
     pub fn load_component_file(&self, name: &str, path: impl AsRef<Path>) -> Result<Component> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
-            component: name.to_string(),
-            path: path.to_path_buf(),
-            source,
+        let bytes = std::fs::read(path).map_err(|err| {
+            let path = path.to_path_buf();
+            Error::new(name, ErrorKind::Read { path }).caused_by_io(err)
         })?;
         self.load_component(name, &bytes)
     }
 }
 
-fn check_against_world(
+/// Checks that the component exports both handlers with the world's signatures.
+fn check_exports(
     name: &str,
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
@@ -150,16 +137,16 @@ fn check_against_world(
             .exports(engine)
             .find(|(export, _)| *export == required.name)
         else {
-            return Err(Error::MissingExport {
-                component: name.to_string(),
-                export: required.name,
-            });
+            let export = required.name;
+            return Err(Error::new(name, ErrorKind::MissingExport { export }));
         };
-        let mismatch = |found: String| Error::ExportType {
-            component: name.to_string(),
-            export: required.name,
-            expected: required.signature.to_string(),
-            found,
+        let mismatch = |found: String| {
+            let kind = ErrorKind::ExportType {
+                export: required.name,
+                expected: required.signature.to_string(),
+                found,
+            };
+            Error::new(name, kind)
         };
         let ComponentItem::ComponentFunc(func) = item.ty else {
             return Err(mismatch(describe_item(&item.ty).to_string()));
@@ -171,8 +158,17 @@ fn check_against_world(
             return Err(mismatch(describe_func(&func)));
         }
     }
+    Ok(())
+}
 
-    for (import, item) in ty.imports(engine) {
+/// Checks that the host provides everything the component imports: WASI and the Courier
+/// interfaces.
+fn check_imports(
+    name: &str,
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Result<()> {
+    for (import, item) in component.component_type().imports(engine) {
         let provided = import.starts_with("wasi:") || COURIER_IMPORTS.contains(&import);
         // An instance that carries only types (a world's `use` of an interface) needs
         // nothing from the host, whatever its name.
@@ -183,10 +179,8 @@ fn check_against_world(
             _ => false,
         };
         if !provided && !types_only {
-            return Err(Error::UnknownImport {
-                component: name.to_string(),
-                import: import.to_string(),
-            });
+            let import = import.to_string();
+            return Err(Error::new(name, ErrorKind::UnknownImport { import }));
         }
     }
     Ok(())

@@ -1,13 +1,13 @@
 //! The wasmtime engine, configured once for what a message runtime needs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::host::HostState;
 
 /// How often the epoch advances. Every running guest checks the epoch, so this is the
@@ -15,7 +15,8 @@ use crate::host::HostState;
 /// thread at least this often and overruns its deadline by at most about this much.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Settings of an [`Engine`]. The defaults suit a runtime of up to a thousand live actors.
+/// Settings of an [`Engine`]: a builder whose defaults suit a runtime of up to a thousand
+/// live actors. Each setter says what it changes; every one has a matching `get_` reader.
 ///
 /// ```
 /// use courier_host_core::EngineConfig;
@@ -23,27 +24,16 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 /// let config = EngineConfig::default()
 ///     .max_instances(200)
 ///     .max_memory_bytes(64 << 20);
-/// assert_eq!(config.max_instances, 200);
+/// assert_eq!(config.get_max_instances(), 200);
 /// ```
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Use wasmtime's pooling allocator, which makes instantiation cheap by reserving slots
-    /// up front. Falls back to on-demand allocation if the pool cannot be reserved.
-    pub pooling: bool,
-    /// Most instances alive at once (the pool's size). Each component instance of a Rust
-    /// guest needs one memory and a few core instances.
-    pub max_instances: u32,
-    /// Largest linear memory any one instance may grow to, in bytes. The per-instance cap
-    /// of [`InstanceOptions`](crate::InstanceOptions) may be lower, never higher.
-    pub max_memory_bytes: usize,
-    /// Count fuel in compiled code, so that instances can be given a per-call fuel budget.
-    /// Off by default: it costs a little on every wasm basic block.
-    pub fuel: bool,
-    /// Period of the epoch ticker thread; see [`DEFAULT_EPOCH_TICK`].
-    pub epoch_tick: Duration,
-    /// Keep compiled code in this directory, so loading the same component again (in a
-    /// later run of the process, say) skips compilation. Off by default.
-    pub cache_dir: Option<PathBuf>,
+    pub(crate) pooling: bool,
+    pub(crate) max_instances: u32,
+    pub(crate) max_memory_bytes: usize,
+    pub(crate) fuel: bool,
+    pub(crate) epoch_tick: Duration,
+    pub(crate) cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -62,40 +52,78 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Turn the pooling allocator on or off.
+    /// Use wasmtime's pooling allocator (the default), which makes instantiation cheap by
+    /// reserving slots up front. The engine falls back to on-demand allocation if the pool
+    /// cannot be reserved; `false` asks for on-demand allocation from the start.
     pub fn pooling(mut self, pooling: bool) -> Self {
         self.pooling = pooling;
         self
     }
 
-    /// Set the most instances alive at once.
+    /// Most instances alive at once (the pool's size; 1,000 by default). Each component
+    /// instance of a Rust guest needs one memory and a few core instances.
     pub fn max_instances(mut self, max_instances: u32) -> Self {
         self.max_instances = max_instances;
         self
     }
 
-    /// Set the largest memory any instance may have, in bytes.
+    /// Largest linear memory any one instance may grow to, in bytes (256 MiB by default).
+    /// The per-instance cap of [`InstanceOptions`](crate::InstanceOptions) may be lower,
+    /// never higher.
     pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
         self.max_memory_bytes = bytes;
         self
     }
 
-    /// Enable fuel metering so instances can have a per-call fuel budget.
+    /// Count fuel in compiled code, so that instances can be given a per-call fuel budget.
+    /// Off by default: it costs a little on every wasm basic block.
     pub fn fuel(mut self, fuel: bool) -> Self {
         self.fuel = fuel;
         self
     }
 
-    /// Set the epoch tick (deadline granularity).
+    /// Period of the epoch ticker thread: the granularity of deadlines and of yielding to
+    /// other actors; see [`DEFAULT_EPOCH_TICK`].
     pub fn epoch_tick(mut self, tick: Duration) -> Self {
         self.epoch_tick = tick;
         self
     }
 
-    /// Cache compiled code in `dir` (created if missing).
+    /// Keep compiled code in `dir` (created if missing), so loading the same component
+    /// again (in a later run of the process, say) skips compilation. Off by default.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
         self
+    }
+
+    /// Whether the pooling allocator is asked for.
+    pub fn get_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// The most instances alive at once.
+    pub fn get_max_instances(&self) -> u32 {
+        self.max_instances
+    }
+
+    /// The largest memory any instance may have, in bytes.
+    pub fn get_max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
+    }
+
+    /// Whether compiled code meters fuel.
+    pub fn get_fuel(&self) -> bool {
+        self.fuel
+    }
+
+    /// The epoch tick.
+    pub fn get_epoch_tick(&self) -> Duration {
+        self.epoch_tick
+    }
+
+    /// The code cache directory, if there is one.
+    pub fn get_cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
     }
 
     fn wasmtime_config(&self, pooling: bool) -> Result<Config> {
@@ -103,9 +131,8 @@ impl EngineConfig {
         if let Some(dir) = &self.cache_dir {
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
-            let cache = wasmtime::Cache::new(cache).map_err(|err| Error::Engine {
-                reason: format!("cannot use {} as the code cache: {err:#}", dir.display()),
-            })?;
+            let cache = wasmtime::Cache::new(cache)
+                .map_err(|err| Error::engine(ErrorKind::Cache { dir: dir.clone() }, err))?;
             config.cache(Some(cache));
         }
         config.wasm_component_model(true);
@@ -166,11 +193,21 @@ pub(crate) struct EngineInner {
     pub(crate) linker: Linker<HostState>,
     pub(crate) config: EngineConfig,
     pub(crate) allocation: Allocation,
+    /// Whether an embedder linked host interfaces of its own, so that an import outside
+    /// WASI and `courier:actor` may be one of theirs.
+    pub(crate) extended: bool,
 }
 
 impl Engine {
-    /// Build the engine and start its epoch ticker.
+    /// Build the engine with WASI and the Courier interfaces, and start its epoch ticker.
+    /// [`Engine::builder`] does the same with host interfaces of the embedder's own.
     pub fn new(config: EngineConfig) -> Result<Engine> {
+        Ok(Engine::builder(config)?.build())
+    }
+
+    /// Start building an engine whose linker the embedder can extend with host interfaces
+    /// of its own, beside WASI and `courier:actor`; see [`EngineBuilder`].
+    pub fn builder(config: EngineConfig) -> Result<EngineBuilder> {
         let (wasmtime, allocation) = if config.pooling {
             match wasmtime::Engine::new(&config.wasmtime_config(true)?) {
                 Ok(engine) => (engine, Allocation::Pooling),
@@ -179,37 +216,27 @@ impl Engine {
                     // reservation. On-demand allocation is slower to instantiate but works.
                     tracing::warn!(error = %err, "pooling allocator unavailable; falling back to on-demand allocation");
                     (
-                        Self::build(&config.wasmtime_config(false)?)?,
+                        build_wasmtime(&config.wasmtime_config(false)?)?,
                         Allocation::OnDemand,
                     )
                 }
             }
         } else {
             (
-                Self::build(&config.wasmtime_config(false)?)?,
+                build_wasmtime(&config.wasmtime_config(false)?)?,
                 Allocation::OnDemand,
             )
         };
 
         let mut linker = Linker::new(&wasmtime);
-        crate::host::add_to_linker(&mut linker).map_err(|err| Error::Engine {
-            reason: format!("cannot link the host interfaces: {err}"),
-        })?;
-
-        spawn_epoch_ticker(&wasmtime, config.epoch_tick);
-        Ok(Engine {
-            inner: Arc::new(EngineInner {
-                wasmtime,
-                linker,
-                config,
-                allocation,
-            }),
-        })
-    }
-
-    fn build(config: &Config) -> Result<wasmtime::Engine> {
-        wasmtime::Engine::new(config).map_err(|err| Error::Engine {
-            reason: format!("{err:#}"),
+        crate::host::add_to_linker(&mut linker)
+            .map_err(|err| Error::engine(ErrorKind::HostInterfaces, err))?;
+        Ok(EngineBuilder {
+            wasmtime,
+            linker,
+            config,
+            allocation,
+            extended: false,
         })
     }
 
@@ -229,11 +256,100 @@ impl Engine {
     }
 }
 
+fn build_wasmtime(config: &Config) -> Result<wasmtime::Engine> {
+    wasmtime::Engine::new(config).map_err(|err| Error::engine(ErrorKind::Engine, err))
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("allocation", &self.inner.allocation)
             .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// An [`Engine`] being built: the place where an embedder links host interfaces of its own
+/// beside WASI and `courier:actor`, as Spin's `EngineBuilder` does.
+///
+/// Host functions get the instance's [`HostState`](crate::HostState): its component id,
+/// and the extensions its [`InstanceOptions`](crate::InstanceOptions) carry. A component
+/// that imports an interface linked here passes the load-time check; one that imports an
+/// interface nobody linked is still refused with an error that names the import.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use courier_host_core::{Engine, EngineConfig, HostState};
+/// use courier_host_core::wasmtime::StoreContextMut;
+///
+/// /// Shared by every instance that is given it; counts launches per engine.
+/// #[derive(Clone, Default)]
+/// struct Launches(Arc<AtomicU64>);
+///
+/// let engine = Engine::builder(EngineConfig::default().max_instances(4))?
+///     .link(|linker| {
+///         linker.instance("courier:alien/rocket@0.1.0")?.func_wrap(
+///             "launch",
+///             |store: StoreContextMut<'_, HostState>, (): ()| {
+///                 if let Some(launches) = store.data().extension::<Launches>() {
+///                     launches.0.fetch_add(1, Ordering::Relaxed);
+///                 }
+///                 tracing::info!(component = %store.data().id(), "launch");
+///                 Ok(())
+///             },
+///         )
+///     })?
+///     .build();
+/// # Ok::<(), courier_host_core::Error>(())
+/// ```
+pub struct EngineBuilder {
+    wasmtime: wasmtime::Engine,
+    linker: Linker<HostState>,
+    config: EngineConfig,
+    allocation: Allocation,
+    extended: bool,
+}
+
+impl EngineBuilder {
+    /// Add host interfaces to the engine's linker. WASI and `courier:actor` are there
+    /// already; defining one of their functions again is an error.
+    pub fn link(
+        mut self,
+        add: impl FnOnce(&mut Linker<HostState>) -> wasmtime::Result<()>,
+    ) -> Result<EngineBuilder> {
+        add(&mut self.linker).map_err(|err| Error::engine(ErrorKind::HostInterfaces, err))?;
+        self.extended = true;
+        Ok(self)
+    }
+
+    /// The wasmtime engine being built, for host interfaces that need it (to create a
+    /// resource type or a module, say).
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.wasmtime
+    }
+
+    /// Finish the engine and start its epoch ticker.
+    pub fn build(self) -> Engine {
+        spawn_epoch_ticker(&self.wasmtime, self.config.epoch_tick);
+        Engine {
+            inner: Arc::new(EngineInner {
+                wasmtime: self.wasmtime,
+                linker: self.linker,
+                config: self.config,
+                allocation: self.allocation,
+                extended: self.extended,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("allocation", &self.allocation)
+            .field("config", &self.config)
+            .field("extended", &self.extended)
             .finish()
     }
 }

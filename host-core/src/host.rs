@@ -1,6 +1,7 @@
 //! What the host gives every instance: its state, the host services, the messaging hook and
 //! WASI without ambient authority.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -78,9 +79,30 @@ impl Messaging for NoMessaging {
     }
 }
 
-/// The store data of one instance.
+/// What an embedder's host interfaces share, by type; see
+/// [`InstanceOptions::extension`](crate::InstanceOptions::extension).
+#[derive(Clone, Default)]
+pub(crate) struct Extensions(Vec<Arc<dyn Any + Send + Sync>>);
+
+impl Extensions {
+    pub(crate) fn insert<T: Any + Send + Sync>(&mut self, value: Arc<T>) {
+        self.0.retain(|held| !held.is::<T>());
+        self.0.push(value);
+    }
+
+    fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.iter().find_map(|held| held.downcast_ref::<T>())
+    }
+}
+
+/// The store data of one instance: what a host function sees of the instance calling it.
+///
+/// Host interfaces an embedder links through [`EngineBuilder::link`](crate::EngineBuilder::link)
+/// read the caller's id here (the host's word, never the guest's) and the values its
+/// [`InstanceOptions`](crate::InstanceOptions) carry for them.
 pub struct HostState {
     pub(crate) id: ComponentId,
+    extensions: Extensions,
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
@@ -94,7 +116,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(id: ComponentId, memory_limit: usize, messaging: Arc<dyn Messaging>) -> Self {
+    pub(crate) fn new(
+        id: ComponentId,
+        memory_limit: usize,
+        messaging: Arc<dyn Messaging>,
+        extensions: Extensions,
+    ) -> Self {
         let stdout = GuestOutput::new(id.clone(), Stream::Stdout);
         let stderr = GuestOutput::new(id.clone(), Stream::Stderr);
         // No preopened directories, no environment, no arguments, no network: a guest gets
@@ -108,6 +135,7 @@ impl HostState {
             .build();
         HostState {
             id,
+            extensions,
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
@@ -117,6 +145,16 @@ impl HostState {
             ticks_left: 0,
             deadline_hit: false,
         }
+    }
+
+    /// The id of the instance, as the host gave it.
+    pub fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    /// The value of type `T` the instance's options carry, if they carry one.
+    pub fn extension<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.extensions.get::<T>()
     }
 
     /// Time left in the current call, if it has a deadline.

@@ -4,19 +4,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Func, TypedFunc};
+use std::any::Any;
+
 use wasmtime::{CallHook, Store, Trap, UpdateDeadline, WasmBacktrace};
 
+use crate::bindings::Actor;
 use crate::component::Component;
-use crate::error::{Error, Result, format_bytes};
-use crate::host::{HostState, MemoryCapExceeded, Messaging, NoMessaging};
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::{Extensions, HostState, MemoryCapExceeded, Messaging, NoMessaging};
+use crate::units::format_bytes;
 use crate::{ComponentError, ComponentId};
 
 /// Per-call deadline when none is given: long enough for any reasonable handler, short
 /// enough that a stuck one is noticed.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How an instance is identified, limited and connected.
+/// How an instance is identified, limited and connected: a builder whose defaults are the
+/// engine's memory maximum, [`DEFAULT_DEADLINE`], no fuel budget and [`NoMessaging`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -25,28 +29,22 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// let options = InstanceOptions::new("orders/billing")
 ///     .memory_limit(16 << 20)
 ///     .deadline(Duration::from_millis(100));
-/// assert_eq!(&*options.id, "orders/billing");
+/// assert_eq!(&**options.id(), "orders/billing");
+/// assert_eq!(options.get_deadline(), Duration::from_millis(100));
 /// ```
 #[derive(Clone)]
 pub struct InstanceOptions {
-    /// The id the instance answers to and that its messages carry as their sender.
-    pub id: ComponentId,
-    /// Largest linear memory, in bytes; `None` means the engine's maximum.
-    pub memory_limit: Option<usize>,
-    /// How long one call (and instantiation) may run before it is interrupted. It counts
-    /// the time the guest runs and the time it is parked in a host call, not time spent
-    /// waiting for a thread while other actors run, so a busy host does not fail handlers
-    /// that did nothing wrong.
-    pub deadline: Duration,
-    /// Fuel for each call, if the engine meters fuel.
-    pub fuel: Option<u64>,
-    /// What the guest's `messaging` imports reach.
-    pub messaging: Arc<dyn Messaging>,
+    pub(crate) id: ComponentId,
+    pub(crate) memory_limit: Option<usize>,
+    pub(crate) deadline: Duration,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) messaging: Arc<dyn Messaging>,
+    pub(crate) extensions: Extensions,
 }
 
 impl InstanceOptions {
-    /// Options with the given id, the engine's memory maximum, [`DEFAULT_DEADLINE`], no fuel
-    /// budget and [`NoMessaging`].
+    /// Options for an instance with the id `id`: the id it answers to and that its
+    /// messages carry as their sender.
     pub fn new(id: impl Into<ComponentId>) -> Self {
         InstanceOptions {
             id: id.into(),
@@ -54,16 +52,21 @@ impl InstanceOptions {
             deadline: DEFAULT_DEADLINE,
             fuel: None,
             messaging: Arc::new(NoMessaging),
+            extensions: Extensions::default(),
         }
     }
 
-    /// Cap the instance's linear memory at `bytes`.
+    /// Cap the instance's linear memory at `bytes`; without it the engine's maximum
+    /// ([`EngineConfig::max_memory_bytes`](crate::EngineConfig::max_memory_bytes)) applies.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = Some(bytes);
         self
     }
 
-    /// Interrupt any call that runs longer than `deadline`.
+    /// Interrupt any call (and the instantiation) that runs longer than `deadline`. It
+    /// counts the time the guest runs and the time it is parked in a host call, not time
+    /// spent waiting for a thread while other actors run, so a busy host does not fail
+    /// handlers that did nothing wrong.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -80,16 +83,61 @@ impl InstanceOptions {
         self.messaging = messaging;
         self
     }
+
+    /// Give the embedder's host interfaces `value`, which they read through
+    /// [`HostState::extension`](crate::HostState::extension). Every instance made with
+    /// these options shares the one value (an instance that needs state of its own can key
+    /// it by its id); a second value of the same type replaces the first.
+    pub fn extension<T: Any + Send + Sync>(mut self, value: Arc<T>) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// The id the instance answers to.
+    pub fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    /// The memory cap, if one was set.
+    pub fn get_memory_limit(&self) -> Option<usize> {
+        self.memory_limit
+    }
+
+    /// The per-call deadline.
+    pub fn get_deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The per-call fuel budget, if one was set.
+    pub fn get_fuel(&self) -> Option<u64> {
+        self.fuel
+    }
+}
+
+impl std::fmt::Debug for InstanceOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceOptions")
+            .field("id", &self.id)
+            .field("memory_limit", &self.memory_limit)
+            .field("deadline", &self.deadline)
+            .field("fuel", &self.fuel)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A live instance of a component: its store, its exports and its limits.
 ///
 /// Calls run one at a time (`&mut self`). After a trap the instance is poisoned: every
-/// later call returns [`Error::Poisoned`] and the owner should instantiate a fresh one.
+/// later call returns an error of kind [`ErrorKind::Poisoned`] and the owner should
+/// instantiate a fresh one.
 pub struct Instance {
     store: Store<HostState>,
-    handle_message: Func,
-    handle_request: Func,
+    /// The typed exports, looked up once at instantiation.
+    exports: Actor,
+    /// The sender of the current call. The generated exports take the WIT's
+    /// `component-id` as `&String`; refilling one buffer instead of allocating a `String`
+    /// per call keeps a call free of allocation.
+    sender: String,
     deadline: Duration,
     /// The deadline in epoch ticks of running time.
     ticks: u64,
@@ -98,9 +146,6 @@ pub struct Instance {
     fuel: Option<u64>,
     poisoned: Option<String>,
 }
-
-/// Both exports take `(sender, payload)` and return the guest's answer or its error.
-type Handler<'a, T> = TypedFunc<(&'a str, &'a [u8]), (std::result::Result<T, ComponentError>,)>;
 
 /// The result of a call: the guest's own answer, or a host-side failure.
 pub type CallResult<T> = Result<std::result::Result<T, ComponentError>>;
@@ -124,20 +169,16 @@ impl Component {
         let memory_limit = options.memory_limit.unwrap_or(max_memory);
         let id = options.id.clone();
         if memory_limit > max_memory {
-            return Err(Error::Config {
-                component: id.to_string(),
-                reason: format!(
-                    "memory limit of {} exceeds the engine's maximum of {}",
-                    format_bytes(memory_limit),
-                    format_bytes(max_memory)
-                ),
-            });
+            let reason = format!(
+                "memory limit of {} exceeds the engine's maximum of {}",
+                format_bytes(memory_limit as u64),
+                format_bytes(max_memory as u64)
+            );
+            return Err(Error::new(&*id, ErrorKind::Config { reason }));
         }
         if options.fuel.is_some() && !engine.config().fuel {
-            return Err(Error::Config {
-                component: id.to_string(),
-                reason: "a fuel budget needs an engine built with EngineConfig::fuel(true)".into(),
-            });
+            let reason = "a fuel budget needs an engine built with EngineConfig::fuel(true)".into();
+            return Err(Error::new(&*id, ErrorKind::Config { reason }));
         }
 
         // With metering on, every store burns fuel: one without a budget gets all there is.
@@ -145,7 +186,12 @@ impl Component {
             .config()
             .fuel
             .then(|| options.fuel.unwrap_or(u64::MAX));
-        let state = HostState::new(id.clone(), memory_limit, options.messaging);
+        let state = HostState::new(
+            id.clone(),
+            memory_limit,
+            options.messaging,
+            options.extensions,
+        );
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
         // The callback runs once per tick of running wasm (a guest that was waiting for a
@@ -182,30 +228,18 @@ impl Component {
         )
         .await;
         store.data_mut().call_deadline = None;
-        let instance = match instantiated {
-            Some(Ok(instance)) => instance,
+        let exports = match instantiated {
+            Some(Ok(exports)) => exports,
             Some(Err(err)) if is_guest_failure(&store, &err) => {
                 return Err(classify(&store, err, options.deadline, fuel));
             }
-            Some(Err(err)) => {
-                return Err(Error::Instantiate {
-                    component: id.to_string(),
-                    reason: format!("{err:#}"),
-                });
-            }
+            Some(Err(err)) => return Err(Error::new(&*id, ErrorKind::Instantiate).caused_by(err)),
             None => return Err(parked_past_deadline(&id, options.deadline)),
         };
-        let func = |store: &mut Store<HostState>, index| {
-            instance
-                .get_func(store, index)
-                .expect("the export was found when the component was loaded")
-        };
-        let handle_message = func(&mut store, &self.inner.handle_message);
-        let handle_request = func(&mut store, &self.inner.handle_request);
         Ok(Instance {
             store,
-            handle_message,
-            handle_request,
+            exports,
+            sender: String::new(),
             deadline: options.deadline,
             ticks,
             host_calls,
@@ -232,12 +266,12 @@ impl Instance {
     pub async fn call_handle_message(&mut self, sender: &str, message: &[u8]) -> CallResult<()> {
         self.check_usable()?;
         arm(&mut self.store, self.deadline, self.ticks, self.fuel);
-        // SAFETY: the export's type was checked against exactly this signature at load time.
-        let func: Handler<'_, ()> = unsafe { TypedFunc::new_unchecked(self.handle_message) };
-        let call = func.call_async(&mut self.store, (sender, message));
-        let outcome = bounded(self.deadline, &self.host_calls, call)
-            .await
-            .map(|r| r.map(|(answer,)| answer));
+        self.sender.clear();
+        self.sender.push_str(sender);
+        let call = self
+            .exports
+            .call_handle_message(&mut self.store, &self.sender, message);
+        let outcome = bounded(self.deadline, &self.host_calls, call).await;
         self.finish(outcome)
     }
 
@@ -249,21 +283,21 @@ impl Instance {
     ) -> CallResult<Vec<u8>> {
         self.check_usable()?;
         arm(&mut self.store, self.deadline, self.ticks, self.fuel);
-        // SAFETY: the export's type was checked against exactly this signature at load time.
-        let func: Handler<'_, Vec<u8>> = unsafe { TypedFunc::new_unchecked(self.handle_request) };
-        let call = func.call_async(&mut self.store, (sender, request));
-        let outcome = bounded(self.deadline, &self.host_calls, call)
-            .await
-            .map(|r| r.map(|(answer,)| answer));
+        self.sender.clear();
+        self.sender.push_str(sender);
+        let call = self
+            .exports
+            .call_handle_request(&mut self.store, &self.sender, request);
+        let outcome = bounded(self.deadline, &self.host_calls, call).await;
         self.finish(outcome)
     }
 
     fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
-            Some(cause) => Err(Error::Poisoned {
-                component: self.id().to_string(),
-                cause: cause.clone(),
-            }),
+            Some(cause) => {
+                let cause = cause.clone();
+                Err(Error::new(&**self.id(), ErrorKind::Poisoned { cause }))
+            }
             None => Ok(()),
         }
     }
@@ -348,11 +382,11 @@ async fn bounded<F: std::future::Future>(
 }
 
 fn parked_past_deadline(id: &ComponentId, deadline: Duration) -> Error {
-    Error::DeadlineExceeded {
-        component: id.to_string(),
+    let kind = ErrorKind::DeadlineExceeded {
         deadline,
         backtrace: None,
-    }
+    };
+    Error::new(&**id, kind)
 }
 
 fn is_guest_failure(store: &Store<HostState>, err: &wasmtime::Error) -> bool {
@@ -362,7 +396,8 @@ fn is_guest_failure(store: &Store<HostState>, err: &wasmtime::Error) -> bool {
         || err.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
 }
 
-/// Turn a wasmtime error from a call into the error that says what the guest did.
+/// Turn a wasmtime error from a call into the error that says what the guest did, keeping
+/// wasmtime's error (the trap and its backtrace) as the cause.
 fn classify(
     store: &Store<HostState>,
     err: wasmtime::Error,
@@ -370,57 +405,43 @@ fn classify(
     fuel: Option<u64>,
 ) -> Error {
     let state = store.data();
-    let component = state.id.to_string();
     let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
-    if state.deadline_hit {
-        return Error::DeadlineExceeded {
-            component,
+    let kind = if state.deadline_hit {
+        ErrorKind::DeadlineExceeded {
             deadline,
             backtrace,
-        };
-    }
-    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return Error::Exited {
-            component,
-            code: exit.0,
-        };
-    }
-    if err.downcast_ref::<MemoryCapExceeded>().is_some() {
-        return Error::MemoryLimitExceeded {
-            component,
+        }
+    } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        ErrorKind::Exited { code: exit.0 }
+    } else if err.downcast_ref::<MemoryCapExceeded>().is_some() {
+        ErrorKind::MemoryLimitExceeded {
             limit: state.limiter.limit,
             backtrace,
-        };
-    }
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => Error::FuelExhausted {
-            component,
-            fuel: fuel.unwrap_or_default(),
-            backtrace,
-        },
-        Some(Trap::UnreachableCodeReached) => match panic_message(&state.stderr.call_text()) {
-            Some(message) => Error::Panicked {
-                component,
-                message,
+        }
+    } else {
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => ErrorKind::FuelExhausted {
+                fuel: fuel.unwrap_or_default(),
                 backtrace,
             },
-            None => Error::Trapped {
-                component,
-                trap: Trap::UnreachableCodeReached.to_string(),
+            Some(Trap::UnreachableCodeReached) => match panic_message(&state.stderr.call_text()) {
+                Some(message) => ErrorKind::Panicked { message, backtrace },
+                None => ErrorKind::Trapped {
+                    trap: Trap::UnreachableCodeReached.to_string(),
+                    backtrace,
+                },
+            },
+            Some(trap) => ErrorKind::Trapped {
+                trap: trap.to_string(),
                 backtrace,
             },
-        },
-        Some(trap) => Error::Trapped {
-            component,
-            trap: trap.to_string(),
-            backtrace,
-        },
-        None => Error::Trapped {
-            component,
-            trap: format!("{err:#}"),
-            backtrace,
-        },
-    }
+            None => ErrorKind::Trapped {
+                trap: format!("{err:#}"),
+                backtrace,
+            },
+        }
+    };
+    Error::new(&*state.id, kind).caused_by(err)
 }
 
 /// The message of a Rust panic as the standard panic hook prints it:

@@ -32,10 +32,10 @@
 //! ```
 //!
 //! After a trap (deadline, memory cap, fuel, panic, `unreachable`) an instance is poisoned;
-//! every later call fails with [`Error::Poisoned`] and its owner instantiates a new one.
-
-#![warn(missing_docs)]
-#![deny(unused_must_use)]
+//! every later call fails with [`ErrorKind::Poisoned`] and its owner instantiates a new one.
+//!
+//! An embedder adds host interfaces of its own through [`Engine::builder`] and
+//! [`EngineBuilder::link`]; their functions see the calling instance's [`HostState`].
 
 #[allow(missing_docs)] // generated from wit/, whose doc comments it carries where it can
 mod bindings;
@@ -44,13 +44,14 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+pub mod units;
 
 use std::sync::Arc;
 
 pub use component::Component;
-pub use engine::{Allocation, DEFAULT_EPOCH_TICK, Engine, EngineConfig};
-pub use error::{Error, Result};
-pub use host::{BoxFuture, Messaging, NoMessaging};
+pub use engine::{Allocation, DEFAULT_EPOCH_TICK, Engine, EngineBuilder, EngineConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use host::{BoxFuture, HostState, Messaging, NoMessaging};
 pub use instance::{CallResult, DEFAULT_DEADLINE, Instance, InstanceOptions};
 
 /// Why a handler refused or failed a message: the WIT `component-error`.
@@ -59,6 +60,10 @@ pub use bindings::courier::actor::types::ComponentError;
 pub use bindings::courier::actor::types::LogLevel;
 /// Why the host could not deliver a guest's message: the WIT `messaging-error`.
 pub use bindings::courier::actor::types::MessagingError;
+
+/// The wasmtime this crate is built on, for embedders that link host interfaces of their
+/// own ([`EngineBuilder::link`]) and must name its types in the same version.
+pub use wasmtime;
 
 /// Host-assigned identity of a component instance: `name` or `namespace/name`.
 ///

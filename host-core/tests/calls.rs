@@ -1,22 +1,14 @@
 //! Calling real guest components through the instance API.
 
-use courier_host_core::{Engine, EngineConfig, InstanceOptions};
-use courier_test_support::guest_path;
+use courier_host_core::{EngineConfig, InstanceOptions};
 
-fn engine() -> Engine {
-    Engine::new(EngineConfig::default().max_instances(16)).expect("engine")
-}
+use crate::common::Setup;
 
 #[tokio::test]
 async fn echo_answers_a_request_with_its_payload() {
-    let engine = engine();
-    let echo = engine
-        .load_component_file("echo", guest_path("echo"))
-        .unwrap();
-    let mut instance = echo
-        .instantiate(InstanceOptions::new("echo"))
-        .await
-        .unwrap();
+    let mut instance = Setup::new()
+        .instance("echo", InstanceOptions::new("echo"))
+        .await;
 
     let reply = instance
         .call_handle_request("host", b"hello, courier")
@@ -32,10 +24,8 @@ async fn echo_answers_a_request_with_its_payload() {
 
 #[tokio::test]
 async fn counter_keeps_its_state_over_a_thousand_calls() {
-    let engine = engine();
-    let counter = engine
-        .load_component_file("counter", guest_path("counter"))
-        .unwrap();
+    let setup = Setup::new();
+    let counter = setup.load("counter");
     let mut instance = counter
         .instantiate(InstanceOptions::new("counter"))
         .await
@@ -70,14 +60,9 @@ async fn counter_keeps_its_state_over_a_thousand_calls() {
 
 #[tokio::test]
 async fn empty_and_one_mebibyte_payloads_travel_intact() {
-    let engine = engine();
-    let echo = engine
-        .load_component_file("echo", guest_path("echo"))
-        .unwrap();
-    let mut instance = echo
-        .instantiate(InstanceOptions::new("echo"))
-        .await
-        .unwrap();
+    let mut instance = Setup::new()
+        .instance("echo", InstanceOptions::new("echo"))
+        .await;
 
     let empty = instance
         .call_handle_request("host", b"")
@@ -99,23 +84,16 @@ async fn empty_and_one_mebibyte_payloads_travel_intact() {
 #[tokio::test]
 async fn the_pooling_allocator_is_used_by_default() {
     use courier_host_core::Allocation;
-    let engine = engine();
     // The fallback exists for sandboxes that refuse the reservation; this machine does not.
-    assert_eq!(engine.allocation(), Allocation::Pooling);
-    let on_demand = Engine::new(EngineConfig::default().pooling(false)).unwrap();
-    assert_eq!(on_demand.allocation(), Allocation::OnDemand);
+    assert_eq!(Setup::new().engine.allocation(), Allocation::Pooling);
+    let on_demand = Setup::with(EngineConfig::default().pooling(false));
+    assert_eq!(on_demand.engine.allocation(), Allocation::OnDemand);
     assert_echo_answers(&on_demand).await;
 }
 
-/// Loads echo on `engine` and checks one round trip.
-async fn assert_echo_answers(engine: &Engine) {
-    let echo = engine
-        .load_component_file("echo", guest_path("echo"))
-        .unwrap();
-    let mut instance = echo
-        .instantiate(InstanceOptions::new("echo"))
-        .await
-        .unwrap();
+/// Loads echo on `setup`'s engine and checks one round trip.
+async fn assert_echo_answers(setup: &Setup) {
+    let mut instance = setup.instance("echo", InstanceOptions::new("echo")).await;
     let reply = instance.call_handle_request("host", b"x").await.unwrap();
     assert_eq!(reply.unwrap(), b"x");
 }
@@ -125,10 +103,7 @@ async fn compiled_code_is_cached_on_disk_when_asked() {
     let dir = std::env::temp_dir().join(format!("courier-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = EngineConfig::default().max_instances(4).cache_dir(&dir);
-    let engine = Engine::new(config.clone()).unwrap();
-    engine
-        .load_component_file("echo", guest_path("echo"))
-        .unwrap();
+    Setup::with(config.clone()).load("echo");
     let files = walk(&dir);
     assert!(
         !files.is_empty(),
@@ -137,7 +112,7 @@ async fn compiled_code_is_cached_on_disk_when_asked() {
     );
 
     // A second engine (as in a second run) loads from the cache and still works.
-    assert_echo_answers(&Engine::new(config).unwrap()).await;
+    assert_echo_answers(&Setup::with(config)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

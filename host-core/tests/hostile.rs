@@ -3,12 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use courier_host_core::{Engine, EngineConfig, Error, InstanceOptions};
-use courier_test_support::guest_path;
+use courier_host_core::{EngineConfig, ErrorKind, InstanceOptions};
 
-fn engine() -> Engine {
-    Engine::new(EngineConfig::default().max_instances(16)).expect("engine")
-}
+use crate::common::Setup;
 
 /// Runs `test` on a runtime of its own and fails if it has not finished within a minute.
 ///
@@ -45,22 +42,11 @@ where
 #[test]
 fn a_looping_handler_is_interrupted_at_its_deadline_while_another_instance_answers() {
     with_watchdog(|| async {
-        let engine = engine();
-        let looper = engine
-            .load_component_file("looper", guest_path("looper"))
-            .unwrap();
-        let echo = engine
-            .load_component_file("echo", guest_path("echo"))
-            .unwrap();
+        let setup = Setup::new();
         let deadline = Duration::from_millis(100);
-        let mut looping = looper
-            .instantiate(InstanceOptions::new("looper").deadline(deadline))
-            .await
-            .unwrap();
-        let mut answering = echo
-            .instantiate(InstanceOptions::new("echo"))
-            .await
-            .unwrap();
+        let looper = InstanceOptions::new("looper").deadline(deadline);
+        let mut looping = setup.instance("looper", looper).await;
+        let mut answering = setup.instance("echo", InstanceOptions::new("echo")).await;
 
         let looper_done = AtomicBool::new(false);
         let (outcome, answered) = tokio::join!(
@@ -82,15 +68,14 @@ fn a_looping_handler_is_interrupted_at_its_deadline_while_another_instance_answe
         );
 
         let err = outcome.unwrap_err();
-        let Error::DeadlineExceeded {
-            component,
+        let ErrorKind::DeadlineExceeded {
             deadline: d,
             backtrace,
-        } = &err
+        } = err.kind()
         else {
             panic!("expected a deadline error, got {err}");
         };
-        assert_eq!(component, "looper");
+        assert_eq!(err.component(), Some("looper"));
         assert_eq!(*d, deadline);
         // The epoch trap carries a wasm backtrace; the host's fallback for a guest parked in
         // a host call does not. A backtrace proves the running wasm itself was interrupted.
@@ -113,19 +98,18 @@ fn a_looping_handler_is_interrupted_at_its_deadline_while_another_instance_answe
 #[test]
 fn a_poisoned_instance_refuses_further_calls() {
     with_watchdog(|| async {
-        let engine = engine();
-        let looper = engine
-            .load_component_file("looper", guest_path("looper"))
-            .unwrap();
-        let mut instance = looper
-            .instantiate(InstanceOptions::new("looper").deadline(Duration::from_millis(20)))
-            .await
-            .unwrap();
+        let setup = Setup::new();
+        let mut instance = setup
+            .instance(
+                "looper",
+                InstanceOptions::new("looper").deadline(Duration::from_millis(20)),
+            )
+            .await;
         assert!(instance.call_handle_message("host", b"").await.is_err());
         assert!(instance.is_poisoned());
 
         let err = instance.call_handle_request("host", b"").await.unwrap_err();
-        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(matches!(err.kind(), ErrorKind::Poisoned { .. }), "{err}");
         assert!(err.to_string().contains("deadline of 20 ms"), "{err}");
         assert!(!err.is_trap(), "refusing a call is not a new trap");
     });
@@ -133,17 +117,16 @@ fn a_poisoned_instance_refuses_further_calls() {
 
 #[tokio::test]
 async fn a_memory_bomb_stops_at_its_cap() {
-    let engine = engine();
-    let memhog = engine
-        .load_component_file("memhog", guest_path("memhog"))
-        .unwrap();
-    let mut instance = memhog
-        .instantiate(InstanceOptions::new("memhog").memory_limit(16 << 20))
-        .await
-        .unwrap();
+    let setup = Setup::new();
+    let mut instance = setup
+        .instance(
+            "memhog",
+            InstanceOptions::new("memhog").memory_limit(16 << 20),
+        )
+        .await;
     let err = instance.call_handle_message("host", b"").await.unwrap_err();
     assert!(
-        matches!(err, Error::MemoryLimitExceeded { limit, .. } if limit == 16 << 20),
+        matches!(err.kind(), ErrorKind::MemoryLimitExceeded { limit, .. } if *limit == 16 << 20),
         "{err}"
     );
     assert!(
@@ -156,19 +139,15 @@ async fn a_memory_bomb_stops_at_its_cap() {
 
 #[tokio::test]
 async fn a_panic_becomes_an_error_carrying_the_panic_text() {
-    let engine = engine();
-    let panicker = engine
-        .load_component_file("panicker", guest_path("panicker"))
-        .unwrap();
-    let mut instance = panicker
-        .instantiate(InstanceOptions::new("panicker"))
-        .await
-        .unwrap();
+    let setup = Setup::new();
+    let mut instance = setup
+        .instance("panicker", InstanceOptions::new("panicker"))
+        .await;
     let err = instance
         .call_handle_message("host", b"boom")
         .await
         .unwrap_err();
-    let Error::Panicked { message, .. } = &err else {
+    let ErrorKind::Panicked { message, .. } = err.kind() else {
         panic!("expected a panic error, got {err}");
     };
     assert_eq!(message, "panicker refuses: boom");
@@ -180,22 +159,13 @@ async fn a_panic_becomes_an_error_carrying_the_panic_text() {
 
 #[tokio::test]
 async fn an_unreachable_trap_is_reported_as_a_trap() {
-    let engine = engine();
-    let probe = engine
-        .load_component_file("probe", guest_path("probe"))
-        .unwrap();
-    let mut instance = probe
-        .instantiate(InstanceOptions::new("probe"))
-        .await
-        .unwrap();
+    let setup = Setup::new();
+    let mut instance = setup.instance("probe", InstanceOptions::new("probe")).await;
     let err = instance
         .call_handle_request("host", b"trap")
         .await
         .unwrap_err();
-    let Error::Trapped {
-        trap, backtrace, ..
-    } = &err
-    else {
+    let ErrorKind::Trapped { trap, backtrace } = err.kind() else {
         panic!("expected a trap error, got {err}");
     };
     assert!(trap.contains("unreachable"), "{trap}");
@@ -205,19 +175,15 @@ async fn an_unreachable_trap_is_reported_as_a_trap() {
 
 #[tokio::test]
 async fn fuel_bounds_a_call_when_the_engine_meters_it() {
-    let metered = Engine::new(EngineConfig::default().max_instances(4).fuel(true)).unwrap();
-    let looper = metered
-        .load_component_file("looper", guest_path("looper"))
-        .unwrap();
-    let mut instance = looper
-        .instantiate(InstanceOptions::new("looper").fuel(1_000_000))
-        .await
-        .unwrap();
+    let metered = Setup::with(EngineConfig::default().max_instances(4).fuel(true));
+    let mut instance = metered
+        .instance("looper", InstanceOptions::new("looper").fuel(1_000_000))
+        .await;
     let err = instance.call_handle_message("host", b"").await.unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::FuelExhausted {
+            err.kind(),
+            ErrorKind::FuelExhausted {
                 fuel: 1_000_000,
                 ..
             }
@@ -226,13 +192,11 @@ async fn fuel_bounds_a_call_when_the_engine_meters_it() {
     );
 
     // Without metering, asking for fuel is a configuration error, not a silent no-op.
-    let plain = engine();
-    let looper = plain
-        .load_component_file("looper", guest_path("looper"))
-        .unwrap();
+    let plain = Setup::new();
+    let looper = plain.load("looper");
     let err = looper
         .instantiate(InstanceOptions::new("looper").fuel(10))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::Config { .. }), "{err}");
 }

@@ -4,6 +4,8 @@
 //! per file multiplies link time and disk use for nothing.
 
 mod calls;
+mod common;
+mod embedding;
 mod hostile;
 mod loading;
 mod services;

@@ -4,15 +4,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use courier_host_core::{Engine, EngineConfig, Instance, InstanceOptions};
-use courier_test_support::guest_path;
+use courier_host_core::{Instance, InstanceOptions};
+
+use crate::common::Setup;
 
 async fn probe(id: &str) -> Instance {
-    let engine = Engine::new(EngineConfig::default().max_instances(4)).expect("engine");
-    let probe = engine
-        .load_component_file("probe", guest_path("probe"))
-        .unwrap();
-    probe.instantiate(InstanceOptions::new(id)).await.unwrap()
+    Setup::new()
+        .instance("probe", InstanceOptions::new(id))
+        .await
 }
 
 async fn ask(instance: &mut Instance, command: &str) -> Vec<u8> {

@@ -1,6 +1,7 @@
-//! A broken component on purpose: its handlers are correct but it imports
-//! `courier:alien/rocket`, which no Courier host provides. The host must refuse it at load time
-//! and name the unknown import, instead of a bare link error.
+//! A component whose handlers are correct but which imports `courier:alien/rocket`, an
+//! interface the Courier host does not provide. A plain host must refuse it at load time and
+//! name the unknown import, instead of a bare link error; a host whose embedder linked that
+//! interface (`EngineBuilder::link`) must run it.
 
 use courier::alien::rocket;
 

@@ -3,7 +3,7 @@
 //! that WASI gives a guest no ambient authority: no environment, no filesystem, no network.
 //!
 //! A request is a UTF-8 command, optionally with an argument after the first `:`
-//! (`log:hello`, `send:orders/new`). Replies are plain bytes, mostly text, so a failing test
+//! (`log:hello`, `send:orders/new`, `send-big:orders/new` to send 64 KiB). Replies are plain bytes, mostly text, so a failing test
 //! shows the guest's view of the failure verbatim.
 
 use std::time::Duration;
@@ -13,6 +13,10 @@ use courier_sdk::{Level, MessagingError};
 
 /// Payload the probe sends, so a receiving test component sees something recognisable.
 const PROBE_PAYLOAD: &[u8] = b"hi";
+
+/// Size of what `send-big:` and `publish-big:` send: over a broker's payload limit when a
+/// test sets it low, to see which check a refusal comes from.
+const BIG_PAYLOAD: usize = 64 * 1024;
 
 /// How long a `request:` command waits for its reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -66,6 +70,14 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
             }
         }
         ("publish", Some(topic)) => match courier_sdk::publish(topic, PROBE_PAYLOAD) {
+            Ok(reached) => reached.to_string().into_bytes(),
+            Err(e) => failure(&e).into_bytes(),
+        },
+        ("send-big", Some(target)) => match courier_sdk::send(target, vec![0; BIG_PAYLOAD]) {
+            Ok(()) => b"ok".to_vec(),
+            Err(e) => failure(&e).into_bytes(),
+        },
+        ("publish-big", Some(topic)) => match courier_sdk::publish(topic, vec![0; BIG_PAYLOAD]) {
             Ok(reached) => reached.to_string().into_bytes(),
             Err(e) => failure(&e).into_bytes(),
         },

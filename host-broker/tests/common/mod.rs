@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_host_broker::{Broker, ComponentSpec};
+use courier_host_broker::{Broker, ComponentSpec, ComponentState};
 use courier_host_core::{Component, Engine, EngineConfig};
 use courier_test_support::guest_path;
 
@@ -36,7 +36,7 @@ impl Setup {
     }
 
     pub async fn spawn(&self, spec: ComponentSpec) {
-        let id = spec.id.clone();
+        let id = spec.id().clone();
         self.broker
             .spawn(spec)
             .await
@@ -61,6 +61,31 @@ impl Setup {
             .await
             .unwrap();
         u64::from_le_bytes(reply.try_into().unwrap())
+    }
+
+    /// Wait until `id`'s actor has taken everything out of its mailbox.
+    pub async fn mailbox_drains(&self, id: &str) {
+        self.wait_until(|broker| broker.metrics(id).is_some_and(|m| m.mailbox_depth == 0))
+            .await;
+    }
+
+    /// Wait until `id` is in a state that `is` accepts, and return it.
+    pub async fn state_becomes(&self, id: &str, is: fn(&ComponentState) -> bool) -> ComponentState {
+        self.wait_until(|broker| broker.state(id).is_some_and(|state| is(&state)))
+            .await;
+        self.broker.state(id).unwrap()
+    }
+
+    /// Poll `done` every millisecond for up to ten seconds.
+    async fn wait_until(&self, done: impl Fn(&Broker) -> bool) {
+        let deadline = std::time::Instant::now() + 10 * SECOND;
+        while !done(&self.broker) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not get there within ten seconds"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Wait for every message to be handled or dead-lettered, then check that the books

@@ -1,0 +1,335 @@
+//! Routing: from a sender's call to a target's mailbox.
+//!
+//! Every way into a mailbox passes the same checks, in the same order, and the same
+//! enqueue: [`Router::admit`] (shutting down, capability, size, then the registry) and
+//! [`Router::enqueue`] (the mailbox's room). A message refused on the way is counted once,
+//! as refused, and handed back to its sender with the reason.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use courier_host_core::{ComponentId, MessagingError};
+use tokio::sync::mpsc;
+
+use crate::broker::BrokerConfig;
+use crate::dead_letter::{DeadLetters, MessageKind};
+use crate::mailbox::Envelope;
+use crate::metrics::{BrokerCounters, bump};
+use crate::registry::{ComponentState, Entry, Registry};
+
+/// Whether a sender may reach the id or topic it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// The host itself, which is trusted: capabilities do not apply.
+    Host,
+    /// A component whose capabilities allow it.
+    Granted,
+    /// A component whose capabilities do not allow it.
+    Denied,
+}
+
+impl Access {
+    /// A component's verdict from its capability check.
+    pub(crate) fn of_component(allowed: bool) -> Access {
+        if allowed {
+            Access::Granted
+        } else {
+            Access::Denied
+        }
+    }
+}
+
+/// What a send is doing, for the log line of a denial.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Action {
+    Send,
+    Request,
+    Publish,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Send => "send to",
+            Action::Request => "request from",
+            Action::Publish => "publish on",
+        }
+    }
+}
+
+/// A message the router did not queue: why, and the message itself, which goes back to
+/// whoever sent it.
+pub(crate) struct Refused {
+    pub(crate) error: MessagingError,
+    pub(crate) envelope: Envelope,
+}
+
+/// The mailbox a component last sent to.
+///
+/// A component that sends to the same target again and again (the common case) then skips
+/// the registry's lock and hash lookup. Only its own actor uses it, so the lock is never
+/// contended. An entry that was removed from the registry or closed is not used again.
+#[derive(Default)]
+pub(crate) struct RouteCache {
+    last: std::sync::Mutex<Option<Arc<Entry>>>,
+}
+
+impl RouteCache {
+    fn get(&self, target: &str) -> Option<Arc<Entry>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|entry| &*entry.shared.id == target && entry.shared.is_current())
+            .cloned()
+    }
+
+    fn put(&self, entry: &Arc<Entry>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
+    }
+}
+
+/// The broker's routing state: the registry and what every send is counted in.
+pub(crate) struct Router {
+    pub(crate) config: BrokerConfig,
+    pub(crate) registry: Registry,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) counters: Arc<BrokerCounters>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+}
+
+impl Router {
+    pub(crate) fn new(config: BrokerConfig) -> Router {
+        Router {
+            dead_letters: Arc::new(DeadLetters::new(config.dead_letter_capacity)),
+            config,
+            registry: Registry::default(),
+            shutting_down: AtomicBool::new(false),
+            counters: Arc::default(),
+        }
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The checks every send and publication passes, in this order: the broker is not
+    /// shutting down, the sender may reach `name`, the payload is within the limit.
+    ///
+    /// The capability comes before anything else about the target, so a denied sender
+    /// learns nothing about which ids exist.
+    fn check_sender(
+        &self,
+        sender: &str,
+        name: &str,
+        payload_len: usize,
+        access: Access,
+        action: Action,
+    ) -> Result<(), MessagingError> {
+        if self.is_shutting_down() {
+            return Err(MessagingError::ShuttingDown);
+        }
+        if access == Access::Denied {
+            tracing::warn!(%sender, target = name, "access denied: {}", action.as_str());
+            return Err(MessagingError::AccessDenied(name.to_string()));
+        }
+        if payload_len > self.config.max_payload_bytes {
+            return Err(MessagingError::PayloadTooLarge(
+                self.config.max_payload_bytes as u64,
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`check_sender`](Self::check_sender), then the target's entry: from `cache` if it
+    /// holds it, else from the registry. A target that has stopped or failed is refused.
+    fn admit(
+        &self,
+        sender: &str,
+        target: &str,
+        payload_len: usize,
+        access: Access,
+        action: Action,
+        cache: Option<&RouteCache>,
+    ) -> Result<Arc<Entry>, (MessagingError, Option<Arc<Entry>>)> {
+        self.check_sender(sender, target, payload_len, access, action)
+            .map_err(|err| (err, None))?;
+        if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
+            return Ok(entry);
+        }
+        let entry = self
+            .registry
+            .get(target)
+            .ok_or_else(|| (MessagingError::TargetNotFound(target.to_string()), None))?;
+        if let Some(cache) = cache {
+            cache.put(&entry);
+        }
+        if entry.shared.is_closed() {
+            return Err((closed_error(&entry), Some(entry)));
+        }
+        Ok(entry)
+    }
+
+    /// Put `envelope` in `entry`'s mailbox if there is room now.
+    pub(crate) fn enqueue(&self, entry: &Entry, envelope: Envelope) -> Result<(), Refused> {
+        entry.mailbox.try_send(envelope).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(envelope) => Refused {
+                error: MessagingError::MailboxFull(entry.shared.id.to_string()),
+                envelope,
+            },
+            mpsc::error::TrySendError::Closed(envelope) => Refused {
+                error: closed_error(entry),
+                envelope,
+            },
+        })
+    }
+
+    /// Put `envelope` in `entry`'s mailbox, waiting up to `wait` for room.
+    async fn enqueue_waiting(
+        &self,
+        entry: &Entry,
+        envelope: Envelope,
+        wait: Duration,
+    ) -> Result<(), Refused> {
+        // Reserving first keeps the envelope here if the wait runs out, so it can go back.
+        match tokio::time::timeout(wait, entry.mailbox.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(envelope);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Refused {
+                error: closed_error(entry),
+                envelope,
+            }),
+            Err(_) => Err(Refused {
+                error: MessagingError::MailboxFull(entry.shared.id.to_string()),
+                envelope,
+            }),
+        }
+    }
+
+    /// Count a refusal, against the target too when it is known.
+    pub(crate) fn refused(&self, entry: Option<&Entry>) {
+        bump(&self.counters.refused);
+        if let Some(entry) = entry {
+            bump(&entry.shared.metrics.refused);
+        }
+    }
+
+    /// Count a send of `envelope` to `target` and run the checks; a refused envelope goes
+    /// back with the reason.
+    fn admit_envelope(
+        &self,
+        target: &str,
+        envelope: Envelope,
+        access: Access,
+        cache: Option<&RouteCache>,
+    ) -> Result<(Arc<Entry>, Envelope), Refused> {
+        bump(&self.counters.sent);
+        let action = match envelope {
+            Envelope::Request { .. } => Action::Request,
+            _ => Action::Send,
+        };
+        let len = envelope.payload().len();
+        let admitted = self.admit(envelope.sender(), target, len, access, action, cache);
+        match admitted {
+            Ok(entry) => Ok((entry, envelope)),
+            Err((error, entry)) => {
+                // A target refused before the registry was consulted (a denial, a payload
+                // too large) still counts it against the target, if there is one.
+                let entry = entry.or_else(|| self.registry.get(target));
+                self.refused(entry.as_deref());
+                Err(Refused { error, envelope })
+            }
+        }
+    }
+
+    /// Route `envelope` (a message or a request) to `target` if its mailbox has room now:
+    /// counted as sent, then queued, or counted refused and handed back.
+    pub(crate) fn route(
+        &self,
+        target: &str,
+        envelope: Envelope,
+        access: Access,
+        cache: Option<&RouteCache>,
+    ) -> Result<(), Refused> {
+        let (entry, envelope) = self.admit_envelope(target, envelope, access, cache)?;
+        self.enqueue(&entry, envelope)
+            .inspect_err(|_| self.refused(Some(&entry)))
+    }
+
+    /// [`route`](Self::route) for the host, waiting up to `wait` for room in a full
+    /// mailbox instead of refusing at once.
+    pub(crate) async fn route_waiting(
+        &self,
+        target: &str,
+        envelope: Envelope,
+        wait: Duration,
+    ) -> Result<(), Refused> {
+        let (entry, envelope) = self.admit_envelope(target, envelope, Access::Host, None)?;
+        self.enqueue_waiting(&entry, envelope, wait)
+            .await
+            .inspect_err(|_| self.refused(Some(&entry)))
+    }
+
+    /// Deliver `payload` to every subscriber of `topic`; returns how many it reached.
+    ///
+    /// A subscriber whose mailbox is full has its copy dead-lettered (the publisher learns
+    /// only a count, so a subscriber it missed is kept on record rather than skipped); one
+    /// that has stopped or failed has its copy counted refused.
+    pub(crate) fn publish(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: Vec<u8>,
+        access: Access,
+    ) -> Result<u32, MessagingError> {
+        self.check_sender(sender, topic, payload.len(), access, Action::Publish)?;
+        let subscribers = self.registry.subscribers(topic);
+        let mut reached = 0;
+        let mut payload = Some(payload);
+        let last = subscribers.len().saturating_sub(1);
+        for (index, entry) in subscribers.iter().enumerate() {
+            bump(&self.counters.sent);
+            // The last subscriber takes the payload itself; the others get copies.
+            let payload = if index == last {
+                payload.take().unwrap_or_default()
+            } else {
+                payload.clone().unwrap_or_default()
+            };
+            let envelope = Envelope::Message {
+                sender: sender.clone(),
+                payload,
+            };
+            match self.enqueue(entry, envelope) {
+                Ok(()) => reached += 1,
+                Err(Refused {
+                    error: MessagingError::MailboxFull(_),
+                    envelope,
+                }) => {
+                    bump(&self.counters.dead_lettered);
+                    bump(&entry.shared.metrics.dead_lettered);
+                    self.dead_letters.record(
+                        sender.clone(),
+                        entry.shared.id.clone(),
+                        MessageKind::Message,
+                        envelope.payload(),
+                        format!("publication on `{topic}`: mailbox full"),
+                    );
+                }
+                Err(_) => self.refused(Some(entry)),
+            }
+        }
+        Ok(reached)
+    }
+}
+
+/// The error a sender gets from a component that no longer takes messages.
+pub(crate) fn closed_error(entry: &Entry) -> MessagingError {
+    match entry.shared.state() {
+        ComponentState::Failed(reason) => MessagingError::TargetCrashed(format!(
+            "component `{}` failed: {reason}",
+            entry.shared.id
+        )),
+        _ => MessagingError::TargetNotFound(entry.shared.id.to_string()),
+    }
+}
