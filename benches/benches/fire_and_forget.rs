@@ -50,11 +50,7 @@ fn main() {
 
     let engine = Engine::new(EngineConfig::default()).expect("building the engine");
     let broker = Broker::new(engine.clone());
-    let load = |name: &str| {
-        engine
-            .load_component_file(name, guest_path(name))
-            .unwrap_or_else(|err| panic!("loading {name}: {err}"))
-    };
+    let load = |name: &str| courier_benches::load(&engine, name);
     let spawn = |spec: ComponentSpec| {
         let id = spec.id().clone();
         rt.block_on(broker.spawn(spec))

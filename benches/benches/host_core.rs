@@ -31,11 +31,7 @@ fn main() {
     let mut bare_probe = rt.block_on(bare.load(&guest_path("probe")).instantiate("self"));
 
     let engine = Engine::new(EngineConfig::default()).expect("building the engine");
-    let load = |name: &str| {
-        engine
-            .load_component_file(name, guest_path(name))
-            .unwrap_or_else(|err| panic!("loading {name}: {err}"))
-    };
+    let load = |name: &str| courier_benches::load(&engine, name);
     let instantiate = |name: &str, id: &str| {
         rt.block_on(load(name).instantiate(InstanceOptions::new(id)))
             .unwrap_or_else(|err| panic!("instantiating {name}: {err}"))

@@ -32,9 +32,7 @@ fn main() {
     let mut bare_echo = rt.block_on(bare.load(&guest_path("echo")).instantiate("echo"));
 
     let engine = Engine::new(EngineConfig::default()).expect("building the engine");
-    let counter = engine
-        .load_component_file("counter", guest_path("counter"))
-        .expect("loading counter");
+    let counter = courier_benches::load(&engine, "counter");
 
     let mut group = criterion.benchmark_group("publish");
     let floor = measure(

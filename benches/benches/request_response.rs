@@ -47,11 +47,7 @@ fn main() {
     bare_asker.connect(rt.block_on(bare_echo_component.instantiate("echo")));
 
     let engine = Engine::new(EngineConfig::default()).expect("building the engine");
-    let load = |name: &str| {
-        engine
-            .load_component_file(name, guest_path(name))
-            .unwrap_or_else(|err| panic!("loading {name}: {err}"))
-    };
+    let load = |name: &str| courier_benches::load(&engine, name);
     let (echo_component, probe_component) = (load("echo"), load("probe"));
     // `echo`, and `asker`: a probe allowed to request from echo, on a broker of its own
     // whose actors run on `rt`.

@@ -48,9 +48,7 @@ fn main() {
         if pooling && engine.allocation() != Allocation::Pooling {
             figures.note("host-core could not reserve its pool: its pooling figures are on-demand");
         }
-        let echo = engine
-            .load_component_file("echo", guest_path("echo"))
-            .expect("loading echo");
+        let echo = courier_benches::load(&engine, "echo");
 
         let floor = measure(
             &mut group,
@@ -189,9 +187,7 @@ fn scale_run(rt: &Runtime, figures: &mut Figures) {
     figures.note(format!(
         "scale run: an engine for {SCALE_POOL} instances got the {allocation} allocator"
     ));
-    let echo = engine
-        .load_component_file("echo", guest_path("echo"))
-        .expect("loading echo");
+    let echo = courier_benches::load(&engine, "echo");
     let broker = Broker::new(engine.clone());
     let ids: Vec<ComponentId> = (0..SCALE_ACTORS)
         .map(|i| format!("echo-{i}").into())

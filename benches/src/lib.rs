@@ -24,6 +24,7 @@ pub mod sampling;
 use std::time::{Duration, Instant};
 
 use courier_host_broker::Broker;
+use courier_host_core::{Component, Engine};
 
 pub use results::{Figure, Figures, Target};
 pub use sampling::{Settings, measure};
@@ -69,6 +70,17 @@ pub fn settle(broker: &Broker, timeout: Duration) {
         );
         std::thread::sleep(SETTLE_POLL);
     }
+}
+
+/// The built guest component `name`, loaded on `engine` under its own name.
+///
+/// # Panics
+///
+/// If it is not built or does not load: a benchmark without its guest measures nothing.
+pub fn load(engine: &Engine, name: &str) -> Component {
+    engine
+        .load_component_file(name, courier_test_support::guest_path(name))
+        .unwrap_or_else(|err| panic!("loading {name}: {err}"))
 }
 
 /// Whether the built guest component `name` exists, so that a benchmark whose guest has not

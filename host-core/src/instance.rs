@@ -264,10 +264,7 @@ impl Instance {
     ///
     /// `sender` is the id the guest sees; the host, not the guest, decides it.
     pub async fn call_handle_message(&mut self, sender: &str, message: &[u8]) -> CallResult<()> {
-        self.check_usable()?;
-        arm(&mut self.store, self.deadline, self.ticks, self.fuel);
-        self.sender.clear();
-        self.sender.push_str(sender);
+        self.begin_call(sender)?;
         let call = self
             .exports
             .call_handle_message(&mut self.store, &self.sender, message);
@@ -281,10 +278,7 @@ impl Instance {
         sender: &str,
         request: &[u8],
     ) -> CallResult<Vec<u8>> {
-        self.check_usable()?;
-        arm(&mut self.store, self.deadline, self.ticks, self.fuel);
-        self.sender.clear();
-        self.sender.push_str(sender);
+        self.begin_call(sender)?;
         let call = self
             .exports
             .call_handle_request(&mut self.store, &self.sender, request);
@@ -292,14 +286,17 @@ impl Instance {
         self.finish(outcome)
     }
 
-    fn check_usable(&self) -> Result<()> {
-        match &self.poisoned {
-            Some(cause) => {
-                let cause = cause.clone();
-                Err(Error::new(&**self.id(), ErrorKind::Poisoned { cause }))
-            }
-            None => Ok(()),
+    /// Refuse a call to a poisoned instance; otherwise arm the limits of a fresh call and
+    /// take `sender` as the id the guest will see.
+    fn begin_call(&mut self, sender: &str) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            let cause = cause.clone();
+            return Err(Error::new(&**self.id(), ErrorKind::Poisoned { cause }));
         }
+        arm(&mut self.store, self.deadline, self.ticks, self.fuel);
+        self.sender.clear();
+        self.sender.push_str(sender);
+        Ok(())
     }
 
     fn finish<T>(

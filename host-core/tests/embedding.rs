@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use courier_host_core::wasmtime::StoreContextMut;
-use courier_host_core::{Engine, EngineConfig, ErrorKind, HostState, InstanceOptions};
+use courier_host_core::{Engine, EngineConfig, ErrorKind, HostState, Instance, InstanceOptions};
 use courier_test_support::guest_bytes;
 
 /// What the embedder's `launch` records: the id of every instance that called it.
@@ -31,17 +31,20 @@ fn engine_with_rockets() -> Engine {
         .build()
 }
 
+/// An instance of `alien_import` on an engine that links its import.
+async fn alien(options: InstanceOptions) -> Instance {
+    engine_with_rockets()
+        .load_component("alien", &guest_bytes("alien_import"))
+        .unwrap_or_else(|err| panic!("the linked import is accepted: {err}"))
+        .instantiate(options)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_host_interface_linked_by_the_embedder_reaches_its_guest() {
-    let engine = engine_with_rockets();
-    let alien = engine
-        .load_component("alien", &guest_bytes("alien_import"))
-        .unwrap_or_else(|err| panic!("the linked import is accepted: {err}"));
     let launches = Arc::new(Launches::default());
-    let mut instance = alien
-        .instantiate(InstanceOptions::new("apollo").extension(launches.clone()))
-        .await
-        .unwrap();
+    let mut instance = alien(InstanceOptions::new("apollo").extension(launches.clone())).await;
 
     instance
         .call_handle_message("host", b"go")
@@ -58,14 +61,7 @@ async fn a_host_interface_linked_by_the_embedder_reaches_its_guest() {
 
 #[tokio::test]
 async fn an_instance_without_the_extension_still_runs() {
-    let engine = engine_with_rockets();
-    let alien = engine
-        .load_component("alien", &guest_bytes("alien_import"))
-        .unwrap();
-    let mut instance = alien
-        .instantiate(InstanceOptions::new("quiet"))
-        .await
-        .unwrap();
+    let mut instance = alien(InstanceOptions::new("quiet")).await;
     instance
         .call_handle_message("host", b"go")
         .await
