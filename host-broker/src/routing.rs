@@ -5,8 +5,8 @@
 //! [`Router::enqueue`] (the mailbox's room). A message refused on the way is counted once,
 //! as refused, and handed back to its sender with the reason.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use courier_host_core::{ComponentId, MessagingError};
@@ -70,21 +70,24 @@ pub(crate) struct Refused {
 /// A component that sends to the same target again and again (the common case) then skips
 /// the registry's lock and hash lookup. Only its own actor uses it, so the lock is never
 /// contended. An entry that was removed from the registry or closed is not used again.
+///
+/// The entry is held weakly: the registry alone keeps mailboxes open, so two components that
+/// message each other (or one that messages itself) do not keep each other's actors alive
+/// once the broker is dropped.
 #[derive(Default)]
 pub(crate) struct RouteCache {
-    last: std::sync::Mutex<Option<Arc<Entry>>>,
+    last: std::sync::Mutex<Weak<Entry>>,
 }
 
 impl RouteCache {
     fn get(&self, target: &str) -> Option<Arc<Entry>> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.as_ref()
+        last.upgrade()
             .filter(|entry| &*entry.shared.id == target && entry.shared.is_current())
-            .cloned()
     }
 
     fn put(&self, entry: &Arc<Entry>) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(entry);
     }
 }
 

@@ -296,6 +296,41 @@ async fn dropping_the_broker_leaves_no_task_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_broker_ends_actors_that_messaged_each_other_and_themselves() {
+    let setup = Setup::new();
+    setup
+        .spawn(
+            setup
+                .spec("narcissus", "probe")
+                .may_send("narcissus")
+                .may_send("echo"),
+        )
+        .await;
+    setup
+        .spawn(setup.spec("echo", "probe").may_send("narcissus"))
+        .await;
+    assert_eq!(setup.probe("narcissus", "send:narcissus").await, "ok");
+    assert_eq!(setup.probe("narcissus", "send:echo").await, "ok");
+    assert_eq!(setup.probe("echo", "send:narcissus").await, "ok");
+    setup.assert_accounted().await;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    assert!(runtime.num_alive_tasks() >= 2, "the actors run as tasks");
+
+    // Each actor has routed to the other's mailbox and to its own: neither may keep a
+    // mailbox (and so an actor and its instance) alive once the broker is gone.
+    drop(setup);
+    let deadline = std::time::Instant::now() + 10 * crate::common::SECOND;
+    while runtime.num_alive_tasks() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} tasks still alive",
+            runtime.num_alive_tasks()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_and_publish_check_the_capability_before_the_payload_size() {
     let engine = crate::common::engine();
     let broker = courier_host_broker::Broker::with_config(
