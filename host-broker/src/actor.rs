@@ -1,9 +1,12 @@
 //! The actor: a task that owns one instance and its mailbox and handles one message at a time.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
-use courier_host_core::{Component, ComponentId, Instance, InstanceOptions, MessagingError};
+use courier_host_core::{CallResult, Component, Instance, InstanceOptions, MessagingError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -12,6 +15,7 @@ use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState};
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
+use crate::text::bounded_text;
 
 /// How many ready messages an actor takes from its mailbox at once. Taking a batch costs
 /// one synchronisation instead of one per message; the bound keeps a busy actor from
@@ -27,9 +31,15 @@ pub(crate) struct Actor {
     pub(crate) component: Component,
     pub(crate) options: InstanceOptions,
     pub(crate) supervision: Supervision,
-    pub(crate) instance: Instance,
+    /// `None` between dropping a poisoned instance and creating its replacement.
+    pub(crate) instance: Option<Instance>,
     pub(crate) mailbox: mpsc::Receiver<Envelope>,
     pub(crate) history: RestartHistory,
+    /// Messages taken from the mailbox and not yet handled, last first.
+    pub(crate) batch: Vec<Envelope>,
+    /// The message being handled, kept here rather than in the call so that it is still
+    /// on hand to dead-letter if the call never comes back.
+    pub(crate) current: Option<Envelope>,
 }
 
 /// Why the actor's loop ended, if it ended by itself.
@@ -51,154 +61,184 @@ impl End {
 }
 
 impl Actor {
+    /// Serve the mailbox until the actor ends, then account for everything left in it.
+    ///
+    /// A panic in the host while serving (a bug, never a guest's doing: guest faults are
+    /// traps) is caught here rather than left to end the task silently: the component is
+    /// marked failed, the panic logged, and the message in hand and every queued one
+    /// dead-lettered.
     pub(crate) async fn run(mut self) {
-        let mut batch = Vec::with_capacity(BATCH);
-        let end = 'outer: loop {
-            if self.mailbox.recv_many(&mut batch, BATCH).await == 0 {
-                break End::Stopped("the broker was dropped".into());
-            }
-            let mut envelopes = batch.drain(..);
-            while let Some(envelope) = envelopes.next() {
-                if matches!(envelope, Envelope::Stop) {
-                    let rest: Vec<Envelope> = envelopes.collect();
-                    self.handle_rest(rest).await;
-                    break 'outer End::Stopped("stopped by the host".into());
+        let served = {
+            let mut serve = std::pin::pin!(self.serve());
+            std::future::poll_fn(|cx| {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| serve.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(end)) => Poll::Ready(Ok(end)),
+                    Err(panic) => Poll::Ready(Err(panic)),
                 }
-                if self.shared.past_drain_deadline() {
-                    self.dead_letter(envelope, "the shutdown deadline passed before delivery");
-                    continue;
-                }
-                if let Some(end) = self.deliver(envelope).await {
-                    let rest: Vec<Envelope> = envelopes.collect();
-                    for envelope in rest {
-                        self.refuse_after_end(envelope, &end);
-                    }
-                    break 'outer end;
-                }
-            }
+            })
+            .await
         };
-        self.close(end);
+        let end = served.unwrap_or_else(|panic| {
+            let text = panic_text(&*panic);
+            tracing::error!(component = %self.shared.id, panic = %text, "actor panicked; the component is failed");
+            // The instance was part-way through a call: it must not run again.
+            self.instance = None;
+            End::Failed(format!("the host panicked while serving it: {text}"))
+        });
+        self.close(end).await;
     }
 
-    /// Handle the messages that were queued before a stop arrived (they were accepted, so
-    /// they are owed a delivery), within the shutdown deadline if there is one.
-    async fn handle_rest(&mut self, rest: Vec<Envelope>) {
-        for envelope in rest {
+    /// Take messages in batches and handle them one at a time until a stop, a failure or
+    /// the end of the broker.
+    async fn serve(&mut self) -> End {
+        let mut stopping = false;
+        loop {
+            let Some(envelope) = self.next(stopping).await else {
+                return if stopping {
+                    End::Stopped("stopped by the host".into())
+                } else {
+                    End::Stopped("the broker was dropped".into())
+                };
+            };
             if matches!(envelope, Envelope::Stop) {
+                // What was taken with the stop was accepted before it, so it is owed a
+                // delivery; what is still in the channel is dead-lettered on closing.
+                stopping = true;
                 continue;
             }
             if self.shared.past_drain_deadline() {
                 self.dead_letter(envelope, "the shutdown deadline passed before delivery");
                 continue;
             }
-            if let Some(end) = self.deliver(envelope).await {
-                self.shared.set_state(end.state());
-                return;
+            self.current = Some(envelope);
+            if let Some(end) = self.deliver().await {
+                return end;
             }
         }
     }
 
-    /// Close the mailbox and account for whatever is still in it. What is left gets the same
-    /// reason as what was left in the last batch taken: whether a message was still in the
-    /// channel or already taken out of it is an accident of timing its sender cannot see.
-    fn close(mut self, end: End) {
+    /// The next message: from the batch in hand, or a new batch from the mailbox unless the
+    /// actor is stopping. `None` when there is nothing more to handle.
+    async fn next(&mut self, stopping: bool) -> Option<Envelope> {
+        if self.batch.is_empty() {
+            if stopping || self.mailbox.recv_many(&mut self.batch, BATCH).await == 0 {
+                return None;
+            }
+            // Handled from the end, so a message leaves the batch without shifting the rest,
+            // and whatever is left at any moment is exactly what has not been handled.
+            self.batch.reverse();
+        }
+        self.batch.pop()
+    }
+
+    /// Close the mailbox and account for whatever was not handled: the message in hand (if
+    /// a panic interrupted it), the rest of the batch and what is still in the channel. All
+    /// get the same reason: whether a message was still in the channel or already taken out
+    /// of it is an accident of timing its sender cannot see.
+    async fn close(mut self, end: End) {
         if !matches!(self.shared.state(), ComponentState::Failed(_)) {
             self.shared.set_state(end.state());
         }
         self.mailbox.close();
-        while let Ok(envelope) = self.mailbox.try_recv() {
-            if !matches!(envelope, Envelope::Stop) {
-                self.refuse_after_end(envelope, &end);
-            }
+        let left: Vec<Envelope> = self
+            .current
+            .take()
+            .into_iter()
+            .chain(self.batch.drain(..).rev())
+            .collect();
+        for envelope in left {
+            self.refuse_after_end(envelope, &end);
+        }
+        // A sender that took its slot before the close may still be putting its message in:
+        // `recv` waits for it, where `try_recv` could return before it lands.
+        while let Some(envelope) = self.mailbox.recv().await {
+            self.refuse_after_end(envelope, &end);
         }
         tracing::debug!(component = %self.shared.id, state = self.shared.state().name(), "actor ended");
     }
 
-    /// Deliver one message. Returns how the actor ends if this delivery ended it.
-    async fn deliver(&mut self, envelope: Envelope) -> Option<End> {
+    /// Deliver the message in hand. Returns how the actor ends if this delivery ended it.
+    async fn deliver(&mut self) -> Option<End> {
         let started = Instant::now();
-        let outcome = match envelope {
-            Envelope::Message { sender, payload } => {
-                let span = tracing::debug_span!("deliver", %sender, target = %self.shared.id, kind = "message", outcome = tracing::field::Empty);
-                let result = self
-                    .instance
-                    .call_handle_message(&sender, &payload)
-                    .instrument(span.clone())
-                    .await;
-                match result {
-                    Ok(answer) => {
-                        if let Err(err) = answer {
-                            bump(&self.shared.metrics.failed);
-                            tracing::warn!(%sender, target = %self.shared.id, error = ?err, "handler refused a message");
-                            span.record("outcome", "handler-error");
-                        } else {
-                            span.record("outcome", "ok");
-                        }
-                        self.delivered(started);
-                        None
-                    }
-                    Err(err) => {
-                        span.record("outcome", "trap");
-                        self.record_dead_letter(
-                            sender,
-                            MessageKind::Message,
-                            &payload,
-                            err.to_string(),
-                        );
-                        Some(err)
-                    }
-                }
-            }
-            Envelope::Request {
-                sender,
-                payload,
-                reply,
-                expires,
-            } => {
-                if reply.is_closed() || Instant::now() >= expires {
-                    let reason = "the requester stopped waiting before delivery".to_string();
-                    self.record_dead_letter(sender, MessageKind::Request, &payload, reason);
-                    return None;
-                }
-                let span = tracing::debug_span!("deliver", %sender, target = %self.shared.id, kind = "request", outcome = tracing::field::Empty);
-                let result = self
-                    .instance
-                    .call_handle_request(&sender, &payload)
-                    .instrument(span.clone())
-                    .await;
-                match result {
-                    Ok(Ok(bytes)) => {
-                        span.record("outcome", "ok");
-                        // Counted before the reply leaves, so whoever holds the reply sees
-                        // the delivery in the metrics.
-                        self.delivered(started);
-                        let _ = reply.send(Ok(bytes));
-                        None
-                    }
-                    Ok(Err(err)) => {
-                        span.record("outcome", "handler-error");
-                        bump(&self.shared.metrics.failed);
-                        self.delivered(started);
-                        let _ = reply.send(Err(MessagingError::HandlerFailed(err)));
-                        None
-                    }
-                    Err(err) => {
-                        span.record("outcome", "trap");
-                        let reason = err.to_string();
-                        self.record_dead_letter(
-                            sender,
-                            MessageKind::Request,
-                            &payload,
-                            reason.clone(),
-                        );
-                        let _ = reply.send(Err(MessagingError::TargetCrashed(reason)));
-                        Some(err)
-                    }
-                }
-            }
-            Envelope::Stop => None,
+        if let Some(Envelope::Request { reply, expires, .. }) = &self.current
+            && (reply.is_closed() || Instant::now() >= *expires)
+        {
+            let envelope = self.current.take()?;
+            self.dead_letter(envelope, "the requester stopped waiting before delivery");
+            return None;
+        }
+        let (Some(envelope), Some(instance)) = (&self.current, self.instance.as_mut()) else {
+            return None;
         };
-        let err = outcome?;
+        let kind = match envelope {
+            Envelope::Request { .. } => "request",
+            _ => "message",
+        };
+        let span = tracing::debug_span!("deliver", sender = %envelope.sender(), target = %self.shared.id, kind, outcome = tracing::field::Empty);
+        let call = async {
+            match envelope {
+                Envelope::Request {
+                    sender, payload, ..
+                } => Call::Request(instance.call_handle_request(sender, payload).await),
+                Envelope::Message { sender, payload } => {
+                    Call::Message(instance.call_handle_message(sender, payload).await)
+                }
+                Envelope::Stop => Call::Message(Ok(Ok(()))),
+            }
+        };
+        let called = unless_drained(&self.shared, call.instrument(span.clone())).await;
+        let envelope = self.current.take()?;
+        let Some(called) = called else {
+            span.record("outcome", "abandoned");
+            // The call was dropped part-way: its instance must not run again.
+            self.instance = None;
+            let reason = "the shutdown deadline passed during delivery";
+            self.dead_letter(envelope, reason);
+            return Some(End::Stopped(reason.into()));
+        };
+        let err = match (called, envelope) {
+            (Call::Message(Ok(answer)), Envelope::Message { sender, .. }) => {
+                if let Err(err) = answer {
+                    bump(&self.shared.metrics.failed);
+                    let error = bounded_text(&format!("{err:?}"));
+                    tracing::warn!(%sender, target = %self.shared.id, %error, "handler refused a message");
+                    span.record("outcome", "handler-error");
+                } else {
+                    span.record("outcome", "ok");
+                }
+                self.delivered(started);
+                return None;
+            }
+            (Call::Request(Ok(answer)), Envelope::Request { reply, .. }) => {
+                span.record(
+                    "outcome",
+                    if answer.is_ok() {
+                        "ok"
+                    } else {
+                        "handler-error"
+                    },
+                );
+                if answer.is_err() {
+                    bump(&self.shared.metrics.failed);
+                }
+                // Counted before the reply leaves, so whoever holds the reply sees the
+                // delivery in the metrics.
+                self.delivered(started);
+                let _ = reply.send(answer.map_err(MessagingError::HandlerFailed));
+                return None;
+            }
+            (Call::Message(Err(err)) | Call::Request(Err(err)), envelope) => {
+                span.record("outcome", "trap");
+                self.dead_letter(envelope, &err.to_string());
+                err
+            }
+            // A call is made for the kind of envelope it answers.
+            (_, envelope) => {
+                self.dead_letter(envelope, "the host mixed up a message and a request");
+                return None;
+            }
+        };
         self.recover(err).await
     }
 
@@ -211,6 +251,9 @@ impl Actor {
     /// After a trap: replace the instance as the supervision says, or end the actor.
     async fn recover(&mut self, err: courier_host_core::Error) -> Option<End> {
         bump(&self.shared.metrics.failed);
+        // The poisoned instance goes first, so its slot in the pool is free for the
+        // replacement even when the pool is full.
+        self.instance = None;
         let mut cause = err.to_string();
         let normal_exit = err.is_normal_exit();
         tracing::warn!(component = %self.shared.id, error = %cause, "instance ended");
@@ -228,10 +271,18 @@ impl Actor {
                 Verdict::Fail(why) => return Some(End::Failed(format!("{why}; last: {cause}"))),
                 Verdict::Restart(backoff) => {
                     self.shared.set_state(ComponentState::Restarting);
-                    tokio::time::sleep(backoff).await;
+                    let backoff_ends = Instant::now() + backoff;
+                    if unless_drained(&self.shared, tokio::time::sleep_until(backoff_ends.into()))
+                        .await
+                        .is_none()
+                    {
+                        return Some(End::Stopped(
+                            "the shutdown deadline passed while it was restarting".into(),
+                        ));
+                    }
                     match self.component.instantiate(self.options.clone()).await {
                         Ok(instance) => {
-                            self.instance = instance;
+                            self.instance = Some(instance);
                             bump(&self.shared.metrics.restarts);
                             self.shared.set_state(ComponentState::Running);
                             tracing::info!(component = %self.shared.id, "instance replaced");
@@ -256,34 +307,132 @@ impl Actor {
         self.dead_letter(envelope, &reason);
     }
 
+    /// Put `envelope` in the dead-letter record with `reason`; a requester hears the reason
+    /// as `target-crashed`.
     fn dead_letter(&self, envelope: Envelope, reason: &str) {
-        match envelope {
-            Envelope::Message { sender, payload } => {
-                self.record_dead_letter(sender, MessageKind::Message, &payload, reason.to_string());
-            }
+        let (sender, kind, payload, reply) = match envelope {
+            Envelope::Message { sender, payload } => (sender, MessageKind::Message, payload, None),
             Envelope::Request {
                 sender,
                 payload,
                 reply,
                 ..
-            } => {
-                self.record_dead_letter(sender, MessageKind::Request, &payload, reason.to_string());
-                let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
-            }
-            Envelope::Stop => {}
-        }
-    }
-
-    fn record_dead_letter(
-        &self,
-        sender: ComponentId,
-        kind: MessageKind,
-        payload: &[u8],
-        reason: String,
-    ) {
+            } => (sender, MessageKind::Request, payload, Some(reply)),
+            Envelope::Stop => return,
+        };
         bump(&self.shared.metrics.dead_lettered);
         bump(&self.counters.dead_lettered);
         self.dead_letters
-            .record(sender, self.shared.id.clone(), kind, payload, reason);
+            .record(sender, self.shared.id.clone(), kind, &payload, reason);
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
+        }
+    }
+}
+
+/// What a handler call answered, by kind.
+enum Call {
+    Message(CallResult<()>),
+    Request(CallResult<Vec<u8>>),
+}
+
+/// Run `work` unless the broker's shutdown deadline passes first; `None` if it did, and
+/// `work` was dropped part-way.
+///
+/// `work` is polled first on its own: a handler that returns without yielding, the common
+/// case, costs no timer and no registration with the shutdown signal.
+async fn unless_drained<F: Future>(shared: &ActorShared, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    let mut drained = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let drained = drained.get_or_insert_with(|| Box::pin(shared.drain_deadline_passed()));
+        match drained.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// What a panic carried, as text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    bounded_text(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use courier_host_core::{Engine, EngineConfig};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::capabilities::Capabilities;
+    use crate::supervisor::RestartPolicy;
+
+    fn message(payload: &[u8]) -> Envelope {
+        Envelope::Message {
+            sender: "host".into(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    /// A stop queued ahead of messages that came in after it, in the one batch, where the
+    /// first of those messages traps a component that is not restarted: the others must be
+    /// dead-lettered, not dropped with the batch.
+    #[tokio::test]
+    async fn what_follows_a_stop_is_dead_lettered_when_a_message_ends_the_actor() {
+        let engine = Engine::new(EngineConfig::default().max_instances(2)).unwrap();
+        let hostile = engine
+            .load_component_file("hostile", courier_test_support::guest_path("hostile"))
+            .unwrap();
+        let options = InstanceOptions::new("bad");
+        let instance = hostile.instantiate(options.clone()).await.unwrap();
+        let (mailbox, receiver) = mpsc::channel(8);
+        let (reply, answer) = oneshot::channel();
+        mailbox.try_send(Envelope::Stop).unwrap();
+        mailbox.try_send(message(b"panic")).unwrap();
+        mailbox.try_send(message(b"count")).unwrap();
+        mailbox
+            .try_send(Envelope::Request {
+                sender: "host".into(),
+                payload: b"count".to_vec(),
+                reply,
+                expires: Instant::now() + Duration::from_secs(10),
+            })
+            .unwrap();
+        let shared = Arc::new(ActorShared::new("bad".into(), Capabilities::none()));
+        let dead_letters = Arc::new(DeadLetters::new(10));
+        let actor = Actor {
+            shared: shared.clone(),
+            counters: Arc::default(),
+            dead_letters: dead_letters.clone(),
+            component: hostile,
+            options,
+            supervision: Supervision::new(RestartPolicy::Temporary),
+            instance: Some(instance),
+            mailbox: receiver,
+            history: RestartHistory::new(),
+            batch: Vec::new(),
+            current: None,
+        };
+        actor.run().await;
+
+        let letters = dead_letters.recent();
+        let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();
+        assert_eq!(payloads, [&b"panic"[..], b"count", b"count"]);
+        assert!(matches!(
+            answer.await,
+            Ok(Err(MessagingError::TargetCrashed(_)))
+        ));
+        assert!(matches!(shared.state(), ComponentState::Failed(_)));
     }
 }

@@ -16,7 +16,7 @@ use crate::handle::ComponentHandle;
 use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
 use crate::metrics::{Accounting, LatencySummary};
-use crate::registry::{ActorShared, ComponentState, Entry};
+use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::routing::{Access, Router};
 use crate::spec::ComponentSpec;
 use crate::supervisor::RestartHistory;
@@ -252,8 +252,14 @@ impl Broker {
             shared: shared.clone(),
             task: std::sync::Mutex::new(None),
         });
-        if router.registry.insert(entry.clone()).is_err() {
-            return Err(BrokerError::DuplicateId(id));
+        match router
+            .registry
+            .insert(entry.clone(), || router.is_shutting_down())
+        {
+            Insert::Done => {}
+            Insert::Taken => return Err(BrokerError::DuplicateId(id)),
+            // Shutdown began while the instance was being made: it must not start.
+            Insert::Closed => return Err(BrokerError::ShuttingDown),
         }
         let actor = Actor {
             shared: shared.clone(),
@@ -262,9 +268,11 @@ impl Broker {
             component,
             options,
             supervision,
-            instance,
+            instance: Some(instance),
             mailbox: receiver,
             history: RestartHistory::new(),
+            batch: Vec::new(),
+            current: None,
         };
         let task = tokio::spawn(actor.run());
         *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
@@ -309,7 +317,7 @@ impl Broker {
         let deadline = Instant::now() + drain;
         let entries = router.registry.all();
         for entry in &entries {
-            let _ = entry.shared.drain_deadline.set(deadline);
+            entry.shared.drain_by(deadline);
         }
         self.stop_entries(entries).await
     }

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use courier_host_core::ComponentId;
 
+use crate::text::bounded_text;
+
 /// What kind of message a dead letter was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -38,7 +40,7 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// The payload's full length.
     pub payload_len: usize,
-    /// Why it was not delivered (the trap, the stop, the expired deadline...).
+    /// Why it was not delivered (the trap, the stop, the expired deadline...), cut to 1 KiB.
     pub reason: String,
     /// When it was dead-lettered.
     pub at: SystemTime,
@@ -79,8 +81,9 @@ impl DeadLetters {
         target: ComponentId,
         kind: MessageKind,
         payload: &[u8],
-        reason: String,
+        reason: &str,
     ) {
+        let reason = bounded_text(reason);
         tracing::warn!(%sender, %target, kind = kind.as_str(), %reason, "dead letter");
         let letter = DeadLetter {
             sender,
@@ -125,7 +128,7 @@ mod tests {
                 "b".into(),
                 MessageKind::Message,
                 &[i],
-                format!("n{i}"),
+                &format!("n{i}"),
             );
         }
         let recent = letters.recent();
@@ -143,10 +146,12 @@ mod tests {
             "b".into(),
             MessageKind::Request,
             &[7; 5000],
-            "x".into(),
+            &"a reason a guest made long ".repeat(1000),
         );
         let letter = &letters.recent()[0];
         assert_eq!(letter.payload.len(), DEAD_LETTER_PAYLOAD_LIMIT);
         assert_eq!(letter.payload_len, 5000);
+        assert!(letter.reason.len() < 1100, "the reason is kept bounded");
+        assert!(letter.reason.ends_with("(27000 bytes in all)"));
     }
 }

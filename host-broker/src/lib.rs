@@ -42,6 +42,7 @@ mod request;
 mod routing;
 mod spec;
 mod supervisor;
+mod text;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, HOST_SENDER, MetricsSnapshot, ShutdownReport,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use courier_host_core::ComponentId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::capabilities::Capabilities;
@@ -51,7 +51,10 @@ pub(crate) struct ActorShared {
     /// entry look it up again.
     retired: AtomicBool,
     /// During shutdown, when the actor must stop handling and dead-letter the rest.
-    pub(crate) drain_deadline: OnceLock<Instant>,
+    drain_deadline: OnceLock<Instant>,
+    /// Wakes an actor waiting in a handler call or a restart backoff when the drain
+    /// deadline is set, so it can watch for it.
+    draining: Notify,
 }
 
 impl ActorShared {
@@ -64,6 +67,7 @@ impl ActorShared {
             closed: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             drain_deadline: OnceLock::new(),
+            draining: Notify::new(),
         }
     }
 
@@ -96,6 +100,25 @@ impl ActorShared {
         !self.retired.load(Ordering::Acquire) && !self.is_closed()
     }
 
+    /// Set when a shutdown must be over; the first deadline set stays.
+    pub(crate) fn drain_by(&self, deadline: Instant) {
+        let _ = self.drain_deadline.set(deadline);
+        self.draining.notify_waiters();
+    }
+
+    /// Completes once a drain deadline is set and has passed.
+    pub(crate) async fn drain_deadline_passed(&self) {
+        loop {
+            // Created before the look, so a deadline set in between still wakes it.
+            let set = self.draining.notified();
+            if let Some(deadline) = self.drain_deadline.get() {
+                tokio::time::sleep_until((*deadline).into()).await;
+                return;
+            }
+            set.await;
+        }
+    }
+
     pub(crate) fn past_drain_deadline(&self) -> bool {
         self.drain_deadline
             .get()
@@ -120,6 +143,15 @@ impl Entry {
     }
 }
 
+/// What [`Registry::insert`] did.
+pub(crate) enum Insert {
+    Done,
+    /// The id is in use.
+    Taken,
+    /// The broker is shutting down.
+    Closed,
+}
+
 /// Component ids to entries. Read on every send; written only on spawn and removal.
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -135,14 +167,20 @@ impl Registry {
         self.read().contains_key(id)
     }
 
-    /// Add `entry` unless its id is taken; gives it back if it is.
-    pub(crate) fn insert(&self, entry: Arc<Entry>) -> Result<(), Arc<Entry>> {
+    /// Add `entry` unless its id is taken or `closed` says the registry takes no more.
+    ///
+    /// `closed` is read under the lock that [`all`](Self::all) takes, so an entry is either
+    /// refused or seen by a shutdown that sets the flag and then lists the entries.
+    pub(crate) fn insert(&self, entry: Arc<Entry>, closed: impl Fn() -> bool) -> Insert {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if closed() {
+            return Insert::Closed;
+        }
         if entries.contains_key(&entry.shared.id) {
-            return Err(entry);
+            return Insert::Taken;
         }
         entries.insert(entry.shared.id.clone(), entry);
-        Ok(())
+        Insert::Done
     }
 
     pub(crate) fn remove(&self, id: &str) -> Option<Arc<Entry>> {

@@ -276,9 +276,9 @@ impl Router {
 
     /// Deliver `payload` to every subscriber of `topic`; returns how many it reached.
     ///
-    /// A subscriber whose mailbox is full has its copy dead-lettered (the publisher learns
-    /// only a count, so a subscriber it missed is kept on record rather than skipped); one
-    /// that has stopped or failed has its copy counted refused.
+    /// A subscriber whose mailbox is full, or that has stopped or failed but is still
+    /// registered, has its copy dead-lettered: the publisher learns only a count, so a
+    /// subscriber it missed is kept on record rather than skipped.
     pub(crate) fn publish(
         &self,
         sender: &ComponentId,
@@ -305,10 +305,15 @@ impl Router {
             };
             match self.enqueue(entry, envelope) {
                 Ok(()) => reached += 1,
-                Err(Refused {
-                    error: MessagingError::MailboxFull(_),
-                    envelope,
-                }) => {
+                // The publisher learns only a count, so a subscriber it missed is kept on
+                // record rather than skipped: a full mailbox, or a subscriber that has
+                // stopped or failed but is still registered.
+                Err(Refused { error, envelope }) => {
+                    let why = match error {
+                        MessagingError::MailboxFull(_) => "mailbox full".to_string(),
+                        MessagingError::TargetCrashed(reason) => reason,
+                        _ => format!("component `{}` has stopped", entry.shared.id),
+                    };
                     bump(&self.counters.dead_lettered);
                     bump(&entry.shared.metrics.dead_lettered);
                     self.dead_letters.record(
@@ -316,10 +321,9 @@ impl Router {
                         entry.shared.id.clone(),
                         MessageKind::Message,
                         envelope.payload(),
-                        format!("publication on `{topic}`: mailbox full"),
+                        &format!("publication on `{topic}`: {why}"),
                     );
                 }
-                Err(_) => self.refused(Some(entry)),
             }
         }
         Ok(reached)

@@ -6,6 +6,7 @@
 mod common;
 
 mod hostile;
+mod lifecycle;
 mod messaging;
 mod properties;
 mod soak;
