@@ -301,6 +301,10 @@ impl Actor {
     /// A message the actor will never handle because it has ended.
     fn refuse_after_end(&self, envelope: Envelope, end: &End) {
         let reason = match end {
+            // What a shutdown could not reach in time says so, however the actor ended.
+            _ if self.shared.past_drain_deadline() => {
+                "the shutdown deadline passed before delivery".to_string()
+            }
             End::Stopped(r) => format!("component stopped: {r}"),
             End::Failed(r) => format!("component failed: {r}"),
         };

@@ -18,7 +18,7 @@ use crate::messaging::ActorMessaging;
 use crate::metrics::{Accounting, LatencySummary};
 use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::routing::{Access, Router};
-use crate::spec::ComponentSpec;
+use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
 use crate::supervisor::RestartHistory;
 
 /// The sender id of messages the host sends without naming another. No component may
@@ -230,6 +230,15 @@ impl Broker {
                 list,
                 error,
             })?;
+        if mailbox_capacity > MAX_MAILBOX_CAPACITY {
+            return Err(BrokerError::InvalidSpec {
+                component: id,
+                field: "mailbox_capacity",
+                reason: format!(
+                    "of {mailbox_capacity} messages is over the most a mailbox may hold, {MAX_MAILBOX_CAPACITY}"
+                ),
+            });
+        }
         if router.registry.contains(&id) {
             return Err(BrokerError::DuplicateId(id));
         }

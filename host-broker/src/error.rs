@@ -4,7 +4,7 @@
 use courier_host_core::{ComponentId, MessagingError};
 
 use crate::broker::HOST_SENDER;
-use crate::routing::Refused;
+use crate::routing::{MAX_NAME_BYTES, Refused};
 
 /// Why the broker refused an operation on a component.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,16 @@ pub enum BrokerError {
         list: &'static str,
         /// The pattern and what is wrong with it.
         error: crate::PatternError,
+    },
+    /// A value in the spec is out of its bounds.
+    #[error("component `{component}`: `{field}` {reason}")]
+    InvalidSpec {
+        /// The component whose spec holds it.
+        component: ComponentId,
+        /// The field, as the builder method that sets it is named.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// No component with this id is running.
     #[error("no component with id `{0}`")]
@@ -125,7 +135,8 @@ impl std::error::Error for SendError {
 
 /// Checks a component id against the broker's rules and says what is wrong with it: an id is
 /// `name` or `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`, so it reads
-/// well in logs and can be matched by `prefix/*` patterns; `host` is taken by the host itself.
+/// well in logs and can be matched by `prefix/*` patterns, at most
+/// [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES) long; `host` is taken by the host itself.
 ///
 /// [`Broker::spawn`](crate::Broker::spawn) refuses an id that fails this with
 /// [`BrokerError::InvalidId`]; a tool that reads ids from a file can check them first.
@@ -143,6 +154,9 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
     }
     if id == HOST_SENDER {
         return Err("`host` is the sender id of the host itself");
+    }
+    if id.len() > MAX_NAME_BYTES {
+        return Err("it is longer than 255 bytes");
     }
     if id.starts_with('/') || id.ends_with('/') || id.contains("//") {
         return Err("a `/` must separate two non-empty parts");
@@ -164,7 +178,9 @@ mod tests {
     fn ids_are_names_or_namespaced_names() {
         assert!(check_id("pong").is_ok());
         assert!(check_id("orders/billing-2").is_ok());
-        for bad in ["", "host", "/a", "a/", "a//b", "a b", "a*"] {
+        let long = "a".repeat(256);
+        assert!(check_id(&long[..255]).is_ok());
+        for bad in ["", "host", "/a", "a/", "a//b", "a b", "a*", &long] {
             assert!(check_id(bad).is_err(), "{bad:?} accepted");
         }
     }

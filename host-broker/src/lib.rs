@@ -55,7 +55,8 @@ pub use error::{BrokerError, SendError, check_id};
 pub use handle::ComponentHandle;
 pub use metrics::{Accounting, LatencySummary};
 pub use registry::ComponentState;
-pub use spec::{ComponentSpec, DEFAULT_MAILBOX_CAPACITY};
+pub use routing::MAX_NAME_BYTES;
+pub use spec::{ComponentSpec, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY};
 pub use supervisor::{RestartPolicy, Supervision};
 
 pub use courier_host_core::{ComponentError, ComponentId, MessagingError};

@@ -6,7 +6,17 @@ use courier_host_core::{ComponentError, ComponentId, MessagingError};
 use tokio::sync::oneshot;
 
 use crate::mailbox::Envelope;
+use crate::metrics::bump;
 use crate::routing::{Access, Router};
+
+/// The length of a handler's error text.
+fn error_len(err: &ComponentError) -> usize {
+    match err {
+        ComponentError::InvalidMessage(text)
+        | ComponentError::Unsupported(text)
+        | ComponentError::Internal(text) => text.len(),
+    }
+}
 
 impl Router {
     /// Send `payload` as a request from `sender` to `target` and wait at most `timeout` for
@@ -14,7 +24,9 @@ impl Router {
     ///
     /// The request carries when its sender stops waiting, so a target that reaches it later
     /// dead-letters it instead of handling it: a request never outlives its caller's wait,
-    /// and a cycle of requests ends in a timeout.
+    /// and a cycle of requests ends in a timeout. A request with no time at all is refused
+    /// with `timeout` at once. A reply or an error text over the payload limit reaches the
+    /// requester as the target's failure.
     pub(crate) async fn request(
         &self,
         sender: &ComponentId,
@@ -24,6 +36,13 @@ impl Router {
         access: Access,
     ) -> Result<Vec<u8>, MessagingError> {
         let (reply, answer) = oneshot::channel();
+        if timeout.is_zero() {
+            // Nobody would wait for the reply: refused now rather than queued and
+            // dead-lettered later.
+            bump(&self.counters.sent);
+            self.refused(self.registry.get(target).as_deref());
+            return Err(MessagingError::Timeout);
+        }
         let envelope = Envelope::Request {
             sender: sender.clone(),
             payload,
@@ -32,17 +51,21 @@ impl Router {
         };
         self.route(target, envelope, access, None)
             .map_err(|refused| refused.error)?;
+        let limit = self.config.max_payload_bytes;
+        // The request was fine and the handler ran; a reply over the limit is the target's
+        // fault, so the requester hears it as the target's failure, not as
+        // `payload-too-large`, which would say its own request was too big. An error text
+        // is a reply too, and held to the same limit.
+        let over_limit = |what: &str, len: usize| {
+            Err(MessagingError::HandlerFailed(ComponentError::Internal(
+                format!("component `{target}` {what} {len} bytes, over the limit of {limit} bytes"),
+            )))
+        };
         match tokio::time::timeout(timeout, answer).await {
-            // The request was fine and the handler ran; the fault is the target's, so the
-            // requester hears it as the target's failure, not as `payload-too-large`, which
-            // would say its own request was too big.
-            Ok(Ok(Ok(reply))) if reply.len() > self.config.max_payload_bytes => Err(
-                MessagingError::HandlerFailed(ComponentError::Internal(format!(
-                    "component `{target}` replied with {} bytes, over the limit of {} bytes",
-                    reply.len(),
-                    self.config.max_payload_bytes
-                ))),
-            ),
+            Ok(Ok(Ok(reply))) if reply.len() > limit => over_limit("replied with", reply.len()),
+            Ok(Ok(Err(MessagingError::HandlerFailed(err)))) if error_len(&err) > limit => {
+                over_limit("answered with an error of", error_len(&err))
+            }
             Ok(Ok(answer)) => answer,
             // The actor dropped the reply without answering: it ended while the request
             // was queued. The request itself is in the dead-letter record.

@@ -17,6 +17,12 @@ use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ComponentState, Entry, Registry};
+use crate::text::bounded;
+
+/// The longest id or topic, in bytes. An id is checked against it at spawn
+/// ([`check_id`](crate::check_id)); a guest that names a longer target or topic gets
+/// `target-not-found` with the name cut short, before the host logs or keeps it.
+pub const MAX_NAME_BYTES: usize = 255;
 
 /// Whether a sender may reach the id or topic it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +122,8 @@ impl Router {
     }
 
     /// The checks every send and publication passes, in this order: the broker is not
-    /// shutting down, the sender may reach `name`, the payload is within the limit.
+    /// shutting down, `name` is not longer than any id, the sender may reach `name`, the
+    /// payload is within the limit.
     ///
     /// The capability comes before anything else about the target, so a denied sender
     /// learns nothing about which ids exist.
@@ -130,6 +137,11 @@ impl Router {
     ) -> Result<(), MessagingError> {
         if self.is_shutting_down() {
             return Err(MessagingError::ShuttingDown);
+        }
+        // No id is longer (spawn refuses one), so such a name reaches nothing; it is cut
+        // before it is logged or handed back.
+        if name.len() > MAX_NAME_BYTES {
+            return Err(MessagingError::TargetNotFound(bounded(name, 64)));
         }
         if access == Access::Denied {
             tracing::warn!(%sender, target = name, "access denied: {}", action.as_str());

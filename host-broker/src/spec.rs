@@ -11,6 +11,11 @@ use crate::supervisor::Supervision;
 /// component pushes back on its senders quickly.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 
+/// The largest mailbox capacity [`Broker::spawn`](crate::Broker::spawn) accepts: a million
+/// messages, far beyond what back-pressure needs, and well inside what the channel under a
+/// mailbox can count.
+pub const MAX_MAILBOX_CAPACITY: usize = 1 << 20;
+
 /// Everything the broker needs to run a component as an actor.
 ///
 /// ```no_run
@@ -89,7 +94,8 @@ impl ComponentSpec {
         self
     }
 
-    /// How many messages its mailbox holds before senders get `mailbox-full` (at least 1).
+    /// How many messages its mailbox holds before senders get `mailbox-full` (at least 1;
+    /// spawn refuses more than [`MAX_MAILBOX_CAPACITY`]).
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.mailbox_capacity = capacity.max(1);
         self

@@ -16,28 +16,15 @@ pub(crate) fn bounded_text(text: &str) -> String {
     bounded(text, TEXT_LIMIT)
 }
 
-/// `text` if it is at most `limit` bytes, else its start and how long it was.
-pub(crate) fn bounded(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &text[..end], text.len())
-}
+pub(crate) use courier_host_core::text::bounded;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn short_text_is_kept_and_long_text_is_cut_with_its_length() {
-        assert_eq!(bounded("pong", 8), "pong");
-        assert_eq!(bounded("abcdefghij", 4), "abcd… (10 bytes in all)");
-        // Cut on a character boundary: `é` is two bytes.
-        assert_eq!(bounded("aéé", 2), "a… (5 bytes in all)");
+    fn long_text_is_kept_to_a_kibibyte() {
+        assert_eq!(bounded_text("pong"), "pong");
         assert!(bounded_text(&"x".repeat(1 << 20)).len() < TEXT_LIMIT + 32);
     }
 }

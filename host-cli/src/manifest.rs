@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use courier_host_broker::{
     BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES,
-    Pattern, RestartPolicy, Supervision, check_id,
+    MAX_MAILBOX_CAPACITY, Pattern, RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use serde::Deserialize;
@@ -402,7 +402,15 @@ impl Checker<'_> {
                 self.problem(mailbox, Some(id), "limits.mailbox", msg);
                 0
             }
-            Some(mailbox) => usize::try_from(*mailbox.get_ref()).unwrap_or(usize::MAX),
+            Some(mailbox) if *mailbox.get_ref() > MAX_MAILBOX_CAPACITY as u64 => {
+                let msg = format!(
+                    "a mailbox of {} messages is over the most a mailbox may hold, {MAX_MAILBOX_CAPACITY}",
+                    mailbox.get_ref()
+                );
+                self.problem(mailbox, Some(id), "limits.mailbox", msg);
+                0
+            }
+            Some(mailbox) => usize::try_from(*mailbox.get_ref()).unwrap_or(MAX_MAILBOX_CAPACITY),
             None => DEFAULT_MAILBOX_CAPACITY,
         };
         let deadline = match &limits.deadline {
@@ -831,6 +839,12 @@ mailbox = 10000
         assert!(problem_starts(
             &source,
             "22: component `pong`: `limits.mailbox`: a mailbox"
+        ));
+        let source = good_but("mailbox = 10000", "mailbox = 1000000000000");
+        assert!(problem_starts(
+            &source,
+            "22: component `pong`: `limits.mailbox`: a mailbox of 1000000000000 messages is over \
+             the most a mailbox may hold, 1048576"
         ));
         let source = good_but("backoff_min = \"10ms\"", "backoff_min = \"2s\"");
         assert!(problem_starts(

@@ -483,8 +483,8 @@ limits = { deadline = "1s", mailbox = 4 }
         assert_eq!(status, 202);
     }
     courier.terminate();
-    // Looper holds the drain open until its handler's deadline; meanwhile the ingress still
-    // answers, and refuses new work.
+    // Looper holds the drain open until the drain's end cuts its handler short; meanwhile the
+    // ingress still answers, and refuses new work.
     let draining = Instant::now() + STOP_TIMEOUT;
     while !courier.stdout().contains("draining mailboxes") {
         assert!(Instant::now() < draining, "{}", courier.stdout());
@@ -502,6 +502,12 @@ limits = { deadline = "1s", mailbox = 4 }
     let stdout = courier.stdout();
     assert!(status.success(), "{status}\n{stdout}\n{}", courier.stderr());
     assert!(stdout.contains("left undelivered:"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "  message host -> looper (5 bytes): the shutdown deadline passed during delivery\n"
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(
             "  message host -> looper (6 bytes): the shutdown deadline passed before delivery\n"

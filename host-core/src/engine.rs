@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
@@ -196,6 +197,9 @@ pub(crate) struct EngineInner {
     /// Whether an embedder linked host interfaces of its own, so that an import outside
     /// WASI and `courier:actor` may be one of theirs.
     pub(crate) extended: bool,
+    /// Epoch ticks since the engine was built, advanced with the epoch: a clock that costs
+    /// one atomic load to read, for timing host calls on every guest-to-host transition.
+    pub(crate) ticks: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -331,7 +335,8 @@ impl EngineBuilder {
 
     /// Finish the engine and start its epoch ticker.
     pub fn build(self) -> Engine {
-        spawn_epoch_ticker(&self.wasmtime, self.config.epoch_tick);
+        let ticks = Arc::new(AtomicU64::new(0));
+        spawn_epoch_ticker(&self.wasmtime, self.config.epoch_tick, ticks.clone());
         Engine {
             inner: Arc::new(EngineInner {
                 wasmtime: self.wasmtime,
@@ -339,6 +344,7 @@ impl EngineBuilder {
                 config: self.config,
                 allocation: self.allocation,
                 extended: self.extended,
+                ticks,
             }),
         }
     }
@@ -354,7 +360,7 @@ impl std::fmt::Debug for EngineBuilder {
     }
 }
 
-fn spawn_epoch_ticker(engine: &wasmtime::Engine, tick: Duration) {
+fn spawn_epoch_ticker(engine: &wasmtime::Engine, tick: Duration, ticks: Arc<AtomicU64>) {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("courier-epoch".into())
@@ -362,7 +368,10 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine, tick: Duration) {
             loop {
                 std::thread::sleep(tick);
                 match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
+                    Some(engine) => {
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                        engine.increment_epoch();
+                    }
                     None => break,
                 }
             }

@@ -110,8 +110,11 @@ pub struct HostState {
     pub(crate) stderr: GuestOutput,
     /// When the call in progress must end; host calls that wait are cut short by it too.
     pub(crate) call_deadline: Option<Instant>,
-    /// Epoch ticks of running time the current call has left.
+    /// Epoch ticks the current call has left, spent by running wasm and by waiting in host
+    /// calls.
     pub(crate) ticks_left: u64,
+    /// The engine's tick count when the guest last called into the host.
+    pub(crate) entered_host_at: u64,
     pub(crate) deadline_hit: bool,
 }
 
@@ -143,6 +146,7 @@ impl HostState {
             stderr,
             call_deadline: None,
             ticks_left: 0,
+            entered_host_at: 0,
             deadline_hit: false,
         }
     }
@@ -215,6 +219,8 @@ impl host_services::Host for HostState {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
+        // A guest chooses the length; the log keeps at most a line's worth.
+        let message = crate::text::bounded(&message, LINE_LIMIT);
         let component = &*self.id;
         match level {
             LogLevel::Trace => tracing::trace!(component, "{message}"),
@@ -316,7 +322,8 @@ struct OutputBuffer {
 /// Enough for a panic message and its location; a guest that prints more only loses the
 /// excess from the error, not from the log.
 const CALL_TEXT_LIMIT: usize = 16 * 1024;
-/// A line longer than this is logged in pieces rather than held without bound.
+/// A line of guest output longer than this is logged in pieces rather than held without
+/// bound, and a `log` message longer than this is cut.
 const LINE_LIMIT: usize = 8 * 1024;
 
 impl GuestOutput {

@@ -210,9 +210,24 @@ impl Component {
         });
         let host_calls = Arc::new(AtomicU64::new(0));
         let transitions = host_calls.clone();
-        store.call_hook(move |_, hook| {
-            if matches!(hook, CallHook::CallingHost | CallHook::ReturningFromHost) {
-                transitions.fetch_add(1, Ordering::Relaxed);
+        let clock = engine.inner.ticks.clone();
+        // Time parked in a host call (a WASI sleep, a request waiting for its reply) runs no
+        // epoch checks, so it is counted here, in ticks of the engine's clock, against the
+        // same budget: a guest that splits its waiting into many short sleeps still meets
+        // its deadline once the time adds up.
+        store.call_hook(move |mut ctx, hook| {
+            match hook {
+                CallHook::CallingHost => {
+                    transitions.fetch_add(1, Ordering::Relaxed);
+                    ctx.data_mut().entered_host_at = clock.load(Ordering::Relaxed);
+                }
+                CallHook::ReturningFromHost => {
+                    transitions.fetch_add(1, Ordering::Relaxed);
+                    let state = ctx.data_mut();
+                    let parked = clock.load(Ordering::Relaxed) - state.entered_host_at;
+                    state.ticks_left = state.ticks_left.saturating_sub(parked);
+                }
+                _ => {}
             }
             Ok(())
         });

@@ -44,6 +44,7 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+pub mod text;
 pub mod units;
 
 use std::sync::Arc;

@@ -200,3 +200,32 @@ async fn fuel_bounds_a_call_when_the_engine_meters_it() {
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Config { .. }), "{err}");
 }
+
+#[test]
+fn a_guest_that_splits_its_waiting_into_short_sleeps_still_meets_its_deadline() {
+    with_watchdog(|| async {
+        let setup = Setup::new();
+        let deadline = Duration::from_millis(300);
+        let options = InstanceOptions::new("sleepy").deadline(deadline);
+        let mut instance = setup.instance("hostile", options).await;
+        // A hundred sleeps of 45 ms, each shorter than the 50 ms a guest may sit in one host
+        // call past its deadline before it is abandoned: 4.5 s if nothing added them up.
+        let started = std::time::Instant::now();
+        let err = instance
+            .call_handle_message("host", b"sleep-loop:45:100")
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(err.kind(), ErrorKind::DeadlineExceeded { .. }),
+            "{err}"
+        );
+        // The bound is the deadline, one more sleep and a tick; the margin is for a busy
+        // machine's sleeps, which overshoot.
+        assert!(
+            took < deadline + Duration::from_secs(1),
+            "ended after {took:?}"
+        );
+        println!("sleep-loop guest: deadline {deadline:?}, ended after {took:?}");
+    });
+}

@@ -104,6 +104,23 @@ async fn guest_log_lines_and_output_reach_tracing_under_the_component_id() {
 }
 
 #[tokio::test]
+async fn a_log_line_is_cut_to_eight_kibibytes_with_its_length() {
+    let log = CapturedLog::default();
+    let _guard = log.install();
+    let mut instance = probe("chatty").await;
+    let command = format!("log:{}", "z".repeat(100_000));
+    assert_eq!(ask_text(&mut instance, &command).await, "ok");
+
+    let text = log.text();
+    let logged = text
+        .lines()
+        .find(|line| line.contains("zzzz"))
+        .unwrap_or_else(|| panic!("log line missing"));
+    assert!(logged.len() < 9 * 1024, "{} bytes logged", logged.len());
+    assert!(logged.contains("(100000 bytes in all)"), "the cut is said");
+}
+
+#[tokio::test]
 async fn wasi_grants_no_environment_filesystem_or_network() {
     let mut instance = probe("probe").await;
     assert_eq!(ask_text(&mut instance, "env").await, "0,0");

@@ -18,6 +18,11 @@
 //!   `sent=<s> refused=<r> first_error=<e>`;
 //! - `big:<bytes>`: a reply of that many bytes.
 //!
+//! Commands that try the host's bounds on what a guest chooses:
+//! - `fail:<bytes>`: fail with an `internal` error whose text is that many bytes;
+//! - `long-target:<bytes>`, `long-topic:<bytes>`: send to an id, or publish on a topic, that
+//!   many bytes long; the reply is the outcome, as for `send` and `publish`.
+//!
 //! Hostile commands:
 //! - `spin`: loop without end, calling nothing;
 //! - `spin-calls`: loop without end, calling a host import on every turn;
@@ -26,6 +31,8 @@
 //! - `panic`: panic;
 //! - `unreachable`: execute `unreachable`;
 //! - `sleep:<ms>`: sleep in a WASI host call (where no epoch check runs);
+//! - `sleep-loop:<ms>:<times>`: sleep `times` times for `ms` each, so that no single wait is
+//!   long enough to look stuck;
 //! - `exit:<code>`: call WASI `exit`.
 
 use std::cell::Cell;
@@ -77,6 +84,18 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
         }
         "flood" => flood(argument)?.into_bytes(),
         "big" => vec![b'x'; number(argument)? as usize],
+        "fail" => {
+            let text = "x".repeat(number(argument)? as usize);
+            return Err(HandlerError::internal(text));
+        }
+        "long-target" => {
+            let target = "t".repeat(number(argument)? as usize);
+            outcome(courier_sdk::send(&target, b"hi").map(|()| b"ok".to_vec()))
+        }
+        "long-topic" => {
+            let topic = "t".repeat(number(argument)? as usize);
+            outcome(courier_sdk::publish(&topic, b"hi").map(|n| n.to_string().into_bytes()))
+        }
         "spin" => loop {
             black_box(COMMANDS.get());
         },
@@ -95,6 +114,15 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
         "unreachable" => core::arch::wasm32::unreachable(),
         "sleep" => {
             std::thread::sleep(Duration::from_millis(number(argument)?));
+            b"slept".to_vec()
+        }
+        "sleep-loop" => {
+            let (ms, times) = argument
+                .split_once(':')
+                .ok_or_else(|| HandlerError::invalid("sleep-loop needs <ms>:<times>"))?;
+            for _ in 0..number(times)? {
+                std::thread::sleep(Duration::from_millis(number(ms)?));
+            }
             b"slept".to_vec()
         }
         "exit" => std::process::exit(number(argument)? as i32),
