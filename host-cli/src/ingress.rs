@@ -16,14 +16,25 @@
 //! what kind of error it is: 404 unknown id, 403 denied, 429 mailbox full, 413 too large,
 //! 503 shutting down (or, for a message, target crashed), 504 no reply in time, 502 the
 //! component failed to answer (its handler returned an error, or it crashed).
+//!
+//! The ingress listens on loopback, where any web page a local browser shows can reach it.
+//! So a request must name the listening address in its `Host` header (a page whose domain
+//! was rebound to 127.0.0.1 names its own), a request that carries an `Origin` must come
+//! from the ingress's own origin (a cross-site page's `fetch` or form post carries its own),
+//! and when a token is set every route but `/metrics` asks for `Authorization: Bearer
+//! <token>`: 421, 403 and 401 otherwise.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use courier_host_broker::{Broker, ComponentError, ComponentState, MessagingError};
@@ -45,15 +56,80 @@ struct Ingress {
     max_payload: usize,
 }
 
-/// The ingress's routes over `broker`. Requests wait `request_timeout` for their reply unless
-/// they say otherwise; bodies larger than `max_payload` are refused before they are read in
-/// full.
-pub fn router(broker: Broker, request_timeout: Duration, max_payload: usize) -> Router {
+/// How the ingress answers and whom it answers: a builder over the address it listens on.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_cli::ingress::IngressConfig;
+///
+/// let config = IngressConfig::new("127.0.0.1:8080".parse().unwrap())
+///     .request_timeout(Duration::from_secs(2))
+///     .token(Some("s3cret".into()));
+/// assert_eq!(config.get_request_timeout(), Duration::from_secs(2));
+/// ```
+#[derive(Clone)]
+pub struct IngressConfig {
+    address: SocketAddr,
+    request_timeout: Duration,
+    max_payload: usize,
+    token: Option<String>,
+}
+
+impl IngressConfig {
+    /// The ingress listening on `address` (the bound one, with its real port), with the
+    /// broker's default payload limit, a 5 s request timeout and no token.
+    pub fn new(address: SocketAddr) -> Self {
+        IngressConfig {
+            address,
+            request_timeout: crate::manifest::DEFAULT_REQUEST_TIMEOUT,
+            max_payload: courier_host_broker::DEFAULT_MAX_PAYLOAD_BYTES,
+            token: None,
+        }
+    }
+
+    /// How long a request waits for its reply unless it says `?timeout_ms=`.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The largest body, in bytes; a larger one is refused before it is read in full.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// The bearer token every route but `/metrics` asks for; `None` asks for none.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The request timeout.
+    pub fn get_request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}
+
+impl std::fmt::Debug for IngressConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressConfig")
+            .field("address", &self.address)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_payload", &self.max_payload)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// The ingress's routes over `broker`, behind the checks of who is asking.
+pub fn router(broker: Broker, config: IngressConfig) -> Router {
     let state = Ingress {
         broker,
-        request_timeout,
-        max_payload,
+        request_timeout: config.request_timeout,
+        max_payload: config.max_payload,
     };
+    let guard = Arc::new(Guard::new(config.address, config.token));
     Router::new()
         .route("/components", get(list_components))
         .route("/components/{id}/messages", post(post_message))
@@ -61,8 +137,95 @@ pub fn router(broker: Broker, request_timeout: Duration, max_payload: usize) -> 
         .route("/metrics", get(metrics))
         .route("/dead-letters", get(dead_letters))
         .fallback(unknown_route)
-        .layer(DefaultBodyLimit::max(max_payload))
+        .layer(DefaultBodyLimit::max(config.max_payload))
+        .layer(axum::middleware::from_fn_with_state(guard, check_caller))
         .with_state(state)
+}
+
+/// Who may be answered.
+struct Guard {
+    /// `Host` values that name the listening address.
+    hosts: Vec<String>,
+    /// `Origin` values of pages served from the listening address.
+    origins: Vec<String>,
+    token: Option<String>,
+}
+
+impl Guard {
+    fn new(address: SocketAddr, token: Option<String>) -> Guard {
+        let port = address.port();
+        let mut hosts = vec![format!("{address}"), format!("localhost:{port}")];
+        if port == 80 {
+            hosts.push(address.ip().to_string());
+            hosts.push("localhost".into());
+        }
+        let origins = hosts.iter().map(|host| format!("http://{host}")).collect();
+        Guard {
+            hosts,
+            origins,
+            token,
+        }
+    }
+}
+
+/// Refuses a request whose `Host` is not the listening address (DNS rebinding), whose
+/// `Origin` is another site's (a cross-site page), or that lacks the token when one is set.
+async fn check_caller(
+    State(guard): State<Arc<Guard>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if !host.is_some_and(|host| guard.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))) {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "wrong-host",
+            format!(
+                "the Host header must name this ingress ({})",
+                guard.hosts.join(" or ")
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| guard.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)));
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "foreign-origin",
+                "requests from other sites' pages are refused",
+            ));
+        }
+    }
+    if let Some(token) = &guard.token
+        && request.uri().path() != "/metrics"
+    {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this ingress asks for `Authorization: Bearer <token>`",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares two secrets in time that depends on their lengths only, so a caller cannot
+/// learn a token a byte at a time from how quickly it is refused.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// An error answer: a status and a JSON body naming the error's kind and describing it.

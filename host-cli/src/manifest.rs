@@ -5,10 +5,11 @@
 //! [runtime]
 //! listen = "127.0.0.1:8080"      # the HTTP ingress; loopback addresses only
 //! max_payload = "4 MiB"          # largest message, request or reply
-//! cache_dir = ".courier-cache"   # compiled code, relative to this file
+//! cache_dir = "/var/cache/courier"   # compiled code (default: the platform's cache folder)
 //! drain = "5s"                   # how long shutdown waits for mailboxes to empty
 //! request_timeout = "5s"         # default wait for a reply to an HTTP request
 //! scheduler = "multi-thread"     # or "current-thread": every actor on one thread
+//! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN)
 //!
 //! [[component]]
 //! id = "ping"
@@ -42,9 +43,18 @@ use crate::units::{ByteSize, Millis, format_bytes};
 
 /// Where the ingress listens unless the manifest or `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Where compiled code is cached unless the manifest says otherwise, relative to the
-/// manifest's folder.
-pub const DEFAULT_CACHE_DIR: &str = ".courier-cache";
+/// Where compiled code is cached unless the manifest says otherwise: `courier` in the
+/// platform's cache folder (`$XDG_CACHE_HOME` or `~/.cache` on Linux), or in the temporary
+/// folder where there is none.
+///
+/// Never the manifest's own folder: wasmtime runs the native code it finds in the cache
+/// unchecked, so a cache shipped beside a manifest (in a repository, say) would run code in
+/// the host. The engine refuses a cache folder another user owns or everyone can write.
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("courier")
+}
 /// How long shutdown waits for mailboxes to empty: long enough for ordinary backlogs, short
 /// enough that a stop request is honoured promptly.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
@@ -79,6 +89,19 @@ pub struct Runtime {
     pub request_timeout: Duration,
     /// Which tokio scheduler runs the actors and the ingress.
     pub scheduler: Scheduler,
+    /// The bearer token the ingress asks for on every route but `/metrics`, if any
+    /// (`COURIER_TOKEN` in the environment takes precedence).
+    pub token: Option<Token>,
+}
+
+/// A secret that is never printed: its `Debug` shows that it is there, not what it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
 }
 
 /// `runtime.scheduler`: how the actors are spread over threads.
@@ -318,12 +341,10 @@ impl Checker<'_> {
             },
             None => DEFAULT_MAX_PAYLOAD_BYTES,
         };
-        let cache_dir = resolve(
-            dir,
-            raw.cache_dir
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_CACHE_DIR)),
-        );
+        let cache_dir = match raw.cache_dir.as_deref() {
+            Some(cache_dir) => resolve(dir, cache_dir),
+            None => default_cache_dir(),
+        };
         let request_timeout = match raw.request_timeout {
             Some(timeout) if timeout.get_ref().0.is_zero() => {
                 let msg = "a request timeout of zero would fail every request".to_string();
@@ -341,6 +362,7 @@ impl Checker<'_> {
             drain: raw.drain.map_or(DEFAULT_DRAIN, |d| d.0),
             request_timeout,
             scheduler,
+            token: raw.token.filter(|token| !token.is_empty()).map(Token),
         }
     }
 
@@ -533,6 +555,7 @@ struct RawRuntime {
     drain: Option<Millis>,
     request_timeout: Option<Spanned<Millis>>,
     scheduler: Option<Scheduler>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -661,9 +684,8 @@ mailbox = 10000
         assert_eq!(manifest.runtime.drain, Duration::from_secs(2));
         assert_eq!(manifest.runtime.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(manifest.runtime.scheduler, Scheduler::MultiThread);
-        let dir = std::fs::canonicalize(dir.path()).unwrap();
-        let cache = std::fs::canonicalize(manifest.runtime.cache_dir.parent().unwrap()).unwrap();
-        assert_eq!(cache, dir);
+        assert_eq!(manifest.runtime.cache_dir, default_cache_dir());
+        assert!(!manifest.runtime.cache_dir.starts_with(dir.path()));
 
         let [ping, pong] = &manifest.components[..] else {
             panic!("two components")

@@ -123,7 +123,15 @@ async fn serve(
             .join(", ")
     );
 
-    let app = ingress::router(broker.clone(), runtime.request_timeout, runtime.max_payload);
+    let token = std::env::var("COURIER_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+        .or_else(|| runtime.token.as_ref().map(|token| token.0.clone()));
+    let config = ingress::IngressConfig::new(address)
+        .request_timeout(runtime.request_timeout)
+        .max_payload(runtime.max_payload)
+        .token(token);
+    let app = ingress::router(broker.clone(), config);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(
         axum::serve(listener, app)

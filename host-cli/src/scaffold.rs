@@ -142,7 +142,7 @@ pub fn new_component(dir: &Path) -> Result<Created, String> {
         ("Cargo.toml", cargo_toml(&name, &sdk)),
         ("src/lib.rs", lib_rs(&name, &artifact)),
         ("courier.toml", manifest(&name, &artifact)),
-        (".gitignore", "/target\n/.courier-cache\n".to_string()),
+        (".gitignore", "/target\n".to_string()),
     ];
 
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

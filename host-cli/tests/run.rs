@@ -632,3 +632,85 @@ path = "gone.wasm"
     );
     crate::assert_check_passes(&fine);
 }
+
+/// The status of a request written by hand, so that its `Host` and `Origin` headers are
+/// exactly what a hostile page's browser would send.
+fn raw_status(address: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address).expect("the ingress accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("POST {path} HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\nhello");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split(' ').nth(1).unwrap_or_default();
+    status
+        .parse()
+        .unwrap_or_else(|_| panic!("no status in {response:?}"))
+}
+
+#[test]
+fn the_ingress_answers_its_own_host_and_origin_and_asks_for_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+token = "s3cret"
+
+[[component]]
+id = "echo"
+path = "{echo}"
+"#,
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let address = courier.address();
+    let port = address.rsplit(':').next().unwrap().to_string();
+    let path = "/components/echo/requests";
+    let own = address.as_str();
+    let localhost = format!("localhost:{port}");
+    let bearer = ("Authorization", "Bearer s3cret");
+    let text = ("Content-Type", "text/plain");
+
+    // The right host, with the token: answered, also as `localhost` and from its own page.
+    assert_eq!(raw_status(&address, path, &[("Host", own), bearer]), 200);
+    assert_eq!(
+        raw_status(&address, path, &[("Host", &localhost), bearer]),
+        200
+    );
+    let own_origin = format!("http://{address}");
+    let from_own_page = [("Host", own), ("Origin", own_origin.as_str()), bearer, text];
+    assert_eq!(raw_status(&address, path, &from_own_page), 200);
+
+    // Without the token, or with another: 401. Metrics need none.
+    assert_eq!(raw_status(&address, path, &[("Host", own)]), 401);
+    let wrong = ("Authorization", "Bearer s3creT");
+    assert_eq!(raw_status(&address, path, &[("Host", own), wrong]), 401);
+    let (status, _) = get(&client(), &format!("http://{address}/metrics"));
+    assert_eq!(status, 200);
+
+    // DNS rebinding: a page on another name that resolves to loopback names itself.
+    let rebound = format!("evil.example:{port}");
+    assert_eq!(
+        raw_status(&address, path, &[("Host", &rebound), bearer]),
+        421
+    );
+    assert_eq!(raw_status(&address, path, &[bearer]), 421, "no Host at all");
+    // A cross-site page's simple POST carries its own origin.
+    let foreign = [
+        ("Host", own),
+        ("Origin", "http://evil.example"),
+        bearer,
+        text,
+    ];
+    assert_eq!(raw_status(&address, path, &foreign), 403);
+    let null_origin = [("Host", own), ("Origin", "null"), bearer, text];
+    assert_eq!(raw_status(&address, path, &null_origin), 403);
+}

@@ -90,8 +90,12 @@ impl EngineConfig {
         self
     }
 
-    /// Keep compiled code in `dir` (created if missing), so loading the same component
-    /// again (in a later run of the process, say) skips compilation. Off by default.
+    /// Keep compiled code in `dir` (created if missing, for its owner alone), so loading the
+    /// same component again (in a later run of the process, say) skips compilation. Off by
+    /// default.
+    ///
+    /// wasmtime loads native code from the cache without checking it, so the engine refuses
+    /// a directory that belongs to another user or that every user can write.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
         self
@@ -130,6 +134,8 @@ impl EngineConfig {
     fn wasmtime_config(&self, pooling: bool) -> Result<Config> {
         let mut config = Config::new();
         if let Some(dir) = &self.cache_dir {
+            check_cache_dir(dir)
+                .map_err(|err| Error::engine(ErrorKind::Cache { dir: dir.clone() }, err))?;
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
             let cache = wasmtime::Cache::new(cache)
@@ -157,6 +163,52 @@ impl EngineConfig {
         }
         Ok(config)
     }
+}
+
+/// Creates the code cache directory if it is missing (readable by its owner alone) and
+/// refuses one that someone else could write to.
+///
+/// wasmtime loads native code from its cache without checking where it came from: whoever
+/// can write the directory can run code in the host. So the directory must belong to the
+/// user running the host and must not be writable by every user.
+#[cfg(unix)]
+fn check_cache_dir(dir: &Path) -> wasmtime::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|err| wasmtime::Error::msg(format!("cannot create it: {err}")))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .map_err(|err| wasmtime::Error::msg(format!("cannot read it: {err}")))?;
+    if !meta.is_dir() {
+        return Err(wasmtime::Error::msg("it is not a directory"));
+    }
+    let user = rustix::process::geteuid().as_raw();
+    if meta.uid() != user {
+        return Err(wasmtime::Error::msg(format!(
+            "it belongs to user {} rather than to user {user}, who runs this host, and compiled \
+             code loaded from it would run in the host",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o002 != 0 {
+        return Err(wasmtime::Error::msg(format!(
+            "it is writable by every user (mode {mode:03o}), and compiled code loaded from it \
+             would run in the host: `chmod o-w` it or choose another"
+        )));
+    }
+    Ok(())
+}
+
+/// Elsewhere the host takes the directory as given.
+#[cfg(not(unix))]
+fn check_cache_dir(_dir: &Path) -> wasmtime::Result<()> {
+    Ok(())
 }
 
 /// Which allocator an [`Engine`] ended up with.

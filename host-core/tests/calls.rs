@@ -1,6 +1,6 @@
 //! Calling real guest components through the instance API.
 
-use courier_host_core::{EngineConfig, InstanceOptions};
+use courier_host_core::{Engine, EngineConfig, ErrorKind, InstanceOptions};
 
 use crate::common::Setup;
 
@@ -127,4 +127,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+#[cfg(unix)]
+#[test]
+fn a_code_cache_that_others_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = std::env::temp_dir().join(format!("courier-open-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Engine::new(EngineConfig::default().max_instances(1).cache_dir(&dir)).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Cache { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("writable by every user (mode 777)"),
+        "{err}"
+    );
+
+    // A directory the engine creates itself is its owner's alone.
+    let fresh = dir.join("fresh");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Engine::new(EngineConfig::default().max_instances(1).cache_dir(&fresh)).unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    // One that belongs to someone else is refused too; only root can make one to try.
+    if std::os::unix::fs::chown(&fresh, Some(65534), None).is_ok() {
+        let err =
+            Engine::new(EngineConfig::default().max_instances(1).cache_dir(&fresh)).unwrap_err();
+        assert!(err.to_string().contains("belongs to user 65534"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
