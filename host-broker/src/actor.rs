@@ -14,6 +14,7 @@ use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState};
+use crate::routing::release;
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
 use crate::text::bounded_text;
 
@@ -129,7 +130,19 @@ impl Actor {
             // and whatever is left at any moment is exactly what has not been handled.
             self.batch.reverse();
         }
-        self.batch.pop()
+        let envelope = self.batch.pop()?;
+        // Its bytes leave the budget as its handling begins.
+        self.release(&envelope);
+        Some(envelope)
+    }
+
+    /// Give back the bytes `envelope` held of the mailbox's budget and the broker's.
+    fn release(&self, envelope: &Envelope) {
+        release(
+            &self.shared,
+            &self.counters,
+            envelope.payload().len() as u64,
+        );
     }
 
     /// Close the mailbox and account for whatever was not handled: the message in hand (if
@@ -141,18 +154,18 @@ impl Actor {
             self.shared.set_state(end.state());
         }
         self.mailbox.close();
-        let left: Vec<Envelope> = self
-            .current
-            .take()
-            .into_iter()
-            .chain(self.batch.drain(..).rev())
-            .collect();
-        for envelope in left {
+        if let Some(envelope) = self.current.take() {
+            self.refuse_after_end(envelope, &end);
+        }
+        let batch: Vec<Envelope> = self.batch.drain(..).rev().collect();
+        for envelope in batch {
+            self.release(&envelope);
             self.refuse_after_end(envelope, &end);
         }
         // A sender that took its slot before the close may still be putting its message in:
         // `recv` waits for it, where `try_recv` could return before it lands.
         while let Some(envelope) = self.mailbox.recv().await {
+            self.release(&envelope);
             self.refuse_after_end(envelope, &end);
         }
         tracing::debug!(component = %self.shared.id, state = self.shared.state().name(), "actor ended");
@@ -375,6 +388,8 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use std::time::Duration;
 
+    use std::sync::atomic::Ordering;
+
     use courier_host_core::{Engine, EngineConfig};
     use tokio::sync::oneshot;
 
@@ -385,7 +400,7 @@ mod tests {
     fn message(payload: &[u8]) -> Envelope {
         Envelope::Message {
             sender: "host".into(),
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
         }
     }
 
@@ -408,16 +423,25 @@ mod tests {
         mailbox
             .try_send(Envelope::Request {
                 sender: "host".into(),
-                payload: b"count".to_vec(),
+                payload: b"count".to_vec().into(),
                 reply,
                 expires: Instant::now() + Duration::from_secs(10),
             })
             .unwrap();
-        let shared = Arc::new(ActorShared::new("bad".into(), Capabilities::none()));
+        let shared = Arc::new(ActorShared::new(
+            "bad".into(),
+            Capabilities::none(),
+            1 << 20,
+        ));
+        // The bytes the three messages would have been charged on their way in.
+        let queued = (b"panic".len() + 2 * b"count".len()) as u64;
+        shared.queued_bytes.store(queued, Ordering::Relaxed);
+        let counters = Arc::new(BrokerCounters::default());
+        counters.queued_bytes.store(queued, Ordering::Relaxed);
         let dead_letters = Arc::new(DeadLetters::new(10));
         let actor = Actor {
             shared: shared.clone(),
-            counters: Arc::default(),
+            counters: counters.clone(),
             dead_letters: dead_letters.clone(),
             component: hostile,
             options,
@@ -438,5 +462,11 @@ mod tests {
             Ok(Err(MessagingError::TargetCrashed(_)))
         ));
         assert!(matches!(shared.state(), ComponentState::Failed(_)));
+        assert_eq!(
+            shared.queued_bytes.load(Ordering::Relaxed),
+            0,
+            "all released"
+        );
+        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
     }
 }

@@ -29,6 +29,10 @@ pub const HOST_SENDER: &str = "host";
 /// the host hold gigabytes in a mailbox.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 << 20;
 
+/// Default budget of payload bytes queued in all mailboxes together: with the default
+/// per-mailbox budget, sixteen components can be full at once before the broker refuses.
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
+
 /// Settings of a [`Broker`]: a builder whose defaults suit most hosts.
 ///
 /// ```
@@ -41,6 +45,7 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 << 20;
 pub struct BrokerConfig {
     pub(crate) max_payload_bytes: usize,
     pub(crate) dead_letter_capacity: usize,
+    pub(crate) max_queued_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -48,6 +53,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -66,6 +72,20 @@ impl BrokerConfig {
     pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
         self.dead_letter_capacity = capacity;
         self
+    }
+
+    /// Most payload bytes queued in all mailboxes together ([`DEFAULT_MAX_QUEUED_BYTES`] by
+    /// default), on top of each mailbox's own budget
+    /// ([`ComponentSpec::mailbox_bytes`]): a send that would pass either is refused with
+    /// `mailbox-full`, so senders cannot make the host hold more than this.
+    pub fn max_queued_bytes(mut self, bytes: u64) -> Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// The most payload bytes queued in all mailboxes together.
+    pub fn get_max_queued_bytes(&self) -> u64 {
+        self.max_queued_bytes
     }
 
     /// The largest payload, in bytes.
@@ -214,6 +234,7 @@ impl Broker {
             component,
             capabilities,
             mailbox_capacity,
+            mailbox_bytes,
             deadline,
             memory_limit,
             fuel,
@@ -242,7 +263,11 @@ impl Broker {
         if router.registry.contains(&id) {
             return Err(BrokerError::DuplicateId(id));
         }
-        let shared = Arc::new(ActorShared::new(id.clone(), capabilities.clone()));
+        let shared = Arc::new(ActorShared::new(
+            id.clone(),
+            capabilities.clone(),
+            mailbox_bytes,
+        ));
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
         let mut options = InstanceOptions::new(id.clone())
             .deadline(deadline)
@@ -387,7 +412,7 @@ impl Broker {
     ) -> Result<(), SendError> {
         let envelope = Envelope::Message {
             sender: sender.clone(),
-            payload,
+            payload: payload.into(),
         };
         self.router()
             .route(target, envelope, Access::Host, None)
@@ -404,7 +429,7 @@ impl Broker {
     ) -> Result<(), SendError> {
         let envelope = Envelope::Message {
             sender: ComponentId::from(HOST_SENDER),
-            payload,
+            payload: payload.into(),
         };
         self.router()
             .route_waiting(target, envelope, wait)

@@ -45,7 +45,8 @@ mod supervisor;
 mod text;
 
 pub use broker::{
-    Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, HOST_SENDER, MetricsSnapshot, ShutdownReport,
+    Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, HOST_SENDER,
+    MetricsSnapshot, ShutdownReport,
 };
 pub use capabilities::{Capabilities, Pattern, PatternError};
 pub use dead_letter::{
@@ -56,7 +57,9 @@ pub use handle::ComponentHandle;
 pub use metrics::{Accounting, LatencySummary};
 pub use registry::ComponentState;
 pub use routing::MAX_NAME_BYTES;
-pub use spec::{ComponentSpec, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY};
+pub use spec::{
+    ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY,
+};
 pub use supervisor::{RestartPolicy, Supervision};
 
 pub use courier_host_core::{ComponentError, ComponentId, MessagingError};

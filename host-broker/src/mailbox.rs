@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
 use tokio::sync::oneshot;
 
@@ -9,17 +10,15 @@ use tokio::sync::oneshot;
 pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
 
 /// One item in a mailbox. The payload is moved in by the sender and moved out by the actor:
-/// it is never copied between the sender's memory and the target's.
+/// it is never copied between the sender's memory and the target's, and a publication's
+/// subscribers share one payload.
 pub(crate) enum Envelope {
     /// A fire-and-forget message.
-    Message {
-        sender: ComponentId,
-        payload: Vec<u8>,
-    },
+    Message { sender: ComponentId, payload: Bytes },
     /// A request; `expires` is when its sender stops waiting.
     Request {
         sender: ComponentId,
-        payload: Vec<u8>,
+        payload: Bytes,
         reply: Reply,
         expires: Instant,
     },
@@ -44,10 +43,13 @@ impl Envelope {
         }
     }
 
-    /// The payload itself, given back to a sender whose message was refused.
+    /// The payload itself, given back to a sender whose message was refused (without a
+    /// copy: a refused payload is not shared).
     pub(crate) fn into_payload(self) -> Vec<u8> {
         match self {
-            Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
+            Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => {
+                Vec::from(payload)
+            }
             Envelope::Stop => Vec::new(),
         }
     }

@@ -41,7 +41,7 @@ impl Messaging for ActorMessaging {
         let access = Access::of_component(self.capabilities.may_send(target));
         let envelope = Envelope::Message {
             sender: sender.clone(),
-            payload: message,
+            payload: message.into(),
         };
         self.router()?
             .route(target, envelope, access, Some(&self.last_target))

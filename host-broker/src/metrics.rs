@@ -182,6 +182,8 @@ pub(crate) struct BrokerCounters {
     pub(crate) delivered: PaddedCounter,
     pub(crate) refused: PaddedCounter,
     pub(crate) dead_lettered: PaddedCounter,
+    /// Payload bytes in every mailbox together, held to the broker's budget.
+    pub(crate) queued_bytes: PaddedCounter,
 }
 
 impl BrokerCounters {

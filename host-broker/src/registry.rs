@@ -1,7 +1,7 @@
 //! The registry: component ids to their mailboxes and shared state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -44,6 +44,10 @@ pub(crate) struct ActorShared {
     pub(crate) id: ComponentId,
     pub(crate) capabilities: Capabilities,
     pub(crate) metrics: Metrics,
+    /// Payload bytes in its mailbox (and taken from it but not yet begun), and the most
+    /// there may be.
+    pub(crate) queued_bytes: AtomicU64,
+    pub(crate) mailbox_bytes: u64,
     state: Mutex<ComponentState>,
     /// Set once the component stops taking messages, so senders need not take the lock.
     closed: AtomicBool,
@@ -58,11 +62,13 @@ pub(crate) struct ActorShared {
 }
 
 impl ActorShared {
-    pub(crate) fn new(id: ComponentId, capabilities: Capabilities) -> Self {
+    pub(crate) fn new(id: ComponentId, capabilities: Capabilities, mailbox_bytes: u64) -> Self {
         ActorShared {
             id,
             capabilities,
             metrics: Metrics::new(),
+            queued_bytes: AtomicU64::new(0),
+            mailbox_bytes,
             state: Mutex::new(ComponentState::Running),
             closed: AtomicBool::new(false),
             retired: AtomicBool::new(false),

@@ -45,7 +45,7 @@ impl Router {
         }
         let envelope = Envelope::Request {
             sender: sender.clone(),
-            payload,
+            payload: payload.into(),
             reply,
             expires: Instant::now() + timeout,
         };

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
 use tokio::sync::mpsc;
 
@@ -16,7 +17,7 @@ use crate::broker::BrokerConfig;
 use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
-use crate::registry::{ComponentState, Entry, Registry};
+use crate::registry::{ActorShared, ComponentState, Entry, Registry};
 use crate::text::bounded;
 
 /// The longest id or topic, in bytes. An id is checked against it at spawn
@@ -184,17 +185,43 @@ impl Router {
         Ok(entry)
     }
 
-    /// Put `envelope` in `entry`'s mailbox if there is room now.
+    /// Charge `envelope`'s payload to the mailbox's byte budget and the broker's: a
+    /// mailbox is full when either its message count or its bytes would pass the bound.
+    fn charge(&self, entry: &Entry, envelope: Envelope) -> Result<Envelope, Refused> {
+        let len = envelope.payload().len() as u64;
+        if len == 0 {
+            return Ok(envelope);
+        }
+        let shared = &entry.shared;
+        let in_mailbox = shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let in_broker = self.counters.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if in_mailbox > shared.mailbox_bytes || in_broker > self.config.max_queued_bytes {
+            release(shared, &self.counters, len);
+            return Err(Refused {
+                error: MessagingError::MailboxFull(shared.id.to_string()),
+                envelope,
+            });
+        }
+        Ok(envelope)
+    }
+
+    /// Put `envelope` in `entry`'s mailbox if there is room now, in messages and in bytes.
     pub(crate) fn enqueue(&self, entry: &Entry, envelope: Envelope) -> Result<(), Refused> {
-        entry.mailbox.try_send(envelope).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(envelope) => Refused {
-                error: MessagingError::MailboxFull(entry.shared.id.to_string()),
-                envelope,
-            },
-            mpsc::error::TrySendError::Closed(envelope) => Refused {
-                error: closed_error(entry),
-                envelope,
-            },
+        let envelope = self.charge(entry, envelope)?;
+        entry.mailbox.try_send(envelope).map_err(|err| {
+            let (error, envelope) = match err {
+                mpsc::error::TrySendError::Full(envelope) => (
+                    MessagingError::MailboxFull(entry.shared.id.to_string()),
+                    envelope,
+                ),
+                mpsc::error::TrySendError::Closed(envelope) => (closed_error(entry), envelope),
+            };
+            release(
+                &entry.shared,
+                &self.counters,
+                envelope.payload().len() as u64,
+            );
+            Refused { error, envelope }
         })
     }
 
@@ -208,7 +235,7 @@ impl Router {
         // Reserving first keeps the envelope here if the wait runs out, so it can go back.
         match tokio::time::timeout(wait, entry.mailbox.reserve()).await {
             Ok(Ok(permit)) => {
-                permit.send(envelope);
+                permit.send(self.charge(entry, envelope)?);
                 Ok(())
             }
             Ok(Err(_)) => Err(Refused {
@@ -301,19 +328,14 @@ impl Router {
         self.check_sender(sender, topic, payload.len(), access, Action::Publish)?;
         let subscribers = self.registry.subscribers(topic);
         let mut reached = 0;
-        let mut payload = Some(payload);
-        let last = subscribers.len().saturating_sub(1);
-        for (index, entry) in subscribers.iter().enumerate() {
+        // One payload for every subscriber: a publication to a hundred components holds its
+        // bytes once, not a hundred times.
+        let payload = Bytes::from(payload);
+        for entry in &subscribers {
             bump(&self.counters.sent);
-            // The last subscriber takes the payload itself; the others get copies.
-            let payload = if index == last {
-                payload.take().unwrap_or_default()
-            } else {
-                payload.clone().unwrap_or_default()
-            };
             let envelope = Envelope::Message {
                 sender: sender.clone(),
-                payload,
+                payload: payload.clone(),
             };
             match self.enqueue(entry, envelope) {
                 Ok(()) => reached += 1,
@@ -339,6 +361,15 @@ impl Router {
             }
         }
         Ok(reached)
+    }
+}
+
+/// Give back `len` bytes of a mailbox's budget and the broker's: a message has left the
+/// mailbox, or was never let in.
+pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, len: u64) {
+    if len > 0 {
+        shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        counters.queued_bytes.fetch_sub(len, Ordering::Relaxed);
     }
 }
 

@@ -11,6 +11,10 @@ use crate::supervisor::Supervision;
 /// component pushes back on its senders quickly.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 
+/// Default budget of payload bytes in one mailbox: a deep queue of ordinary messages, and
+/// sixteen of the largest the broker accepts by default.
+pub const DEFAULT_MAILBOX_BYTES: u64 = 64 << 20;
+
 /// The largest mailbox capacity [`Broker::spawn`](crate::Broker::spawn) accepts: a million
 /// messages, far beyond what back-pressure needs, and well inside what the channel under a
 /// mailbox can count.
@@ -39,6 +43,7 @@ pub struct ComponentSpec {
     pub(crate) component: Component,
     pub(crate) capabilities: Capabilities,
     pub(crate) mailbox_capacity: usize,
+    pub(crate) mailbox_bytes: u64,
     pub(crate) deadline: Duration,
     pub(crate) memory_limit: Option<usize>,
     pub(crate) fuel: Option<u64>,
@@ -55,6 +60,7 @@ impl ComponentSpec {
             component,
             capabilities: Capabilities::none(),
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            mailbox_bytes: DEFAULT_MAILBOX_BYTES,
             deadline: DEFAULT_DEADLINE,
             memory_limit: None,
             fuel: None,
@@ -101,6 +107,14 @@ impl ComponentSpec {
         self
     }
 
+    /// How many payload bytes its mailbox holds before senders get `mailbox-full`
+    /// ([`DEFAULT_MAILBOX_BYTES`] by default): with the message count, this bounds the
+    /// memory a mailbox can hold, whatever its senders send.
+    pub fn mailbox_bytes(mut self, bytes: u64) -> Self {
+        self.mailbox_bytes = bytes;
+        self
+    }
+
     /// How long one handler call may run.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -143,6 +157,11 @@ impl ComponentSpec {
     /// Its mailbox capacity.
     pub fn get_mailbox_capacity(&self) -> usize {
         self.mailbox_capacity
+    }
+
+    /// Its mailbox's byte budget.
+    pub fn get_mailbox_bytes(&self) -> u64 {
+        self.mailbox_bytes
     }
 
     /// Its per-call deadline.

@@ -11,8 +11,13 @@ use crate::common::{SECOND, Setup, engine, load};
 
 /// Asks `bad` (a `hostile`) to run `command` and returns its reply as text.
 async fn ask(broker: &Broker, command: &str) -> String {
+    ask_as(broker, "bad", command).await
+}
+
+/// Asks the `hostile` named `id` to run `command` and returns its reply as text.
+async fn ask_as(broker: &Broker, id: &str, command: &str) -> String {
     let reply = broker
-        .request("bad", command.as_bytes().to_vec(), 10 * SECOND)
+        .request(id, command.as_bytes().to_vec(), 30 * SECOND)
         .await
         .unwrap_or_else(|err| panic!("`{command}`: {err:?}"));
     String::from_utf8(reply).unwrap()
@@ -113,4 +118,95 @@ async fn a_request_with_no_time_left_is_refused_at_once_not_queued() {
     assert_eq!((books.sent, books.refused, books.dead_lettered), (1, 1, 0));
     assert_eq!(setup.broker.metrics("echo").unwrap().refused, 1);
     assert!(setup.broker.dead_letters().is_empty());
+}
+
+/// This process's resident memory, from `/proc/self/status`.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_messages_to_a_slow_component_stays_within_its_byte_budget() {
+    const MIB: u64 = 1 << 20;
+    let setup = Setup::new();
+    // Room for a thousand messages by count, so only the byte budget (64 MiB by default)
+    // can stop the flood; and busy for all of it.
+    let slow = setup
+        .spec("slow", "hostile")
+        .mailbox_capacity(1000)
+        .deadline(60 * SECOND);
+    setup.spawn(slow).await;
+    let flooder = setup
+        .spec("flooder", "hostile")
+        .may_send("slow")
+        .deadline(60 * SECOND);
+    setup.spawn(flooder).await;
+    setup.broker.send("slow", b"sleep:30000".to_vec()).unwrap();
+    setup.mailbox_drains("slow").await;
+
+    let before = resident_bytes();
+    // Five hundred messages of 4 MiB: 2 GiB, were they all queued.
+    let reply = ask_as(&setup.broker, "flooder", "flood-big:slow:500:4194304").await;
+    let grown = resident_bytes().saturating_sub(before);
+    println!(
+        "flood of 500 x 4 MiB: {reply}; resident memory grew by {} MiB",
+        grown / MIB
+    );
+    assert!(
+        reply.starts_with("sent=16 refused=484 first_error=MailboxFull"),
+        "{reply}"
+    );
+    let depth = setup.broker.metrics("slow").unwrap().mailbox_depth;
+    assert_eq!(depth, 16, "16 messages of 4 MiB fill 64 MiB");
+    // The budget, the flooder's own 4 MiB and some room for the tests running beside it.
+    assert!(
+        grown < 64 * MIB + 256 * MIB,
+        "resident memory grew by {} MiB",
+        grown / MIB
+    );
+    let report = setup.broker.shutdown(Duration::ZERO).await;
+    assert_eq!(
+        report.undelivered.len(),
+        17,
+        "the sleep and the sixteen queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_wide_byte_budget_holds_across_mailboxes() {
+    let engine = engine();
+    let broker = Broker::with_config(
+        engine.clone(),
+        BrokerConfig::default().max_queued_bytes(3000),
+    );
+    let hostile = load(&engine, "hostile");
+    for id in ["a", "b"] {
+        let spec = ComponentSpec::new(id, hostile.clone()).deadline(60 * SECOND);
+        broker.spawn(spec).await.unwrap();
+        // Busy, so that what is sent to it next stays queued.
+        broker.send(id, b"sleep:30000".to_vec()).unwrap();
+    }
+    for id in ["a", "b"] {
+        while broker.metrics(id).unwrap().mailbox_depth > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Each mailbox has room for 64 MiB; the broker for 3000 bytes in all of them.
+    let outcomes: Vec<bool> = (0..6)
+        .map(|i| {
+            let target = if i % 2 == 0 { "a" } else { "b" };
+            broker.send(target, vec![0; 1000]).is_ok()
+        })
+        .collect();
+    assert_eq!(outcomes, [true, true, true, false, false, false]);
+    let refused = broker.send("a", vec![0; 1000]).unwrap_err();
+    assert!(matches!(refused.error(), MessagingError::MailboxFull(_)));
+    broker.shutdown(Duration::ZERO).await;
 }

@@ -15,7 +15,7 @@
 //! id = "ping"
 //! path = "../target/guests/ping.wasm"   # relative to this file
 //! capabilities = { send = ["pong"] }    # also request, publish, subscribe
-//! limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64 }
+//! limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64, mailbox_bytes = "8 MiB" }
 //! restart = { policy = "transient", max_restarts = 3, window = "10s" }
 //! ```
 //!
@@ -31,8 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use courier_host_broker::{
-    BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_PAYLOAD_BYTES,
-    MAX_MAILBOX_CAPACITY, Pattern, RestartPolicy, Supervision, check_id,
+    BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, MAX_MAILBOX_CAPACITY, Pattern,
+    RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use serde::Deserialize;
@@ -81,6 +82,8 @@ pub struct Runtime {
     pub listen: SocketAddr,
     /// Largest payload of a message, request or reply, in bytes.
     pub max_payload: usize,
+    /// Most payload bytes queued in all mailboxes together.
+    pub max_queued: u64,
     /// Where compiled components are cached (absolute).
     pub cache_dir: PathBuf,
     /// How long shutdown waits for mailboxes to empty.
@@ -140,6 +143,8 @@ pub struct ComponentEntry {
     pub capabilities: Capabilities,
     /// Its mailbox capacity.
     pub mailbox: usize,
+    /// Most payload bytes its mailbox holds.
+    pub mailbox_bytes: u64,
     /// How long one handler call may run.
     pub deadline: Duration,
     /// Cap on its linear memory, in bytes.
@@ -156,6 +161,7 @@ impl ComponentEntry {
         let mut spec = ComponentSpec::new(self.id.as_str(), component)
             .capabilities(self.capabilities.clone())
             .mailbox_capacity(self.mailbox)
+            .mailbox_bytes(self.mailbox_bytes)
             .deadline(self.deadline)
             .supervision(self.supervision);
         if let Some(memory) = self.memory {
@@ -265,7 +271,9 @@ impl Manifest {
 
     /// The broker configuration: the payload limit.
     pub fn broker_config(&self) -> BrokerConfig {
-        BrokerConfig::default().max_payload_bytes(self.runtime.max_payload)
+        BrokerConfig::default()
+            .max_payload_bytes(self.runtime.max_payload)
+            .max_queued_bytes(self.runtime.max_queued)
     }
 }
 
@@ -358,6 +366,9 @@ impl Checker<'_> {
         Runtime {
             listen,
             max_payload,
+            max_queued: raw
+                .max_queued
+                .map_or(DEFAULT_MAX_QUEUED_BYTES, |bytes| bytes.0),
             cache_dir,
             drain: raw.drain.map_or(DEFAULT_DRAIN, |d| d.0),
             request_timeout,
@@ -517,6 +528,9 @@ impl Checker<'_> {
             path_line: self.line(&raw.path),
             capabilities,
             mailbox,
+            mailbox_bytes: limits
+                .mailbox_bytes
+                .map_or(DEFAULT_MAILBOX_BYTES, |bytes| bytes.0),
             deadline,
             memory,
             fuel,
@@ -551,6 +565,7 @@ struct RawManifest {
 struct RawRuntime {
     listen: Option<Spanned<SocketAddr>>,
     max_payload: Option<Spanned<ByteSize>>,
+    max_queued: Option<ByteSize>,
     cache_dir: Option<PathBuf>,
     drain: Option<Millis>,
     request_timeout: Option<Spanned<Millis>>,
@@ -590,6 +605,7 @@ struct RawLimits {
     memory: Option<Spanned<ByteSize>>,
     deadline: Option<Spanned<Millis>>,
     mailbox: Option<Spanned<u64>>,
+    mailbox_bytes: Option<ByteSize>,
     fuel: Option<Spanned<u64>>,
 }
 
@@ -724,7 +740,7 @@ mailbox = 10000
         assert_eq!(
             problem(&source),
             "23: component `pong`: `limits.mailbox_size`: unknown field `mailbox_size`, \
-             expected one of `memory`, `deadline`, `mailbox`, `fuel`"
+             expected one of `memory`, `deadline`, `mailbox`, `mailbox_bytes`, `fuel`"
         );
         let source = format!("verbose = true\n{GOOD}");
         assert!(problem(&source).starts_with("1: `verbose`: unknown field `verbose`"));
