@@ -153,6 +153,9 @@ impl Actor {
         if !matches!(self.shared.state(), ComponentState::Failed(_)) {
             self.shared.set_state(end.state());
         }
+        if let End::Failed(reason) = &end {
+            tracing::error!(component = %self.shared.id, %reason, "component failed: it takes no more messages until it is removed or restarted");
+        }
         self.mailbox.close();
         if let Some(envelope) = self.current.take() {
             self.refuse_after_end(envelope, &end);

@@ -8,6 +8,7 @@
 //! | `GET /components` | every component with its state and counters (JSON) |
 //! | `GET /metrics` | metrics in the Prometheus text format |
 //! | `GET /dead-letters` | the recent dead letters (JSON) |
+//! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200` |
 //!
 //! A component id with a `/` in it (`orders/billing`) is written with the slash
 //! percent-encoded: `/components/orders%2Fbilling/messages`.
@@ -37,7 +38,9 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use courier_host_broker::{Broker, ComponentError, ComponentState, MessagingError};
+use std::collections::HashMap;
+
+use courier_host_broker::{Broker, ComponentError, ComponentSpec, ComponentState, MessagingError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -54,6 +57,8 @@ struct Ingress {
     broker: Broker,
     request_timeout: Duration,
     max_payload: usize,
+    /// What each component was started from, to start it again.
+    specs: Arc<HashMap<String, ComponentSpec>>,
 }
 
 /// How the ingress answers and whom it answers: a builder over the address it listens on.
@@ -73,6 +78,7 @@ pub struct IngressConfig {
     request_timeout: Duration,
     max_payload: usize,
     token: Option<String>,
+    specs: Arc<HashMap<String, ComponentSpec>>,
 }
 
 impl IngressConfig {
@@ -84,7 +90,19 @@ impl IngressConfig {
             request_timeout: crate::manifest::DEFAULT_REQUEST_TIMEOUT,
             max_payload: courier_host_broker::DEFAULT_MAX_PAYLOAD_BYTES,
             token: None,
+            specs: Arc::default(),
         }
+    }
+
+    /// The specs the components were started from, which `POST /components/{id}/restart`
+    /// starts them from again; a component without one cannot be restarted.
+    pub fn specs(mut self, specs: impl IntoIterator<Item = ComponentSpec>) -> Self {
+        let specs = specs
+            .into_iter()
+            .map(|spec| (spec.id().to_string(), spec))
+            .collect();
+        self.specs = Arc::new(specs);
+        self
     }
 
     /// How long a request waits for its reply unless it says `?timeout_ms=`.
@@ -128,12 +146,14 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         broker,
         request_timeout: config.request_timeout,
         max_payload: config.max_payload,
+        specs: config.specs,
     };
     let guard = Arc::new(Guard::new(config.address, config.token));
     Router::new()
         .route("/components", get(list_components))
         .route("/components/{id}/messages", post(post_message))
         .route("/components/{id}/requests", post(post_request))
+        .route("/components/{id}/restart", post(restart))
         .route("/metrics", get(metrics))
         .route("/dead-letters", get(dead_letters))
         .fallback(unknown_route)
@@ -404,6 +424,41 @@ async fn post_request(
         reply,
     )
         .into_response())
+}
+
+/// Starts a failed or stopped component again from the spec it was first started from, so
+/// that it can be recovered without restarting `courier`.
+async fn restart(
+    State(ingress): State<Ingress>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(spec) = ingress.specs.get(&id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "target-not-found",
+            format!("no component `{id}` is declared"),
+        ));
+    };
+    let previous = ingress.broker.state(&id);
+    if previous == Some(ComponentState::Running) || previous == Some(ComponentState::Restarting) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "running",
+            format!("component `{id}` is running: only a failed or stopped one is restarted"),
+        ));
+    }
+    // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
+    let _ = ingress.broker.remove(&id).await;
+    ingress.broker.spawn(spec.clone()).await.map_err(|err| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "restart-failed",
+            err.to_string(),
+        )
+    })?;
+    tracing::warn!(component = %id, previous = previous.as_ref().map_or("absent", ComponentState::name), "restarted through the ingress");
+    let body = json!({ "status": "restarted", "target": id });
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
 async fn unknown_route() -> ApiError {

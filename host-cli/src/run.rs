@@ -107,8 +107,14 @@ async fn serve(
     let address = listener.local_addr()?;
 
     let broker = Broker::with_config(engine, manifest.broker_config());
-    for (entry, component) in manifest.components.iter().zip(components) {
-        if let Err(err) = broker.spawn(entry.spec(component)).await {
+    let specs: Vec<_> = manifest
+        .components
+        .iter()
+        .zip(components)
+        .map(|(entry, component)| entry.spec(component))
+        .collect();
+    for (entry, spec) in manifest.components.iter().zip(specs.iter().cloned()) {
+        if let Err(err) = broker.spawn(spec).await {
             broker.shutdown(Duration::ZERO).await;
             return Err(err).with_context(|| format!("cannot start component `{}`", entry.id));
         }
@@ -130,7 +136,8 @@ async fn serve(
     let config = ingress::IngressConfig::new(address)
         .request_timeout(runtime.request_timeout)
         .max_payload(runtime.max_payload)
-        .token(token);
+        .token(token)
+        .specs(specs);
     let app = ingress::router(broker.clone(), config);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(

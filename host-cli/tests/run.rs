@@ -714,3 +714,72 @@ path = "{echo}"
     let null_origin = [("Host", own), ("Origin", "null"), bearer, text];
     assert_eq!(raw_status(&address, path, &null_origin), 403);
 }
+
+#[test]
+fn a_failed_component_is_restarted_through_the_ingress_and_its_failure_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+
+[[component]]
+id = "panicker"
+path = "{panicker}"
+restart = { policy = "temporary" }
+"#,
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    let state = |agent: &ureq::Agent| {
+        let (_, body) = get(agent, &format!("{base}/components"));
+        json(body.as_bytes())[0]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let restart = format!("{base}/components/panicker/restart");
+
+    assert_eq!(
+        post(&agent, &restart, b"").0,
+        409,
+        "a running one is left alone"
+    );
+    let (status, _) = post(
+        &agent,
+        &format!("{base}/components/panicker/messages"),
+        b"boom",
+    );
+    assert_eq!(status, 202);
+    let failed_by = Instant::now() + STOP_TIMEOUT;
+    while state(&agent) != "failed" {
+        assert!(Instant::now() < failed_by, "panicker did not fail");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let logged_by = Instant::now() + STOP_TIMEOUT;
+    while !courier.stderr().contains("component failed") {
+        assert!(Instant::now() < logged_by, "{}", courier.stderr());
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        courier.stderr().contains("panicker refuses: boom"),
+        "{}",
+        courier.stderr()
+    );
+
+    let (status, body) = post(&agent, &restart, b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["status"], "restarted");
+    assert_eq!(state(&agent), "running");
+    // Taken again: a failed component's messages were refused with 503.
+    let (status, _) = post(
+        &agent,
+        &format!("{base}/components/panicker/messages"),
+        b"again",
+    );
+    assert_eq!(status, 202);
+    let unknown = format!("{base}/components/nobody/restart");
+    assert_eq!(post(&agent, &unknown, b"").0, 404);
+}
