@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod prometheus;
 pub mod run;
 pub mod scaffold;
+pub mod server;
 pub mod units;
 
 pub use diagnostics::{Diagnostics, Problem};

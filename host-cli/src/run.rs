@@ -1,7 +1,6 @@
 //! `courier run`: start every component of a manifest, serve the ingress, and on Ctrl-C or
 //! SIGTERM drain the mailboxes, stop, and say what was left.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::diagnostics::Diagnostics;
 use crate::manifest::{Manifest, Scheduler, check_listen};
+use crate::server::{self, ServerLimits};
 use crate::units::format_duration;
 use crate::{ingress, load};
 
@@ -140,13 +140,14 @@ async fn serve(
         .specs(specs);
     let app = ingress::router(broker.clone(), config);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = server_stopped.await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        ServerLimits::default(),
+        async {
+            let _ = server_stopped.await;
+        },
+    ));
     println!("courier: listening on http://{address}");
 
     let signal = tokio::select! {
@@ -154,8 +155,7 @@ async fn serve(
         ended = &mut server => {
             broker.shutdown(Duration::ZERO).await;
             return match ended {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
-                Ok(Err(err)) => Err(err).context("the HTTP server failed"),
+                Ok(()) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
                 Err(err) => Err(err).context("the HTTP server panicked"),
             };
         }

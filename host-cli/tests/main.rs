@@ -5,6 +5,7 @@
 
 mod new;
 mod run;
+mod server;
 
 use std::path::Path;
 use std::process::Command;
