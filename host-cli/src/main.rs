@@ -57,8 +57,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match cli.command {
+    let log = init_logging();
+    let code = match cli.command {
         Command::Check { manifest } => check::check(&manifest),
         Command::Run {
             manifest,
@@ -93,17 +93,47 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    };
+    let dropped = log.dropped.dropped_lines();
+    // Flush what the writer still holds before saying what it could not hold.
+    drop(log.flush_on_drop);
+    if dropped > 0 {
+        eprintln!("courier: {dropped} log lines were dropped because stderr could not keep up");
     }
+    code
+}
+
+/// The log writer's handles: dropping `flush_on_drop` writes out what is buffered, and
+/// `dropped` counts the lines it had no room for.
+struct Log {
+    flush_on_drop: tracing_appender::non_blocking::WorkerGuard,
+    dropped: tracing_appender::non_blocking::ErrorCounter,
 }
 
 /// Logs (the broker's, and the components' own through `log` and stdout/stderr) go to
 /// stderr, at `info` unless `RUST_LOG` says otherwise.
-fn init_logging() {
+///
+/// A thread of its own writes them, from a buffer of [`LOG_BUFFER_LINES`] lines: when stderr
+/// is slow (a full pipe, a paused terminal) lines are dropped and counted rather than left
+/// to block the runtime's workers, which run the actors.
+fn init_logging() -> Log {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, flush_on_drop) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    Log {
+        flush_on_drop,
+        dropped,
+    }
 }
+
+/// Lines the log writer holds while stderr catches up.
+const LOG_BUFFER_LINES: usize = 16 * 1024;

@@ -11,6 +11,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::courier::actor::{host_services, messaging, types};
+use crate::guest_log::GuestLog;
 use crate::{ComponentId, LogLevel, MessagingError};
 
 /// A boxed future, as returned by [`Messaging::send_request`].
@@ -106,6 +107,8 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    /// Where its `log` calls and output lines go, at a bounded rate.
+    log: GuestLog,
     messaging: Arc<dyn Messaging>,
     pub(crate) stderr: GuestOutput,
     /// When the call in progress must end; host calls that wait are cut short by it too.
@@ -125,8 +128,9 @@ impl HostState {
         messaging: Arc<dyn Messaging>,
         extensions: Extensions,
     ) -> Self {
-        let stdout = GuestOutput::new(id.clone(), Stream::Stdout);
-        let stderr = GuestOutput::new(id.clone(), Stream::Stderr);
+        let log = GuestLog::new(id.clone());
+        let stdout = GuestOutput::new(log.clone(), Stream::Stdout);
+        let stderr = GuestOutput::new(log.clone(), Stream::Stderr);
         // No preopened directories, no environment, no arguments, no network: a guest gets
         // only what the host grants it, and this host grants nothing ambient.
         let wasi = WasiCtxBuilder::new()
@@ -143,6 +147,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
             messaging,
+            log,
             stderr,
             call_deadline: None,
             ticks_left: 0,
@@ -219,16 +224,7 @@ impl host_services::Host for HostState {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
-        // A guest chooses the length; the log keeps at most a line's worth.
-        let message = crate::text::bounded(&message, LINE_LIMIT);
-        let component = &*self.id;
-        match level {
-            LogLevel::Trace => tracing::trace!(component, "{message}"),
-            LogLevel::Debug => tracing::debug!(component, "{message}"),
-            LogLevel::Info => tracing::info!(component, "{message}"),
-            LogLevel::Warn => tracing::warn!(component, "{message}"),
-            LogLevel::Error => tracing::error!(component, "{message}"),
-        }
+        self.log.line(level, None, &message);
     }
 }
 
@@ -312,7 +308,7 @@ pub(crate) struct GuestOutput {
 }
 
 struct OutputBuffer {
-    id: ComponentId,
+    log: GuestLog,
     stream: Stream,
     line: Vec<u8>,
     /// Text of the current call, kept only for stderr and bounded by [`CALL_TEXT_LIMIT`].
@@ -323,14 +319,14 @@ struct OutputBuffer {
 /// excess from the error, not from the log.
 const CALL_TEXT_LIMIT: usize = 16 * 1024;
 /// A line of guest output longer than this is logged in pieces rather than held without
-/// bound, and a `log` message longer than this is cut.
-const LINE_LIMIT: usize = 8 * 1024;
+/// bound.
+use crate::guest_log::LINE_LIMIT;
 
 impl GuestOutput {
-    fn new(id: ComponentId, stream: Stream) -> Self {
+    fn new(log: GuestLog, stream: Stream) -> Self {
         GuestOutput {
             inner: Arc::new(Mutex::new(OutputBuffer {
-                id,
+                log,
                 stream,
                 line: Vec::new(),
                 call_text: Vec::new(),
@@ -377,10 +373,9 @@ impl GuestOutput {
 impl OutputBuffer {
     fn emit_line(&mut self) {
         let line = String::from_utf8_lossy(&self.line);
-        let component = &*self.id;
         match self.stream {
-            Stream::Stdout => tracing::info!(component, stream = "stdout", "{line}"),
-            Stream::Stderr => tracing::warn!(component, stream = "stderr", "{line}"),
+            Stream::Stdout => self.log.line(LogLevel::Info, Some("stdout"), &line),
+            Stream::Stderr => self.log.line(LogLevel::Warn, Some("stderr"), &line),
         }
         self.line.clear();
     }

@@ -42,6 +42,7 @@ mod bindings;
 mod component;
 mod engine;
 mod error;
+pub mod guest_log;
 mod host;
 mod instance;
 pub mod text;

@@ -121,6 +121,51 @@ async fn a_log_line_is_cut_to_eight_kibibytes_with_its_length() {
 }
 
 #[tokio::test]
+async fn a_guest_cannot_flood_the_log_or_forge_a_line() {
+    let log = CapturedLog::default();
+    let _guard = log.install();
+    let mut instance = probe("chatty").await;
+
+    // A thousand lines at once: the burst is written, and what the rate refills meanwhile;
+    // the rest is dropped and counted.
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        assert_eq!(
+            ask_text(&mut instance, &format!("log:flood {i}")).await,
+            "ok"
+        );
+    }
+    let refilled =
+        started.elapsed().as_secs_f64() * f64::from(courier_host_core::guest_log::LINES_PER_SECOND);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(ask_text(&mut instance, "log:after the flood").await, "ok");
+    // A newline cannot start a line that looks like another component's.
+    let forged = "log:innocent\n2026-11-26T00:00:00Z  INFO component=\"bank\": transfer done";
+    assert_eq!(ask_text(&mut instance, forged).await, "ok");
+
+    let text = log.text();
+    let written = text.lines().filter(|line| line.contains("flood ")).count();
+    let burst = courier_host_core::guest_log::BURST as usize;
+    assert!(
+        written >= burst && written <= burst + refilled.ceil() as usize + 1,
+        "{written} flood lines written, {refilled:.0} refilled"
+    );
+    let dropped = text
+        .lines()
+        .find(|line| line.contains("lines of this component's log"))
+        .unwrap_or_else(|| panic!("no line says what was dropped:\n{text}"));
+    assert!(dropped.contains("chatty"), "{dropped}");
+    assert!(text.contains("after the flood"));
+    assert!(
+        !text
+            .lines()
+            .any(|line| line.starts_with("2026-11-26T00:00:00Z")),
+        "a forged line was written:\n{text}"
+    );
+    assert!(text.contains("innocent\\n2026-11-26T00:00:00Z"), "{text}");
+}
+
+#[tokio::test]
 async fn wasi_grants_no_environment_filesystem_or_network() {
     let mut instance = probe("probe").await;
     assert_eq!(ask_text(&mut instance, "env").await, "0,0");
