@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
+use courier_host_core::guest_log::escape;
 use courier_host_core::{CallResult, Component, Instance, InstanceOptions, MessagingError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -217,8 +218,12 @@ impl Actor {
             (Call::Message(Ok(answer)), Envelope::Message { sender, .. }) => {
                 if let Err(err) = answer {
                     bump(&self.shared.metrics.failed);
-                    let error = bounded_text(&format!("{err:?}"));
-                    tracing::warn!(%sender, target = %self.shared.id, %error, "handler refused a message");
+                    // Held to a rate: a handler that fails every message cannot flood the log.
+                    if let Some(suppressed) = self.shared.log_budget.admit() {
+                        let error = bounded_text(&format!("{err:?}"));
+                        let error = escape(&error);
+                        tracing::warn!(%sender, target = %self.shared.id, %error, suppressed, "handler refused a message");
+                    }
                     span.record("outcome", "handler-error");
                 } else {
                     span.record("outcome", "ok");

@@ -3,11 +3,12 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use courier_host_core::guest_log::{LineBudget, escape};
 use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError};
 
 use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
-use crate::routing::{Access, RouteCache, Router};
+use crate::routing::{Access, MAX_NAME_BYTES, RouteCache, Router};
 
 /// The messaging of one spawned component: its capabilities, and a way back to the
 /// broker's router that does not keep it alive, so dropping the broker ends every actor.
@@ -15,6 +16,9 @@ pub(crate) struct ActorMessaging {
     router: Weak<Router>,
     capabilities: Capabilities,
     last_target: RouteCache,
+    /// The component's denied sends are logged at a bounded rate: a guest that tries in a
+    /// loop cannot flood the host's log.
+    denials: LineBudget,
 }
 
 impl ActorMessaging {
@@ -23,11 +27,34 @@ impl ActorMessaging {
             router: Arc::downgrade(router),
             capabilities,
             last_target: RouteCache::default(),
+            denials: LineBudget::default(),
         }
     }
 
     fn router(&self) -> Result<Arc<Router>, MessagingError> {
         self.router.upgrade().ok_or(MessagingError::ShuttingDown)
+    }
+
+    /// Log the denial in `result`, if it is one.
+    fn denied<T>(
+        &self,
+        sender: &ComponentId,
+        action: &str,
+        result: Result<T, MessagingError>,
+    ) -> Result<T, MessagingError> {
+        if let Err(MessagingError::AccessDenied(name)) = &result {
+            self.log_denial(sender, action, name);
+        }
+        result
+    }
+
+    /// Log that `sender` was denied `action` on `name` (at most `MAX_NAME_BYTES` long, since
+    /// longer names are refused first), within the budget.
+    fn log_denial(&self, sender: &ComponentId, action: &str, name: &str) {
+        if let Some(suppressed) = self.denials.admit() {
+            let name = escape(name);
+            tracing::warn!(%sender, target = %name, suppressed, "access denied: {action}");
+        }
     }
 }
 
@@ -43,9 +70,11 @@ impl Messaging for ActorMessaging {
             sender: sender.clone(),
             payload: message.into(),
         };
-        self.router()?
+        let routed = self
+            .router()?
             .route(target, envelope, access, Some(&self.last_target))
-            .map_err(|refused| refused.error)
+            .map_err(|refused| refused.error);
+        self.denied(sender, "send to", routed)
     }
 
     fn send_request(
@@ -57,6 +86,11 @@ impl Messaging for ActorMessaging {
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         let router = self.router();
         let access = Access::of_component(self.capabilities.may_request(target));
+        // The router refuses it before anything waits; the denial is logged here, where the
+        // budget is (a name too long to be an id is refused as not found instead).
+        if access == Access::Denied && target.len() <= MAX_NAME_BYTES {
+            self.log_denial(sender, "request from", target);
+        }
         let sender = sender.clone();
         let target = target.to_string();
         Box::pin(async move {
@@ -73,6 +107,7 @@ impl Messaging for ActorMessaging {
         message: Vec<u8>,
     ) -> Result<u32, MessagingError> {
         let access = Access::of_component(self.capabilities.may_publish(topic));
-        self.router()?.publish(sender, topic, message, access)
+        let published = self.router()?.publish(sender, topic, message, access);
+        self.denied(sender, "publish on", published)
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use courier_host_core::ComponentId;
+use courier_host_core::guest_log::LineBudget;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -48,6 +49,8 @@ pub(crate) struct ActorShared {
     /// there may be.
     pub(crate) queued_bytes: AtomicU64,
     pub(crate) mailbox_bytes: u64,
+    /// What its handlers' failures may write to the host's log.
+    pub(crate) log_budget: LineBudget,
     state: Mutex<ComponentState>,
     /// Set once the component stops taking messages, so senders need not take the lock.
     closed: AtomicBool,
@@ -69,6 +72,7 @@ impl ActorShared {
             metrics: Metrics::new(),
             queued_bytes: AtomicU64::new(0),
             mailbox_bytes,
+            log_budget: LineBudget::default(),
             state: Mutex::new(ComponentState::Running),
             closed: AtomicBool::new(false),
             retired: AtomicBool::new(false),

@@ -47,24 +47,6 @@ impl Access {
     }
 }
 
-/// What a send is doing, for the log line of a denial.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Action {
-    Send,
-    Request,
-    Publish,
-}
-
-impl Action {
-    fn as_str(self) -> &'static str {
-        match self {
-            Action::Send => "send to",
-            Action::Request => "request from",
-            Action::Publish => "publish on",
-        }
-    }
-}
-
 /// A message the router did not queue: why, and the message itself, which goes back to
 /// whoever sent it.
 pub(crate) struct Refused {
@@ -130,11 +112,9 @@ impl Router {
     /// learns nothing about which ids exist.
     fn check_sender(
         &self,
-        sender: &str,
         name: &str,
         payload_len: usize,
         access: Access,
-        action: Action,
     ) -> Result<(), MessagingError> {
         if self.is_shutting_down() {
             return Err(MessagingError::ShuttingDown);
@@ -144,8 +124,8 @@ impl Router {
         if name.len() > MAX_NAME_BYTES {
             return Err(MessagingError::TargetNotFound(bounded(name, 64)));
         }
+        // Logged by the sender's own messaging, which holds it to a rate.
         if access == Access::Denied {
-            tracing::warn!(%sender, target = name, "access denied: {}", action.as_str());
             return Err(MessagingError::AccessDenied(name.to_string()));
         }
         if payload_len > self.config.max_payload_bytes {
@@ -160,14 +140,12 @@ impl Router {
     /// holds it, else from the registry. A target that has stopped or failed is refused.
     fn admit(
         &self,
-        sender: &str,
         target: &str,
         payload_len: usize,
         access: Access,
-        action: Action,
         cache: Option<&RouteCache>,
     ) -> Result<Arc<Entry>, (MessagingError, Option<Arc<Entry>>)> {
-        self.check_sender(sender, target, payload_len, access, action)
+        self.check_sender(target, payload_len, access)
             .map_err(|err| (err, None))?;
         if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
             return Ok(entry);
@@ -267,12 +245,8 @@ impl Router {
         cache: Option<&RouteCache>,
     ) -> Result<(Arc<Entry>, Envelope), Refused> {
         bump(&self.counters.sent);
-        let action = match envelope {
-            Envelope::Request { .. } => Action::Request,
-            _ => Action::Send,
-        };
         let len = envelope.payload().len();
-        let admitted = self.admit(envelope.sender(), target, len, access, action, cache);
+        let admitted = self.admit(target, len, access, cache);
         match admitted {
             Ok(entry) => Ok((entry, envelope)),
             Err((error, entry)) => {
@@ -325,7 +299,7 @@ impl Router {
         payload: Vec<u8>,
         access: Access,
     ) -> Result<u32, MessagingError> {
-        self.check_sender(sender, topic, payload.len(), access, Action::Publish)?;
+        self.check_sender(topic, payload.len(), access)?;
         let subscribers = self.registry.subscribers(topic);
         let mut reached = 0;
         // One payload for every subscriber: a publication to a hundred components holds its

@@ -211,3 +211,61 @@ async fn the_broker_wide_byte_budget_holds_across_mailboxes() {
     assert!(matches!(refused.error(), MessagingError::MailboxFull(_)));
     broker.shutdown(Duration::ZERO).await;
 }
+
+/// Everything logged on this thread while the guard lives.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// On the current-thread runtime, so that the actors log on the thread that captures.
+#[tokio::test]
+async fn denied_sends_and_failing_handlers_are_logged_at_a_bounded_rate() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let setup = Setup::new();
+    setup.spawn(setup.spec("spammer", "hostile")).await;
+    setup.spawn(setup.spec("victim", "counter")).await;
+
+    let started = std::time::Instant::now();
+    let reply = ask_as(&setup.broker, "spammer", "flood:victim:1000").await;
+    assert!(reply.starts_with("sent=0 refused=1000"), "{reply}");
+    for _ in 0..1000 {
+        setup
+            .broker
+            .send("spammer", b"no-such-command".to_vec())
+            .unwrap();
+    }
+    setup.assert_accounted().await;
+    let refilled =
+        started.elapsed().as_secs_f64() * f64::from(courier_host_core::guest_log::LINES_PER_SECOND);
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let burst = courier_host_core::guest_log::BURST as usize;
+    let most = burst + refilled.ceil() as usize + 1;
+    let denials = text.matches("access denied: send to").count();
+    let refusals = text.matches("handler refused a message").count();
+    assert!(
+        (burst..=most).contains(&denials),
+        "{denials} denials logged, at most {most}"
+    );
+    assert!(
+        (burst..=most).contains(&refusals),
+        "{refusals} handler refusals logged, at most {most}"
+    );
+}

@@ -22,47 +22,81 @@ pub const LINES_PER_SECOND: u32 = 100;
 /// Lines one instance may write at once before the rate applies.
 pub const BURST: u32 = 200;
 
-/// Where one instance's lines go, shared by its `log` import and its stdout and stderr.
+/// A budget of log lines: [`LINES_PER_SECOND`] a second on average, [`BURST`] at once. The
+/// host holds the log lines a guest's doing causes (its own output, its handler errors, its
+/// denied sends) to one of these per component.
+///
+/// ```
+/// use courier_host_core::guest_log::{BURST, LineBudget};
+///
+/// let budget = LineBudget::default();
+/// for _ in 0..BURST {
+///     assert!(budget.admit().is_some());
+/// }
+/// assert_eq!(budget.admit(), None, "past the burst, lines are dropped");
+/// ```
 #[derive(Clone)]
-pub(crate) struct GuestLog {
-    id: ComponentId,
-    budget: Arc<Mutex<Budget>>,
+pub struct LineBudget {
+    bucket: Arc<Mutex<Bucket>>,
 }
 
 /// A token bucket of lines.
-struct Budget {
+struct Bucket {
     tokens: f64,
     refilled: Instant,
     suppressed: u64,
 }
 
-impl GuestLog {
-    pub(crate) fn new(id: ComponentId) -> GuestLog {
-        GuestLog {
-            id,
-            budget: Arc::new(Mutex::new(Budget {
+impl Default for LineBudget {
+    fn default() -> Self {
+        LineBudget {
+            bucket: Arc::new(Mutex::new(Bucket {
                 tokens: f64::from(BURST),
                 refilled: Instant::now(),
                 suppressed: 0,
             })),
         }
     }
+}
+
+impl LineBudget {
+    /// Whether one more line may be written now: `Some(n)` if so, where `n` lines were
+    /// dropped since the last one written (say so first), `None` if this one is dropped.
+    pub fn admit(&self) -> Option<u64> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens =
+            (bucket.tokens + elapsed * f64::from(LINES_PER_SECOND)).min(f64::from(BURST));
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            bucket.suppressed += 1;
+            return None;
+        }
+        bucket.tokens -= 1.0;
+        Some(std::mem::take(&mut bucket.suppressed))
+    }
+}
+
+/// Where one instance's lines go, shared by its `log` import and its stdout and stderr.
+#[derive(Clone)]
+pub(crate) struct GuestLog {
+    id: ComponentId,
+    budget: LineBudget,
+}
+
+impl GuestLog {
+    pub(crate) fn new(id: ComponentId) -> GuestLog {
+        GuestLog {
+            id,
+            budget: LineBudget::default(),
+        }
+    }
 
     /// Log one line at `level`, from `stream` (`stdout`, `stderr`) or from the `log` import.
     pub(crate) fn line(&self, level: LogLevel, stream: Option<&'static str>, text: &str) {
-        let suppressed = {
-            let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let elapsed = now.duration_since(budget.refilled).as_secs_f64();
-            budget.tokens =
-                (budget.tokens + elapsed * f64::from(LINES_PER_SECOND)).min(f64::from(BURST));
-            budget.refilled = now;
-            if budget.tokens < 1.0 {
-                budget.suppressed += 1;
-                return;
-            }
-            budget.tokens -= 1.0;
-            std::mem::take(&mut budget.suppressed)
+        let Some(suppressed) = self.budget.admit() else {
+            return;
         };
         let component = &*self.id;
         if suppressed > 0 {
@@ -87,7 +121,13 @@ impl GuestLog {
 
 /// `text` with its control characters (newlines, carriage returns, terminal escapes)
 /// written as escapes, so one call is one line of the host's log.
-pub(crate) fn escape(text: &str) -> Cow<'_, str> {
+///
+/// ```
+/// use courier_host_core::guest_log::escape;
+///
+/// assert_eq!(escape("one\ntwo"), "one\\ntwo");
+/// ```
+pub fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
