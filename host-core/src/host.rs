@@ -235,13 +235,21 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     Ok(())
 }
 
-/// Enforces the per-instance memory cap.
+/// Enforces the per-instance memory cap, on all of the instance's linear memories together.
+///
+/// wasmtime asks the limiter about each memory on its own (its creation, with `current` 0,
+/// and every growth), so the limiter keeps the sum: a component with several memories gets
+/// one cap, not one per memory.
 ///
 /// Refusing a growth with an error (rather than `Ok(false)`) traps the guest at the very
 /// `memory.grow` that crossed the cap, so the error says what happened instead of surfacing
 /// later as an allocator abort.
 pub(crate) struct MemoryLimiter {
     pub(crate) limit: usize,
+    /// Bytes of every memory of the instance together.
+    total: usize,
+    /// The growth last allowed, taken back if the allocator then failed it.
+    pending: usize,
 }
 
 /// The marker error of a growth refused by [`MemoryLimiter`].
@@ -258,24 +266,32 @@ impl std::error::Error for MemoryCapExceeded {}
 
 impl MemoryLimiter {
     fn new(limit: usize) -> Self {
-        MemoryLimiter { limit }
+        MemoryLimiter {
+            limit,
+            total: 0,
+            pending: 0,
+        }
     }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        let growth = desired.saturating_sub(current);
+        if self.total.saturating_add(growth) > self.limit {
             return Err(wasmtime::Error::new(MemoryCapExceeded));
         }
+        self.total += growth;
+        self.pending = growth;
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total -= std::mem::take(&mut self.pending);
         // Below the cap but the allocator (the pool's slot size, or the OS) said no: to the
         // guest this is the same wall, and it should hear about it the same way.
         tracing::debug!(%error, "memory growth failed below the cap");
@@ -439,5 +455,38 @@ impl tokio::io::AsyncWrite for GuestOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::MemoryLimiter;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_memory_cap_holds_for_all_of_an_instances_memories_together() {
+        let mut limiter = MemoryLimiter::new(16 * MIB);
+        // Two memories created at 6 MiB each, then each grown by 2 MiB: 16 MiB in all.
+        assert!(limiter.memory_growing(0, 6 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 6 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(6 * MIB, 8 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(6 * MIB, 8 * MIB, None).unwrap());
+        // Either growing further would pass the cap, though each alone is far below it.
+        assert!(limiter.memory_growing(8 * MIB, 9 * MIB, None).is_err());
+        assert!(
+            limiter.memory_growing(0, MIB, None).is_err(),
+            "nor may a third appear"
+        );
+    }
+
+    #[test]
+    fn a_growth_the_allocator_failed_is_not_counted() {
+        let mut limiter = MemoryLimiter::new(16 * MIB);
+        assert!(limiter.memory_growing(0, 10 * MIB, None).unwrap());
+        let _ = limiter.memory_grow_failed(wasmtime::Error::msg("no room"));
+        assert!(limiter.memory_growing(0, 16 * MIB, None).unwrap());
     }
 }
