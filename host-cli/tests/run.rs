@@ -94,10 +94,12 @@ impl Courier {
     }
 
     fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a pid we spawned and still own (the child is not reaped).
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM was sent");
+        // The child is ours and not yet reaped, so its pid is still its own.
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM was sent");
     }
 
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
