@@ -154,7 +154,7 @@ async fn a_flood_of_large_messages_to_a_slow_component_stays_within_its_byte_bud
     let before = resident_bytes();
     // 150 messages of 4 MiB: 600 MiB, were they all queued. (Each is copied out of the
     // guest by code built at the test profile's opt-level, so a larger flood is slow.)
-    let reply = ask_as(&setup.broker, "flooder", "flood-big:slow:150:4194304").await;
+    let reply = ask_as(&setup.broker, "flooder", "flood:slow:150:4194304").await;
     let grown = resident_bytes().saturating_sub(before);
     println!(
         "flood of 150 x 4 MiB: {reply}; resident memory grew by {} MiB",

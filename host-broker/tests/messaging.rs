@@ -284,15 +284,7 @@ async fn dropping_the_broker_leaves_no_task_behind() {
     // The actors end when their mailboxes close, and the broker's own timer task when it
     // next finds the broker gone.
     drop(setup);
-    let deadline = std::time::Instant::now() + 10 * crate::common::SECOND;
-    while runtime.num_alive_tasks() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} tasks still alive",
-            runtime.num_alive_tasks()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    every_task_ends(&runtime).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,15 +311,7 @@ async fn dropping_the_broker_ends_actors_that_messaged_each_other_and_themselves
     // Each actor has routed to the other's mailbox and to its own: neither may keep a
     // mailbox (and so an actor and its instance) alive once the broker is gone.
     drop(setup);
-    let deadline = std::time::Instant::now() + 10 * crate::common::SECOND;
-    while runtime.num_alive_tasks() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} tasks still alive",
-            runtime.num_alive_tasks()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    every_task_ends(&runtime).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,4 +395,17 @@ async fn spawn_returns_a_handle_that_follows_its_one_component() {
     ));
     assert_eq!(again.state(), ComponentState::Running);
     assert_eq!(setup.broker.state("counter"), Some(ComponentState::Running));
+}
+
+/// Waits until no task is left on the runtime, or fails after ten seconds.
+async fn every_task_ends(runtime: &tokio::runtime::RuntimeMetrics) {
+    let deadline = std::time::Instant::now() + 10 * crate::common::SECOND;
+    while runtime.num_alive_tasks() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} tasks still alive",
+            runtime.num_alive_tasks()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -14,9 +14,8 @@
 //! - `send:<target>[:<payload>]`, `request:<target>[:<payload>]`, `publish:<topic>`: one
 //!   messaging call; the reply is `ok`, the request's reply, the count reached, or
 //!   `err: <error>` (the payload defaults to `hi`);
-//! - `flood:<target>:<n>`: send `n` messages as fast as possible; the reply is
-//!   `sent=<s> refused=<r> first_error=<e>`;
-//! - `flood-big:<target>:<n>:<bytes>`: the same with messages of `bytes` bytes each;
+//! - `flood:<target>:<n>[:<bytes>]`: send `n` messages as fast as possible (their sequence
+//!   numbers, or `bytes` bytes each); the reply is `sent=<s> refused=<r> first_error=<e>`;
 //! - `big:<bytes>`: a reply of that many bytes.
 //!
 //! Commands that try the host's bounds on what a guest chooses:
@@ -84,7 +83,6 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
             outcome(courier_sdk::publish(argument, b"hi").map(|n| n.to_string().into_bytes()))
         }
         "flood" => flood(argument)?.into_bytes(),
-        "flood-big" => flood_big(argument)?.into_bytes(),
         "big" => vec![b'x'; number(argument)? as usize],
         "fail" => {
             let text = "x".repeat(number(argument)? as usize);
@@ -151,38 +149,20 @@ fn outcome(result: Result<Vec<u8>, MessagingError>) -> Vec<u8> {
     result.unwrap_or_else(|e| format!("err: {e:?}").into_bytes())
 }
 
-fn flood_big(argument: &str) -> Result<String, HandlerError> {
-    let mut parts = argument.splitn(3, ':');
-    let (Some(target), Some(n), Some(bytes)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(HandlerError::invalid(
-            "flood-big needs <target>:<n>:<bytes>",
-        ));
-    };
-    let payload = vec![7u8; number(bytes)? as usize];
-    let (mut sent, mut refused, mut first_error) = (0u64, 0u64, None);
-    for _ in 0..number(n)? {
-        match courier_sdk::send(target, &payload) {
-            Ok(()) => sent += 1,
-            Err(e) => {
-                refused += 1;
-                first_error.get_or_insert_with(|| format!("{e:?}"));
-            }
-        }
-    }
-    Ok(format!(
-        "sent={sent} refused={refused} first_error={}",
-        first_error.unwrap_or_default()
-    ))
-}
-
+/// `<target>:<n>[:<bytes>]`: `n` messages of `bytes` bytes each, or of their 8-byte
+/// sequence numbers.
 fn flood(argument: &str) -> Result<String, HandlerError> {
-    let (target, n) = argument
-        .split_once(':')
-        .ok_or_else(|| HandlerError::invalid("flood needs <target>:<n>"))?;
-    let n = number(n)?;
+    let mut parts = argument.splitn(3, ':');
+    let (Some(target), Some(n)) = (parts.next(), parts.next()) else {
+        return Err(HandlerError::invalid("flood needs <target>:<n>[:<bytes>]"));
+    };
+    let big = parts.next().map(number).transpose()?;
+    let big = big.map(|bytes| vec![7u8; bytes as usize]);
     let (mut sent, mut refused, mut first_error) = (0u64, 0u64, None);
-    for i in 0..n {
-        match courier_sdk::send(target, i.to_le_bytes()) {
+    for i in 0..number(n)? {
+        let sequence = i.to_le_bytes();
+        let payload = big.as_deref().unwrap_or(&sequence);
+        match courier_sdk::send(target, payload) {
             Ok(()) => sent += 1,
             Err(e) => {
                 refused += 1;
