@@ -42,6 +42,9 @@ pub(crate) struct Actor {
     /// The message being handled, kept here rather than in the call so that it is still
     /// on hand to dead-letter if the call never comes back.
     pub(crate) current: Option<Envelope>,
+    /// Payload bytes of the messages of this batch taken so far, still charged to the
+    /// budgets until the batch is done.
+    pub(crate) handled_bytes: u64,
 }
 
 /// Why the actor's loop ended, if it ended by itself.
@@ -124,6 +127,13 @@ impl Actor {
     /// actor is stopping. `None` when there is nothing more to handle.
     async fn next(&mut self, stopping: bool) -> Option<Envelope> {
         if self.batch.is_empty() {
+            // The batch is handled: its bytes leave the budget together, one atomic update
+            // (on counters the senders share) per batch rather than per message.
+            release(
+                &self.shared,
+                &self.counters,
+                std::mem::take(&mut self.handled_bytes),
+            );
             if stopping || self.mailbox.recv_many(&mut self.batch, BATCH).await == 0 {
                 return None;
             }
@@ -132,8 +142,7 @@ impl Actor {
             self.batch.reverse();
         }
         let envelope = self.batch.pop()?;
-        // Its bytes leave the budget as its handling begins.
-        self.release(&envelope);
+        self.handled_bytes += envelope.payload().len() as u64;
         Some(envelope)
     }
 
@@ -158,6 +167,11 @@ impl Actor {
             tracing::error!(component = %self.shared.id, %reason, "component failed: it takes no more messages until it is removed or restarted");
         }
         self.mailbox.close();
+        release(
+            &self.shared,
+            &self.counters,
+            std::mem::take(&mut self.handled_bytes),
+        );
         if let Some(envelope) = self.current.take() {
             self.refuse_after_end(envelope, &end);
         }
@@ -459,6 +473,7 @@ mod tests {
             history: RestartHistory::new(),
             batch: Vec::new(),
             current: None,
+            handled_bytes: 0,
         };
         actor.run().await;
 

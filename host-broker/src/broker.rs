@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
 use tokio::sync::mpsc;
 
@@ -307,6 +308,7 @@ impl Broker {
             history: RestartHistory::new(),
             batch: Vec::new(),
             current: None,
+            handled_bytes: 0,
         };
         let task = tokio::spawn(actor.run());
         *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
@@ -398,7 +400,10 @@ impl Broker {
 
     /// Send a fire-and-forget message from the host (sender [`HOST_SENDER`]). A message
     /// the broker does not queue comes back in the error, so the caller can retry it.
-    pub fn send(&self, target: &str, payload: Vec<u8>) -> Result<(), SendError> {
+    ///
+    /// The payload is anything that becomes [`Bytes`] (a `Vec<u8>`, a `String`, `Bytes`
+    /// itself) without a copy: it is copied once, into the target's memory.
+    pub fn send(&self, target: &str, payload: impl Into<Bytes>) -> Result<(), SendError> {
         self.send_as(&ComponentId::from(HOST_SENDER), target, payload)
     }
 
@@ -408,7 +413,7 @@ impl Broker {
         &self,
         sender: &ComponentId,
         target: &str,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
     ) -> Result<(), SendError> {
         let envelope = Envelope::Message {
             sender: sender.clone(),
@@ -424,7 +429,7 @@ impl Broker {
     pub async fn send_waiting(
         &self,
         target: &str,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
         wait: Duration,
     ) -> Result<(), SendError> {
         let envelope = Envelope::Message {
@@ -441,19 +446,20 @@ impl Broker {
     pub async fn request(
         &self,
         target: &str,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Vec<u8>, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
         self.router()
-            .request(&sender, target, payload, timeout, Access::Host)
+            .request(&sender, target, payload.into(), timeout, Access::Host)
             .await
     }
 
     /// Publish from the host to every subscriber of `topic`; returns how many it reached.
-    pub fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<u32, MessagingError> {
+    pub fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<u32, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
-        self.router().publish(&sender, topic, payload, Access::Host)
+        self.router()
+            .publish(&sender, topic, payload.into(), Access::Host)
     }
 
     /// The most recent dead letters, oldest first.

@@ -1,6 +1,7 @@
 //! Errors of the broker's own API (spawning, stopping). Errors of sending are the WIT
 //! `messaging-error`, the same a guest sees.
 
+use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
 
 use crate::broker::HOST_SENDER;
@@ -58,9 +59,9 @@ pub enum BrokerError {
 ///
 /// ```no_run
 /// # fn run(broker: courier_host_broker::Broker) {
-/// use courier_host_broker::MessagingError;
+/// use courier_host_broker::{Bytes, MessagingError};
 ///
-/// let mut payload = b"tick".to_vec();
+/// let mut payload = Bytes::from_static(b"tick");
 /// loop {
 ///     match broker.send("counter", payload) {
 ///         Ok(()) => break,
@@ -76,7 +77,7 @@ pub enum BrokerError {
 #[derive(Debug)]
 pub struct SendError {
     error: MessagingError,
-    payload: Vec<u8>,
+    payload: Bytes,
 }
 
 impl SendError {
@@ -91,7 +92,7 @@ impl SendError {
     }
 
     /// The payload that was not sent, to send again.
-    pub fn into_payload(self) -> Vec<u8> {
+    pub fn into_payload(self) -> Bytes {
         self.payload
     }
 

@@ -64,6 +64,10 @@ pub use supervisor::{RestartPolicy, Supervision};
 
 pub use courier_host_core::{ComponentError, ComponentId, MessagingError};
 
+/// The payload type of the host's sends: cheap to clone and to share, so a payload is
+/// copied once, into the target.
+pub use bytes::Bytes;
+
 /// What a typical integrator imports.
 pub mod prelude {
     pub use crate::{

@@ -43,14 +43,11 @@ impl Envelope {
         }
     }
 
-    /// The payload itself, given back to a sender whose message was refused (without a
-    /// copy: a refused payload is not shared).
-    pub(crate) fn into_payload(self) -> Vec<u8> {
+    /// The payload itself, given back to a sender whose message was refused.
+    pub(crate) fn into_payload(self) -> Bytes {
         match self {
-            Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => {
-                Vec::from(payload)
-            }
-            Envelope::Stop => Vec::new(),
+            Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
+            Envelope::Stop => Bytes::new(),
         }
     }
 }

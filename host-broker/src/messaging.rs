@@ -95,7 +95,7 @@ impl Messaging for ActorMessaging {
         let target = target.to_string();
         Box::pin(async move {
             router?
-                .request(&sender, &target, request, timeout, access)
+                .request(&sender, &target, request.into(), timeout, access)
                 .await
         })
     }
@@ -107,7 +107,9 @@ impl Messaging for ActorMessaging {
         message: Vec<u8>,
     ) -> Result<u32, MessagingError> {
         let access = Access::of_component(self.capabilities.may_publish(topic));
-        let published = self.router()?.publish(sender, topic, message, access);
+        let published = self
+            .router()?
+            .publish(sender, topic, message.into(), access);
         self.denied(sender, "publish on", published)
     }
 }

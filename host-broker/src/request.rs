@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use courier_host_core::{ComponentError, ComponentId, MessagingError};
 use tokio::sync::oneshot;
 
@@ -31,7 +32,7 @@ impl Router {
         &self,
         sender: &ComponentId,
         target: &str,
-        payload: Vec<u8>,
+        payload: Bytes,
         timeout: Duration,
         access: Access,
     ) -> Result<Vec<u8>, MessagingError> {
@@ -45,7 +46,7 @@ impl Router {
         }
         let envelope = Envelope::Request {
             sender: sender.clone(),
-            payload: payload.into(),
+            payload,
             reply,
             expires: Instant::now() + timeout,
         };

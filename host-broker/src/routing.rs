@@ -296,7 +296,7 @@ impl Router {
         &self,
         sender: &ComponentId,
         topic: &str,
-        payload: Vec<u8>,
+        payload: Bytes,
         access: Access,
     ) -> Result<u32, MessagingError> {
         self.check_sender(topic, payload.len(), access)?;
@@ -304,7 +304,6 @@ impl Router {
         let mut reached = 0;
         // One payload for every subscriber: a publication to a hundred components holds its
         // bytes once, not a hundred times.
-        let payload = Bytes::from(payload);
         for entry in &subscribers {
             bump(&self.counters.sent);
             let envelope = Envelope::Message {

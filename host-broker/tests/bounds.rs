@@ -136,11 +136,14 @@ fn resident_bytes() -> u64 {
 async fn a_flood_of_large_messages_to_a_slow_component_stays_within_its_byte_budget() {
     const MIB: u64 = 1 << 20;
     let setup = Setup::new();
-    // Room for a thousand messages by count, so only the byte budget (64 MiB by default)
-    // can stop the flood; and busy for all of it.
+    // Room for a thousand messages by count, so only the byte budget can stop the flood;
+    // and busy for all of it.
+    // Room for sixteen messages of 4 MiB beside the command it is busy with (whose bytes
+    // stay charged until it is handled).
     let slow = setup
         .spec("slow", "hostile")
         .mailbox_capacity(1000)
+        .mailbox_bytes(16 * 4 * MIB + 1024)
         .deadline(60 * SECOND);
     setup.spawn(slow).await;
     let flooder = setup
@@ -186,7 +189,8 @@ async fn the_broker_wide_byte_budget_holds_across_mailboxes() {
     let engine = engine();
     let broker = Broker::with_config(
         engine.clone(),
-        BrokerConfig::default().max_queued_bytes(3000),
+        // Three messages of 1000 bytes, and the two commands the components are busy with.
+        BrokerConfig::default().max_queued_bytes(3100),
     );
     let hostile = load(&engine, "hostile");
     for id in ["a", "b"] {
@@ -200,7 +204,7 @@ async fn the_broker_wide_byte_budget_holds_across_mailboxes() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    // Each mailbox has room for 64 MiB; the broker for 3000 bytes in all of them.
+    // Each mailbox has room for 64 MiB; the broker for 3100 bytes in all of them.
     let outcomes: Vec<bool> = (0..6)
         .map(|i| {
             let target = if i % 2 == 0 { "a" } else { "b" };

@@ -135,7 +135,7 @@ async fn a_full_mailbox_refuses_the_sender_at_once_and_gives_the_payload_back() 
         matches!(refused.error(), MessagingError::MailboxFull(id) if id == "looper"),
         "{refused:?}"
     );
-    assert_eq!(refused.into_payload(), [3; 3]);
+    assert_eq!(refused.into_payload(), &[3u8; 3][..]);
 
     // The waiting send gives its payload back too when the wait runs out.
     let refused = setup

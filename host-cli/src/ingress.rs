@@ -350,10 +350,11 @@ fn payload_too_large(limit: u64) -> ApiError {
     )
 }
 
-/// The body, or the error that says why it could not be read.
-fn body(body: Result<Bytes, BytesRejection>, max_payload: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, or the error that says why it could not be read. It is handed to the broker as
+/// it is, without a copy.
+fn body(body: Result<Bytes, BytesRejection>, max_payload: usize) -> Result<Bytes, ApiError> {
     match body {
-        Ok(bytes) => Ok(bytes.to_vec()),
+        Ok(bytes) => Ok(bytes),
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(payload_too_large(max_payload as u64))
         }
