@@ -15,7 +15,7 @@ use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState};
-use crate::routing::release;
+use crate::routing::{Router, release};
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
 use crate::text::bounded_text;
 
@@ -66,6 +66,33 @@ impl End {
 }
 
 impl Actor {
+    /// The actor of one component: its shared state, the broker's books (from `router`), how
+    /// to make and limit its instance, the first instance, and its mailbox.
+    pub(crate) fn new(
+        shared: Arc<ActorShared>,
+        router: &Router,
+        component: Component,
+        options: InstanceOptions,
+        supervision: Supervision,
+        instance: Instance,
+        mailbox: mpsc::Receiver<Envelope>,
+    ) -> Actor {
+        Actor {
+            shared,
+            counters: router.counters.clone(),
+            dead_letters: router.dead_letters.clone(),
+            component,
+            options,
+            supervision,
+            instance: Some(instance),
+            mailbox,
+            history: RestartHistory::new(),
+            batch: Vec::new(),
+            current: None,
+            handled_bytes: 0,
+        }
+    }
+
     /// Serve the mailbox until the actor ends, then account for everything left in it.
     ///
     /// A panic in the host while serving (a bug, never a guest's doing: guest faults are
@@ -458,26 +485,23 @@ mod tests {
         // The bytes the three messages would have been charged on their way in.
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;
         shared.queued_bytes.store(queued, Ordering::Relaxed);
-        let counters = Arc::new(BrokerCounters::default());
-        counters.queued_bytes.store(queued, Ordering::Relaxed);
-        let dead_letters = Arc::new(DeadLetters::new(10));
-        let actor = Actor {
-            shared: shared.clone(),
-            counters: counters.clone(),
-            dead_letters: dead_letters.clone(),
-            component: hostile,
+        let router = Router::new(crate::broker::BrokerConfig::default());
+        router
+            .counters
+            .queued_bytes
+            .store(queued, Ordering::Relaxed);
+        let actor = Actor::new(
+            shared.clone(),
+            &router,
+            hostile,
             options,
-            supervision: Supervision::new(RestartPolicy::Temporary),
-            instance: Some(instance),
-            mailbox: receiver,
-            history: RestartHistory::new(),
-            batch: Vec::new(),
-            current: None,
-            handled_bytes: 0,
-        };
+            Supervision::new(RestartPolicy::Temporary),
+            instance,
+            receiver,
+        );
         actor.run().await;
 
-        let letters = dead_letters.recent();
+        let letters = router.dead_letters.recent();
         let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();
         assert_eq!(payloads, [&b"panic"[..], b"count", b"count"]);
         assert!(matches!(
@@ -490,6 +514,6 @@ mod tests {
             0,
             "all released"
         );
-        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(router.counters.queued_bytes.load(Ordering::Relaxed), 0);
     }
 }

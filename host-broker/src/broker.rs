@@ -20,7 +20,6 @@ use crate::metrics::{Accounting, LatencySummary};
 use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::routing::{Access, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
-use crate::supervisor::RestartHistory;
 
 /// The sender id of messages the host sends without naming another. No component may
 /// take it as its id.
@@ -296,20 +295,15 @@ impl Broker {
             // Shutdown began while the instance was being made: it must not start.
             Insert::Closed => return Err(BrokerError::ShuttingDown),
         }
-        let actor = Actor {
-            shared: shared.clone(),
-            counters: router.counters.clone(),
-            dead_letters: router.dead_letters.clone(),
+        let actor = Actor::new(
+            shared.clone(),
+            router,
             component,
             options,
             supervision,
-            instance: Some(instance),
-            mailbox: receiver,
-            history: RestartHistory::new(),
-            batch: Vec::new(),
-            current: None,
-            handled_bytes: 0,
-        };
+            instance,
+            receiver,
+        );
         let task = tokio::spawn(actor.run());
         *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
