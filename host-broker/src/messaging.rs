@@ -8,7 +8,7 @@ use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError};
 
 use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
-use crate::routing::{Access, MAX_NAME_BYTES, RouteCache, Router};
+use crate::routing::{Access, RouteCache, Router};
 
 /// The messaging of one spawned component: its capabilities, and a way back to the
 /// broker's router that does not keep it alive, so dropping the broker ends every actor.
@@ -42,19 +42,24 @@ impl ActorMessaging {
         action: &str,
         result: Result<T, MessagingError>,
     ) -> Result<T, MessagingError> {
-        if let Err(MessagingError::AccessDenied(name)) = &result {
-            self.log_denial(sender, action, name);
-        }
+        log_denial(&self.denials, sender, action, &result);
         result
     }
+}
 
-    /// Log that `sender` was denied `action` on `name` (at most `MAX_NAME_BYTES` long, since
-    /// longer names are refused first), within the budget.
-    fn log_denial(&self, sender: &ComponentId, action: &str, name: &str) {
-        if let Some(suppressed) = self.denials.admit() {
-            let name = escape(name);
-            tracing::warn!(%sender, target = %name, suppressed, "access denied: {action}");
-        }
+/// Log that `sender` was denied `action`, if `result` says so, within `denials`. The name in
+/// a denial is at most `MAX_NAME_BYTES` long: longer names are refused before capabilities.
+fn log_denial<T>(
+    denials: &LineBudget,
+    sender: &ComponentId,
+    action: &str,
+    result: &Result<T, MessagingError>,
+) {
+    if let Err(MessagingError::AccessDenied(name)) = result
+        && let Some(suppressed) = denials.admit()
+    {
+        let name = escape(name);
+        tracing::warn!(%sender, target = %name, suppressed, "access denied: {action}");
     }
 }
 
@@ -86,17 +91,18 @@ impl Messaging for ActorMessaging {
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         let router = self.router();
         let access = Access::of_component(self.capabilities.may_request(target));
-        // The router refuses it before anything waits; the denial is logged here, where the
-        // budget is (a name too long to be an id is refused as not found instead).
-        if access == Access::Denied && target.len() <= MAX_NAME_BYTES {
-            self.log_denial(sender, "request from", target);
-        }
+        // Only a denied request can come back denied; the others need no budget.
+        let denials = (access == Access::Denied).then(|| self.denials.clone());
         let sender = sender.clone();
         let target = target.to_string();
         Box::pin(async move {
-            router?
+            let answer = router?
                 .request(&sender, &target, request.into(), timeout, access)
-                .await
+                .await;
+            if let Some(denials) = &denials {
+                log_denial(denials, &sender, "request from", &answer);
+            }
+            answer
         })
     }
 

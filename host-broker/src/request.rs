@@ -36,7 +36,6 @@ impl Router {
         timeout: Duration,
         access: Access,
     ) -> Result<Vec<u8>, MessagingError> {
-        let (reply, answer) = oneshot::channel();
         if timeout.is_zero() {
             // Nobody would wait for the reply: refused now rather than queued and
             // dead-lettered later.
@@ -44,6 +43,7 @@ impl Router {
             self.refused(self.registry.get(target).as_deref());
             return Err(MessagingError::Timeout);
         }
+        let (reply, answer) = oneshot::channel();
         let envelope = Envelope::Request {
             sender: sender.clone(),
             payload,
