@@ -3,8 +3,12 @@
 //! `cargo xtask build-guests` builds `guest-examples/` for `wasm32-wasip2` and puts each
 //! component at `target/guests/NAME.wasm`. A test that runs before that happens fails here
 //! with a message that says what to run, rather than with a bare file-not-found.
+//!
+//! [`nats`] starts real nats-server processes on loopback for the multi-host tests.
 
 use std::path::PathBuf;
+
+pub mod nats;
 
 /// The folder `cargo xtask build-guests` fills.
 pub fn guests_dir() -> PathBuf {

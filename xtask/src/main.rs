@@ -10,6 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod nats;
+
 /// The target every guest component is built for.
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
@@ -31,7 +33,7 @@ Usage: cargo xtask <task>
 Tasks:
   build-guests  build the guest components for wasm32-wasip2 into target/guests/
   test-all      build-guests, then fmt and clippy on both workspaces, compile the benchmarks,
-                then cargo test
+                then cargo test (with nats-server, found or installed as `nats-server` does)
   run           build-guests, then serve examples/courier.toml with the `courier` runner
                 (ping, pong and echo behind an HTTP ingress on 127.0.0.1:8080; Ctrl-C stops)
   demo          build-guests, then run the host-core and broker demos, which end by themselves
@@ -42,6 +44,9 @@ Tasks:
   fuzz          run each fuzz target in fuzz/ for 30 seconds from its seed corpus (cargo-fuzz on
                 the nightly toolchain, both installed if missing); fails on a crash. `fuzz
                 codec_decode` runs one target; arguments after `--` go to libFuzzer
+  nats-server   find nats-server for the multi-host tests ($NATS_SERVER_BIN, PATH, or a copy
+                installed earlier in target/nats-server/), installing it if there is none
+                (apt-get as root or with sudo, else pip); prints its path
   help          print this message
 ";
 
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         "demo" => demo(),
         "bench" => bench(&[]),
         "fuzz" => fuzz(&[]),
+        "nats-server" => nats::ensure_nats_server().map(|path| println!("{}", path.display())),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -143,8 +149,11 @@ fn build_guests() -> TaskResult {
 
 /// Builds the guests, then checks formatting and lints on both workspaces, compiles the
 /// benchmarks (without running them) and runs every test, stopping at the first step that fails.
+/// The multi-host tests start real nats-server processes: the one that
+/// [`nats::ensure_nats_server`] finds or installs first, passed on in `NATS_SERVER_BIN`.
 fn test_all() -> TaskResult {
     build_guests()?;
+    let nats_server = nats::ensure_nats_server()?;
 
     let mut guest_fmt = cargo(["fmt", "--all", "--check"]);
     guest_fmt.args(["--manifest-path", GUEST_MANIFEST]);
@@ -194,7 +203,11 @@ fn test_all() -> TaskResult {
                 "*",
             ]),
         ),
-        ("cargo test (host)", cargo(["test", "--workspace"])),
+        ("cargo test (host)", {
+            let mut test = cargo(["test", "--workspace"]);
+            test.env(nats::NATS_SERVER_BIN_ENV, &nats_server);
+            test
+        }),
     ];
     // Building the guests is the first step.
     let steps = checks.len() + 1;
