@@ -480,6 +480,7 @@ mod tests {
         let shared = Arc::new(ActorShared::new(
             "bad".into(),
             Capabilities::none(),
+            crate::remote::Exposure::Local,
             1 << 20,
         ));
         // The bytes the three messages would have been charged on their way in.

@@ -18,6 +18,7 @@ use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
 use crate::metrics::{Accounting, LatencySummary};
 use crate::registry::{ActorShared, ComponentState, Entry, Insert};
+use crate::remote::{Remote, RemoteAnswer, Served};
 use crate::routing::{Access, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
 
@@ -129,6 +130,20 @@ pub struct Broker {
     inner: Arc<BrokerInner>,
 }
 
+/// A [`Broker`] held without keeping it alive: for what a broker itself holds (such as
+/// its [`Remote`]), which would otherwise keep it alive in a cycle.
+#[derive(Clone, Debug)]
+pub struct WeakBroker {
+    inner: Weak<BrokerInner>,
+}
+
+impl WeakBroker {
+    /// The broker, if it is still there.
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.inner.upgrade().map(|inner| Broker { inner })
+    }
+}
+
 pub(crate) struct BrokerInner {
     engine: courier_host_core::Engine,
     /// The only strong reference: actors reach it weakly, so it goes with the broker.
@@ -206,9 +221,16 @@ impl Broker {
         Broker {
             inner: Arc::new(BrokerInner {
                 engine,
-                router: Arc::new(Router::new(config)),
+                router: Router::new(config),
                 keepalive_started: AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// A handle that does not keep the broker alive.
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker {
+            inner: Arc::downgrade(&self.inner),
         }
     }
 
@@ -233,6 +255,7 @@ impl Broker {
             id,
             component,
             capabilities,
+            exposure,
             mailbox_capacity,
             mailbox_bytes,
             deadline,
@@ -266,6 +289,7 @@ impl Broker {
         let shared = Arc::new(ActorShared::new(
             id.clone(),
             capabilities.clone(),
+            exposure,
             mailbox_bytes,
         ));
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
@@ -308,6 +332,17 @@ impl Broker {
         *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(keep_timer_armed(Arc::downgrade(&self.inner)));
+        }
+        if let Some(remote) = router.remote.get()
+            && let Some(served) = served_of(&shared)
+            && let Err(reason) = remote.serve(served).await
+        {
+            // It ran for a moment; whatever reached it meanwhile is handled or accounted.
+            let _ = self.stop_instance(&shared).await;
+            return Err(BrokerError::Remote {
+                component: id,
+                reason,
+            });
         }
         tracing::info!(component = %id, "spawned");
         Ok(ComponentHandle::new(shared, Arc::downgrade(&self.inner)))
@@ -353,6 +388,13 @@ impl Broker {
     }
 
     async fn stop_entries(&self, entries: Vec<Arc<Entry>>) -> ShutdownReport {
+        if let Some(remote) = self.router().remote.get() {
+            for entry in &entries {
+                if served_of(&entry.shared).is_some() {
+                    remote.withdraw(&entry.shared.id);
+                }
+            }
+        }
         let dead_letters = &self.router().dead_letters;
         let dead_before = dead_letters.total();
         let delivered = |entries: &[Arc<Entry>]| -> u64 {
@@ -456,6 +498,60 @@ impl Broker {
             .publish(&sender, topic, payload.into(), Access::Host)
     }
 
+    /// Attach the way to other hosts: from now on a target not registered here goes to
+    /// `remote`, and every component spawned is offered to it ([`Remote::serve`]), as are
+    /// the ones already running, which this returns for the remote to serve.
+    ///
+    /// A broker has at most one remote; a second is refused and handed back.
+    pub fn attach_remote(&self, remote: Arc<dyn Remote>) -> Result<Vec<Served>, Arc<dyn Remote>> {
+        self.router().remote.set(remote)?;
+        Ok(self
+            .router()
+            .registry
+            .all()
+            .iter()
+            .filter_map(|entry| served_of(&entry.shared))
+            .collect())
+    }
+
+    /// Queue a message that came from another host for `target`, with the sender id its
+    /// host stamped. Refused (and counted so) like a local send, and with
+    /// `target-not-found` for a component that is not exposed to other hosts.
+    pub fn accept_message(
+        &self,
+        sender: ComponentId,
+        target: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), MessagingError> {
+        self.router().accept_message(sender, target, payload.into())
+    }
+
+    /// Queue a request that came from another host for `target`, whose sender waits at most
+    /// `timeout`; the returned future is its answer. A request still queued when `timeout`
+    /// has passed is dead-lettered, not handled.
+    pub fn accept_request(
+        &self,
+        sender: ComponentId,
+        target: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<RemoteAnswer, MessagingError> {
+        self.router()
+            .accept_request(sender, target, payload.into(), timeout)
+    }
+
+    /// Deliver a publication that came from another host to this host's subscribers of
+    /// `topic`; returns how many it reached. Each copy counts as arrived here.
+    pub fn accept_publication(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> u32 {
+        self.router()
+            .accept_publication(sender, topic, payload.into())
+    }
+
     /// The most recent dead letters, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.router().dead_letters.recent()
@@ -523,6 +619,17 @@ impl Broker {
         let entry = self.router().registry.get(&shared.id)?;
         Arc::ptr_eq(&entry.shared, shared).then(|| entry.mailbox_depth())
     }
+}
+
+/// What a remote needs to know of a component, if anything: one that is exposed or
+/// subscribes to topics.
+fn served_of(shared: &ActorShared) -> Option<Served> {
+    let subscriptions = shared.capabilities.subscribe_patterns().to_vec();
+    (shared.exposure != crate::Exposure::Local || !subscriptions.is_empty()).then(|| Served {
+        id: shared.id.clone(),
+        exposure: shared.exposure,
+        subscriptions,
+    })
 }
 
 impl std::fmt::Debug for Broker {

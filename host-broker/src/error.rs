@@ -49,6 +49,15 @@ pub enum BrokerError {
     /// The broker is shutting down and starts nothing new.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The attached remote would not serve the component to other hosts (say, another
+    /// host already serves its id); the component was stopped again.
+    #[error("component `{component}` cannot be served to other hosts: {reason}")]
+    Remote {
+        /// The component.
+        component: ComponentId,
+        /// The remote's reason.
+        reason: String,
+    },
     /// The first instance could not be created.
     #[error(transparent)]
     Instantiate(#[from] courier_host_core::Error),

@@ -26,7 +26,8 @@
 //! `routing` takes a send from its checks to a mailbox, `request` waits for replies,
 //! `messaging` is what a guest's `messaging` imports call; `mailbox` is what travels,
 //! `registry` finds components, `actor` runs them, `supervisor` decides restarts,
-//! `capabilities` decides access, `dead_letter` and `metrics` keep the record.
+//! `capabilities` decides access, `dead_letter` and `metrics` keep the record; `remote` is
+//! the way to and from other hosts, for a lattice to implement ([`Remote`]).
 
 mod actor;
 mod broker;
@@ -38,6 +39,7 @@ mod mailbox;
 mod messaging;
 mod metrics;
 mod registry;
+mod remote;
 mod request;
 mod routing;
 mod spec;
@@ -46,7 +48,7 @@ mod text;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, HOST_SENDER,
-    MetricsSnapshot, ShutdownReport,
+    MetricsSnapshot, ShutdownReport, WeakBroker,
 };
 pub use capabilities::{Capabilities, Pattern, PatternError};
 pub use dead_letter::{
@@ -56,6 +58,7 @@ pub use error::{BrokerError, SendError, check_id};
 pub use handle::ComponentHandle;
 pub use metrics::{Accounting, LatencySummary};
 pub use registry::ComponentState;
+pub use remote::{Exposure, Remote, RemoteAnswer, RemoteMessage, RemoteRefusal, Served};
 pub use routing::MAX_NAME_BYTES;
 pub use spec::{
     ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY,

@@ -138,13 +138,19 @@ pub(crate) fn bump(counter: &AtomicU64) {
 
 /// Broker-wide message accounting.
 ///
-/// Once the broker is quiet (every mailbox empty), `sent == delivered + refused +
-/// dead_lettered`: no message is lost without a trace.
+/// Once the broker is quiet (every mailbox empty, every remote send acknowledged),
+/// `sent + arrived == delivered + refused + dead_lettered`: no message is lost without a
+/// trace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Accounting {
-    /// Messages and requests anyone tried to send (a publication counts once per subscriber).
+    /// Messages and requests anyone here tried to send (a publication counts once per
+    /// subscriber), to components here or on other hosts.
     pub sent: u64,
-    /// Handled by their target's handler (whether it answered `Ok` or an error).
+    /// Messages and requests that came from other hosts for components here (a publication
+    /// counts once per subscriber here). They end here like the ones sent here.
+    pub arrived: u64,
+    /// Handled by their target's handler (whether it answered `Ok` or an error); for a
+    /// message to another host, queued there (acknowledged by the serving host).
     pub delivered: u64,
     /// Refused to their sender at once with an error (unknown target, denied, mailbox
     /// full, too large, target failed, shutting down).
@@ -157,7 +163,7 @@ impl Accounting {
     /// Messages accepted and not yet delivered or dead-lettered (still in mailboxes or being
     /// handled).
     pub fn in_flight(&self) -> u64 {
-        self.sent
+        (self.sent + self.arrived)
             .saturating_sub(self.delivered + self.refused + self.dead_lettered)
     }
 }
@@ -179,6 +185,7 @@ impl std::ops::Deref for PaddedCounter {
 #[derive(Default)]
 pub(crate) struct BrokerCounters {
     pub(crate) sent: PaddedCounter,
+    pub(crate) arrived: PaddedCounter,
     pub(crate) delivered: PaddedCounter,
     pub(crate) refused: PaddedCounter,
     pub(crate) dead_lettered: PaddedCounter,
@@ -194,8 +201,10 @@ impl BrokerCounters {
         let refused = self.refused.load(Ordering::Acquire);
         let dead_lettered = self.dead_lettered.load(Ordering::Acquire);
         let sent = self.sent.load(Ordering::Acquire);
+        let arrived = self.arrived.load(Ordering::Acquire);
         Accounting {
             sent,
+            arrived,
             delivered,
             refused,
             dead_lettered,

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
 use crate::metrics::Metrics;
+use crate::remote::Exposure;
 
 /// Where a component is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,8 @@ impl ComponentState {
 pub(crate) struct ActorShared {
     pub(crate) id: ComponentId,
     pub(crate) capabilities: Capabilities,
+    /// Whether other hosts may reach it.
+    pub(crate) exposure: Exposure,
     pub(crate) metrics: Metrics,
     /// Payload bytes in its mailbox (and taken from it but not yet begun), and the most
     /// there may be.
@@ -65,10 +68,16 @@ pub(crate) struct ActorShared {
 }
 
 impl ActorShared {
-    pub(crate) fn new(id: ComponentId, capabilities: Capabilities, mailbox_bytes: u64) -> Self {
+    pub(crate) fn new(
+        id: ComponentId,
+        capabilities: Capabilities,
+        exposure: Exposure,
+        mailbox_bytes: u64,
+    ) -> Self {
         ActorShared {
             id,
             capabilities,
+            exposure,
             metrics: Metrics::new(),
             queued_bytes: AtomicU64::new(0),
             mailbox_bytes,

@@ -6,9 +6,10 @@ use bytes::Bytes;
 use courier_host_core::{ComponentError, ComponentId, MessagingError};
 use tokio::sync::oneshot;
 
+use crate::dead_letter::MessageKind;
 use crate::mailbox::Envelope;
 use crate::metrics::bump;
-use crate::routing::{Access, Router};
+use crate::routing::{Access, Router, Target};
 
 /// The length of a handler's error text.
 fn error_len(err: &ComponentError) -> usize {
@@ -43,6 +44,19 @@ impl Router {
             self.refused(self.registry.get(target).as_deref());
             return Err(MessagingError::Timeout);
         }
+        let entry = match self.admit_counted(target, payload.len(), access, None)? {
+            Target::Local(entry) => entry,
+            Target::Remote(remote) => {
+                // The remote is held to the timeout too: however it waits, the caller
+                // waits no longer than it asked.
+                let asked = remote.request(sender, target, payload.clone(), timeout);
+                let answer = tokio::time::timeout(timeout, asked)
+                    .await
+                    .unwrap_or(Err(MessagingError::Timeout));
+                let answer = self.remote_answer(sender, target, &payload, answer);
+                return self.held_to_limit(target, answer);
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let envelope = Envelope::Request {
             sender: sender.clone(),
@@ -50,8 +64,28 @@ impl Router {
             reply,
             expires: Instant::now() + timeout,
         };
-        self.route(target, envelope, access, None)
-            .map_err(|refused| refused.error)?;
+        self.enqueue(&entry, envelope).map_err(|refused| {
+            self.refused(Some(&entry));
+            refused.error
+        })?;
+        let answer = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            // The actor dropped the reply without answering: it ended while the request
+            // was queued. The request itself is in the dead-letter record.
+            Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
+                "component `{target}` ended before answering"
+            ))),
+            Err(_) => Err(MessagingError::Timeout),
+        };
+        self.held_to_limit(target, answer)
+    }
+
+    /// `answer`, unless it is a reply or an error text over the payload limit.
+    fn held_to_limit(
+        &self,
+        target: &str,
+        answer: Result<Vec<u8>, MessagingError>,
+    ) -> Result<Vec<u8>, MessagingError> {
         let limit = self.config.max_payload_bytes;
         // The request was fine and the handler ran; a reply over the limit is the target's
         // fault, so the requester hears it as the target's failure, not as
@@ -62,18 +96,39 @@ impl Router {
                 format!("component `{target}` {what} {len} bytes, over the limit of {limit} bytes"),
             )))
         };
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(Ok(reply))) if reply.len() > limit => over_limit("replied with", reply.len()),
-            Ok(Ok(Err(MessagingError::HandlerFailed(err)))) if error_len(&err) > limit => {
+        match answer {
+            Ok(reply) if reply.len() > limit => over_limit("replied with", reply.len()),
+            Err(MessagingError::HandlerFailed(err)) if error_len(&err) > limit => {
                 over_limit("answered with an error of", error_len(&err))
             }
-            Ok(Ok(answer)) => answer,
-            // The actor dropped the reply without answering: it ended while the request
-            // was queued. The request itself is in the dead-letter record.
-            Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
-                "component `{target}` ended before answering"
-            ))),
-            Err(_) => Err(MessagingError::Timeout),
+            answer => answer,
         }
+    }
+
+    /// Count the ending of a request another host answered (or did not): a reply or a
+    /// handler's error is delivered; a refusal is refused; no answer in time is
+    /// dead-lettered, since the request may have been handled.
+    fn remote_answer(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        payload: &[u8],
+        answer: Result<Vec<u8>, MessagingError>,
+    ) -> Result<Vec<u8>, MessagingError> {
+        match &answer {
+            Ok(_) | Err(MessagingError::HandlerFailed(_)) => bump(&self.counters.delivered),
+            Err(MessagingError::Timeout) => {
+                bump(&self.counters.dead_lettered);
+                self.dead_letters.record(
+                    sender.clone(),
+                    target.into(),
+                    MessageKind::Request,
+                    payload,
+                    "unconfirmed: no answer from another host before the timeout; it may have been handled",
+                );
+            }
+            Err(_) => bump(&self.counters.refused),
+        }
+        answer
     }
 }

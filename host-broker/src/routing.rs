@@ -18,6 +18,7 @@ use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState, Entry, Registry};
+use crate::remote::{Remote, RemoteMessage, RemoteRefusal, RemoteSlot};
 use crate::text::bounded;
 
 /// The longest id or topic, in bytes. An id is checked against it at spawn
@@ -80,6 +81,14 @@ impl RouteCache {
     }
 }
 
+/// Where an admitted send goes.
+pub(crate) enum Target {
+    /// A component registered here.
+    Local(Arc<Entry>),
+    /// Not registered here: the attached remote carries it to another host.
+    Remote(Arc<dyn Remote>),
+}
+
 /// The broker's routing state: the registry and what every send is counted in.
 pub(crate) struct Router {
     pub(crate) config: BrokerConfig,
@@ -87,17 +96,23 @@ pub(crate) struct Router {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) counters: Arc<BrokerCounters>,
     pub(crate) dead_letters: Arc<DeadLetters>,
+    /// Other hosts, once a lattice is attached.
+    pub(crate) remote: RemoteSlot,
+    /// This router, for the remote messages that end in its counters.
+    me: Weak<Router>,
 }
 
 impl Router {
-    pub(crate) fn new(config: BrokerConfig) -> Router {
-        Router {
+    pub(crate) fn new(config: BrokerConfig) -> Arc<Router> {
+        Arc::new_cyclic(|me| Router {
             dead_letters: Arc::new(DeadLetters::new(config.dead_letter_capacity)),
             config,
             registry: Registry::default(),
             shutting_down: AtomicBool::new(false),
             counters: Arc::default(),
-        }
+            remote: RemoteSlot::new(),
+            me: me.clone(),
+        })
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -138,29 +153,32 @@ impl Router {
 
     /// [`check_sender`](Self::check_sender), then the target's entry: from `cache` if it
     /// holds it, else from the registry. A target that has stopped or failed is refused.
+    /// One not registered here goes to the remote, if one is attached.
     fn admit(
         &self,
         target: &str,
         payload_len: usize,
         access: Access,
         cache: Option<&RouteCache>,
-    ) -> Result<Arc<Entry>, (MessagingError, Option<Arc<Entry>>)> {
+    ) -> Result<Target, (MessagingError, Option<Arc<Entry>>)> {
         self.check_sender(target, payload_len, access)
             .map_err(|err| (err, None))?;
         if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
-            return Ok(entry);
+            return Ok(Target::Local(entry));
         }
-        let entry = self
-            .registry
-            .get(target)
-            .ok_or_else(|| (MessagingError::TargetNotFound(target.to_string()), None))?;
+        let Some(entry) = self.registry.get(target) else {
+            return match self.remote.get() {
+                Some(remote) => Ok(Target::Remote(remote.clone())),
+                None => Err((MessagingError::TargetNotFound(target.to_string()), None)),
+            };
+        };
         if let Some(cache) = cache {
             cache.put(&entry);
         }
         if entry.shared.is_closed() {
             return Err((closed_error(&entry), Some(entry)));
         }
-        Ok(entry)
+        Ok(Target::Local(entry))
     }
 
     /// Charge `envelope`'s payload to the mailbox's byte budget and the broker's: a
@@ -235,6 +253,26 @@ impl Router {
         }
     }
 
+    /// Count a send of `len` bytes to `target` and run the checks; a refusal is counted,
+    /// against the target too when it is known.
+    pub(crate) fn admit_counted(
+        &self,
+        target: &str,
+        len: usize,
+        access: Access,
+        cache: Option<&RouteCache>,
+    ) -> Result<Target, MessagingError> {
+        bump(&self.counters.sent);
+        self.admit(target, len, access, cache)
+            .map_err(|(error, entry)| {
+                // A target refused before the registry was consulted (a denial, a payload
+                // too large) still counts it against the target, if there is one.
+                let entry = entry.or_else(|| self.registry.get(target));
+                self.refused(entry.as_deref());
+                error
+            })
+    }
+
     /// Count a send of `envelope` to `target` and run the checks; a refused envelope goes
     /// back with the reason.
     fn admit_envelope(
@@ -243,20 +281,35 @@ impl Router {
         envelope: Envelope,
         access: Access,
         cache: Option<&RouteCache>,
-    ) -> Result<(Arc<Entry>, Envelope), Refused> {
-        bump(&self.counters.sent);
-        let len = envelope.payload().len();
-        let admitted = self.admit(target, len, access, cache);
-        match admitted {
-            Ok(entry) => Ok((entry, envelope)),
-            Err((error, entry)) => {
-                // A target refused before the registry was consulted (a denial, a payload
-                // too large) still counts it against the target, if there is one.
-                let entry = entry.or_else(|| self.registry.get(target));
-                self.refused(entry.as_deref());
-                Err(Refused { error, envelope })
-            }
+    ) -> Result<(Target, Envelope), Refused> {
+        match self.admit_counted(target, envelope.payload().len(), access, cache) {
+            Ok(admitted) => Ok((admitted, envelope)),
+            Err(error) => Err(Refused { error, envelope }),
         }
+    }
+
+    /// Hand a message for `target` to the remote, which carries it to the host that serves
+    /// it: already counted sent, it ends through the [`RemoteMessage`].
+    fn route_remote(
+        &self,
+        remote: &dyn Remote,
+        target: &str,
+        envelope: Envelope,
+    ) -> Result<(), Refused> {
+        let Envelope::Message { sender, payload } = envelope else {
+            unreachable!("requests go to the remote through `Router::request`")
+        };
+        let message = RemoteMessage::new(self.me.clone(), sender, target.into(), payload);
+        remote
+            .send(message)
+            .map_err(|RemoteRefusal { error, message }| {
+                let envelope = Envelope::Message {
+                    sender: message.sender().clone(),
+                    payload: message.payload().clone(),
+                };
+                message.refused();
+                Refused { error, envelope }
+            })
     }
 
     /// Route `envelope` (a message or a request) to `target` if its mailbox has room now:
@@ -268,23 +321,30 @@ impl Router {
         access: Access,
         cache: Option<&RouteCache>,
     ) -> Result<(), Refused> {
-        let (entry, envelope) = self.admit_envelope(target, envelope, access, cache)?;
-        self.enqueue(&entry, envelope)
-            .inspect_err(|_| self.refused(Some(&entry)))
+        match self.admit_envelope(target, envelope, access, cache)? {
+            (Target::Local(entry), envelope) => self
+                .enqueue(&entry, envelope)
+                .inspect_err(|_| self.refused(Some(&entry))),
+            (Target::Remote(remote), envelope) => self.route_remote(&*remote, target, envelope),
+        }
     }
 
     /// [`route`](Self::route) for the host, waiting up to `wait` for room in a full
-    /// mailbox instead of refusing at once.
+    /// mailbox instead of refusing at once. A message for another host goes at once: the
+    /// wait is for room here.
     pub(crate) async fn route_waiting(
         &self,
         target: &str,
         envelope: Envelope,
         wait: Duration,
     ) -> Result<(), Refused> {
-        let (entry, envelope) = self.admit_envelope(target, envelope, Access::Host, None)?;
-        self.enqueue_waiting(&entry, envelope, wait)
-            .await
-            .inspect_err(|_| self.refused(Some(&entry)))
+        match self.admit_envelope(target, envelope, Access::Host, None)? {
+            (Target::Local(entry), envelope) => self
+                .enqueue_waiting(&entry, envelope, wait)
+                .await
+                .inspect_err(|_| self.refused(Some(&entry))),
+            (Target::Remote(remote), envelope) => self.route_remote(&*remote, target, envelope),
+        }
     }
 
     /// Deliver `payload` to every subscriber of `topic`; returns how many it reached.
@@ -300,12 +360,27 @@ impl Router {
         access: Access,
     ) -> Result<u32, MessagingError> {
         self.check_sender(topic, payload.len(), access)?;
+        if let Some(remote) = self.remote.get() {
+            remote.publish(sender, topic, payload.clone());
+        }
+        Ok(self.fan_out(sender, topic, payload, None))
+    }
+
+    /// Deliver `payload` to every subscriber of `topic` here; returns how many it reached.
+    /// `arrived` counts each copy that came from another host.
+    pub(crate) fn fan_out(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: Bytes,
+        arrived: Option<&crate::metrics::PaddedCounter>,
+    ) -> u32 {
         let subscribers = self.registry.subscribers(topic);
         let mut reached = 0;
         // One payload for every subscriber: a publication to a hundred components holds its
         // bytes once, not a hundred times.
         for entry in &subscribers {
-            bump(&self.counters.sent);
+            bump(arrived.unwrap_or(&self.counters.sent));
             let envelope = Envelope::Message {
                 sender: sender.clone(),
                 payload: payload.clone(),
@@ -333,7 +408,7 @@ impl Router {
                 }
             }
         }
-        Ok(reached)
+        reached
     }
 }
 

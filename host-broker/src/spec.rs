@@ -5,6 +5,7 @@ use std::time::Duration;
 use courier_host_core::{Component, ComponentId, DEFAULT_DEADLINE};
 
 use crate::capabilities::{Capabilities, Pattern};
+use crate::remote::Exposure;
 use crate::supervisor::Supervision;
 
 /// Default mailbox capacity: deep enough to absorb bursts, shallow enough that a stuck
@@ -42,6 +43,7 @@ pub struct ComponentSpec {
     pub(crate) id: ComponentId,
     pub(crate) component: Component,
     pub(crate) capabilities: Capabilities,
+    pub(crate) exposure: Exposure,
     pub(crate) mailbox_capacity: usize,
     pub(crate) mailbox_bytes: u64,
     pub(crate) deadline: Duration,
@@ -59,6 +61,7 @@ impl ComponentSpec {
             id: id.into(),
             component,
             capabilities: Capabilities::none(),
+            exposure: Exposure::Local,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             mailbox_bytes: DEFAULT_MAILBOX_BYTES,
             deadline: DEFAULT_DEADLINE,
@@ -97,6 +100,14 @@ impl ComponentSpec {
     /// Receive publications on topics matching `pattern`.
     pub fn subscribe(mut self, pattern: &str) -> Self {
         self.capabilities = self.capabilities.subscribe(Pattern::parse(pattern));
+        self
+    }
+
+    /// Whether components on other hosts of a lattice may reach it ([`Exposure::Local`],
+    /// only this host, by default). Senders on other hosts still need the capability for
+    /// its id on their own host.
+    pub fn expose(mut self, exposure: Exposure) -> Self {
+        self.exposure = exposure;
         self
     }
 
@@ -152,6 +163,11 @@ impl ComponentSpec {
     /// Its capabilities.
     pub fn get_capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// Whether other hosts may reach it.
+    pub fn get_exposure(&self) -> Exposure {
+        self.exposure
     }
 
     /// Its mailbox capacity.

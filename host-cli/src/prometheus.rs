@@ -268,6 +268,7 @@ mod tests {
             &[snapshot("echo")],
             &Accounting {
                 sent: 10,
+                arrived: 0,
                 delivered: 7,
                 refused: 2,
                 dead_lettered: 1,

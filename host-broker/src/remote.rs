@@ -1,0 +1,309 @@
+//! Other hosts: what a broker does with a target that is not registered here, and how
+//! messages from other hosts reach its mailboxes.
+//!
+//! The broker knows nothing of how hosts reach each other. A lattice (such as
+//! `courier-host-lattice`, over NATS) implements [`Remote`] and attaches itself with
+//! [`Broker::attach_remote`](crate::Broker::attach_remote); it hands what arrives from other
+//! hosts to [`Broker::accept_message`](crate::Broker::accept_message),
+//! [`Broker::accept_request`](crate::Broker::accept_request) and
+//! [`Broker::accept_publication`](crate::Broker::accept_publication). Without a remote, a
+//! target that is not registered here is `target-not-found`, as it always was.
+//!
+//! A send to another host passes every check a local one does (shutting down, capability,
+//! payload size) on the sending host, before the remote sees it. The accounting stays
+//! exact on each host: a remote send is counted `sent` here and ends, through its
+//! [`RemoteMessage`], delivered (the serving host queued it), refused (before it left), or
+//! dead-lettered with a reason; what arrives from other hosts is counted `arrived` on the
+//! host that receives it, and ends there like any local message.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_host_core::{BoxFuture, ComponentId, MessagingError};
+use tokio::sync::oneshot;
+
+use crate::capabilities::Pattern;
+use crate::dead_letter::MessageKind;
+use crate::mailbox::Envelope;
+use crate::metrics::bump;
+use crate::registry::Entry;
+use crate::routing::{MAX_NAME_BYTES, Router, closed_error};
+use crate::text::bounded;
+
+/// Whether other hosts may reach a component ([`ComponentSpec::expose`](crate::ComponentSpec::expose)).
+///
+/// Deny by default: a component is reachable only from its own host unless its spec says
+/// otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Exposure {
+    /// Only components and the host on this host reach it.
+    #[default]
+    Local,
+    /// Other hosts reach it too. Its id is served by this host alone: a lattice refuses to
+    /// serve an id another host already serves.
+    Lattice,
+    /// Other hosts reach it, and other hosts may serve the same id: each message goes to
+    /// one of them. Per-sender order is not kept across replicas.
+    Replicated,
+}
+
+/// A component as a lattice needs to know it: whether other hosts may reach it, and the
+/// topics it hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// Its id.
+    pub id: ComponentId,
+    /// Whether other hosts may reach it.
+    pub exposure: Exposure,
+    /// The topics it subscribes to.
+    pub subscriptions: Vec<Pattern>,
+}
+
+/// What carries messages to components on other hosts: the broker calls it for a target
+/// that is not registered here. Implemented by a lattice.
+///
+/// Every method is called after the sender passed this host's checks (capability, size,
+/// shutting down), so an implementation never sees what the sender may not send.
+pub trait Remote: Send + Sync + 'static {
+    /// Carry `message` to the host that serves its target, keeping the order of the
+    /// messages each sender sends to each target. Returns once the message is on its way;
+    /// it ends later through [`RemoteMessage::delivered`] or
+    /// [`RemoteMessage::dead_letter`]. A message refused before it leaves (too large for
+    /// the wire, nothing to carry it) comes back with the reason, and its sender hears it.
+    fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal>;
+
+    /// Ask the host that serves `target` and wait at most `timeout` for the reply.
+    fn request(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>>;
+
+    /// Offer a publication to the subscribers on other hosts. The publisher's count covers
+    /// this host's subscribers only; what other hosts do with it is theirs to count.
+    fn publish(&self, sender: &ComponentId, topic: &str, payload: Bytes);
+
+    /// A component was spawned here. The spawn waits for the answer; an error fails the
+    /// spawn with that reason (say, another host already serves the id).
+    fn serve(&self, served: Served) -> BoxFuture<'static, Result<(), String>>;
+
+    /// A component stopped here and no longer takes messages.
+    fn withdraw(&self, id: &ComponentId);
+}
+
+/// A remote send the [`Remote`] did not take, with the message, whose sender hears `error`.
+pub struct RemoteRefusal {
+    /// Why.
+    pub error: MessagingError,
+    /// The message, given back.
+    pub message: RemoteMessage,
+}
+
+/// A message on its way to another host, counted `sent` on this one until it ends: its
+/// carrier ends it with [`delivered`](Self::delivered) or
+/// [`dead_letter`](Self::dead_letter). One dropped without an ending is dead-lettered, so
+/// no path loses it without a record.
+pub struct RemoteMessage {
+    sender: ComponentId,
+    target: ComponentId,
+    payload: Bytes,
+    router: Weak<Router>,
+    /// Set once it has ended, so the drop does not end it again.
+    ended: AtomicBool,
+}
+
+impl RemoteMessage {
+    pub(crate) fn new(
+        router: Weak<Router>,
+        sender: ComponentId,
+        target: ComponentId,
+        payload: Bytes,
+    ) -> RemoteMessage {
+        RemoteMessage {
+            sender,
+            target,
+            payload,
+            router,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    /// Who sent it, as stamped by this host.
+    pub fn sender(&self) -> &ComponentId {
+        &self.sender
+    }
+
+    /// Whom it is for.
+    pub fn target(&self) -> &ComponentId {
+        &self.target
+    }
+
+    /// What it carries (cheap to clone).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The serving host has queued it: counted delivered here.
+    pub fn delivered(self) {
+        if let Some(router) = self.end() {
+            bump(&router.counters.delivered);
+        }
+    }
+
+    /// It will not be delivered, or may not have been: dead-lettered here with `reason`.
+    pub fn dead_letter(self, reason: &str) {
+        self.dead_letter_ref(reason);
+    }
+
+    /// Refused before it left: counted refused here; its sender is told by the caller.
+    pub(crate) fn refused(self) {
+        if let Some(router) = self.end() {
+            bump(&router.counters.refused);
+        }
+    }
+
+    fn dead_letter_ref(&self, reason: &str) {
+        if let Some(router) = self.end() {
+            bump(&router.counters.dead_lettered);
+            router.dead_letters.record(
+                self.sender.clone(),
+                self.target.clone(),
+                MessageKind::Message,
+                &self.payload,
+                reason,
+            );
+        }
+    }
+
+    /// Mark it ended, once; the router to count it in, if the broker is still there.
+    fn end(&self) -> Option<Arc<Router>> {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.router.upgrade()
+    }
+}
+
+impl Drop for RemoteMessage {
+    fn drop(&mut self) {
+        if !self.ended.load(Ordering::Acquire) {
+            self.dead_letter_ref("dropped on its way to another host without an outcome");
+        }
+    }
+}
+
+impl std::fmt::Debug for RemoteMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteMessage")
+            .field("sender", &self.sender)
+            .field("target", &self.target)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// The remote a router hands what is not registered here, if a lattice is attached.
+pub(crate) type RemoteSlot = std::sync::OnceLock<Arc<dyn Remote>>;
+
+/// The answer to a request that came from another host, once its target's handler has
+/// run (or it ended otherwise).
+pub type RemoteAnswer = BoxFuture<'static, Result<Vec<u8>, MessagingError>>;
+
+impl Router {
+    /// The checks a message from another host passes before it may be queued here: the
+    /// broker is not shutting down, the target is registered, exposed to other hosts and
+    /// still taking messages, and the payload is within this host's limit. Counted as
+    /// arrived, and as refused when it is not let in.
+    ///
+    /// A target that is registered but not exposed is `target-not-found`: other hosts
+    /// learn nothing about what this host keeps to itself.
+    fn admit_arrival(&self, target: &str, len: usize) -> Result<Arc<Entry>, MessagingError> {
+        bump(&self.counters.arrived);
+        let entry = self
+            .registry
+            .get(target)
+            .filter(|entry| entry.shared.exposure != Exposure::Local);
+        let admitted = if self.is_shutting_down() {
+            Err(MessagingError::ShuttingDown)
+        } else if target.len() > MAX_NAME_BYTES {
+            Err(MessagingError::TargetNotFound(bounded(target, 64)))
+        } else if let Some(entry) = &entry {
+            if entry.shared.is_closed() {
+                Err(closed_error(entry))
+            } else if len > self.config.max_payload_bytes {
+                Err(MessagingError::PayloadTooLarge(
+                    self.config.max_payload_bytes as u64,
+                ))
+            } else {
+                Ok(entry.clone())
+            }
+        } else {
+            Err(MessagingError::TargetNotFound(target.to_string()))
+        };
+        admitted.inspect_err(|_| self.refused(entry.as_deref()))
+    }
+
+    /// Queue what came from another host in its target's mailbox: the one way in from the
+    /// lattice, so a mailbox backed by something else later changes only this.
+    fn enqueue_arrival(&self, entry: &Entry, envelope: Envelope) -> Result<(), MessagingError> {
+        self.enqueue(entry, envelope).map_err(|refused| {
+            self.refused(Some(entry));
+            refused.error
+        })
+    }
+
+    pub(crate) fn accept_message(
+        &self,
+        sender: ComponentId,
+        target: &str,
+        payload: Bytes,
+    ) -> Result<(), MessagingError> {
+        let entry = self.admit_arrival(target, payload.len())?;
+        self.enqueue_arrival(&entry, Envelope::Message { sender, payload })
+    }
+
+    pub(crate) fn accept_request(
+        &self,
+        sender: ComponentId,
+        target: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<RemoteAnswer, MessagingError> {
+        let entry = self.admit_arrival(target, payload.len())?;
+        let (reply, answer) = oneshot::channel();
+        let expires = Instant::now() + timeout;
+        let envelope = Envelope::Request {
+            sender,
+            payload,
+            reply,
+            expires,
+        };
+        self.enqueue_arrival(&entry, envelope)?;
+        let target = target.to_string();
+        Ok(Box::pin(async move {
+            match tokio::time::timeout_at(expires.into(), answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
+                    "component `{target}` ended before answering"
+                ))),
+                Err(_) => Err(MessagingError::Timeout),
+            }
+        }))
+    }
+
+    pub(crate) fn accept_publication(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: Bytes,
+    ) -> u32 {
+        if self.is_shutting_down() || topic.len() > MAX_NAME_BYTES {
+            return 0;
+        }
+        self.fan_out(sender, topic, payload, Some(&self.counters.arrived))
+    }
+}
