@@ -3,7 +3,8 @@
 //! that WASI gives a guest no ambient authority: no environment, no filesystem, no network.
 //!
 //! A request is a UTF-8 command, optionally with an argument after the first `:`
-//! (`log:hello`, `send:orders/new`, `send-big:orders/new` to send 64 KiB). Replies are plain bytes, mostly text, so a failing test
+//! (`log:hello`, `send:orders/new`, `send-big:orders/new` to send 64 KiB, `ask:other:self` to
+//! request the command `self` of the component `other`). Replies are plain bytes, mostly text, so a failing test
 //! shows the guest's view of the failure verbatim.
 
 use std::time::Duration;
@@ -65,6 +66,15 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
         },
         ("request", Some(target)) => {
             match courier_sdk::request(target, PROBE_PAYLOAD, REQUEST_TIMEOUT) {
+                Ok(reply) => reply,
+                Err(e) => failure(&e).into_bytes(),
+            }
+        }
+        // `ask:<target>:<command>`: request `<command>` of `<target>` (another probe, say)
+        // and reply with its answer, so tests can chain requests through components.
+        ("ask", Some(rest)) => {
+            let (target, command) = rest.split_once(':').unwrap_or((rest, ""));
+            match courier_sdk::request(target, command.as_bytes(), REQUEST_TIMEOUT) {
                 Ok(reply) => reply,
                 Err(e) => failure(&e).into_bytes(),
             }

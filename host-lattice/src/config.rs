@@ -1,0 +1,158 @@
+//! How a host joins a lattice: its name, the lattice's, the NATS servers and how to
+//! authenticate to them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a host waits for the serving host to acknowledge a message before it
+/// dead-letters it as `unconfirmed` (by default).
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a host tells the others what it serves (by default). A host not heard from
+/// for three periods is taken to be gone.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How many messages may wait to go on the wire (by default): past this, a send to
+/// another host is refused with `mailbox-full` until the connection catches up.
+pub const DEFAULT_OUTBOUND_CAPACITY: usize = 65_536;
+
+/// How many payload bytes may wait to go on the wire (by default), with the same refusal.
+pub const DEFAULT_OUTBOUND_BYTES: u64 = 64 << 20;
+
+/// How a host proves to the NATS servers that it is one of the lattice's hosts.
+///
+/// Anyone who can publish on the lattice's subjects can claim any sender id, so these
+/// credentials are what makes a sender id trustworthy; see the crate's trust model.
+#[derive(Clone, Default)]
+pub enum Auth {
+    /// No credentials (a server on loopback, say).
+    #[default]
+    None,
+    /// A token.
+    Token(String),
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A NATS credentials file (a JWT and an NKey seed).
+    CredentialsFile(PathBuf),
+}
+
+impl std::fmt::Debug for Auth {
+    /// Names the kind of credentials, never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+            Auth::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
+            Auth::CredentialsFile(path) => write!(f, "CredentialsFile({})", path.display()),
+        }
+    }
+}
+
+/// Settings of a host in a lattice: a builder, with defaults for everything but the
+/// names and the servers.
+///
+/// ```
+/// use courier_host_lattice::{Auth, LatticeConfig};
+///
+/// let config = LatticeConfig::new("shop", "eu-1")
+///     .server("nats://10.0.0.7:4222")
+///     .server("nats://10.0.0.8:4222")
+///     .auth(Auth::Token("s3cret".into()));
+/// assert_eq!(config.get_servers().len(), 2);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct LatticeConfig {
+    pub(crate) name: String,
+    pub(crate) host: String,
+    pub(crate) servers: Vec<String>,
+    pub(crate) auth: Auth,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) outbound_capacity: usize,
+    pub(crate) outbound_bytes: u64,
+}
+
+impl LatticeConfig {
+    /// Host `host` in the lattice `name`. Both are 1 to 64 ASCII letters, digits, `-` or
+    /// `_` (they are subject tokens); [`Lattice::join`](crate::Lattice::join) refuses others.
+    pub fn new(name: impl Into<String>, host: impl Into<String>) -> LatticeConfig {
+        LatticeConfig {
+            name: name.into(),
+            host: host.into(),
+            servers: Vec::new(),
+            auth: Auth::None,
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
+            heartbeat: DEFAULT_HEARTBEAT,
+            outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
+            outbound_bytes: DEFAULT_OUTBOUND_BYTES,
+        }
+    }
+
+    /// Add a NATS server URL (`nats://host:port`, or `tls://host:port` to require TLS).
+    /// The client connects to one and fails over to the others.
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.servers.push(url.into());
+        self
+    }
+
+    /// How the host authenticates to the servers.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// How long to wait for a message's acknowledgement ([`DEFAULT_ACK_TIMEOUT`]).
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// How often to send a heartbeat ([`DEFAULT_HEARTBEAT`]).
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = period;
+        self
+    }
+
+    /// How many messages may wait to go on the wire ([`DEFAULT_OUTBOUND_CAPACITY`]).
+    pub fn outbound_capacity(mut self, messages: usize) -> Self {
+        self.outbound_capacity = messages.max(1);
+        self
+    }
+
+    /// How many payload bytes may wait to go on the wire ([`DEFAULT_OUTBOUND_BYTES`]).
+    pub fn outbound_bytes(mut self, bytes: u64) -> Self {
+        self.outbound_bytes = bytes;
+        self
+    }
+
+    /// The lattice's name.
+    pub fn get_name(&self) -> &str {
+        &self.name
+    }
+
+    /// This host's name.
+    pub fn get_host(&self) -> &str {
+        &self.host
+    }
+
+    /// The server URLs.
+    pub fn get_servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// The acknowledgement timeout.
+    pub fn get_ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+
+    /// The heartbeat period.
+    pub fn get_heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+}

@@ -1,0 +1,83 @@
+//! # courier-host-lattice
+//!
+//! Joins a Courier broker to a *lattice*: several hosts, each running a broker, whose
+//! components reach each other over [NATS](https://nats.io) with the same WIT and the same
+//! guest code as in one process. In-process delivery stays the default and the fast path:
+//! the broker hands the lattice only a target that is not registered on its own host.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use courier_host_broker::{Broker, ComponentSpec, Exposure};
+//! use courier_host_core::{Engine, EngineConfig};
+//! use courier_host_lattice::{Lattice, LatticeConfig};
+//!
+//! let engine = Engine::new(EngineConfig::default())?;
+//! let broker = Broker::new(engine.clone());
+//! let pong = engine.load_component_file("pong", "target/guests/pong.wasm")?;
+//! // Reachable from the other hosts only because the spec says so.
+//! broker.spawn(ComponentSpec::new("pong", pong).expose(Exposure::Lattice)).await?;
+//! let lattice = Lattice::join(
+//!     &broker,
+//!     LatticeConfig::new("shop", "eu-1").server("nats://127.0.0.1:4222"),
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What each operation promises across hosts
+//!
+//! - **send-message**: the sending host checks the capability and the size, refuses at once
+//!   a target no host serves (from the other hosts' heartbeats, so nothing goes on the
+//!   wire), and otherwise returns once the message is queued for the wire. Messages from
+//!   one host go out in the order they were sent, on one connection, so each sender's
+//!   messages to each target arrive in order. The serving host queues the message in the
+//!   real mailbox and acknowledges it, or answers a typed refusal. The sender has moved on
+//!   by then, so a refusal (`mailbox-full`, say) ends the message as a dead letter on the
+//!   sending host with the serving host's reason; NATS's "no responders" ends it as
+//!   `no-host`; no acknowledgement within the ack timeout ends it as `unconfirmed` (it may
+//!   have arrived). At most once: nothing is sent twice.
+//! - **send-request**: carries the guest's timeout; the serving host dead-letters a request
+//!   still queued when that time has passed instead of handling it; the reply goes to the
+//!   requesting host's own reply subject, and only the requester gets it. A request takes
+//!   the same ordered path as messages, so it does not overtake them.
+//! - **publish**: delivered to this host's subscribers at once (the count returned to the
+//!   publisher is theirs), and offered once to the other hosts, each of which subscribes
+//!   once per topic its components hear and delivers to its own subscribers. At most
+//!   once, and not counted back to the publisher.
+//! - **Accounting**: each host's [`Accounting`](courier_host_broker::Accounting) balances
+//!   on its own: a message sent to another host ends delivered (acknowledged), refused
+//!   (before the wire, to its sender), or dead-lettered with a reason; what arrives is
+//!   counted `arrived` and ends like any local message. [`LatticeMetrics`] breaks the
+//!   remote part down.
+//! - **Payload size**: a payload larger than the server's `max_payload` less
+//!   [`HEADER_ROOM`] is refused with `payload-too-large` and that limit; payloads are
+//!   not split into chunks.
+//! - **Ids**: one host serves an id at a time: a host refuses to serve an exposed id that
+//!   another host already answers for. An id spawned with
+//!   [`Exposure::Replicated`](courier_host_broker::Exposure::Replicated) may be served by
+//!   several hosts (a NATS queue group); each message goes to one of them, and per-sender
+//!   order is not kept across them.
+//!
+//! ## Trust
+//!
+//! Guests never touch NATS: a guest chooses a target and a payload, and its host stamps
+//! the sender id and every other header ([`subject`] and the header table in the crate's
+//! README). A host takes the sender header of what arrives as true, so anyone who may
+//! publish on the lattice's subjects can claim any sender id: the NATS credentials
+//! ([`Auth`]) are what make a host a host. Give each host credentials whose permissions
+//! are limited to `courier.<lattice>.>`, and give nothing else those permissions.
+
+mod config;
+mod directory;
+mod lattice;
+mod metrics;
+pub mod subject;
+mod wire;
+
+pub use config::{
+    Auth, DEFAULT_ACK_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_OUTBOUND_BYTES,
+    DEFAULT_OUTBOUND_CAPACITY, LatticeConfig,
+};
+pub use directory::{HostInfo, MAX_ENTRIES_PER_HOST, MAX_HOSTS};
+pub use lattice::{HEADER_ROOM, Lattice, LatticeError};
+pub use metrics::LatticeMetrics;
