@@ -9,6 +9,10 @@
 //! | `GET /metrics` | metrics in the Prometheus text format |
 //! | `GET /dead-letters` | the recent dead letters (JSON) |
 //! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200` |
+//! | `GET /lattice` | this host's lattice, the other hosts heard from and what each serves, and the remote counters (JSON); `404` when the host joined none |
+//!
+//! A message or request for an id that runs on another host of the lattice takes the same
+//! routes: the broker hands it to the lattice.
 //!
 //! A component id with a `/` in it (`orders/billing`) is written with the slash
 //! percent-encoded: `/components/orders%2Fbilling/messages`.
@@ -41,6 +45,7 @@ use axum::routing::{get, post};
 use std::collections::HashMap;
 
 use courier_host_broker::{Broker, ComponentError, ComponentSpec, ComponentState, MessagingError};
+use courier_host_lattice::Lattice;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -59,6 +64,7 @@ struct Ingress {
     max_payload: usize,
     /// What each component was started from, to start it again.
     specs: Arc<HashMap<String, ComponentSpec>>,
+    lattice: Option<Arc<Lattice>>,
 }
 
 /// How the ingress answers and whom it answers: a builder over the address it listens on.
@@ -79,6 +85,7 @@ pub struct IngressConfig {
     max_payload: usize,
     token: Option<String>,
     specs: Arc<HashMap<String, ComponentSpec>>,
+    lattice: Option<Arc<Lattice>>,
 }
 
 impl IngressConfig {
@@ -91,7 +98,14 @@ impl IngressConfig {
             max_payload: courier_host_broker::DEFAULT_MAX_PAYLOAD_BYTES,
             token: None,
             specs: Arc::default(),
+            lattice: None,
         }
+    }
+
+    /// The lattice this host joined, which `GET /lattice` and `/metrics` report on.
+    pub fn lattice(mut self, lattice: Option<Arc<Lattice>>) -> Self {
+        self.lattice = lattice;
+        self
     }
 
     /// The specs the components were started from, which `POST /components/{id}/restart`
@@ -147,6 +161,7 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         request_timeout: config.request_timeout,
         max_payload: config.max_payload,
         specs: config.specs,
+        lattice: config.lattice,
     };
     let guard = Arc::new(Guard::new(config.address, config.token));
     Router::new()
@@ -156,6 +171,7 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         .route("/components/{id}/restart", post(restart))
         .route("/metrics", get(metrics))
         .route("/dead-letters", get(dead_letters))
+        .route("/lattice", get(lattice))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(config.max_payload))
         .layer(axum::middleware::from_fn_with_state(guard, check_caller))
@@ -512,8 +528,68 @@ async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<Compo
 }
 
 async fn metrics(State(ingress): State<Ingress>) -> Response {
-    let text = prometheus::render(&ingress.broker.all_metrics(), &ingress.broker.accounting());
+    let mut text = prometheus::render(&ingress.broker.all_metrics(), &ingress.broker.accounting());
+    if let Some(lattice) = &ingress.lattice {
+        prometheus::render_lattice(&mut text, &lattice.metrics());
+    }
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text).into_response()
+}
+
+/// Another host as `GET /lattice` lists it.
+#[derive(Debug, Serialize)]
+struct HostView {
+    host: String,
+    served: Vec<String>,
+    replicated: Vec<String>,
+    topics: Vec<String>,
+    last_heard_ms: u64,
+}
+
+async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
+    let Some(lattice) = &ingress.lattice else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-lattice",
+            "this host has joined no lattice (its manifest has no `[lattice]` table)",
+        ));
+    };
+    let hosts: Vec<HostView> = lattice
+        .hosts()
+        .into_iter()
+        .map(|h| HostView {
+            host: h.host,
+            served: h.served,
+            replicated: h.replicated,
+            topics: h.topics,
+            last_heard_ms: h.last_heard.as_millis().try_into().unwrap_or(u64::MAX),
+        })
+        .collect();
+    let m = lattice.metrics();
+    Ok(axum::Json(json!({
+        "lattice": lattice.name(),
+        "host": lattice.host(),
+        "max_payload": lattice.max_payload(),
+        "hosts": hosts,
+        "sent": {
+            "sent": m.sent,
+            "acked": m.acked,
+            "refused_here": m.refused_here,
+            "refused_there": m.refused_there,
+            "no_host": m.no_host,
+            "unconfirmed": m.unconfirmed,
+            "awaiting_ack": m.awaiting_ack,
+            "requests": m.requests,
+            "publications": m.publications,
+            "publications_dropped": m.publications_dropped,
+        },
+        "arrived": {
+            "messages": m.arrived_messages,
+            "requests": m.arrived_requests,
+            "publications": m.arrived_publications,
+            "malformed": m.malformed,
+        },
+    }))
+    .into_response())
 }
 
 /// One dead letter as `GET /dead-letters` lists it.

@@ -11,12 +11,20 @@
 //! scheduler = "multi-thread"     # or "current-thread": every actor on one thread
 //! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN)
 //!
+//! [lattice]                      # optional: join other hosts over NATS
+//! name = "shop"                  # the lattice (one subject prefix per lattice)
+//! host = "eu-1"                  # this host's name in it
+//! servers = ["nats://127.0.0.1:4222"]
+//! token = "..."                  # or user + password, or credentials = "host.creds"
+//!                                # (COURIER_LATTICE_TOKEN in the environment takes precedence)
+//!
 //! [[component]]
 //! id = "ping"
 //! path = "../target/guests/ping.wasm"   # relative to this file
 //! capabilities = { send = ["pong"] }    # also request, publish, subscribe
 //! limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64, mailbox_bytes = "8 MiB" }
 //! restart = { policy = "transient", max_restarts = 3, window = "10s" }
+//! expose = true                         # reachable from other hosts of the lattice
 //! ```
 //!
 //! [`Manifest::parse`] reads and checks it in two steps. The first is serde's: a TOML
@@ -30,12 +38,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use courier_host_broker::Exposure;
 use courier_host_broker::{
     BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY,
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, MAX_MAILBOX_CAPACITY, Pattern,
     RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
+use courier_host_lattice::{Auth, LatticeConfig};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -73,6 +83,8 @@ pub struct Manifest {
     pub runtime: Runtime,
     /// The components, in the order declared.
     pub components: Vec<ComponentEntry>,
+    /// The lattice this host joins, if the manifest has a `[lattice]` table.
+    pub lattice: Option<LatticeConfig>,
 }
 
 /// The `[runtime]` table.
@@ -153,6 +165,8 @@ pub struct ComponentEntry {
     pub fuel: Option<u64>,
     /// What happens when its instance traps or exits.
     pub supervision: Supervision,
+    /// Whether other hosts of the lattice may reach it (`expose`, `replicas`).
+    pub exposure: Exposure,
 }
 
 impl ComponentEntry {
@@ -163,7 +177,8 @@ impl ComponentEntry {
             .mailbox_capacity(self.mailbox)
             .mailbox_bytes(self.mailbox_bytes)
             .deadline(self.deadline)
-            .supervision(self.supervision);
+            .supervision(self.supervision)
+            .expose(self.exposure);
         if let Some(memory) = self.memory {
             spec = spec.memory_limit(memory);
         }
@@ -244,10 +259,12 @@ impl Manifest {
                 "the manifest declares no components: add a `[[component]]` table with an `id` and a `path`",
             ));
         }
+        let lattice = raw.lattice.and_then(|raw| check.lattice(raw, &dir));
         let manifest = Manifest {
             file: file.to_path_buf(),
             runtime,
             components,
+            lattice,
         };
         (Some(manifest), check.diagnostics)
     }
@@ -522,6 +539,11 @@ impl Checker<'_> {
             }
         }
 
+        let exposure = match (raw.expose, raw.replicas) {
+            (_, Some(true)) => Exposure::Replicated,
+            (Some(true), _) => Exposure::Lattice,
+            _ => Exposure::Local,
+        };
         (self.diagnostics.problems.len() == before).then(|| ComponentEntry {
             id: id.to_string(),
             path,
@@ -535,7 +557,71 @@ impl Checker<'_> {
             memory,
             fuel,
             supervision,
+            exposure,
         })
+    }
+
+    fn lattice(&mut self, raw: Spanned<RawLattice>, dir: &Path) -> Option<LatticeConfig> {
+        let line = self.line(&raw);
+        let raw = raw.into_inner();
+        let before = self.diagnostics.problems.len();
+        let mut problem = |field: &str, msg: String| {
+            self.diagnostics
+                .push(Problem::new(msg).line(line).field(field));
+        };
+        for (field, value) in [("lattice.name", &raw.name), ("lattice.host", &raw.host)] {
+            let plain = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !plain {
+                problem(
+                    field,
+                    format!("`{value}` must be 1 to 64 ASCII letters, digits, `-` or `_`"),
+                );
+            }
+        }
+        if raw.servers.is_empty() {
+            problem(
+                "lattice.servers",
+                "name at least one NATS server, as `servers = [\"nats://127.0.0.1:4222\"]`".into(),
+            );
+        }
+        for server in &raw.servers {
+            let scheme = server.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("nats" | "tls")) {
+                problem(
+                    "lattice.servers",
+                    format!("`{server}` is not a `nats://host:port` or `tls://host:port` URL"),
+                );
+            }
+        }
+        let auth = match (raw.token, raw.user, raw.password, raw.credentials) {
+            (None, None, None, None) => Auth::None,
+            (Some(token), None, None, None) => Auth::Token(token),
+            (None, Some(user), Some(password), None) => Auth::UserPassword { user, password },
+            (None, None, None, Some(path)) => Auth::CredentialsFile(resolve(dir, &path)),
+            _ => {
+                problem(
+                    "lattice",
+                    "give one way to authenticate: `token`, `user` with `password`, or `credentials`"
+                        .into(),
+                );
+                Auth::None
+            }
+        };
+        if self.diagnostics.problems.len() != before {
+            return None;
+        }
+        let mut config = LatticeConfig::new(raw.name, raw.host).auth(auth);
+        for server in raw.servers {
+            config = config.server(server);
+        }
+        if let Some(timeout) = raw.ack_timeout {
+            config = config.ack_timeout(timeout.0);
+        }
+        Some(config)
     }
 }
 
@@ -556,6 +642,7 @@ pub fn check_listen(address: SocketAddr) -> Result<(), String> {
 struct RawManifest {
     #[serde(default)]
     runtime: RawRuntime,
+    lattice: Option<Spanned<RawLattice>>,
     #[serde(default)]
     component: Vec<Spanned<RawComponent>>,
 }
@@ -584,6 +671,22 @@ struct RawComponent {
     limits: RawLimits,
     #[serde(default)]
     restart: RawRestart,
+    expose: Option<bool>,
+    replicas: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLattice {
+    name: String,
+    host: String,
+    #[serde(default)]
+    servers: Vec<String>,
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    credentials: Option<PathBuf>,
+    ack_timeout: Option<Millis>,
 }
 
 #[derive(Debug, Default, Deserialize)]

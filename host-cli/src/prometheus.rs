@@ -7,6 +7,7 @@
 use std::fmt::Write;
 
 use courier_host_broker::{Accounting, MetricsSnapshot};
+use courier_host_lattice::LatticeMetrics;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -25,8 +26,8 @@ type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> f64);
 /// `courier_mailbox_depth`, `courier_component_state` (1 for the current `state`) and
 /// `courier_handler_latency_max_seconds`; the summary `courier_handler_latency_seconds`
 /// (label `quantile`: 0.5, 0.9, 0.99, with `_sum` and `_count`). Broker-wide:
-/// `courier_broker_messages_{sent,delivered,refused,dead_lettered}_total` and the gauge
-/// `courier_broker_messages_in_flight`.
+/// `courier_broker_messages_{sent,arrived,delivered,refused,dead_lettered}_total` and the
+/// gauge `courier_broker_messages_in_flight`.
 pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String {
     let mut out = String::new();
     let per = |value: fn(&MetricsSnapshot) -> f64| -> Vec<Sample> {
@@ -112,6 +113,11 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             accounting.sent,
         ),
         (
+            "courier_broker_messages_arrived_total",
+            "Messages and requests that came from other hosts of the lattice (a publication counts once per subscriber here).",
+            accounting.arrived,
+        ),
+        (
             "courier_broker_messages_delivered_total",
             "Messages handled by their target's handler.",
             accounting.delivered,
@@ -137,6 +143,73 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
         broker(accounting.in_flight()),
     );
     out
+}
+
+/// Appends the lattice counters of this host to `out`: what it sent to other hosts and how
+/// each ended, and what arrived from them (all `courier_lattice_*`).
+pub fn render_lattice(out: &mut String, metrics: &LatticeMetrics) {
+    let one = |value: u64| vec![(Vec::new(), value as f64)];
+    let outcome =
+        |outcome: &str, value: u64| (vec![("outcome", outcome.to_string())], value as f64);
+    family(
+        out,
+        "courier_lattice_messages_sent_total",
+        "counter",
+        "Messages put on their way to another host.",
+        one(metrics.sent),
+    );
+    family(
+        out,
+        "courier_lattice_messages_ended_total",
+        "counter",
+        "How messages sent to other hosts ended: acked (queued there), refused_there, no_host, unconfirmed (no ack in time); refused_here were refused before the wire (messages and requests).",
+        vec![
+            outcome("acked", metrics.acked),
+            outcome("refused_there", metrics.refused_there),
+            outcome("no_host", metrics.no_host),
+            outcome("unconfirmed", metrics.unconfirmed),
+            outcome("refused_here", metrics.refused_here),
+        ],
+    );
+    family(
+        out,
+        "courier_lattice_messages_awaiting_ack",
+        "gauge",
+        "Messages sent to other hosts and not yet acknowledged.",
+        one(metrics.awaiting_ack),
+    );
+    family(
+        out,
+        "courier_lattice_requests_sent_total",
+        "counter",
+        "Requests sent to other hosts.",
+        one(metrics.requests),
+    );
+    family(
+        out,
+        "courier_lattice_publications_total",
+        "counter",
+        "Publications offered to other hosts (sent) or not (dropped: too large, queue full).",
+        vec![
+            outcome("sent", metrics.publications),
+            outcome("dropped", metrics.publications_dropped),
+        ],
+    );
+    family(
+        out,
+        "courier_lattice_arrivals_total",
+        "counter",
+        "What arrived from other hosts, by kind; malformed ones were refused.",
+        [
+            ("message", metrics.arrived_messages),
+            ("request", metrics.arrived_requests),
+            ("publication", metrics.arrived_publications),
+            ("malformed", metrics.malformed),
+        ]
+        .into_iter()
+        .map(|(kind, value)| (vec![("kind", kind.to_string())], value as f64))
+        .collect(),
+    );
 }
 
 /// Writes handler latency as a Prometheus summary: the quantiles of each component that has

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use courier_host_broker::{Broker, ShutdownReport};
 use courier_host_core::{Component, Engine};
+use courier_host_lattice::Lattice;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::diagnostics::Diagnostics;
@@ -107,6 +109,28 @@ async fn serve(
     let address = listener.local_addr()?;
 
     let broker = Broker::with_config(engine, manifest.broker_config());
+    // Joined before the components start, so each exposed one is served as it starts and
+    // an id another host already serves stops the start with that reason.
+    let lattice = match manifest.lattice.clone() {
+        Some(mut config) => {
+            if let Ok(token) = std::env::var("COURIER_LATTICE_TOKEN")
+                && !token.is_empty()
+            {
+                config = config.auth(courier_host_lattice::Auth::Token(token));
+            }
+            let lattice = Lattice::join(&broker, config.clone())
+                .await
+                .context("cannot join the lattice")?;
+            println!(
+                "courier: joined lattice `{}` as host `{}` through {}",
+                config.get_name(),
+                config.get_host(),
+                config.get_servers().join(", ")
+            );
+            Some(Arc::new(lattice))
+        }
+        None => None,
+    };
     let specs: Vec<_> = manifest
         .components
         .iter()
@@ -137,6 +161,7 @@ async fn serve(
         .request_timeout(runtime.request_timeout)
         .max_payload(runtime.max_payload)
         .token(token)
+        .lattice(lattice.clone())
         .specs(specs);
     let app = ingress::router(broker.clone(), config);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
@@ -164,8 +189,16 @@ async fn serve(
         "courier: {signal} received; draining mailboxes for up to {}",
         format_duration(runtime.drain)
     );
+    let drained = async {
+        // Other hosts stop sending here first; what they already sent is handled in the
+        // drain that follows.
+        if let Some(lattice) = &lattice {
+            lattice.leave(runtime.drain).await;
+        }
+        broker.shutdown(runtime.drain).await
+    };
     let report = tokio::select! {
-        report = broker.shutdown(runtime.drain) => report,
+        report = drained => report,
         signal = signals.next() => {
             println!("courier: {signal} received again; stopping without waiting for the drain");
             return Ok(ExitCode::from(130));
@@ -179,6 +212,18 @@ async fn serve(
         server.abort();
     }
     print_report(&report, &broker);
+    if let Some(lattice) = &lattice {
+        let remote = lattice.metrics();
+        println!(
+            "courier: to other hosts {} sent, {} acknowledged, {} refused there, {} with no host, {} unconfirmed; {} arrived from them",
+            remote.sent,
+            remote.acked,
+            remote.refused_there,
+            remote.no_host,
+            remote.unconfirmed,
+            remote.arrived_messages + remote.arrived_requests
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

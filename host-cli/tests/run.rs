@@ -785,3 +785,158 @@ restart = { policy = "temporary" }
     let unknown = format!("{base}/components/nobody/restart");
     assert_eq!(post(&agent, &unknown, b"").0, 404);
 }
+
+#[test]
+fn the_example_lattice_manifests_check() {
+    for host in ["host-a", "host-b"] {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/lattice/{host}.toml"));
+        crate::assert_check_passes(&example);
+    }
+}
+
+const LATTICE_B: &str = r#"
+[runtime]
+listen = "127.0.0.1:1"
+cache_dir = "{cache}"
+drain = "1s"
+
+[lattice]
+name = "e2e"
+host = "b"
+servers = ["{nats}"]
+
+[[component]]
+id = "pong"
+path = "{pong}"
+limits = { mailbox = 16384 }
+expose = true
+
+[[component]]
+id = "echo"
+path = "{echo}"
+expose = true
+
+[[component]]
+id = "hidden"
+path = "{echo}"
+"#;
+
+const LATTICE_A: &str = r#"
+[runtime]
+listen = "127.0.0.1:1"
+cache_dir = "{cache}"
+drain = "1s"
+
+[lattice]
+name = "e2e"
+host = "a"
+servers = ["{nats}"]
+
+[[component]]
+id = "ping"
+path = "{ping}"
+capabilities = { send = ["pong"] }
+limits = { deadline = "2s" }
+"#;
+
+#[test]
+fn two_runners_in_a_lattice_reach_each_others_components_through_the_same_routes() {
+    let nats = courier_test_support::nats::NatsServer::start();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let file_a = manifest(dir_a.path(), &LATTICE_A.replace("{nats}", &nats.url()));
+    let file_b = manifest(dir_b.path(), &LATTICE_B.replace("{nats}", &nats.url()));
+    let listen = ["--listen", "127.0.0.1:0"];
+    let mut b = Courier::start(&[&["run", file_b.to_str().unwrap()][..], &listen[..]].concat());
+    let address_b = b.address();
+    let mut a = Courier::start(&[&["run", file_a.to_str().unwrap()][..], &listen[..]].concat());
+    let address_a = a.address();
+    assert!(
+        a.stdout().contains("joined lattice `e2e` as host `a`"),
+        "{}",
+        a.stdout()
+    );
+    let agent = client();
+
+    // Host A hears what host B serves; the unexposed `hidden` is not among it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lattice = loop {
+        let (status, body) = get(&agent, &format!("http://{address_a}/lattice"));
+        assert_eq!(status, 200, "{body}");
+        let lattice = json(body.as_bytes());
+        if lattice["hosts"][0]["served"] == serde_json::json!(["echo", "pong"]) {
+            break lattice;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host A never heard of host B: {lattice}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lattice["host"], "a");
+    assert_eq!(lattice["hosts"][0]["host"], "b");
+
+    // A request through host A's ingress, answered by echo on host B.
+    let (status, reply) = post(
+        &agent,
+        &format!("http://{address_a}/components/echo/requests"),
+        b"across hosts",
+    );
+    assert_eq!((status, reply.as_slice()), (200, &b"across hosts"[..]));
+    let (status, refused) = post(
+        &agent,
+        &format!("http://{address_a}/components/hidden/requests"),
+        b"x",
+    );
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&refused));
+    assert_eq!(json(&refused)["error"], "target-not-found");
+
+    // Ping on host A sends to pong on host B; pong's count, asked through host A, is all.
+    let (status, _) = post(
+        &agent,
+        &format!("http://{address_a}/components/ping/messages"),
+        b"1000",
+    );
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, count) = post(
+            &agent,
+            &format!("http://{address_a}/components/pong/requests"),
+            b"",
+        );
+        assert_eq!(status, 200);
+        if count[..8] == 1000u64.to_le_bytes() {
+            assert_eq!(count[8..], 0u64.to_le_bytes(), "none out of order");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pong's count never reached 1000");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (_, metrics) = get(&agent, &format!("http://{address_a}/metrics"));
+    assert_eq!(
+        sample(&metrics, "courier_lattice_messages_sent_total"),
+        1000.0
+    );
+    assert!(
+        metrics.contains("courier_lattice_messages_ended_total{outcome=\"acked\"} 1000\n"),
+        "{metrics}"
+    );
+    let (_, metrics) = get(&agent, &format!("http://{address_b}/metrics"));
+    assert!(
+        sample(&metrics, "courier_broker_messages_arrived_total") >= 1000.0,
+        "{metrics}"
+    );
+
+    a.terminate();
+    assert!(a.wait(STOP_TIMEOUT).success(), "{}", a.stderr());
+    assert!(
+        a.stdout()
+            .contains("courier: to other hosts 1000 sent, 1000 acknowledged, 0 refused there, 0 with no host, 0 unconfirmed"),
+        "{}",
+        a.stdout()
+    );
+    b.terminate();
+    assert!(b.wait(STOP_TIMEOUT).success(), "{}", b.stderr());
+}

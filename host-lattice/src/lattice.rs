@@ -301,7 +301,7 @@ impl Lattice {
     /// (handling what already came), and wait up to `drain` for the acknowledgements of
     /// what this host sent; the ones still missing then are dead-lettered as
     /// `unconfirmed`. Sends to other hosts are refused with `shutting-down` from the start.
-    pub async fn leave(mut self, drain: Duration) {
+    pub async fn leave(&self, drain: Duration) {
         let inner = self.inner.clone();
         inner.leaving.store(true, Ordering::Release);
         inner.publish_heartbeat(true).await;
@@ -340,7 +340,7 @@ impl Lattice {
             unacked.message.dead_letter(&reason);
         }
         let _ = inner.client.flush().await;
-        for task in self.tasks.drain(..) {
+        for task in &self.tasks {
             task.abort();
         }
         tracing::info!(lattice = %inner.config.name, host = %inner.config.host, "left the lattice");
