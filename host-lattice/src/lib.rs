@@ -61,8 +61,10 @@
 //! ## Trust
 //!
 //! Guests never touch NATS: a guest chooses a target and a payload, and its host stamps
-//! the sender id and every other header ([`subject`] and the header table in the crate's
-//! README). A host takes the sender header of what arrives as true, so anyone who may
+//! the sender id and every other header: `Courier-Sender`, `Courier-Kind`,
+//! `Courier-Target`, `Courier-Host`, `Courier-Id`, `Courier-Timeout-Ms` on what it sends,
+//! `Courier-Error` and `Courier-Detail` on its answers (the subjects are in [`subject`]).
+//! A host takes the sender header of what arrives as true, so anyone who may
 //! publish on the lattice's subjects can claim any sender id: the NATS credentials
 //! ([`Auth`]) are what make a host a host. Give each host credentials whose permissions
 //! are limited to `courier.<lattice>.>`, and give nothing else those permissions.
