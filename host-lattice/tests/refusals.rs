@@ -172,4 +172,70 @@ async fn an_id_is_served_by_one_host_unless_it_is_replicated() {
         .await;
     b.spawn(b.spec("echo", "echo").expose(Exposure::Replicated))
         .await;
+    // A third host reaches the replicas; each request is answered once, by one of them.
+    let c = Host::join("c", &[server.url()]).await;
+    c.sees("echo").await;
+    for i in 0..20u8 {
+        let reply = c.broker.request("echo", vec![i], 5 * SECOND).await.unwrap();
+        assert_eq!(reply, [i]);
+    }
+    let handled = |host: &Host| host.broker.metrics("echo").unwrap().delivered;
+    assert_eq!(handled(&a) + handled(&b), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_other_hosts_are_refused_once_the_outbound_queue_is_full() {
+    let server = NatsServer::start();
+    let config = LatticeConfig::new(LATTICE, "a").outbound_bytes(16 * 1024);
+    let a = Host::join_with(config, &[server.url()]).await;
+    let b = Host::join("b", &[server.url()]).await;
+    b.spawn(b.spec("pong", "pong").expose(Exposure::Lattice))
+        .await;
+    a.spawn(a.spec("big", "probe").may_send("*")).await;
+    a.sees("pong").await;
+    // 64 KiB do not fit in a 16 KiB queue: refused at once, nothing queued or sent.
+    assert_eq!(
+        a.probe("big", "send-big:pong").await,
+        "err: MessagingError::MailboxFull(\"pong\")"
+    );
+    let remote = a.lattice().metrics();
+    assert_eq!((remote.sent, remote.refused_here), (0, 1), "{remote:?}");
+    assert_eq!(remote.outbound_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrival_without_a_valid_kind_and_sender_is_refused_not_delivered() {
+    let server = NatsServer::start();
+    let b = Host::join("b", &[server.url()]).await;
+    b.spawn(b.spec("pong", "pong").expose(Exposure::Lattice))
+        .await;
+    // A client with the server's (here: no) credentials, writing its own headers.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let subject = format!("courier.{LATTICE}.a.pong");
+    for (kind, sender) in [
+        (Some("message"), None),
+        (Some("message"), Some("not an id!")),
+        (None, Some("ping")),
+        (Some("gossip"), Some("ping")),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(kind) = kind {
+            headers.insert("Courier-Kind", kind);
+        }
+        if let Some(sender) = sender {
+            headers.insert("Courier-Sender", sender);
+        }
+        let answer = client
+            .request_with_headers(subject.clone(), headers, vec![0; 8].into())
+            .await
+            .unwrap();
+        let error = answer.headers.as_ref().and_then(|h| h.get("Courier-Error"));
+        assert_eq!(
+            error.map(|e| e.as_str()),
+            Some("access-denied"),
+            "{kind:?} {sender:?}"
+        );
+    }
+    assert_eq!(b.lattice().metrics().malformed, 4);
+    assert_eq!(b.broker.metrics("pong").unwrap().delivered, 0);
 }
