@@ -7,9 +7,9 @@
 //!   responder task on client 2 that publishes each request's payload back to its reply
 //!   subject (median, and p99 timed one by one);
 //! - a third floor, bare async-nats again, sending what the lattice puts on the wire for a
-//!   message: the same five headers and a reply subject per message, and from client 2 an
-//!   acknowledgement with one header per message, timed until client 1 has every
-//!   acknowledgement. The gap between the first floor and this one is the lattice's wire
+//!   message: the same two headers and a reply subject per message, and from client 2
+//!   acknowledgements gathered while messages are ready and sent as one message per batch,
+//!   timed until client 1 has every acknowledgement. The gap between the first floor and this one is the lattice's wire
 //!   protocol; the gap between this one and Courier is the hosts' own work;
 //! - remote fire-and-forget: hosts A and B, each a broker joined to the lattice with
 //!   `courier-host-lattice`. The host sends `10000` to `ping` on A, whose handler sends
@@ -39,7 +39,7 @@ use courier_host_broker::{Broker, ComponentSpec, Exposure};
 use courier_host_core::{Engine, EngineConfig};
 use courier_host_lattice::{Lattice, LatticeConfig, LatticeMetrics};
 use courier_test_support::nats::NatsServer;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::runtime::Runtime;
 
 /// Messages per batch, as in `fire_and_forget.rs`.
@@ -227,9 +227,6 @@ fn main() {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert("Courier-Kind", "message");
                     headers.insert("Courier-Sender", "ping");
-                    headers.insert("Courier-Target", "pong");
-                    headers.insert("Courier-Host", "host-a");
-                    headers.insert("Courier-Id", format!("host-a:{seq}"));
                     let payload = Bytes::copy_from_slice(&seq.to_le_bytes());
                     client
                         .publish_with_reply_and_headers(
@@ -304,8 +301,8 @@ fn main() {
         Figure::time(
             "nats_wire",
             &format!(
-                "NATS, the lattice's wire pattern (5 headers and a reply subject per message, \
-                 a 1-header acknowledgement back), {batch_label}, until all acknowledged, per \
+                "NATS, the lattice's wire pattern (2 headers and a reply subject per message, \
+                 acknowledgements back in batches), {batch_label}, until all acknowledged, per \
                  message"
             ),
             per_message(nats_wire),
@@ -504,28 +501,45 @@ async fn start_floor_services(
     });
     let acknowledger = client.clone();
     tokio::spawn(async move {
-        while let Some(message) = wire.next().await {
+        // As the lattice does: acknowledgements gathered while messages are ready, then
+        // sent as one message carrying the sequence numbers.
+        let mut seqs: Vec<u8> = Vec::new();
+        loop {
+            let next = match wire.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    if !seqs.is_empty() {
+                        acknowledger
+                            .publish(
+                                format!("{WIRE_ACKS}.acks"),
+                                std::mem::take(&mut seqs).into(),
+                            )
+                            .await
+                            .expect("the client takes the acknowledgements");
+                    }
+                    wire.next().await
+                }
+            };
+            let Some(message) = next else { return };
             let headers = message.headers.as_ref();
             for name in ["Courier-Kind", "Courier-Sender"] {
                 black_box(headers.and_then(|h| h.get(name)).map(|v| v.as_str()));
             }
             black_box(message.payload.len());
             if let Some(reply) = message.reply {
-                let mut ack = async_nats::HeaderMap::new();
-                ack.insert("Courier-Host", "host-b");
-                acknowledger
-                    .publish_with_headers(reply, ack, Bytes::new())
-                    .await
-                    .expect("the client takes the acknowledgement");
+                let seq: u64 = reply
+                    .rsplit('.')
+                    .next()
+                    .and_then(|seq| seq.parse().ok())
+                    .expect("a reply subject ends in its sequence number");
+                seqs.extend_from_slice(&seq.to_le_bytes());
             }
         }
     });
     tokio::spawn(async move {
         while let Some(ack) = acks.next().await {
-            let seq = ack.subject.rsplit('.').next().map(str::parse::<u64>);
-            black_box(seq.expect("an acknowledgement subject ends in its sequence number"))
-                .expect("a sequence number");
-            acked.fetch_add(1, Ordering::Relaxed);
+            let seqs = ack.payload.len() as u64 / 8;
+            acked.fetch_add(black_box(seqs), Ordering::Relaxed);
         }
     });
     let responder = client.clone();

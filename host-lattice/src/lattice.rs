@@ -12,7 +12,7 @@ use courier_host_broker::{
     RemoteMessage, RemoteRefusal, Served, WeakBroker, check_id,
 };
 use courier_host_core::BoxFuture;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -284,9 +284,14 @@ impl Lattice {
     }
 
     /// This host's lattice counters.
+    ///
+    /// The message counters are read under the same lock that every change to the
+    /// messages awaiting acknowledgement takes, so a snapshot always balances:
+    /// `sent == acked + refused_there + no_host + unconfirmed + awaiting_ack`.
     pub fn metrics(&self) -> LatticeMetrics {
+        let unacked = self.inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
         self.inner.counters.snapshot(
-            self.inner.unacked_len() as u64,
+            unacked.len() as u64,
             self.inner.outbound_bytes.load(Ordering::Relaxed),
         )
     }
@@ -327,12 +332,15 @@ impl Lattice {
         while inner.unacked_len() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let left: Vec<Unacked> =
-            std::mem::take(&mut *inner.unacked.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_values()
-                .collect();
+        let left: Vec<Unacked> = {
+            let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+            inner
+                .counters
+                .unconfirmed
+                .fetch_add(unacked.len() as u64, Ordering::Relaxed);
+            std::mem::take(&mut *unacked).into_values().collect()
+        };
         for unacked in left {
-            inner.counters.unconfirmed.fetch_add(1, Ordering::Relaxed);
             let reason = format!(
                 "unconfirmed: no acknowledgement before host `{}` left the lattice; it may have arrived",
                 inner.config.host
@@ -454,14 +462,15 @@ impl Inner {
             })
     }
 
-    fn headers(&self, kind: Kind, sender: &str, target: &str, seq: Option<u64>) -> HeaderMap {
+    /// The headers of what this host sends: what it is and who sent it. The target is the
+    /// subject, the sending host and sequence number are the reply subject; a publication
+    /// also names its host, so the host does not take its own back.
+    fn headers(&self, kind: Kind, sender: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(wire::KIND, kind.as_str());
         headers.insert(wire::SENDER, sender);
-        headers.insert(wire::TARGET, target);
-        headers.insert(wire::HOST, self.config.host.as_str());
-        if let Some(seq) = seq {
-            headers.insert(wire::ID, format!("{}:{seq}", self.config.host));
+        if kind == Kind::Publication {
+            headers.insert(wire::HOST, self.config.host.as_str());
         }
         headers
     }
@@ -522,12 +531,12 @@ impl Inner {
                             .client
                             .publish_with_reply_and_headers(subject, reply, headers, payload)
                             .await
-                            && let Some(unacked) = self.take_unacked(seq)
+                            && let Some(unacked) =
+                                self.take_unacked(seq, &self.counters.unconfirmed)
                         {
-                            self.counters.refused_here.fetch_add(1, Ordering::Relaxed);
-                            unacked
-                                .message
-                                .dead_letter(&format!("not sent to another host: {err}"));
+                            unacked.message.dead_letter(&format!(
+                                "unconfirmed: the NATS client did not take it: {err}"
+                            ));
                         }
                     }
                     Outbound::Request {
@@ -571,11 +580,15 @@ impl Inner {
         }
     }
 
-    fn take_unacked(&self, seq: u64) -> Option<Unacked> {
-        self.unacked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&seq)
+    /// Take the message `seq` from those awaiting acknowledgement, counting its ending in
+    /// `outcome` under the same lock, so a snapshot of the counters always balances.
+    fn take_unacked(&self, seq: u64, outcome: &AtomicU64) -> Option<Unacked> {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = unacked.remove(&seq);
+        if taken.is_some() {
+            outcome.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// Hand a request's answer to whoever waits for it, if anyone still does.
@@ -595,33 +608,36 @@ impl Inner {
     /// target, or a request's reply.
     async fn hear_replies(self: Arc<Self>, mut replies: Subscriber) {
         while let Some(reply) = replies.next().await {
-            let Some(seq) = reply
-                .subject
-                .rsplit('.')
-                .next()
-                .and_then(|seq| seq.parse::<u64>().ok())
-            else {
+            let last = reply.subject.rsplit('.').next().unwrap_or_default();
+            if last == wire::ACKS {
+                self.acknowledged(&reply.payload);
+                continue;
+            }
+            let Ok(seq) = last.parse::<u64>() else {
                 continue;
             };
             let no_responders = reply.status == Some(async_nats::StatusCode::NO_RESPONDERS);
-            if let Some(unacked) = self.take_unacked(seq) {
+            let error = wire::take_error(reply.headers.as_ref());
+            let outcome = match (no_responders, &error) {
+                (true, _) => &self.counters.no_host,
+                (false, Some(_)) => &self.counters.refused_there,
+                (false, None) => &self.counters.acked,
+            };
+            if let Some(unacked) = self.take_unacked(seq, outcome) {
                 let target = unacked.message.target().clone();
-                if no_responders {
-                    self.counters.no_host.fetch_add(1, Ordering::Relaxed);
-                    unacked
+                match error {
+                    _ if no_responders => unacked
                         .message
-                        .dead_letter(&format!("no-host: no host serves `{target}`"));
-                } else if let Some(error) = wire::take_error(reply.headers.as_ref()) {
-                    self.counters.refused_there.fetch_add(1, Ordering::Relaxed);
-                    let host = wire::get(reply.headers.as_ref(), wire::HOST).unwrap_or("?");
-                    unacked.message.dead_letter(&format!(
-                        "refused by host `{}`: {}",
-                        wire::header_text(host),
-                        wire::error_code(&error)
-                    ));
-                } else {
-                    self.counters.acked.fetch_add(1, Ordering::Relaxed);
-                    unacked.message.delivered();
+                        .dead_letter(&format!("no-host: no host serves `{target}`")),
+                    Some(error) => {
+                        let host = wire::get(reply.headers.as_ref(), wire::HOST).unwrap_or("?");
+                        unacked.message.dead_letter(&format!(
+                            "refused by host `{}`: {}",
+                            wire::header_text(host),
+                            wire::error_code(&error)
+                        ));
+                    }
+                    None => unacked.message.delivered(),
                 }
                 continue;
             }
@@ -629,12 +645,31 @@ impl Inner {
                 Err(MessagingError::TargetNotFound(
                     "no host serves the target".into(),
                 ))
-            } else if let Some(error) = wire::take_error(reply.headers.as_ref()) {
+            } else if let Some(error) = error {
                 Err(error)
             } else {
                 Ok(reply.payload.to_vec())
             };
             self.answer(seq, answer);
+        }
+    }
+
+    /// A batch of acknowledgements: each message it names was queued on the serving host.
+    fn acknowledged(&self, payload: &[u8]) {
+        let Some(seqs) = wire::decode_seqs(payload) else {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let acked: Vec<Unacked> = {
+            let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+            let acked: Vec<Unacked> = seqs.iter().filter_map(|seq| unacked.remove(seq)).collect();
+            self.counters
+                .acked
+                .fetch_add(acked.len() as u64, Ordering::Relaxed);
+            acked
+        };
+        for unacked in acked {
+            unacked.message.delivered();
         }
     }
 
@@ -654,10 +689,12 @@ impl Inner {
                     }
                     overdue.push(entry.remove());
                 }
+                self.counters
+                    .unconfirmed
+                    .fetch_add(overdue.len() as u64, Ordering::Relaxed);
                 overdue
             };
             for unacked in overdue {
-                self.counters.unconfirmed.fetch_add(1, Ordering::Relaxed);
                 unacked.message.dead_letter(&format!(
                     "unconfirmed: no acknowledgement within {}; it may have arrived",
                     courier_host_core::units::format_duration(timeout)
@@ -896,24 +933,64 @@ impl Inner {
     /// come, so nothing this host took from the server is left unanswered.
     async fn serve_actor(self: Arc<Self>, id: ComponentId, mut subscriber: Subscriber) {
         let mut stop = self.stop.subscribe();
+        let mut acks = Acks::default();
         loop {
-            tokio::select! {
-                biased;
-                message = subscriber.next() => match message {
-                    Some(message) => self.arrival(&id, message).await,
-                    None => return,
-                },
-                _ = stopped(&mut stop) => break,
+            // Acknowledgements wait while more messages are ready, and go out together,
+            // one NATS message for a batch, when none is.
+            let next = match subscriber.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.send_acks(&mut acks).await;
+                    tokio::select! {
+                        biased;
+                        next = subscriber.next() => next,
+                        _ = stopped(&mut stop) => break,
+                    }
+                }
+            };
+            let Some(message) = next else {
+                self.send_acks(&mut acks).await;
+                return;
+            };
+            if let Some(reply) = self.arrival(&id, message).await
+                && acks.add(reply)
+            {
+                self.send_acks(&mut acks).await;
             }
         }
         let _ = subscriber.unsubscribe().await;
         while let Some(message) = subscriber.next().await {
-            self.arrival(&id, message).await;
+            if let Some(reply) = self.arrival(&id, message).await
+                && acks.add(reply)
+            {
+                self.send_acks(&mut acks).await;
+            }
+        }
+        self.send_acks(&mut acks).await;
+    }
+
+    /// Send the acknowledgements gathered in `acks`: one message per host that sent.
+    async fn send_acks(&self, acks: &mut Acks) {
+        for (replies, seqs) in acks.take() {
+            let subject = format!("{replies}.{}", wire::ACKS);
+            if let Err(err) = self
+                .client
+                .publish(subject, wire::encode_seqs(&seqs).into())
+                .await
+            {
+                tracing::warn!(error = %err, "acknowledgements to another host not sent");
+            }
         }
     }
 
-    /// A message, request or probe for the local component `id`.
-    async fn arrival(self: &Arc<Self>, id: &ComponentId, message: async_nats::Message) {
+    /// A message, request or probe for the local component `id`. Returns the reply
+    /// subject of a message queued here, whose acknowledgement the caller sends in a batch;
+    /// everything else is answered here.
+    async fn arrival(
+        self: &Arc<Self>,
+        id: &ComponentId,
+        message: async_nats::Message,
+    ) -> Option<async_nats::Subject> {
         let headers = message.headers.as_ref();
         let reply = message.reply.clone();
         let kind = wire::get(headers, wire::KIND).and_then(Kind::parse);
@@ -926,11 +1003,9 @@ impl Inner {
                     .publish_with_headers(reply, answer, Bytes::new())
                     .await;
             }
-            return;
+            return None;
         }
-        let Some(broker) = self.broker.upgrade() else {
-            return;
-        };
+        let broker = self.broker.upgrade()?;
         let sender = wire::get(headers, wire::SENDER).and_then(valid_sender);
         let outcome = match (kind, sender) {
             (Some(Kind::Message), Some(sender)) => {
@@ -956,7 +1031,7 @@ impl Inner {
                                 inner.reply(reply, answer).await;
                             }
                         });
-                        return;
+                        return None;
                     }
                     Err(error) => Err(error),
                 }
@@ -968,15 +1043,19 @@ impl Inner {
                 ))
             }
         };
-        if let Some(reply) = reply {
-            self.reply(reply, outcome.map(|()| Vec::new())).await;
+        match (outcome, reply) {
+            (Ok(()), Some(reply)) if Acks::batchable(&reply) => Some(reply),
+            (outcome, Some(reply)) => {
+                self.reply(reply, outcome.map(|()| Vec::new())).await;
+                None
+            }
+            (_, None) => None,
         }
     }
 
     /// Answer on `reply`: the reply's bytes (empty for an acknowledgement) or the error.
     async fn reply(&self, reply: async_nats::Subject, answer: Result<Vec<u8>, MessagingError>) {
         let mut headers = HeaderMap::new();
-        headers.insert(wire::HOST, self.config.host.as_str());
         let payload = match answer {
             Ok(bytes) if bytes.len() > self.max_payload() => {
                 wire::put_error(
@@ -994,6 +1073,7 @@ impl Inner {
             Ok(bytes) => Bytes::from(bytes),
             Err(error) => {
                 wire::put_error(&mut headers, &error);
+                headers.insert(wire::HOST, self.config.host.as_str());
                 Bytes::new()
             }
         };
@@ -1042,6 +1122,45 @@ impl Inner {
                 .fetch_add(1, Ordering::Relaxed);
             broker.accept_publication(&sender, &topic, message.payload);
         }
+    }
+}
+
+/// Acknowledgements gathered for a batch: sequence numbers by the reply prefix of the host
+/// that sent them.
+#[derive(Default)]
+struct Acks {
+    pending: Vec<(String, Vec<u64>)>,
+    count: usize,
+}
+
+impl Acks {
+    /// Whether a message with this reply subject (`<prefix>.<seq>`, as hosts write it) can
+    /// be acknowledged in a batch.
+    fn batchable(reply: &str) -> bool {
+        reply
+            .rsplit_once('.')
+            .is_some_and(|(_, seq)| seq.parse::<u64>().is_ok())
+    }
+
+    /// Gather the acknowledgement for `reply`; true once the batch is full.
+    fn add(&mut self, reply: async_nats::Subject) -> bool {
+        let Some((prefix, seq)) = reply
+            .rsplit_once('.')
+            .and_then(|(prefix, seq)| Some((prefix, seq.parse::<u64>().ok()?)))
+        else {
+            return false;
+        };
+        match self.pending.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, seqs)) => seqs.push(seq),
+            None => self.pending.push((prefix.to_string(), vec![seq])),
+        }
+        self.count += 1;
+        self.count >= wire::MAX_ACKS
+    }
+
+    fn take(&mut self) -> Vec<(String, Vec<u64>)> {
+        self.count = 0;
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -1098,34 +1217,38 @@ impl Remote for Gateway {
         }
         let seq = inner.next_seq();
         let target = message.target().clone();
-        let headers = inner.headers(Kind::Message, message.sender(), &target, Some(seq));
+        let headers = inner.headers(Kind::Message, message.sender());
         let item = Outbound::Message {
             seq,
             subject: inner.subjects.actor(message.target()),
             headers,
             payload: message.payload().clone(),
         };
-        // On record before it can be acknowledged.
-        inner
-            .unacked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        // On record, and counted sent, before it can be acknowledged.
+        {
+            let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+            unacked.insert(
                 seq,
                 Unacked {
                     queued: Instant::now(),
                     message,
                 },
             );
+            inner.counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(error) = inner.queue(item, &target) {
-            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
-            let message = inner
-                .take_unacked(seq)
-                .expect("only the queue takes a message it was given")
-                .message;
+            // Never queued, so never acknowledged: it comes back as it went in.
+            let message = {
+                let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+                inner.counters.sent.fetch_sub(1, Ordering::Relaxed);
+                inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+                unacked
+                    .remove(&seq)
+                    .expect("only the queue takes a message it was given")
+                    .message
+            };
             return Err(RemoteRefusal { error, message });
         }
-        inner.counters.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1142,7 +1265,7 @@ impl Remote for Gateway {
             return Box::pin(async move { Err(error) });
         }
         let seq = inner.next_seq();
-        let mut headers = inner.headers(Kind::Request, sender, target, Some(seq));
+        let mut headers = inner.headers(Kind::Request, sender);
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         headers.insert(wire::TIMEOUT_MS, timeout_ms.to_string());
         let (answer, answered) = oneshot::channel();
@@ -1200,7 +1323,7 @@ impl Remote for Gateway {
             );
             return;
         }
-        let headers = inner.headers(Kind::Publication, sender, topic, None);
+        let headers = inner.headers(Kind::Publication, sender);
         let item = Outbound::Publication {
             subject: inner.subjects.topic(topic),
             headers,

@@ -31,7 +31,7 @@
 //!   wire), and otherwise returns once the message is queued for the wire. Messages from
 //!   one host go out in the order they were sent, on one connection, so each sender's
 //!   messages to each target arrive in order. The serving host queues the message in the
-//!   real mailbox and acknowledges it, or answers a typed refusal. The sender has moved on
+//!   real mailbox and acknowledges it (in batches), or answers a typed refusal. The sender has moved on
 //!   by then, so a refusal (`mailbox-full`, say) ends the message as a dead letter on the
 //!   sending host with the serving host's reason; NATS's "no responders" ends it as
 //!   `no-host`; no acknowledgement within the ack timeout ends it as `unconfirmed` (it may
@@ -62,8 +62,8 @@
 //!
 //! Guests never touch NATS: a guest chooses a target and a payload, and its host stamps
 //! the sender id and every other header: `Courier-Sender`, `Courier-Kind`,
-//! `Courier-Target`, `Courier-Host`, `Courier-Id`, `Courier-Timeout-Ms` on what it sends,
-//! `Courier-Error` and `Courier-Detail` on its answers (the subjects are in [`subject`]).
+//! `Courier-Timeout-Ms`, `Courier-Host` on what it sends, `Courier-Error`,
+//! `Courier-Detail` and `Courier-Host` on its refusals (the subjects are in [`subject`]).
 //! A host takes the sender header of what arrives as true, so anyone who may
 //! publish on the lattice's subjects can claim any sender id: the NATS credentials
 //! ([`Auth`]) are what make a host a host. Give each host credentials whose permissions

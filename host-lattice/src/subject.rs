@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `courier.<lattice>.a.<id>` | messages and requests for the component `<id>`; its host subscribes |
 //! | `courier.<lattice>.t.<topic>` | publications on `<topic>`; each host with subscribers subscribes once |
-//! | `courier.<lattice>.h.<host>.r.<seq>` | acknowledgements and replies for host `<host>` |
+//! | `courier.<lattice>.h.<host>.r.<seq>` | refusals and replies for host `<host>`; `.r.acks`: batches of acknowledgements |
 //! | `courier.<lattice>.h.<host>.hb` | host `<host>`'s heartbeat: what it serves |
 //! | `courier.<lattice>.h.<host>.hello` | a host that joined, asking the others for their heartbeats |
 //!

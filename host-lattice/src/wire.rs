@@ -5,12 +5,17 @@
 //! |---|---|---|
 //! | `Courier-Sender` | the sending host | the id of the component (or `host`) that sent it |
 //! | `Courier-Kind` | the sending host | `message`, `request`, `publication` or `probe` |
-//! | `Courier-Target` | the sending host | the id or topic as the sender wrote it |
-//! | `Courier-Host` | the sending host | the host it came from |
-//! | `Courier-Id` | the sending host | `<host>:<seq>`, unique per message |
 //! | `Courier-Timeout-Ms` | the sending host | how long a request's sender waits |
+//! | `Courier-Host` | the sending host of a publication; the answering host of a refusal | which host it is |
 //! | `Courier-Error` | the answering host | why it refused (an error code, below) |
 //! | `Courier-Detail` | the answering host | the error's text (a name, a limit, a handler's message) |
+//!
+//! The target is the subject; the sending host and the message's sequence number are its
+//! reply subject (`courier.<lattice>.h.<host>.r.<seq>`). A message queued on the serving
+//! host is acknowledged without headers, in batches: one message on
+//! `courier.<lattice>.h.<host>.r.acks` whose payload is the sequence numbers it
+//! acknowledges ([`encode_seqs`]). A refusal is answered on the message's own reply
+//! subject, with the error in the headers.
 //!
 //! Guests never see NATS and cannot set any of these: a guest chooses only a target and a
 //! payload, and the host writes the rest.
@@ -20,9 +25,7 @@ use courier_host_broker::{ComponentError, MessagingError};
 
 pub(crate) const SENDER: &str = "Courier-Sender";
 pub(crate) const KIND: &str = "Courier-Kind";
-pub(crate) const TARGET: &str = "Courier-Target";
 pub(crate) const HOST: &str = "Courier-Host";
-pub(crate) const ID: &str = "Courier-Id";
 pub(crate) const TIMEOUT_MS: &str = "Courier-Timeout-Ms";
 pub(crate) const ERROR: &str = "Courier-Error";
 pub(crate) const DETAIL: &str = "Courier-Detail";
@@ -30,6 +33,64 @@ pub(crate) const DETAIL: &str = "Courier-Detail";
 /// The most of an error's text that goes into a header: header values share the server's
 /// payload limit, and a handler's error text is the guest's choice.
 pub(crate) const DETAIL_LIMIT: usize = 1024;
+
+/// The last token of the subject a batch of acknowledgements goes to.
+pub(crate) const ACKS: &str = "acks";
+
+/// The most acknowledgements in one batch: a batch is sent when no message is ready, or
+/// when it holds this many.
+pub(crate) const MAX_ACKS: usize = 1024;
+
+/// Sequence numbers as a batch of acknowledgements: each as the LEB128 varint of its
+/// difference from the one before (zigzag-free: a batch is written in arrival order, which
+/// for one sending host is increasing, but any order decodes).
+pub(crate) fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(seqs.len() * 2);
+    let mut previous = 0u64;
+    for &seq in seqs {
+        let mut delta = seq.wrapping_sub(previous);
+        previous = seq;
+        loop {
+            let byte = (delta & 0x7f) as u8;
+            delta >>= 7;
+            if delta == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    out
+}
+
+/// The sequence numbers [`encode_seqs`] wrote, or `None` for bytes it cannot have written
+/// (or more than [`MAX_ACKS`] of them).
+pub(crate) fn decode_seqs(mut bytes: &[u8]) -> Option<Vec<u64>> {
+    let mut seqs = Vec::new();
+    let mut previous = 0u64;
+    while !bytes.is_empty() {
+        let mut delta = 0u64;
+        let mut shift = 0;
+        loop {
+            let (&byte, rest) = bytes.split_first()?;
+            bytes = rest;
+            if shift > 63 {
+                return None;
+            }
+            delta |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        previous = previous.wrapping_add(delta);
+        seqs.push(previous);
+        if seqs.len() > MAX_ACKS {
+            return None;
+        }
+    }
+    Some(seqs)
+}
 
 /// What a message on an actor subject is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +238,21 @@ mod tests {
             );
         }
         assert!(take_error(Some(&HeaderMap::new())).is_none());
+    }
+
+    #[test]
+    fn acknowledged_sequence_numbers_survive_the_trip() {
+        for seqs in [
+            vec![],
+            vec![0],
+            vec![1, 2, 3, 300, 301, 1 << 40, u64::MAX],
+            vec![9, 4, 7],
+        ] {
+            assert_eq!(decode_seqs(&encode_seqs(&seqs)), Some(seqs));
+        }
+        assert_eq!(decode_seqs(&[0x80]), None, "a varint cut short");
+        assert_eq!(decode_seqs(&[0xff; 11]), None, "a varint too long");
+        assert_eq!(decode_seqs(&vec![1; MAX_ACKS + 1]), None, "too many");
     }
 
     #[test]

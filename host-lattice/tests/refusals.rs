@@ -60,7 +60,12 @@ async fn denied_and_unexposed_targets_are_refused_before_anything_goes_on_the_wi
             .map(|v| v.as_str().to_string())
     };
     assert_eq!(header("Courier-Sender").as_deref(), Some("insider"));
-    assert_eq!(header("Courier-Host").as_deref(), Some("a"));
+    assert_eq!(header("Courier-Kind").as_deref(), Some("message"));
+    let reply = crossed.reply.as_deref().unwrap_or_default();
+    assert!(
+        reply.starts_with(&format!("courier.{LATTICE}.h.a.r.")),
+        "acknowledged to host A: {reply}"
+    );
     assert_eq!(b.broker.metrics("secret").unwrap().delivered, 0);
 
     // Host B itself refuses an unexposed id, whatever a host asks for.
