@@ -91,14 +91,10 @@ struct Unacked {
 
 /// What the outbound task puts on the wire, in the order it was queued.
 enum Outbound {
-    Message {
+    /// A message or request for one component, answered on the reply subject of `seq`.
+    Addressed {
         seq: u64,
-        subject: String,
-        headers: HeaderMap,
-        payload: Bytes,
-    },
-    Request {
-        seq: u64,
+        request: bool,
         subject: String,
         headers: HeaderMap,
         payload: Bytes,
@@ -113,9 +109,9 @@ enum Outbound {
 impl Outbound {
     fn len(&self) -> u64 {
         match self {
-            Outbound::Message { payload, .. }
-            | Outbound::Request { payload, .. }
-            | Outbound::Publication { payload, .. } => payload.len() as u64,
+            Outbound::Addressed { payload, .. } | Outbound::Publication { payload, .. } => {
+                payload.len() as u64
+            }
         }
     }
 }
@@ -520,43 +516,34 @@ impl Inner {
             for item in batch.drain(..) {
                 self.outbound_bytes.fetch_sub(item.len(), Ordering::Relaxed);
                 match item {
-                    Outbound::Message {
+                    Outbound::Addressed {
                         seq,
+                        request,
                         subject,
                         headers,
                         payload,
                     } => {
                         let reply = format!("{replies}.{seq}");
-                        if let Err(err) = self
+                        let Err(err) = self
                             .client
                             .publish_with_reply_and_headers(subject, reply, headers, payload)
                             .await
-                            && let Some(unacked) =
-                                self.take_unacked(seq, &self.counters.unconfirmed)
-                        {
-                            unacked.message.dead_letter(&format!(
-                                "unconfirmed: the NATS client did not take it: {err}"
-                            ));
-                        }
-                    }
-                    Outbound::Request {
-                        seq,
-                        subject,
-                        headers,
-                        payload,
-                    } => {
-                        let reply = format!("{replies}.{seq}");
-                        if let Err(err) = self
-                            .client
-                            .publish_with_reply_and_headers(subject, reply, headers, payload)
-                            .await
-                        {
+                        else {
+                            continue;
+                        };
+                        if request {
                             self.answer(
                                 seq,
                                 Err(MessagingError::TargetCrashed(format!(
                                     "the request could not be sent to another host: {err}"
                                 ))),
                             );
+                        } else if let Some(unacked) =
+                            self.take_unacked(seq, &self.counters.unconfirmed)
+                        {
+                            unacked.message.dead_letter(&format!(
+                                "unconfirmed: the NATS client did not take it: {err}"
+                            ));
                         }
                     }
                     Outbound::Publication {
@@ -1218,8 +1205,9 @@ impl Remote for Gateway {
         let seq = inner.next_seq();
         let target = message.target().clone();
         let headers = inner.headers(Kind::Message, message.sender());
-        let item = Outbound::Message {
+        let item = Outbound::Addressed {
             seq,
+            request: false,
             subject: inner.subjects.actor(message.target()),
             headers,
             payload: message.payload().clone(),
@@ -1274,8 +1262,9 @@ impl Remote for Gateway {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(seq, answer);
-        let item = Outbound::Request {
+        let item = Outbound::Addressed {
             seq,
+            request: true,
             subject: inner.subjects.actor(target),
             headers,
             payload,
