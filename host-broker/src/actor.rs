@@ -126,6 +126,7 @@ impl Actor {
     async fn serve(&mut self) -> End {
         let mut stopping = false;
         loop {
+            self.take_upgrade().await;
             let Some(envelope) = self.next(stopping).await else {
                 return if stopping {
                     End::Stopped("stopped by the host".into())
@@ -133,6 +134,9 @@ impl Actor {
                     End::Stopped("the broker was dropped".into())
                 };
             };
+            if matches!(envelope, Envelope::Wake) {
+                continue;
+            }
             if matches!(envelope, Envelope::Stop) {
                 // What was taken with the stop was accepted before it, so it is owed a
                 // delivery; what is still in the channel is dead-lettered on closing.
@@ -190,6 +194,11 @@ impl Actor {
         if !matches!(self.shared.state(), ComponentState::Failed(_)) {
             self.shared.set_state(end.state());
         }
+        if let Some(order) = self.shared.take_upgrade_order() {
+            let _ = order
+                .reply
+                .send(Err("it stopped before it took the upgrade".into()));
+        }
         if let End::Failed(reason) = &end {
             tracing::error!(component = %self.shared.id, %reason, "component failed: it takes no more messages until it is removed or restarted");
         }
@@ -242,7 +251,7 @@ impl Actor {
                 Envelope::Message { sender, payload } => {
                     Call::Message(instance.call_handle_message(sender, payload).await)
                 }
-                Envelope::Stop => Call::Message(Ok(Ok(()))),
+                Envelope::Stop | Envelope::Wake => Call::Message(Ok(Ok(()))),
             }
         };
         let called = unless_drained(&self.shared, call.instrument(span.clone())).await;
@@ -384,7 +393,7 @@ impl Actor {
                 reply,
                 ..
             } => (sender, MessageKind::Request, payload, Some(reply)),
-            Envelope::Stop => return,
+            Envelope::Stop | Envelope::Wake => return,
         };
         bump(&self.shared.metrics.dead_lettered);
         bump(&self.counters.dead_lettered);
@@ -482,6 +491,7 @@ mod tests {
             Capabilities::none(),
             crate::remote::Exposure::Local,
             1 << 20,
+            "test",
         ));
         // The bytes the three messages would have been charged on their way in.
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;

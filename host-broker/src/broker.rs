@@ -195,6 +195,8 @@ pub struct MetricsSnapshot {
     pub restarts: u64,
     /// Messages waiting in its mailbox.
     pub mailbox_depth: usize,
+    /// The version of the component it runs ([`Component::version`](courier_host_core::Component::version)).
+    pub version: String,
     /// Handler latency percentiles.
     pub latency: LatencySummary,
 }
@@ -239,7 +241,7 @@ impl Broker {
         &self.inner.engine
     }
 
-    fn router(&self) -> &Router {
+    pub(crate) fn router(&self) -> &Router {
         &self.inner.router
     }
 
@@ -291,6 +293,7 @@ impl Broker {
             capabilities.clone(),
             exposure,
             mailbox_bytes,
+            component.version(),
         ));
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
         let mut options = InstanceOptions::new(id.clone())
@@ -653,6 +656,7 @@ impl MetricsSnapshot {
             refused: m.refused.load(Ordering::Relaxed),
             restarts: m.restarts.load(Ordering::Relaxed),
             mailbox_depth,
+            version: shared.version().to_string(),
             latency: m.latency.summary(),
         }
     }

@@ -49,6 +49,14 @@ pub enum BrokerError {
     /// The broker is shutting down and starts nothing new.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// An upgrade was refused or failed; the running version keeps serving.
+    #[error("component `{component}` was not upgraded: {reason}")]
+    Upgrade {
+        /// The component.
+        component: ComponentId,
+        /// Why.
+        reason: String,
+    },
     /// The attached remote would not serve the component to other hosts (say, another
     /// host already serves its id); the component was stopped again.
     #[error("component `{component}` cannot be served to other hosts: {reason}")]

@@ -45,6 +45,7 @@ mod routing;
 mod spec;
 mod supervisor;
 mod text;
+mod upgrade;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, HOST_SENDER,
@@ -64,6 +65,7 @@ pub use spec::{
     ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY,
 };
 pub use supervisor::{RestartPolicy, Supervision};
+pub use upgrade::Upgraded;
 
 pub use courier_host_core::{ComponentError, ComponentId, MessagingError};
 

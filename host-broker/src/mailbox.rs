@@ -24,14 +24,17 @@ pub(crate) enum Envelope {
     },
     /// Handle what is queued ahead of this, then stop.
     Stop,
+    /// Nothing to handle: wakes an idle actor to look for an upgrade.
+    Wake,
 }
 
 impl Envelope {
-    /// Who sent it; empty for [`Envelope::Stop`], which only the broker sends.
+    /// Who sent it; empty for [`Envelope::Stop`] and [`Envelope::Wake`], which only the
+    /// broker sends.
     pub(crate) fn sender(&self) -> &str {
         match self {
             Envelope::Message { sender, .. } | Envelope::Request { sender, .. } => sender,
-            Envelope::Stop => "",
+            Envelope::Stop | Envelope::Wake => "",
         }
     }
 
@@ -39,7 +42,7 @@ impl Envelope {
     pub(crate) fn payload(&self) -> &[u8] {
         match self {
             Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
-            Envelope::Stop => &[],
+            Envelope::Stop | Envelope::Wake => &[],
         }
     }
 
@@ -47,7 +50,7 @@ impl Envelope {
     pub(crate) fn into_payload(self) -> Bytes {
         match self {
             Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
-            Envelope::Stop => Bytes::new(),
+            Envelope::Stop | Envelope::Wake => Bytes::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
 use crate::metrics::Metrics;
 use crate::remote::Exposure;
+use crate::upgrade::UpgradeOrder;
 
 /// Where a component is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,11 @@ pub(crate) struct ActorShared {
     /// Set when the component is removed from the registry, so senders that cached its
     /// entry look it up again.
     retired: AtomicBool,
+    /// Set while an upgrade waits for the actor, which looks before each message.
+    pub(crate) upgrade_pending: AtomicBool,
+    upgrade: Mutex<Option<UpgradeOrder>>,
+    /// The version it runs ([`Component::version`](courier_host_core::Component::version)).
+    version: Mutex<Arc<str>>,
     /// During shutdown, when the actor must stop handling and dead-letter the rest.
     drain_deadline: OnceLock<Instant>,
     /// Wakes an actor waiting in a handler call or a restart backoff when the drain
@@ -73,8 +79,12 @@ impl ActorShared {
         capabilities: Capabilities,
         exposure: Exposure,
         mailbox_bytes: u64,
+        version: &str,
     ) -> Self {
         ActorShared {
+            upgrade_pending: AtomicBool::new(false),
+            upgrade: Mutex::new(None),
+            version: Mutex::new(version.into()),
             id,
             capabilities,
             exposure,
@@ -88,6 +98,34 @@ impl ActorShared {
             drain_deadline: OnceLock::new(),
             draining: Notify::new(),
         }
+    }
+
+    /// Leave an upgrade for the actor; refused (and handed back) while another waits.
+    pub(crate) fn order_upgrade(&self, order: UpgradeOrder) -> Result<(), UpgradeOrder> {
+        let mut slot = self.upgrade.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Err(order);
+        }
+        *slot = Some(order);
+        self.upgrade_pending.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn take_upgrade_order(&self) -> Option<UpgradeOrder> {
+        let mut slot = self.upgrade.lock().unwrap_or_else(|e| e.into_inner());
+        self.upgrade_pending.store(false, Ordering::Release);
+        slot.take()
+    }
+
+    pub(crate) fn version(&self) -> Arc<str> {
+        self.version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_version(&self, version: &str) {
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version.into();
     }
 
     pub(crate) fn state(&self) -> ComponentState {

@@ -12,4 +12,5 @@ mod messaging;
 mod properties;
 mod soak;
 mod supervision;
+mod upgrade;
 mod wasm_to_wasm;

@@ -55,6 +55,8 @@ pub struct Component {
 
 pub(crate) struct ComponentInner {
     pub(crate) name: String,
+    /// A digest of the component's bytes: which version of it this is.
+    pub(crate) version: String,
     pub(crate) engine: Engine,
     /// Linked once, with the typed exports of world `actor` looked up: instantiating does
     /// neither again.
@@ -67,6 +69,20 @@ impl Component {
         &self.inner.name
     }
 
+    /// Which version of the component this is: 16 hex digits of a 64-bit FNV-1a digest of
+    /// its bytes, the same for the same bytes on every host. It tells versions apart; it
+    /// is not a cryptographic hash and proves nothing about who made the bytes.
+    ///
+    /// ```no_run
+    /// # fn run(engine: courier_host_core::Engine) -> courier_host_core::Result<()> {
+    /// let echo = engine.load_component_file("echo", "target/guests/echo.wasm")?;
+    /// assert_eq!(echo.version().len(), 16);
+    /// # Ok(()) }
+    /// ```
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
     /// The engine the component was compiled for.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
@@ -77,6 +93,7 @@ impl std::fmt::Debug for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Component")
             .field("name", &self.inner.name)
+            .field("version", &self.inner.version)
             .finish()
     }
 }
@@ -107,6 +124,7 @@ impl Engine {
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 name: name.to_string(),
+                version: version_of(bytes),
                 engine: self.clone(),
                 pre,
             }),
@@ -122,6 +140,14 @@ impl Engine {
         })?;
         self.load_component(name, &bytes)
     }
+}
+
+/// The digest [`Component::version`] names a component's bytes by.
+fn version_of(bytes: &[u8]) -> String {
+    let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{digest:016x}")
 }
 
 /// Checks that the component exports both handlers with the world's signatures.

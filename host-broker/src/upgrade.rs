@@ -1,0 +1,140 @@
+//! Live upgrade: a running component swapped for a new version of itself between two
+//! messages, its mailbox, id, metrics and books untouched.
+//!
+//! The order goes to the actor beside its mailbox, not through it, so it does not wait
+//! behind what is queued: the actor finishes the handler in flight, takes the order before
+//! its next message, makes an instance of the new version and swaps it in, and carries on
+//! with the same queue in the same order. Senders never see it: they keep queueing
+//! throughout. If the new version cannot be instantiated, the old instance keeps serving
+//! and the caller hears why.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use courier_host_core::{Component, ComponentId};
+use tokio::sync::oneshot;
+
+use crate::actor::Actor;
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::mailbox::Envelope;
+use crate::registry::ComponentState;
+
+/// What [`Broker::upgrade`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgraded {
+    /// The component.
+    pub id: ComponentId,
+    /// The version it ran before ([`Component::version`]).
+    pub previous: String,
+    /// The version it runs now.
+    pub version: String,
+    /// From the order to the swap: the handler in flight, if any, and making the new
+    /// instance.
+    pub took: Duration,
+}
+
+/// An upgrade waiting for its actor.
+pub(crate) struct UpgradeOrder {
+    pub(crate) component: Component,
+    pub(crate) ordered: Instant,
+    pub(crate) reply: oneshot::Sender<Result<Upgraded, String>>,
+}
+
+impl Broker {
+    /// Replace the running component `id` with `component`, a new version of it, without
+    /// losing or reordering a message: the handler in flight finishes, then the next
+    /// message is handled by an instance of the new version. Its id, mailbox, metrics and
+    /// supervision stay; a restart after a trap makes an instance of the new version.
+    ///
+    /// The new instance is made while the old one still exists, so the engine's pool needs
+    /// a free slot for it. If it cannot be made (no slot, its memory over the component's
+    /// cap, a trap while it starts), the old version keeps serving and the error says why.
+    ///
+    /// ```no_run
+    /// # async fn run(broker: courier_host_broker::Broker) -> Result<(), Box<dyn std::error::Error>> {
+    /// let next = broker.engine().load_component_file("pong", "target/guests/pong.wasm")?;
+    /// let upgraded = broker.upgrade("pong", next).await?;
+    /// println!("pong: {} -> {} in {:?}", upgraded.previous, upgraded.version, upgraded.took);
+    /// # Ok(()) }
+    /// ```
+    pub async fn upgrade(&self, id: &str, component: Component) -> Result<Upgraded, BrokerError> {
+        let refused = |reason: String| BrokerError::Upgrade {
+            component: id.into(),
+            reason,
+        };
+        let entry = self
+            .router()
+            .registry
+            .get(id)
+            .ok_or_else(|| BrokerError::NotFound(id.into()))?;
+        match entry.shared.state() {
+            ComponentState::Running | ComponentState::Restarting => {}
+            state => {
+                return Err(refused(format!(
+                    "it is {}: only a running component is upgraded",
+                    state.name()
+                )));
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let order = UpgradeOrder {
+            component,
+            ordered: Instant::now(),
+            reply,
+        };
+        if entry.shared.order_upgrade(order).is_err() {
+            return Err(refused("another upgrade of it is under way".into()));
+        }
+        // An actor that closed meanwhile will not look for the order: take it back. (It
+        // closes before it looks for a last order, so one of the two sees the other.)
+        if entry.shared.is_closed() && entry.shared.take_upgrade_order().is_some() {
+            return Err(refused("it stopped before it took the upgrade".into()));
+        }
+        // Wakes an idle actor; a full mailbox means a busy one, which looks for the order
+        // before each message anyway.
+        let _ = entry.mailbox.try_send(Envelope::Wake);
+        match answer.await {
+            Ok(Ok(upgraded)) => {
+                tracing::info!(component = %id, previous = %upgraded.previous, version = %upgraded.version, took = ?upgraded.took, "upgraded");
+                Ok(upgraded)
+            }
+            Ok(Err(reason)) => Err(refused(reason)),
+            Err(_) => Err(refused("it stopped before it took the upgrade".into())),
+        }
+    }
+}
+
+impl Actor {
+    /// Take an upgrade ordered since the last message, if there is one: make the new
+    /// version's instance, then swap it in. On failure the old instance stays.
+    pub(crate) async fn take_upgrade(&mut self) {
+        if !self.shared.upgrade_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(order) = self.shared.take_upgrade_order() else {
+            return;
+        };
+        let previous = self.component.version().to_string();
+        let answer = match order.component.instantiate(self.options.clone()).await {
+            Ok(instance) => {
+                let version = order.component.version().to_string();
+                self.component = order.component;
+                // The old instance goes here, its slot back to the pool.
+                self.instance = Some(instance);
+                self.shared.set_version(&version);
+                Ok(Upgraded {
+                    id: self.shared.id.clone(),
+                    previous,
+                    version,
+                    took: order.ordered.elapsed(),
+                })
+            }
+            Err(err) => {
+                tracing::warn!(component = %self.shared.id, error = %err, "upgrade failed; the running version stays");
+                Err(format!("the new version cannot be instantiated: {err}"))
+            }
+        };
+        let _ = order.reply.send(answer);
+    }
+}

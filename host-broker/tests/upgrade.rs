@@ -1,0 +1,109 @@
+//! Live upgrade: a running component swapped for a new version between two messages.
+
+use courier_host_broker::{Broker, BrokerError, ComponentSpec};
+use courier_host_core::{Engine, EngineConfig};
+
+use crate::common::{SECOND, Setup, load};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_loses_no_message_and_keeps_the_books() {
+    let setup = Setup::new();
+    setup
+        .spawn(setup.spec("pong", "pong").mailbox_capacity(16_384))
+        .await;
+    setup
+        .spawn(setup.spec("ping", "ping").may_send("pong"))
+        .await;
+
+    setup.broker.send("ping", b"10000".to_vec()).unwrap();
+    // Twice while pong works through the burst; senders never notice.
+    for _ in 0..2 {
+        let next = load(&setup.engine, "pong");
+        let upgraded = setup.broker.upgrade("pong", next).await.unwrap();
+        assert_eq!(upgraded.previous, upgraded.version, "the same build again");
+    }
+    assert!(setup.broker.quiesce(10 * SECOND).await);
+    let pong = setup.broker.metrics("pong").unwrap();
+    assert_eq!(
+        (
+            pong.delivered,
+            pong.dead_lettered,
+            pong.refused,
+            pong.restarts
+        ),
+        (10_000, 0, 0, 0),
+        "{pong:?}"
+    );
+    // The instance pong runs now saw every message it handled in order.
+    let reply = setup
+        .broker
+        .request("pong", Vec::new(), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(reply[8..], 0u64.to_le_bytes(), "none out of order");
+    let books = setup.broker.accounting();
+    assert_eq!(books.sent, books.delivered, "{books:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_component_runs_the_new_version_under_the_same_id() {
+    let setup = Setup::new();
+    let echo = load(&setup.engine, "echo");
+    let counter = load(&setup.engine, "counter");
+    assert_ne!(echo.version(), counter.version());
+    setup.spawn(ComponentSpec::new("svc", echo.clone())).await;
+    let reply = setup.broker.request("svc", b"hi".to_vec(), SECOND).await;
+    assert_eq!(reply.unwrap(), b"hi");
+    assert_eq!(setup.broker.metrics("svc").unwrap().version, echo.version());
+
+    let upgraded = setup.broker.upgrade("svc", counter.clone()).await.unwrap();
+    assert_eq!(
+        (upgraded.previous.as_str(), upgraded.version.as_str()),
+        (echo.version(), counter.version())
+    );
+    // A counter now: it answers with how many messages it has counted.
+    setup.broker.send("svc", b"one".to_vec()).unwrap();
+    assert_eq!(setup.count("svc").await, 1);
+    let svc = setup.broker.metrics("svc").unwrap();
+    assert_eq!(svc.version, counter.version());
+    assert_eq!(svc.delivered, 3, "the metrics carry on across the upgrade");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_instance_cannot_be_made_leaves_the_old_one_serving() {
+    // One slot in the pool: the new instance cannot be made beside the old one.
+    let engine = Engine::new(EngineConfig::default().max_instances(1)).unwrap();
+    let broker = Broker::new(engine.clone());
+    let echo = load(&engine, "echo");
+    broker
+        .spawn(ComponentSpec::new("echo", echo.clone()))
+        .await
+        .unwrap();
+    let refused = broker
+        .upgrade("echo", load(&engine, "counter"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BrokerError::Upgrade { reason, .. } if reason.contains("cannot be instantiated")),
+        "{refused}"
+    );
+    let reply = broker.request("echo", b"still".to_vec(), SECOND).await;
+    assert_eq!(reply.unwrap(), b"still");
+    assert_eq!(broker.metrics("echo").unwrap().version, echo.version());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_running_component_is_upgraded() {
+    let setup = Setup::new();
+    let echo = load(&setup.engine, "echo");
+    let missing = setup.broker.upgrade("nobody", echo.clone()).await;
+    assert!(matches!(missing, Err(BrokerError::NotFound(_))));
+    let handle = setup
+        .broker
+        .spawn(ComponentSpec::new("echo", echo.clone()))
+        .await
+        .unwrap();
+    handle.stop().await.unwrap();
+    let stopped = setup.broker.upgrade("echo", echo).await;
+    assert!(stopped.is_err(), "{stopped:?}");
+}
