@@ -9,6 +9,7 @@
 //! | `GET /metrics` | metrics in the Prometheus text format |
 //! | `GET /dead-letters` | the recent dead letters (JSON) |
 //! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200` |
+//! | `POST /components/{id}/upgrade` | the body is a new version of the component (`.wasm`, at most 64 MiB): it replaces the running one between two messages, `200 {"status":"upgraded","previous":"…","version":"…","took_ms":N}`; `400 invalid-component` if it does not load, `409 upgrade-refused` if it cannot run (the running version stays) |
 //! | `GET /lattice` | this host's lattice, the other hosts heard from and what each serves, and the remote counters (JSON); `404` when the host joined none |
 //!
 //! A message or request for an id that runs on another host of the lattice takes the same
@@ -44,7 +45,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::collections::HashMap;
 
-use courier_host_broker::{Broker, ComponentError, ComponentSpec, ComponentState, MessagingError};
+use courier_host_broker::{
+    Broker, BrokerError, ComponentError, ComponentSpec, ComponentState, MessagingError,
+};
 use courier_host_lattice::Lattice;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -55,6 +58,11 @@ use crate::units::{format_bytes, format_duration};
 /// The longest a request may ask to wait for its reply: long enough for any sensible
 /// handler, short enough that a forgotten client cannot pin a request slot for days.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The largest component `POST /components/{id}/upgrade` takes: far above any component
+/// built with the SDK (tens of KiB), small enough that a client cannot make the host hold or
+/// compile gigabytes.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 /// What the ingress's handlers share.
 #[derive(Clone)]
@@ -169,6 +177,10 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         .route("/components/{id}/messages", post(post_message))
         .route("/components/{id}/requests", post(post_request))
         .route("/components/{id}/restart", post(restart))
+        .route(
+            "/components/{id}/upgrade",
+            post(upgrade).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
         .route("/metrics", get(metrics))
         .route("/dead-letters", get(dead_letters))
         .route("/lattice", get(lattice))
@@ -478,6 +490,69 @@ async fn restart(
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
+/// Loads the body as a new version of the component and swaps it in (`Broker::upgrade`).
+async fn upgrade(
+    State(ingress): State<Ingress>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            "bad-request",
+            format!(
+                "the body is not a component of at most {}: {}",
+                format_bytes(MAX_COMPONENT_BYTES as u64),
+                rejection.body_text()
+            ),
+        )
+    })?;
+    if ingress.broker.state(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "target-not-found",
+            format!("no component `{id}` is running"),
+        ));
+    }
+    // Compiling is seconds of CPU for a large component: off the runtime's workers.
+    let engine = ingress.broker.engine().clone();
+    let name = id.clone();
+    let loaded = tokio::task::spawn_blocking(move || engine.load_component(&name, &bytes))
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("loading the component failed: {err}"),
+            )
+        })?;
+    let component = loaded.map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-component",
+            err.to_string(),
+        )
+    })?;
+    let upgraded = ingress
+        .broker
+        .upgrade(&id, component)
+        .await
+        .map_err(|err| match err {
+            BrokerError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "target-not-found", err.to_string())
+            }
+            err => ApiError::new(StatusCode::CONFLICT, "upgrade-refused", err.to_string()),
+        })?;
+    let body = json!({
+        "status": "upgraded",
+        "target": id,
+        "previous": upgraded.previous,
+        "version": upgraded.version,
+        "took_ms": upgraded.took.as_secs_f64() * 1000.0,
+    });
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
 async fn unknown_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -500,6 +575,7 @@ struct ComponentView {
     dead_lettered: u64,
     refused: u64,
     restarts: u64,
+    version: String,
 }
 
 async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<ComponentView>> {
@@ -522,6 +598,7 @@ async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<Compo
             dead_lettered: m.dead_lettered,
             refused: m.refused,
             restarts: m.restarts,
+            version: m.version,
         })
         .collect();
     axum::Json(views)

@@ -3,14 +3,14 @@
 //! The `courier` runner: it reads a manifest (`courier.toml`) that declares components, their
 //! capabilities, limits and supervision, starts them on a [`Broker`] and opens an HTTP
 //! ingress through which the outside world sends them messages and requests and reads their
-//! metrics. The binary's commands are `check`, `run` and `new`; this library holds their
+//! metrics. The binary's commands are `check`, `run`, `upgrade` and `new`; this library holds their
 //! parts so that they can be tested and reused.
 //!
 //! The map: [`manifest`] reads and checks `courier.toml`, reporting [`diagnostics`] with
 //! their lines; [`units`] reads sizes and durations; [`load`] builds the engine and
 //! compiles the components; [`check`] and [`run`] are the commands of those names;
-//! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`scaffold`] is
-//! `courier new`.
+//! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`upgrade`] is
+//! `courier upgrade`, a client of the ingress; [`scaffold`] is `courier new`.
 //!
 //! [`Broker`]: courier_host_broker::Broker
 
@@ -24,6 +24,7 @@ pub mod run;
 pub mod scaffold;
 pub mod server;
 pub mod units;
+pub mod upgrade;
 
 pub use diagnostics::{Diagnostics, Problem};
 pub use manifest::Manifest;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use courier_cli::units::Millis;
-use courier_cli::{check, run, scaffold};
+use courier_cli::{check, run, scaffold, upgrade};
 
 /// Run Courier components: WebAssembly actors that handle messages.
 #[derive(Debug, Parser)]
@@ -45,6 +45,20 @@ enum Command {
         drain: Option<Duration>,
     },
     /// Create a component crate in the new folder NAME, ready to build for wasm32-wasip2.
+    /// Replace a component of a running `courier run` with a new version of it, between two
+    /// messages, through the runner's ingress: none of its messages is lost or reordered.
+    Upgrade {
+        /// The component's id.
+        id: String,
+        /// The new version's `.wasm` file.
+        path: PathBuf,
+        /// The runner's ingress.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The ingress's bearer token, if it asks for one (default: `COURIER_TOKEN`).
+        #[arg(long, env = "COURIER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     New {
         /// The folder to create; its last part is the crate's name and the component's id.
         name: PathBuf,
@@ -68,6 +82,21 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("courier: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Upgrade {
+            id,
+            path,
+            url,
+            token,
+        } => match upgrade::upgrade(&id, &path, &url, token.as_deref()) {
+            Ok(answer) => {
+                println!("courier: upgraded `{id}`: {answer}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("courier: {err}");
                 ExitCode::FAILURE
             }
         },

@@ -23,7 +23,8 @@ type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> f64);
 /// Per component (label `component`): the counters `courier_messages_delivered_total`,
 /// `courier_messages_failed_total`, `courier_messages_dead_lettered_total`,
 /// `courier_messages_refused_total` and `courier_restarts_total`; the gauges
-/// `courier_mailbox_depth`, `courier_component_state` (1 for the current `state`) and
+/// `courier_mailbox_depth`, `courier_component_state` (1 for the current `state`),
+/// `courier_component_info` (1, with the `version` it runs) and
 /// `courier_handler_latency_max_seconds`; the summary `courier_handler_latency_seconds`
 /// (label `quantile`: 0.5, 0.9, 0.99, with `_sum` and `_count`). Broker-wide:
 /// `courier_broker_messages_{sent,arrived,delivered,refused,dead_lettered}_total` and the
@@ -85,6 +86,22 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
                 let labels = vec![
                     ("component", m.id.to_string()),
                     ("state", m.state.name().to_string()),
+                ];
+                (labels, 1.0)
+            })
+            .collect(),
+    );
+    family(
+        &mut out,
+        "courier_component_info",
+        "gauge",
+        "1, labelled with the version of the component it runs (a digest of its bytes).",
+        components
+            .iter()
+            .map(|m| {
+                let labels = vec![
+                    ("component", m.id.to_string()),
+                    ("version", m.version.clone()),
                 ];
                 (labels, 1.0)
             })
@@ -324,6 +341,7 @@ mod tests {
             refused: 2,
             restarts: 1,
             mailbox_depth: 3,
+            version: "0123456789abcdef".into(),
             latency: LatencySummary {
                 count: 8,
                 total: Duration::from_micros(250),
@@ -350,6 +368,9 @@ mod tests {
         assert!(text.contains("# TYPE courier_messages_delivered_total counter\n"));
         assert!(text.contains("courier_messages_delivered_total{component=\"echo\"} 7\n"));
         assert!(text.contains("courier_mailbox_depth{component=\"echo\"} 3\n"));
+        assert!(text.contains(
+            "courier_component_info{component=\"echo\",version=\"0123456789abcdef\"} 1\n"
+        ));
         assert!(text.contains(
             "courier_handler_latency_seconds{component=\"echo\",quantile=\"0.5\"} 0.000012\n"
         ));

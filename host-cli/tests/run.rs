@@ -940,3 +940,91 @@ fn two_runners_in_a_lattice_reach_each_others_components_through_the_same_routes
     b.terminate();
     assert!(b.wait(STOP_TIMEOUT).success(), "{}", b.stderr());
 }
+
+#[test]
+fn courier_upgrade_swaps_a_running_component_through_the_ingress() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+listen = "127.0.0.1:1"
+max_payload = "1 KiB"      # far below a component: the upgrade route has its own limit
+cache_dir = "{cache}"
+token = "s3cret"
+
+[[component]]
+id = "svc"
+path = "{echo}"
+"#,
+    );
+    let mut courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let address = courier.address();
+    let url = format!("http://{address}");
+    let upgrade = |id: &str, path: &Path, token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["upgrade", id])
+            .arg(path)
+            .args(["--url", &url, "--token", token])
+            .env_remove("COURIER_TOKEN")
+            .output()
+            .expect("the courier binary starts")
+    };
+    let counter = guest_path("counter");
+
+    let refused = upgrade("svc", &counter, "wrong");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("(401)"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a component").unwrap();
+    let invalid = upgrade("svc", &garbage, "s3cret");
+    assert!(
+        String::from_utf8_lossy(&invalid.stderr).contains("invalid-component"),
+        "{}",
+        String::from_utf8_lossy(&invalid.stderr)
+    );
+
+    let done = upgrade("svc", &counter, "s3cret");
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        said.contains("upgraded `svc`") && said.contains("\"status\":\"upgraded\""),
+        "{said}"
+    );
+
+    // The counter answers now, under the same id, and the listing shows its version.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let call = |method: &str, path: &str| {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{url}{path}"))
+            .header("Authorization", "Bearer s3cret")
+            .body(Vec::new())
+            .unwrap();
+        let mut response = agent.run(request).expect("the ingress answers");
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_vec().unwrap())
+    };
+    let (status, count) = call("POST", "/components/svc/requests");
+    assert_eq!((status, count.as_slice()), (200, &0u64.to_le_bytes()[..]));
+    let (_, listing) = call("GET", "/components");
+    let listing = json(&listing);
+    let version = listing[0]["version"].as_str().unwrap().to_string();
+    assert!(said.contains(&version), "{said} names {version}");
+    let (status, _) = call("POST", "/components/nobody/upgrade");
+    assert_eq!(status, 404);
+
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
