@@ -8,7 +8,7 @@
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "actor",
+    world: "stateful-actor",
     // The `#[handler]` expansion invokes `export!` from the component crate, so the macro
     // must be public and must find the bindings and the wit-bindgen runtime through this
     // crate: the component depends on `courier-sdk` alone.

@@ -110,3 +110,124 @@ impl MessageHandlerInModule for MessageFn {}
 
 /// Compiles only if `#[handler]` defined a message handler in the module.
 pub const fn require_message_handler<T: MessageHandlerInModule>(_handler: &T) {}
+
+/// The state of a `#[handler]` impl, seen by the `state` exports: the cell that holds it.
+/// Which of [`SavedWithSerde`] and [`NotSaved`] applies is chosen by method resolution on
+/// the concrete type (autoref specialisation): with a codec feature on and a type that is
+/// `Serialize + DeserializeOwned`, the first; otherwise the second.
+pub struct StateOf<T: 'static>(pub &'static std::thread::LocalKey<StateCell<T>>);
+
+/// A state that crosses upgrades: saved and loaded through serde, framed like a typed
+/// payload (CBOR when the `cbor` feature is on, else JSON).
+#[cfg(any(feature = "json", feature = "cbor"))]
+pub trait SavedWithSerde {
+    /// The state's bytes; empty while it has not been created.
+    fn save_state(&self) -> Vec<u8>;
+    /// Take over saved bytes; a state this type cannot decode is refused, never replaced
+    /// by a default.
+    fn load_state(&self, state: Vec<u8>) -> Result<(), ComponentError>;
+}
+
+#[cfg(any(feature = "json", feature = "cbor"))]
+impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> SavedWithSerde for StateOf<T> {
+    fn save_state(&self) -> Vec<u8> {
+        #[cfg(feature = "cbor")]
+        let codec = courier_codec::Codec::Cbor;
+        #[cfg(not(feature = "cbor"))]
+        let codec = courier_codec::Codec::Json;
+        self.0.with(|cell| match &*cell.borrow() {
+            None => Vec::new(),
+            // A state serde cannot write is a bug of the component's: the trap fails the
+            // upgrade and the running version stays.
+            Some(state) => courier_codec::encode(codec, state)
+                .unwrap_or_else(|err| panic!("the state cannot be saved: {err}")),
+        })
+    }
+
+    fn load_state(&self, state: Vec<u8>) -> Result<(), ComponentError> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        let loaded: T = courier_codec::decode(&state).map_err(|err| {
+            ComponentError::InvalidMessage(format!(
+                "the saved state ({} bytes) cannot be read by this version: {err}",
+                state.len()
+            ))
+        })?;
+        self.0.with(|cell| *cell.borrow_mut() = Some(loaded));
+        Ok(())
+    }
+}
+
+/// A state that does not cross upgrades: a component whose state type is not serde's (or
+/// built without a codec feature) saves nothing, and refuses saved bytes it cannot take, so
+/// an upgrade from a version that kept state fails rather than silently dropping it.
+pub trait NotSaved {
+    /// Nothing.
+    fn save_state(&self) -> Vec<u8>;
+    /// Accepts no state; refuses any bytes.
+    fn load_state(&self, state: Vec<u8>) -> Result<(), ComponentError>;
+}
+
+impl<T: 'static> NotSaved for &StateOf<T> {
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn load_state(&self, state: Vec<u8>) -> Result<(), ComponentError> {
+        no_saved_state(state)
+    }
+}
+
+/// The state of a `#[handler]` function: none.
+pub struct NoState;
+
+impl NotSaved for NoState {
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn load_state(&self, state: Vec<u8>) -> Result<(), ComponentError> {
+        no_saved_state(state)
+    }
+}
+
+/// `load-state` of a component that keeps no state across upgrades.
+pub fn no_saved_state(state: Vec<u8>) -> Result<(), ComponentError> {
+    if state.is_empty() {
+        Ok(())
+    } else {
+        // A fixed text: `format!` would pull the formatting machinery into components that
+        // otherwise have none (it triples the size of `echo`).
+        Err(ComponentError::InvalidMessage(
+            "this version keeps no state across upgrades, and was given some (derive serde's \
+             Serialize and Deserialize for the handler's type, with the SDK's `cbor` or `json` \
+             feature on, to keep it)"
+                .to_string(),
+        ))
+    }
+}
+
+/// Brings [`SavedWithSerde`] into scope where the SDK has a codec feature on; nothing
+/// otherwise. The `#[handler]` expansion calls it, since a proc macro cannot see the SDK's
+/// features.
+#[cfg(any(feature = "json", feature = "cbor"))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __courier_use_saved_with_serde {
+    () => {
+        #[allow(unused_imports)]
+        use ::courier_sdk::__private::SavedWithSerde as _;
+    };
+}
+
+/// Brings [`SavedWithSerde`] into scope where the SDK has a codec feature on; nothing
+/// otherwise.
+#[cfg(not(any(feature = "json", feature = "cbor")))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __courier_use_saved_with_serde {
+    () => {};
+}
+
+pub use __courier_use_saved_with_serde as use_saved_with_serde;

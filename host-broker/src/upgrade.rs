@@ -5,8 +5,12 @@
 //! behind what is queued: the actor finishes the handler in flight, takes the order before
 //! its next message, makes an instance of the new version and swaps it in, and carries on
 //! with the same queue in the same order. Senders never see it: they keep queueing
-//! throughout. If the new version cannot be instantiated, the old instance keeps serving
-//! and the caller hears why.
+//! throughout.
+//!
+//! State moves when both versions export world `stateful-actor`'s `state` interface: the
+//! running instance's `save-state`, then the new one's `load-state`. If the new version
+//! cannot be instantiated, refuses the state or traps taking it, the old instance keeps
+//! serving and the caller hears why.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,8 +33,11 @@ pub struct Upgraded {
     pub previous: String,
     /// The version it runs now.
     pub version: String,
-    /// From the order to the swap: the handler in flight, if any, and making the new
-    /// instance.
+    /// Bytes of state moved from the old version to the new one; `None` when one of them
+    /// does not keep state (does not export `state`), so none was moved.
+    pub state_bytes: Option<usize>,
+    /// From the order to the swap: the handler in flight, if any, making the new instance
+    /// and moving the state.
     pub took: Duration,
 }
 
@@ -116,8 +123,8 @@ impl Actor {
             return;
         };
         let previous = self.component.version().to_string();
-        let answer = match order.component.instantiate(self.options.clone()).await {
-            Ok(instance) => {
+        let answer = match self.next_version(&order.component).await {
+            Ok((instance, state_bytes)) => {
                 let version = order.component.version().to_string();
                 self.component = order.component;
                 // The old instance goes here, its slot back to the pool.
@@ -127,14 +134,48 @@ impl Actor {
                     id: self.shared.id.clone(),
                     previous,
                     version,
+                    state_bytes,
                     took: order.ordered.elapsed(),
                 })
             }
-            Err(err) => {
-                tracing::warn!(component = %self.shared.id, error = %err, "upgrade failed; the running version stays");
-                Err(format!("the new version cannot be instantiated: {err}"))
+            Err(reason) => {
+                tracing::warn!(component = %self.shared.id, %reason, "upgrade failed; the running version stays");
+                Err(reason)
             }
         };
         let _ = order.reply.send(answer);
+    }
+
+    /// An instance of `next` holding the running instance's state, when both versions keep
+    /// state, and how many bytes of it moved.
+    async fn next_version(
+        &mut self,
+        next: &Component,
+    ) -> Result<(courier_host_core::Instance, Option<usize>), String> {
+        let mut instance = next
+            .instantiate(self.options.clone())
+            .await
+            .map_err(|err| format!("the new version cannot be instantiated: {err}"))?;
+        let running = match self.instance.as_mut() {
+            Some(running) if running.keeps_state() && instance.keeps_state() => running,
+            _ => return Ok((instance, None)),
+        };
+        // If this traps, the running instance is poisoned: its supervision replaces it at
+        // its next message, as after any trap.
+        let state = running
+            .save_state()
+            .await
+            .map_err(|err| format!("the running version could not save its state: {err}"))?;
+        match instance.load_state(&state).await {
+            Ok(Ok(())) => Ok((instance, Some(state.len()))),
+            Ok(Err(refusal)) => Err(format!(
+                "the new version refused the state ({} bytes): {refusal:?}",
+                state.len()
+            )),
+            Err(err) => Err(format!(
+                "the new version failed taking the state ({} bytes): {err}",
+                state.len()
+            )),
+        }
     }
 }

@@ -21,6 +21,7 @@ async fn an_upgrade_under_load_loses_no_message_and_keeps_the_books() {
         let next = load(&setup.engine, "pong");
         let upgraded = setup.broker.upgrade("pong", next).await.unwrap();
         assert_eq!(upgraded.previous, upgraded.version, "the same build again");
+        assert!(upgraded.state_bytes.is_some(), "pong keeps state");
     }
     assert!(setup.broker.quiesce(10 * SECOND).await);
     let pong = setup.broker.metrics("pong").unwrap();
@@ -34,12 +35,13 @@ async fn an_upgrade_under_load_loses_no_message_and_keeps_the_books() {
         (10_000, 0, 0, 0),
         "{pong:?}"
     );
-    // The instance pong runs now saw every message it handled in order.
+    // Its state (the count and the order check) moved to each new instance.
     let reply = setup
         .broker
         .request("pong", Vec::new(), SECOND)
         .await
         .unwrap();
+    assert_eq!(reply[..8], 10_000u64.to_le_bytes(), "the count survived");
     assert_eq!(reply[8..], 0u64.to_le_bytes(), "none out of order");
     let books = setup.broker.accounting();
     assert_eq!(books.sent, books.delivered, "{books:?}");
@@ -106,4 +108,46 @@ async fn only_a_running_component_is_upgraded() {
     handle.stop().await.unwrap();
     let stopped = setup.broker.upgrade("echo", echo).await;
     assert!(stopped.is_err(), "{stopped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_cannot_take_the_state_leaves_the_old_one_serving_with_it() {
+    let setup = Setup::new();
+    setup.spawn(setup.spec("pong", "pong")).await;
+    for n in 0..3u64 {
+        setup.broker.send("pong", n.to_le_bytes().to_vec()).unwrap();
+    }
+    assert!(setup.broker.quiesce(10 * SECOND).await);
+    // counter's state is another shape: pong's does not decode as it.
+    let refused = setup
+        .broker
+        .upgrade("pong", load(&setup.engine, "counter"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BrokerError::Upgrade { reason, .. } if reason.contains("refused the state") && reason.contains("cannot be read by this version")),
+        "{refused}"
+    );
+    // bad_state traps in load-state.
+    let trapped = setup
+        .broker
+        .upgrade("pong", load(&setup.engine, "bad_state"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&trapped, BrokerError::Upgrade { reason, .. } if reason.contains("failed taking the state")),
+        "{trapped}"
+    );
+    let reply = setup
+        .broker
+        .request("pong", Vec::new(), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(
+        reply[..8],
+        3u64.to_le_bytes(),
+        "the old version, with its state"
+    );
+    let pong = setup.broker.metrics("pong").unwrap();
+    assert_eq!((pong.restarts, pong.dead_lettered), (0, 0));
 }

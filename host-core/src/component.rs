@@ -10,6 +10,7 @@ use crate::bindings::ActorPre;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::HostState;
+use wasmtime::component::ComponentExportIndex;
 
 /// The interfaces of world `courier:actor/actor` that the host provides besides WASI.
 const COURIER_IMPORTS: [&str; 3] = [
@@ -61,6 +62,26 @@ pub(crate) struct ComponentInner {
     /// Linked once, with the typed exports of world `actor` looked up: instantiating does
     /// neither again.
     pub(crate) pre: ActorPre<HostState>,
+    /// The `state` interface of world `stateful-actor`, if the component exports it.
+    pub(crate) state: Option<StateExports>,
+}
+
+/// Where a component's `save-state` and `load-state` are.
+pub(crate) struct StateExports {
+    pub(crate) save: ComponentExportIndex,
+    pub(crate) load: ComponentExportIndex,
+}
+
+/// The name of the interface world `stateful-actor` exports.
+const STATE_INTERFACE: &str = "courier:actor/state@0.1.0";
+
+/// The `state` exports of `component`, if it has both.
+fn state_exports(component: &wasmtime::component::Component) -> Option<StateExports> {
+    let interface = component.get_export_index(None, STATE_INTERFACE)?;
+    Some(StateExports {
+        save: component.get_export_index(Some(&interface), "save-state")?,
+        load: component.get_export_index(Some(&interface), "load-state")?,
+    })
 }
 
 impl Component {
@@ -81,6 +102,16 @@ impl Component {
     /// ```
     pub fn version(&self) -> &str {
         &self.inner.version
+    }
+
+    /// Whether the component exports the `state` interface of world `stateful-actor`, so
+    /// its state can move to another instance ([`Instance::save_state`],
+    /// [`Instance::load_state`]).
+    ///
+    /// [`Instance::save_state`]: crate::Instance::save_state
+    /// [`Instance::load_state`]: crate::Instance::load_state
+    pub fn keeps_state(&self) -> bool {
+        self.inner.state.is_some()
     }
 
     /// The engine the component was compiled for.
@@ -127,6 +158,7 @@ impl Engine {
                 version: version_of(bytes),
                 engine: self.clone(),
                 pre,
+                state: state_exports(&component),
             }),
         })
     }

@@ -134,6 +134,10 @@ pub struct Instance {
     store: Store<HostState>,
     /// The typed exports, looked up once at instantiation.
     exports: Actor,
+    /// The instance itself, for the exports outside world `actor` (`state`).
+    wasm: wasmtime::component::Instance,
+    /// The component it was made from.
+    component: Component,
     /// The sender of the current call. The generated exports take the WIT's
     /// `component-id` as `&String`; refilling one buffer instead of allocating a `String`
     /// per call keeps a call free of allocation.
@@ -236,15 +240,15 @@ impl Component {
         // Instantiation runs guest code (constructors, WASI set-up), so it has a deadline too.
         arm(&mut store, options.deadline, ticks, fuel);
         let pre = &self.inner.pre;
-        let instantiated = bounded(
-            options.deadline,
-            &host_calls,
-            pre.instantiate_async(&mut store),
-        )
+        let instantiated = bounded(options.deadline, &host_calls, async {
+            let wasm = pre.instance_pre().instantiate_async(&mut store).await?;
+            let exports = Actor::new(&mut store, &wasm)?;
+            Ok::<_, wasmtime::Error>((wasm, exports))
+        })
         .await;
         store.data_mut().call_deadline = None;
-        let exports = match instantiated {
-            Some(Ok(exports)) => exports,
+        let (wasm, exports) = match instantiated {
+            Some(Ok(instantiated)) => instantiated,
             Some(Err(err)) if is_guest_failure(&store, &err) => {
                 return Err(classify(&store, err, options.deadline, fuel));
             }
@@ -254,6 +258,8 @@ impl Component {
         Ok(Instance {
             store,
             exports,
+            wasm,
+            component: self.clone(),
             sender: String::new(),
             deadline: options.deadline,
             ticks,
@@ -299,6 +305,63 @@ impl Instance {
             .call_handle_request(&mut self.store, &self.sender, request);
         let outcome = bounded(self.deadline, &self.host_calls, call).await;
         self.finish(outcome)
+    }
+
+    /// Whether this instance's component exports `state` (world `stateful-actor`).
+    pub fn keeps_state(&self) -> bool {
+        self.component.keeps_state()
+    }
+
+    /// The instance's state as bytes, from the guest's `save-state`, for another instance
+    /// (a new version, say) to [`load_state`](Self::load_state). Held to the call deadline
+    /// like a handler; a trap poisons the instance. A component without `state` has none
+    /// to give: an error of kind [`ErrorKind::Config`].
+    pub async fn save_state(&mut self) -> Result<Vec<u8>> {
+        let func = self.state_func::<(), (Vec<u8>,)>(|state| &state.save, "save-state")?;
+        self.begin_call("")?;
+        let call = func.call_async(&mut self.store, ());
+        let outcome = bounded(self.deadline, &self.host_calls, call).await;
+        // `save-state` cannot refuse: its only failure is a trap.
+        let outcome = outcome.map(|result| result.map(|(state,)| Ok::<_, ComponentError>(state)));
+        self.finish(outcome).map(|saved| saved.unwrap_or_default())
+    }
+
+    /// Take over `state`, which [`save_state`](Self::save_state) of this component or
+    /// another version of it wrote, through the guest's `load-state`: its refusal (a state
+    /// it cannot read) is the guest's answer; a trap poisons the instance.
+    pub async fn load_state(&mut self, state: &[u8]) -> CallResult<()> {
+        let func = self.state_func::<(&[u8],), (std::result::Result<(), ComponentError>,)>(
+            |exports| &exports.load,
+            "load-state",
+        )?;
+        self.begin_call("")?;
+        let call = func.call_async(&mut self.store, (state,));
+        let outcome = bounded(self.deadline, &self.host_calls, call).await;
+        self.finish(outcome.map(|result| result.map(|(answer,)| answer)))
+    }
+
+    /// The typed `state` function `which` names, or an error naming `name` if the
+    /// component has no `state` interface or its function has another type.
+    fn state_func<P, R>(
+        &mut self,
+        which: fn(&crate::component::StateExports) -> &wasmtime::component::ComponentExportIndex,
+        name: &str,
+    ) -> Result<wasmtime::component::TypedFunc<P, R>>
+    where
+        P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower + Send + Sync,
+        R: wasmtime::component::ComponentNamedList + wasmtime::component::Lift + Send + Sync,
+    {
+        let id = self.id().clone();
+        let no_state = |reason: String| Error::new(&*id, ErrorKind::Config { reason });
+        let Some(exports) = &self.component.inner.state else {
+            return Err(no_state(format!(
+                "it does not export `{name}`: its component is not of world `stateful-actor`"
+            )));
+        };
+        let index = *which(exports);
+        self.wasm
+            .get_typed_func::<P, R>(&mut self.store, index)
+            .map_err(|err| no_state(format!("its `{name}` has the wrong type: {err}")))
     }
 
     /// Refuse a call to a poisoned instance; otherwise arm the limits of a fresh call and

@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 use courier_sdk::prelude::*;
 
 /// What pong remembers across messages.
-#[derive(Default)]
+/// Serde's, so a live upgrade to a new version of pong carries the count and the order
+/// check across.
+#[derive(Default, courier_sdk::serde::Serialize, courier_sdk::serde::Deserialize)]
+#[serde(crate = "courier_sdk::serde")]
 struct Pong {
     /// Messages counted.
     count: u64,

@@ -137,12 +137,29 @@ fn one_per_crate_marker() -> TokenStream {
     }
 }
 
-/// The `Guest` implementation and `export!` call that turn two expressions into the
+/// The `Guest` implementations and `export!` call that turn two expressions into the
 /// component's exports. `on_message` and `on_request` are closures
-/// `|msg: Message| -> Result<_, HandlerError>`.
-fn exports(on_message: TokenStream, on_request: TokenStream) -> TokenStream {
+/// `|msg: Message| -> Result<_, HandlerError>`; `state` binds `__courier_state` to a value
+/// with `save_state` and `load_state` methods (world `stateful-actor`'s `state` interface).
+fn exports(on_message: TokenStream, on_request: TokenStream, state: TokenStream) -> TokenStream {
     quote! {
         struct __CourierComponent;
+
+        impl ::courier_sdk::__private::bindings::exports::courier::actor::state::Guest
+            for __CourierComponent
+        {
+            fn save_state() -> ::std::vec::Vec<u8> {
+                #state
+                __courier_state.save_state()
+            }
+
+            fn load_state(
+                state: ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<(), ::courier_sdk::__private::bindings::ComponentError> {
+                #state
+                __courier_state.load_state(state)
+            }
+        }
 
         impl ::courier_sdk::__private::bindings::Guest for __CourierComponent {
             fn handle_message(
@@ -182,6 +199,12 @@ fn expand_message_fn(function: ItemFn) -> syn::Result<TokenStream> {
     let exports = exports(
         quote!(only_one_courier_handler_per_component),
         quote!(only_one_courier_request_handler_per_component),
+        // A handler function keeps no state of its own.
+        quote! {
+            #[allow(unused_imports)]
+            use ::courier_sdk::__private::NotSaved as _;
+            let __courier_state = ::courier_sdk::__private::NoState;
+        },
     );
     let marker = one_per_crate_marker();
     Ok(quote! {
@@ -302,6 +325,11 @@ fn expand_impl(block: ItemImpl) -> syn::Result<TokenStream> {
             quote!(::courier_sdk::__private::no_request_handler),
         ),
     };
+    // The trait exists only with a codec feature of the SDK, which the component crate
+    // chooses; the expansion cannot see features, so it asks the SDK whether it has one.
+    let saved_with_serde = quote! {
+        ::courier_sdk::__private::use_saved_with_serde!();
+    };
     // The state is created on the first call, so a `Default` that allocates costs nothing
     // until the component is used.
     let new_state = quote_spanned! {self_ty.span()=>
@@ -318,6 +346,14 @@ fn expand_impl(block: ItemImpl) -> syn::Result<TokenStream> {
             )
         },
         request_call,
+        // Saved through serde when the type allows it and a codec is on, else not at all;
+        // method resolution picks (see `courier_sdk::__private::StateOf`).
+        quote! {
+            #[allow(unused_imports)]
+            use ::courier_sdk::__private::NotSaved as _;
+            #saved_with_serde
+            let __courier_state = &::courier_sdk::__private::StateOf(&__COURIER_STATE);
+        },
     );
     let marker = one_per_crate_marker();
     Ok(quote! {
