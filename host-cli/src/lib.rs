@@ -10,7 +10,8 @@
 //! their lines; [`units`] reads sizes and durations; [`load`] builds the engine and
 //! compiles the components; [`check`] and [`run`] are the commands of those names;
 //! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`upgrade`] is
-//! `courier upgrade`, a client of the ingress; [`scaffold`] is `courier new`.
+//! `courier upgrade`, a client of the ingress; [`watch`] is `courier run --watch`; [`scaffold`]
+//! is `courier new`.
 //!
 //! [`Broker`]: courier_host_broker::Broker
 
@@ -25,6 +26,7 @@ pub mod scaffold;
 pub mod server;
 pub mod units;
 pub mod upgrade;
+pub mod watch;
 
 pub use diagnostics::{Diagnostics, Problem};
 pub use manifest::Manifest;

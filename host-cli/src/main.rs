@@ -43,6 +43,10 @@ enum Command {
         /// the manifest's `runtime.drain`.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         drain: Option<Duration>,
+        /// Upgrade a component in place, losing no message, whenever its `.wasm` file
+        /// changes (a rebuild, say).
+        #[arg(long)]
+        watch: bool,
     },
     /// Create a component crate in the new folder NAME, ready to build for wasm32-wasip2.
     /// Replace a component of a running `courier run` with a new version of it, between two
@@ -78,7 +82,15 @@ fn main() -> ExitCode {
             manifest,
             listen,
             drain,
-        } => match run::run(&manifest, run::RunOptions { listen, drain }) {
+            watch,
+        } => match run::run(
+            &manifest,
+            run::RunOptions {
+                listen,
+                drain,
+                watch,
+            },
+        ) {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("courier: {err:#}");

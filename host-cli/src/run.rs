@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// Drain for this long instead of the manifest's `runtime.drain`.
     pub drain: Option<Duration>,
+    /// Upgrade a component in place when its `.wasm` file changes.
+    pub watch: bool,
 }
 
 /// Run the manifest at `file` until a signal stops it. Problems with the manifest or its
@@ -78,7 +80,7 @@ pub fn run(file: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the tokio runtime")?;
     println!("courier: scheduler {}", manifest.runtime.scheduler.name());
-    runtime.block_on(serve(manifest, engine, components))
+    runtime.block_on(serve(manifest, engine, components, options.watch))
 }
 
 /// Print the problems and say how many there were; the failure status to exit with.
@@ -97,6 +99,7 @@ async fn serve(
     manifest: Manifest,
     engine: Engine,
     components: Vec<Component>,
+    watch: bool,
 ) -> anyhow::Result<ExitCode> {
     let runtime = &manifest.runtime;
     // Installed before the address is announced, so that whoever reads it can stop us with
@@ -152,6 +155,23 @@ async fn serve(
             .collect::<Vec<_>>()
             .join(", ")
     );
+
+    let _watch = if watch {
+        let files: Vec<(String, std::path::PathBuf)> = manifest
+            .components
+            .iter()
+            .map(|c| (c.id.clone(), c.path.clone()))
+            .collect();
+        let watching = crate::watch::watch(broker.clone(), &files)
+            .context("cannot watch the component files")?;
+        println!(
+            "courier: watching {} for changes",
+            plural(files.len() as u64, "component file")
+        );
+        Some(watching)
+    } else {
+        None
+    };
 
     let token = std::env::var("COURIER_TOKEN")
         .ok()

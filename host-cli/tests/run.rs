@@ -1028,3 +1028,55 @@ path = "{echo}"
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
 }
+
+#[test]
+fn courier_run_watch_upgrades_a_component_when_its_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("svc.wasm");
+    std::fs::copy(guest_path("echo"), &wasm).unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            "[runtime]\nlisten = \"127.0.0.1:1\"\ncache_dir = \"{{cache}}\"\n\n[[component]]\nid = \"svc\"\npath = {:?}\n",
+            wasm.display().to_string()
+        ),
+    );
+    let mut courier = Courier::start(&[
+        "run",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--watch",
+    ]);
+    let address = courier.address();
+    assert!(
+        courier
+            .stdout()
+            .contains("watching 1 component file for changes"),
+        "{}",
+        courier.stdout()
+    );
+    let agent = client();
+    let url = format!("http://{address}/components/svc/requests");
+    assert_eq!(post(&agent, &url, b"hi"), (200, b"hi".to_vec()));
+
+    // A build replaces the file: write the new version beside it and rename it over.
+    let next = dir.path().join("svc.wasm.new");
+    std::fs::copy(guest_path("counter"), &next).unwrap();
+    std::fs::rename(&next, &wasm).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !courier.stdout().contains("courier: upgraded `svc` from ") {
+        assert!(
+            Instant::now() < deadline,
+            "no upgrade logged\nstdout:\n{}\nstderr:\n{}",
+            courier.stdout(),
+            courier.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The counter answers now: no message counted yet.
+    assert_eq!(post(&agent, &url, b""), (200, 0u64.to_le_bytes().to_vec()));
+
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
