@@ -10,12 +10,13 @@
 //! their lines; [`units`] reads sizes and durations; [`load`] builds the engine and
 //! compiles the components; [`check`] and [`run`] are the commands of those names;
 //! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`upgrade`] is
-//! `courier upgrade`, a client of the ingress; [`watch`] is `courier run --watch`; [`scaffold`]
-//! is `courier new`.
+//! `courier upgrade`, a client of the ingress; [`watch`] is `courier run --watch`; [`dev`] is
+//! `courier dev`; [`scaffold`] is `courier new`.
 //!
 //! [`Broker`]: courier_host_broker::Broker
 
 pub mod check;
+pub mod dev;
 pub mod diagnostics;
 pub mod ingress;
 pub mod load;

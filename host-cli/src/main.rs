@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use courier_cli::units::Millis;
-use courier_cli::{check, run, scaffold, upgrade};
+use courier_cli::{check, dev, run, scaffold, upgrade};
 
 /// Run Courier components: WebAssembly actors that handle messages.
 #[derive(Debug, Parser)]
@@ -49,6 +49,17 @@ enum Command {
         watch: bool,
     },
     /// Create a component crate in the new folder NAME, ready to build for wasm32-wasip2.
+    /// In a component crate (as `courier new` makes): build it for wasm32-wasip2, run it
+    /// with its courier.toml, and rebuild and upgrade it in place whenever a source changes.
+    /// A failed build is printed and the running version keeps serving.
+    Dev {
+        /// The crate.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Where the ingress listens (default: the manifest's `runtime.listen`).
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Option<SocketAddr>,
+    },
     /// Replace a component of a running `courier run` with a new version of it, between two
     /// messages, through the runner's ingress: none of its messages is lost or reordered.
     Upgrade {
@@ -94,6 +105,19 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("courier: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Dev { path, listen } => match dev::dev(
+            &path,
+            run::RunOptions {
+                listen,
+                ..run::RunOptions::default()
+            },
+        ) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("courier dev: {err:#}");
                 ExitCode::FAILURE
             }
         },

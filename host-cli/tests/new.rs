@@ -90,3 +90,75 @@ fn an_invalid_crate_name_is_refused() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("must start with an ASCII letter"));
     assert!(!scratch.path().join("2fast").exists());
 }
+
+/// Waits until `courier` has printed `line`, failing with what it printed.
+fn printed(courier: &crate::run::Courier, line: &str, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !courier.stdout().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}`\nstdout:\n{}\nstderr:\n{}",
+            courier.stdout(),
+            courier.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn courier_dev_rebuilds_and_upgrades_after_an_edit_and_keeps_serving_through_a_broken_one() {
+    use crate::run::{Courier, STOP_TIMEOUT, client, post};
+    use std::time::Duration;
+
+    let work = repo().join("target").join("new-component-test");
+    let shared_target = work.join("target");
+    std::fs::create_dir_all(&shared_target).unwrap();
+    let scratch = tempfile::tempdir_in(&work).unwrap();
+    let crate_dir = scratch.path().join("hello-dev");
+    let made = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["new", crate_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    // The crate's own target folder is the shared one, so the SDK is built once.
+    std::os::unix::fs::symlink(&shared_target, crate_dir.join("target")).unwrap();
+
+    let mut courier = Courier::start(&[
+        "dev",
+        crate_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let address = courier.address();
+    let agent = client();
+    let url = format!("http://{address}/components/hello-dev/requests");
+    assert_eq!(
+        post(&agent, &url, b"world"),
+        (200, b"hello, world".to_vec())
+    );
+
+    let source = crate_dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, text.replace("\"hello, ", "\"howdy, ")).unwrap();
+    printed(
+        &courier,
+        "courier: upgraded `hello-dev`",
+        Duration::from_secs(300),
+    );
+    assert_eq!(
+        post(&agent, &url, b"world"),
+        (200, b"howdy, world".to_vec())
+    );
+
+    // A broken edit: the build fails, and the running version keeps serving.
+    let text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, format!("{text}\nfn broken( {{\n")).unwrap();
+    printed(&courier, "the build failed", Duration::from_secs(300));
+    assert_eq!(
+        post(&agent, &url, b"world"),
+        (200, b"howdy, world".to_vec())
+    );
+
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success(), "{}", courier.stderr());
+}

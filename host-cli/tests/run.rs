@@ -14,10 +14,10 @@ use courier_test_support::guest_path;
 /// Loading a cold cache compiles every component; give it room on a busy 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Drain deadline plus the longest handler deadline below, with room to spare.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running `courier`, killed if the test ends without stopping it.
-struct Courier {
+pub(crate) struct Courier {
     child: Child,
     lines: Receiver<String>,
     stdout: Arc<Mutex<String>>,
@@ -25,7 +25,7 @@ struct Courier {
 }
 
 impl Courier {
-    fn start(args: &[&str]) -> Courier {
+    pub(crate) fn start(args: &[&str]) -> Courier {
         let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
             .args(args)
             .env("RUST_LOG", "warn")
@@ -66,7 +66,7 @@ impl Courier {
     }
 
     /// The address from `courier: listening on http://ADDRESS`.
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -85,15 +85,15 @@ impl Courier {
         }
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         // The child is ours and not yet reaped, so its pid is still its own.
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -102,7 +102,7 @@ impl Courier {
         assert!(sent.success(), "SIGTERM was sent");
     }
 
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -191,7 +191,7 @@ id = "hostile"
 path = "{hostile}"
 "#;
 
-fn client() -> ureq::Agent {
+pub(crate) fn client() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -200,7 +200,7 @@ fn client() -> ureq::Agent {
 }
 
 /// Status and body of a POST.
-fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+pub(crate) fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut response = agent.post(url).send(body).expect("the ingress answers");
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_vec().unwrap())
