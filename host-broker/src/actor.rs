@@ -45,6 +45,8 @@ pub(crate) struct Actor {
     /// Payload bytes of the messages of this batch taken so far, still charged to the
     /// budgets until the batch is done.
     pub(crate) handled_bytes: u64,
+    /// The state a restart starts from, and when it was saved ([`Supervision::checkpoint`]).
+    pub(crate) checkpoint: Option<(Vec<u8>, Instant)>,
 }
 
 /// Why the actor's loop ended, if it ended by itself.
@@ -90,6 +92,7 @@ impl Actor {
             batch: Vec::new(),
             current: None,
             handled_bytes: 0,
+            checkpoint: None,
         }
     }
 
@@ -149,6 +152,9 @@ impl Actor {
             }
             self.current = Some(envelope);
             if let Some(end) = self.deliver().await {
+                return end;
+            }
+            if let Some(end) = self.save_checkpoint().await {
                 return end;
             }
         }
@@ -313,6 +319,27 @@ impl Actor {
         self.recover(err).await
     }
 
+    /// Save the instance's state for restarts, if the supervision asks for it and the last
+    /// save is old enough. A trap while saving is handled like any other.
+    async fn save_checkpoint(&mut self) -> Option<End> {
+        let every = self.supervision.checkpoint?;
+        if self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|(_, saved)| saved.elapsed() < every)
+        {
+            return None;
+        }
+        let instance = self.instance.as_mut().filter(|i| i.keeps_state())?;
+        match instance.save_state().await {
+            Ok(state) => {
+                self.checkpoint = Some((state, Instant::now()));
+                None
+            }
+            Err(err) => self.recover(err).await,
+        }
+    }
+
     fn delivered(&self, started: Instant) {
         self.shared.metrics.latency.record(started.elapsed());
         bump(&self.shared.metrics.delivered);
@@ -352,7 +379,24 @@ impl Actor {
                         ));
                     }
                     match self.component.instantiate(self.options.clone()).await {
-                        Ok(instance) => {
+                        Ok(mut instance) => {
+                            if let Some((state, _)) = &self.checkpoint {
+                                match instance.load_state(state).await {
+                                    Ok(Ok(())) => {
+                                        tracing::info!(component = %self.shared.id, bytes = state.len(), "restarted from its last saved state");
+                                    }
+                                    Ok(Err(refusal)) => {
+                                        tracing::warn!(component = %self.shared.id, refusal = ?refusal, "its saved state was refused; it starts fresh");
+                                    }
+                                    Err(err) => {
+                                        // The replacement is poisoned: make another, fresh.
+                                        tracing::warn!(component = %self.shared.id, error = %err, "loading its saved state trapped; it starts fresh");
+                                        self.checkpoint = None;
+                                        cause = err.to_string();
+                                        continue;
+                                    }
+                                }
+                            }
                             self.instance = Some(instance);
                             bump(&self.shared.metrics.restarts);
                             self.shared.set_state(ComponentState::Running);

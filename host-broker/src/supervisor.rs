@@ -53,6 +53,8 @@ pub struct Supervision {
     pub(crate) backoff_min: Duration,
     /// Longest wait between restarts.
     pub(crate) backoff_max: Duration,
+    /// How often the state is saved, if a restart is to start from it.
+    pub(crate) checkpoint: Option<Duration>,
 }
 
 impl Default for Supervision {
@@ -66,6 +68,7 @@ impl Default for Supervision {
             window: Duration::from_secs(10),
             backoff_min: Duration::from_millis(1),
             backoff_max: Duration::from_secs(1),
+            checkpoint: None,
         }
     }
 }
@@ -91,6 +94,33 @@ impl Supervision {
         self.backoff_min = min;
         self.backoff_max = max;
         self
+    }
+
+    /// Let a restart after a trap start from the component's last saved state instead of a
+    /// fresh one. After a message or request is handled, the actor saves the instance's
+    /// state (its `save-state`, world `stateful-actor`) if the last save is `every` old or
+    /// older (`Duration::ZERO`: after every one); a replacement instance loads the last
+    /// state saved. "Last" is therefore the state after the most recent handled message at
+    /// the time of a save: whatever messages changed since then is lost with the trapped
+    /// instance, and the message that trapped is dead-lettered as always. A component
+    /// that does not export `state` restarts fresh. Saving costs a call and a copy of the
+    /// state each time, so a large state wants a longer period.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courier_host_broker::Supervision;
+    ///
+    /// let supervision = Supervision::default().checkpoint(Duration::from_secs(1));
+    /// assert_eq!(supervision.get_checkpoint(), Some(Duration::from_secs(1)));
+    /// ```
+    pub fn checkpoint(mut self, every: Duration) -> Self {
+        self.checkpoint = Some(every);
+        self
+    }
+
+    /// How often the state is saved for restarts, if it is.
+    pub fn get_checkpoint(&self) -> Option<Duration> {
+        self.checkpoint
     }
 
     /// When an instance is replaced.

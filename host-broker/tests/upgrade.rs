@@ -151,3 +151,42 @@ async fn a_version_that_cannot_take_the_state_leaves_the_old_one_serving_with_it
     let pong = setup.broker.metrics("pong").unwrap();
     assert_eq!((pong.restarts, pong.dead_lettered), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_trap_starts_from_the_last_saved_state_when_the_spec_asks() {
+    use std::time::Duration;
+
+    use courier_host_broker::Supervision;
+
+    let setup = Setup::new();
+    setup
+        .spawn(
+            setup
+                .spec("kept", "pong")
+                .supervision(Supervision::default().checkpoint(Duration::ZERO)),
+        )
+        .await;
+    setup.spawn(setup.spec("fresh", "pong")).await;
+    for id in ["kept", "fresh"] {
+        for n in 0..5u64 {
+            setup.broker.send(id, n.to_le_bytes().to_vec()).unwrap();
+        }
+        // pong traps on a number flagged with a 1 byte after it.
+        let mut trap = 5u64.to_le_bytes().to_vec();
+        trap.push(1);
+        setup.broker.send(id, trap).unwrap();
+    }
+    assert!(setup.broker.quiesce(10 * SECOND).await);
+    let count = |reply: Vec<u8>| u64::from_le_bytes(reply[..8].try_into().unwrap());
+    for (id, expected) in [("kept", 5), ("fresh", 0)] {
+        setup
+            .state_becomes(id, |state| {
+                *state == courier_host_broker::ComponentState::Running
+            })
+            .await;
+        let metrics = setup.broker.metrics(id).unwrap();
+        assert_eq!(metrics.restarts, 1, "{id}: {metrics:?}");
+        let reply = setup.broker.request(id, Vec::new(), SECOND).await.unwrap();
+        assert_eq!(count(reply), expected, "{id}");
+    }
+}

@@ -526,6 +526,9 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or(default_max, |b| b.get_ref().0),
         );
+        if let Some(every) = restart.checkpoint {
+            supervision = supervision.checkpoint(every.0);
+        }
         let (backoff_min, backoff_max) = supervision.get_backoff();
         if backoff_min > backoff_max {
             let msg = format!(
@@ -720,6 +723,7 @@ struct RawRestart {
     window: Option<Spanned<Millis>>,
     backoff_min: Option<Spanned<Millis>>,
     backoff_max: Option<Spanned<Millis>>,
+    checkpoint: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
