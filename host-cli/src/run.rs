@@ -279,8 +279,13 @@ fn print_report(report: &ShutdownReport, broker: &Broker) {
         }
     }
     let books = broker.accounting();
+    // What came from other hosts ends here too, so it is named when there is any.
+    let arrived = match books.arrived {
+        0 => String::new(),
+        n => format!(", {n} arrived from other hosts"),
+    };
     println!(
-        "courier: in all {} sent, {} delivered, {} refused, {} dead-lettered",
+        "courier: in all {} sent{arrived}, {} delivered, {} refused, {} dead-lettered",
         books.sent, books.delivered, books.refused, books.dead_lettered
     );
 }
