@@ -535,7 +535,7 @@ mod tests {
             Capabilities::none(),
             crate::remote::Exposure::Local,
             1 << 20,
-            "test",
+            hostile.clone(),
         ));
         // The bytes the three messages would have been charged on their way in.
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;

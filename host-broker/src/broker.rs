@@ -293,7 +293,7 @@ impl Broker {
             capabilities.clone(),
             exposure,
             mailbox_bytes,
-            component.version(),
+            component.clone(),
         ));
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
         let mut options = InstanceOptions::new(id.clone())
@@ -565,6 +565,12 @@ impl Broker {
         self.router().counters.snapshot()
     }
 
+    /// The component `id` runs now (the one it was spawned with, or the last it was
+    /// upgraded to), if it is registered: what a restart of it should start from.
+    pub fn running_component(&self, id: &str) -> Option<courier_host_core::Component> {
+        Some(self.router().registry.get(id)?.shared.component())
+    }
+
     /// The state of a component, if it is registered.
     pub fn state(&self, id: &str) -> Option<ComponentState> {
         self.router().registry.get(id).map(|e| e.shared.state())
@@ -656,7 +662,7 @@ impl MetricsSnapshot {
             refused: m.refused.load(Ordering::Relaxed),
             restarts: m.restarts.load(Ordering::Relaxed),
             mailbox_depth,
-            version: shared.version().to_string(),
+            version: shared.component().version().to_string(),
             latency: m.latency.summary(),
         }
     }

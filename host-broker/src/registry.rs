@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use courier_host_core::ComponentId;
 use courier_host_core::guest_log::LineBudget;
+use courier_host_core::{Component, ComponentId};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -64,8 +64,8 @@ pub(crate) struct ActorShared {
     /// Set while an upgrade waits for the actor, which looks before each message.
     pub(crate) upgrade_pending: AtomicBool,
     upgrade: Mutex<Option<UpgradeOrder>>,
-    /// The version it runs ([`Component::version`](courier_host_core::Component::version)).
-    version: Mutex<Arc<str>>,
+    /// The component it runs: the one it was spawned with, or the last it was upgraded to.
+    component: Mutex<Component>,
     /// During shutdown, when the actor must stop handling and dead-letter the rest.
     drain_deadline: OnceLock<Instant>,
     /// Wakes an actor waiting in a handler call or a restart backoff when the drain
@@ -79,12 +79,12 @@ impl ActorShared {
         capabilities: Capabilities,
         exposure: Exposure,
         mailbox_bytes: u64,
-        version: &str,
+        component: Component,
     ) -> Self {
         ActorShared {
             upgrade_pending: AtomicBool::new(false),
             upgrade: Mutex::new(None),
-            version: Mutex::new(version.into()),
+            component: Mutex::new(component),
             id,
             capabilities,
             exposure,
@@ -117,15 +117,16 @@ impl ActorShared {
         slot.take()
     }
 
-    pub(crate) fn version(&self) -> Arc<str> {
-        self.version
+    /// The component it runs now.
+    pub(crate) fn component(&self) -> Component {
+        self.component
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub(crate) fn set_version(&self, version: &str) {
-        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version.into();
+    pub(crate) fn set_component(&self, component: Component) {
+        *self.component.lock().unwrap_or_else(|e| e.into_inner()) = component;
     }
 
     pub(crate) fn state(&self) -> ComponentState {

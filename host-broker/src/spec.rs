@@ -150,6 +150,12 @@ impl ComponentSpec {
         self
     }
 
+    /// The same spec for another component: a new version of it, say.
+    pub fn replace_component(mut self, component: Component) -> Self {
+        self.component = component;
+        self
+    }
+
     /// The id it will run as.
     pub fn id(&self) -> &ComponentId {
         &self.id

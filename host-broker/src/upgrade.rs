@@ -126,10 +126,10 @@ impl Actor {
         let answer = match self.next_version(&order.component).await {
             Ok((instance, state_bytes)) => {
                 let version = order.component.version().to_string();
+                self.shared.set_component(order.component.clone());
                 self.component = order.component;
                 // The old instance goes here, its slot back to the pool.
                 self.instance = Some(instance);
-                self.shared.set_version(&version);
                 Ok(Upgraded {
                     id: self.shared.id.clone(),
                     previous,

@@ -69,6 +69,9 @@ async fn an_upgraded_component_runs_the_new_version_under_the_same_id() {
     let svc = setup.broker.metrics("svc").unwrap();
     assert_eq!(svc.version, counter.version());
     assert_eq!(svc.delivered, 3, "the metrics carry on across the upgrade");
+    // What a restart of it starts from.
+    let running = setup.broker.running_component("svc").unwrap();
+    assert_eq!(running.version(), counter.version());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

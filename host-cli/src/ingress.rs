@@ -476,9 +476,14 @@ async fn restart(
             format!("component `{id}` is running: only a failed or stopped one is restarted"),
         ));
     }
+    // From the version it ran last: an upgrade since the start replaced the manifest's.
+    let spec = match ingress.broker.running_component(&id) {
+        Some(component) => spec.clone().replace_component(component),
+        None => spec.clone(),
+    };
     // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
     let _ = ingress.broker.remove(&id).await;
-    ingress.broker.spawn(spec.clone()).await.map_err(|err| {
+    ingress.broker.spawn(spec).await.map_err(|err| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "restart-failed",
