@@ -183,51 +183,72 @@ impl<T: 'static> NotSaved for &StateOf<T> {
 pub struct NoState;
 
 impl NotSaved for NoState {
+    // Inlined into the export glue, which can then see that the empty `Vec` needs no
+    // shrinking when it is handed over: a component with no state then has no allocation
+    // that could fail, and so none of std's panic printing (see `no_saved_state`).
+    #[inline(always)]
     fn save_state(&self) -> Vec<u8> {
         Vec::new()
     }
 
+    #[inline(always)]
     fn load_state(&self, state: Vec<u8>) -> Result<(), ComponentError> {
         no_saved_state(state)
     }
 }
 
-/// `load-state` of a component that keeps no state across upgrades.
+/// `load-state` of a component that keeps no state across upgrades: any state is refused
+/// as `unsupported`, with no text. The host says what that means; building a text here would
+/// allocate, and an allocation can fail with a panic, which pulls std's panic printing (and
+/// with it WASI's stdio) into components that have none: `echo` would triple in size and
+/// take three times as long to instantiate.
+#[inline(always)]
 pub fn no_saved_state(state: Vec<u8>) -> Result<(), ComponentError> {
     if state.is_empty() {
         Ok(())
     } else {
-        // A fixed text: `format!` would pull the formatting machinery into components that
-        // otherwise have none (it triples the size of `echo`).
-        Err(ComponentError::InvalidMessage(
-            "this version keeps no state across upgrades, and was given some (derive serde's \
-             Serialize and Deserialize for the handler's type, with the SDK's `cbor` or `json` \
-             feature on, to keep it)"
-                .to_string(),
-        ))
+        Err(ComponentError::Unsupported(String::new()))
     }
 }
 
-/// Brings [`SavedWithSerde`] into scope where the SDK has a codec feature on; nothing
-/// otherwise. The `#[handler]` expansion calls it, since a proc macro cannot see the SDK's
-/// features.
+/// The `state` exports of a `#[handler]` component, where the SDK targets world
+/// `stateful-actor` (a codec feature on); nothing otherwise. The `#[handler]` expansion calls
+/// it, since a proc macro cannot see the SDK's features. `$state` is the value whose
+/// `save_state` and `load_state` serve them: [`NoState`] for a handler function, a
+/// [`StateOf`] for an impl, whose methods come from [`SavedWithSerde`] or [`NotSaved`] as
+/// method resolution picks.
 #[cfg(any(feature = "json", feature = "cbor"))]
 #[macro_export]
 #[doc(hidden)]
-macro_rules! __courier_use_saved_with_serde {
-    () => {
-        #[allow(unused_imports)]
-        use ::courier_sdk::__private::SavedWithSerde as _;
+macro_rules! __courier_state_exports {
+    ($component:ident, $state:expr) => {
+        impl ::courier_sdk::__private::bindings::exports::courier::actor::state::Guest
+            for $component
+        {
+            fn save_state() -> ::std::vec::Vec<u8> {
+                #[allow(unused_imports)]
+                use ::courier_sdk::__private::{NotSaved as _, SavedWithSerde as _};
+                ($state).save_state()
+            }
+
+            fn load_state(
+                state: ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<(), ::courier_sdk::__private::bindings::ComponentError>
+            {
+                #[allow(unused_imports)]
+                use ::courier_sdk::__private::{NotSaved as _, SavedWithSerde as _};
+                ($state).load_state(state)
+            }
+        }
     };
 }
 
-/// Brings [`SavedWithSerde`] into scope where the SDK has a codec feature on; nothing
-/// otherwise.
+/// Nothing: without a codec the SDK targets world `actor`, which has no `state`.
 #[cfg(not(any(feature = "json", feature = "cbor")))]
 #[macro_export]
 #[doc(hidden)]
-macro_rules! __courier_use_saved_with_serde {
-    () => {};
+macro_rules! __courier_state_exports {
+    ($component:ident, $state:expr) => {};
 }
 
-pub use __courier_use_saved_with_serde as use_saved_with_serde;
+pub use __courier_state_exports as state_exports;

@@ -157,7 +157,7 @@ impl Actor {
             .await
             .map_err(|err| format!("the new version cannot be instantiated: {err}"))?;
         let running = match self.instance.as_mut() {
-            Some(running) if running.keeps_state() && instance.keeps_state() => running,
+            Some(running) if running.keeps_state() => running,
             _ => return Ok((instance, None)),
         };
         // If this traps, the running instance is poisoned: its supervision replaces it at
@@ -166,8 +166,26 @@ impl Actor {
             .save_state()
             .await
             .map_err(|err| format!("the running version could not save its state: {err}"))?;
+        if !instance.keeps_state() {
+            // A state is never dropped silently: only an empty one may be left behind.
+            return if state.is_empty() {
+                Ok((instance, None))
+            } else {
+                Err(format!(
+                    "the new version keeps no state (it does not export `state`) and the running one has {} bytes of it",
+                    state.len()
+                ))
+            };
+        }
         match instance.load_state(&state).await {
             Ok(Ok(())) => Ok((instance, Some(state.len()))),
+            // The SDK's answer of a version that keeps no state: unsupported, no text.
+            Ok(Err(courier_host_core::ComponentError::Unsupported(text))) if text.is_empty() => {
+                Err(format!(
+                    "the new version keeps no state across upgrades and the running one has {} bytes of it",
+                    state.len()
+                ))
+            }
             Ok(Err(refusal)) => Err(format!(
                 "the new version refused the state ({} bytes): {refusal:?}",
                 state.len()

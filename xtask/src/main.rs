@@ -102,14 +102,25 @@ fn finish(task: &str, result: TaskResult) -> ExitCode {
 fn build_guests() -> TaskResult {
     ensure_guest_target()?;
 
-    let mut build = cargo(["build", "--release", "--target", GUEST_TARGET]);
-    build.args([
-        "--manifest-path",
-        GUEST_MANIFEST,
-        "--target-dir",
-        GUEST_TARGET_DIR,
-    ]);
-    run("cargo build (guests, wasm32-wasip2)", build)?;
+    // One package at a time: cargo unifies the features of the packages one build
+    // selects, so a component that turns on the SDK's `cbor` (to keep its state across
+    // upgrades) would give every other component the `state` exports too, and with them a
+    // larger binary that is slower to instantiate. What a user's own crate gets, built alone.
+    for package in guest_packages()? {
+        let mut build = cargo(["build", "--release", "--target", GUEST_TARGET]);
+        build.args([
+            "--manifest-path",
+            GUEST_MANIFEST,
+            "--target-dir",
+            GUEST_TARGET_DIR,
+            "--package",
+            &package,
+        ]);
+        run(
+            &format!("cargo build (guest {package}, wasm32-wasip2)"),
+            build,
+        )?;
+    }
 
     let root = repo_root();
     let built = root
@@ -262,6 +273,37 @@ fn demo() -> TaskResult {
             "fire_and_forget_messaging",
         ]),
     )
+}
+
+/// The package names of the guest workspace's members, from its manifest and theirs.
+fn guest_packages() -> Result<Vec<String>, String> {
+    let manifest = repo_root().join(GUEST_MANIFEST);
+    let text = fs::read_to_string(&manifest)
+        .map_err(|e| format!("could not read {}: {e}", manifest.display()))?;
+    let members = text
+        .split_once("members = [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list)
+        .ok_or_else(|| format!("no `members = [...]` in {}", manifest.display()))?;
+    let folder = manifest.parent().expect("a manifest is in a folder");
+    let mut packages = Vec::new();
+    for member in members.split(',').map(|m| m.trim().trim_matches('"')) {
+        if member.is_empty() {
+            continue;
+        }
+        let path = folder.join(member).join("Cargo.toml");
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("could not read {}: {e}", path.display()))?;
+        let name = text
+            .lines()
+            .find_map(|line| {
+                let value = line.trim().strip_prefix("name")?.trim().strip_prefix('=')?;
+                Some(value.trim().trim_matches('"').to_string())
+            })
+            .ok_or_else(|| format!("no package name in {}", path.display()))?;
+        packages.push(name);
+    }
+    Ok(packages)
 }
 
 /// Makes sure the active toolchain has the standard library for the guest target, installing

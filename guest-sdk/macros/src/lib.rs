@@ -139,27 +139,13 @@ fn one_per_crate_marker() -> TokenStream {
 
 /// The `Guest` implementations and `export!` call that turn two expressions into the
 /// component's exports. `on_message` and `on_request` are closures
-/// `|msg: Message| -> Result<_, HandlerError>`; `state` binds `__courier_state` to a value
-/// with `save_state` and `load_state` methods (world `stateful-actor`'s `state` interface).
+/// `|msg: Message| -> Result<_, HandlerError>`; `state` is the value whose `save_state` and
+/// `load_state` serve world `stateful-actor`'s `state` interface, where the SDK targets it.
 fn exports(on_message: TokenStream, on_request: TokenStream, state: TokenStream) -> TokenStream {
     quote! {
         struct __CourierComponent;
 
-        impl ::courier_sdk::__private::bindings::exports::courier::actor::state::Guest
-            for __CourierComponent
-        {
-            fn save_state() -> ::std::vec::Vec<u8> {
-                #state
-                __courier_state.save_state()
-            }
-
-            fn load_state(
-                state: ::std::vec::Vec<u8>,
-            ) -> ::core::result::Result<(), ::courier_sdk::__private::bindings::ComponentError> {
-                #state
-                __courier_state.load_state(state)
-            }
-        }
+        ::courier_sdk::__private::state_exports!(__CourierComponent, #state);
 
         impl ::courier_sdk::__private::bindings::Guest for __CourierComponent {
             fn handle_message(
@@ -200,11 +186,7 @@ fn expand_message_fn(function: ItemFn) -> syn::Result<TokenStream> {
         quote!(only_one_courier_handler_per_component),
         quote!(only_one_courier_request_handler_per_component),
         // A handler function keeps no state of its own.
-        quote! {
-            #[allow(unused_imports)]
-            use ::courier_sdk::__private::NotSaved as _;
-            let __courier_state = ::courier_sdk::__private::NoState;
-        },
+        quote!(::courier_sdk::__private::NoState),
     );
     let marker = one_per_crate_marker();
     Ok(quote! {
@@ -325,11 +307,6 @@ fn expand_impl(block: ItemImpl) -> syn::Result<TokenStream> {
             quote!(::courier_sdk::__private::no_request_handler),
         ),
     };
-    // The trait exists only with a codec feature of the SDK, which the component crate
-    // chooses; the expansion cannot see features, so it asks the SDK whether it has one.
-    let saved_with_serde = quote! {
-        ::courier_sdk::__private::use_saved_with_serde!();
-    };
     // The state is created on the first call, so a `Default` that allocates costs nothing
     // until the component is used.
     let new_state = quote_spanned! {self_ty.span()=>
@@ -346,14 +323,9 @@ fn expand_impl(block: ItemImpl) -> syn::Result<TokenStream> {
             )
         },
         request_call,
-        // Saved through serde when the type allows it and a codec is on, else not at all;
-        // method resolution picks (see `courier_sdk::__private::StateOf`).
-        quote! {
-            #[allow(unused_imports)]
-            use ::courier_sdk::__private::NotSaved as _;
-            #saved_with_serde
-            let __courier_state = &::courier_sdk::__private::StateOf(&__COURIER_STATE);
-        },
+        // Saved through serde when the type allows it, else not at all; method resolution
+        // picks (see `courier_sdk::__private::StateOf`).
+        quote!(&::courier_sdk::__private::StateOf(&__COURIER_STATE)),
     );
     let marker = one_per_crate_marker();
     Ok(quote! {
