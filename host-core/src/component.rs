@@ -6,7 +6,7 @@ use std::sync::Arc;
 use wasmtime::component::Type;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 
-use crate::bindings::ActorPre;
+use crate::bindings::{ActorIndices, ActorPre};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::HostState;
@@ -62,6 +62,9 @@ pub(crate) struct ComponentInner {
     /// Linked once, with the typed exports of world `actor` looked up: instantiating does
     /// neither again.
     pub(crate) pre: ActorPre<HostState>,
+    /// The exports' indices, looked up once, for instances made from `pre`'s
+    /// `InstancePre` (so the instance itself is kept too).
+    pub(crate) indices: ActorIndices,
     /// The `state` interface of world `stateful-actor`, if the component exports it.
     pub(crate) state: Option<StateExports>,
 }
@@ -152,12 +155,14 @@ impl Engine {
         // wasmtime's own type check of the exports, after ours, which has the better
         // messages: what passes both is called through the typed bindings.
         let pre = ActorPre::new(pre).map_err(link_error)?;
+        let indices = ActorIndices::new(pre.instance_pre()).map_err(link_error)?;
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 name: name.to_string(),
                 version: version_of(bytes),
                 engine: self.clone(),
                 pre,
+                indices,
                 state: state_exports(&component),
             }),
         })

@@ -239,10 +239,10 @@ impl Component {
 
         // Instantiation runs guest code (constructors, WASI set-up), so it has a deadline too.
         arm(&mut store, options.deadline, ticks, fuel);
-        let pre = &self.inner.pre;
+        let (pre, indices) = (&self.inner.pre, &self.inner.indices);
         let instantiated = bounded(options.deadline, &host_calls, async {
             let wasm = pre.instance_pre().instantiate_async(&mut store).await?;
-            let exports = Actor::new(&mut store, &wasm)?;
+            let exports = indices.load(&mut store, &wasm)?;
             Ok::<_, wasmtime::Error>((wasm, exports))
         })
         .await;
