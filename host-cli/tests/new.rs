@@ -129,7 +129,8 @@ fn courier_dev_rebuilds_and_upgrades_after_an_edit_and_keeps_serving_through_a_b
         "--listen",
         "127.0.0.1:0",
     ]);
-    let address = courier.address();
+    // The first build compiles the SDK for wasm32-wasip2, cold on a fresh clone.
+    let address = courier.address_within(Duration::from_secs(600));
     let agent = client();
     let url = format!("http://{address}/components/hello-dev/requests");
     assert_eq!(

@@ -67,7 +67,12 @@ impl Courier {
 
     /// The address from `courier: listening on http://ADDRESS`.
     pub(crate) fn address(&self) -> String {
-        let deadline = Instant::now() + START_TIMEOUT;
+        self.address_within(START_TIMEOUT)
+    }
+
+    /// [`address`](Self::address), waiting up to `timeout` (for a start that builds first).
+    pub(crate) fn address_within(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
