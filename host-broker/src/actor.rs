@@ -129,7 +129,13 @@ impl Actor {
     async fn serve(&mut self) -> End {
         let mut stopping = false;
         loop {
-            self.take_upgrade().await;
+            if self
+                .shared
+                .upgrade_pending
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                self.take_upgrade().await;
+            }
             let Some(envelope) = self.next(stopping).await else {
                 return if stopping {
                     End::Stopped("stopped by the host".into())
@@ -154,7 +160,9 @@ impl Actor {
             if let Some(end) = self.deliver().await {
                 return end;
             }
-            if let Some(end) = self.save_checkpoint().await {
+            if self.supervision.checkpoint.is_some()
+                && let Some(end) = self.save_checkpoint().await
+            {
                 return end;
             }
         }

@@ -285,13 +285,7 @@ impl Router {
         self.enqueue_arrival(&entry, envelope)?;
         let target = target.to_string();
         Ok(Box::pin(async move {
-            match tokio::time::timeout_at(expires.into(), answer).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
-                    "component `{target}` ended before answering"
-                ))),
-                Err(_) => Err(MessagingError::Timeout),
-            }
+            crate::request::answer_by(&target, answer, expires).await
         }))
     }
 

@@ -20,6 +20,23 @@ fn error_len(err: &ComponentError) -> usize {
     }
 }
 
+/// The answer to a request queued for `target`, waited for until `expires`.
+pub(crate) async fn answer_by(
+    target: &str,
+    answer: oneshot::Receiver<Result<Vec<u8>, MessagingError>>,
+    expires: Instant,
+) -> Result<Vec<u8>, MessagingError> {
+    match tokio::time::timeout_at(expires.into(), answer).await {
+        Ok(Ok(answer)) => answer,
+        // The actor dropped the reply without answering: it ended while the request was
+        // queued. The request itself is in the dead-letter record.
+        Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
+            "component `{target}` ended before answering"
+        ))),
+        Err(_) => Err(MessagingError::Timeout),
+    }
+}
+
 impl Router {
     /// Send `payload` as a request from `sender` to `target` and wait at most `timeout` for
     /// the reply.
@@ -58,25 +75,18 @@ impl Router {
             }
         };
         let (reply, answer) = oneshot::channel();
+        let expires = Instant::now() + timeout;
         let envelope = Envelope::Request {
             sender: sender.clone(),
             payload,
             reply,
-            expires: Instant::now() + timeout,
+            expires,
         };
         self.enqueue(&entry, envelope).map_err(|refused| {
             self.refused(Some(&entry));
             refused.error
         })?;
-        let answer = match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            // The actor dropped the reply without answering: it ended while the request
-            // was queued. The request itself is in the dead-letter record.
-            Ok(Err(_)) => Err(MessagingError::TargetCrashed(format!(
-                "component `{target}` ended before answering"
-            ))),
-            Err(_) => Err(MessagingError::Timeout),
-        };
+        let answer = answer_by(target, answer, expires).await;
         self.held_to_limit(target, answer)
     }
 

@@ -12,7 +12,6 @@
 //! cannot be instantiated, refuses the state or traps taking it, the old instance keeps
 //! serving and the caller hears why.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use courier_host_core::{Component, ComponentId};
@@ -113,12 +112,10 @@ impl Broker {
 }
 
 impl Actor {
-    /// Take an upgrade ordered since the last message, if there is one: make the new
+    /// Take the upgrade ordered since the last message (the actor looks at
+    /// `upgrade_pending` first, a load on the per-message path): make the new
     /// version's instance, then swap it in. On failure the old instance stays.
     pub(crate) async fn take_upgrade(&mut self) {
-        if !self.shared.upgrade_pending.load(Ordering::Acquire) {
-            return;
-        }
         let Some(order) = self.shared.take_upgrade_order() else {
             return;
         };

@@ -306,20 +306,9 @@ impl Lattice {
         let inner = self.inner.clone();
         inner.leaving.store(true, Ordering::Release);
         inner.publish_heartbeat(true).await;
-        let _ = inner.stop.send(true);
-        let serving: Vec<JoinHandle<()>> = {
-            let mut serving = inner.serving.lock().unwrap_or_else(|e| e.into_inner());
-            serving.values_mut().filter_map(|s| s.task.take()).collect()
-        };
-        let topics: Vec<JoinHandle<()>> = inner
-            .topic_tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, task)| task)
-            .collect();
+        let tasks = inner.stop_serving();
         let finish = async {
-            for task in serving.into_iter().chain(topics) {
+            for task in tasks {
                 let _ = task.await;
             }
         };
@@ -353,22 +342,7 @@ impl Lattice {
 
 impl Drop for Lattice {
     fn drop(&mut self) {
-        self.inner.leaving.store(true, Ordering::Release);
-        let _ = self.inner.stop.send(true);
-        for task in &self.tasks {
-            task.abort();
-        }
-        let mut serving = self.inner.serving.lock().unwrap_or_else(|e| e.into_inner());
-        for task in serving.values_mut().filter_map(|s| s.task.take()) {
-            task.abort();
-        }
-        for (_, task) in self
-            .inner
-            .topic_tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-        {
+        for task in self.tasks.iter().chain(&self.inner.stop_serving()) {
             task.abort();
         }
     }
@@ -438,6 +412,29 @@ async fn connect(
 impl Inner {
     fn max_payload(&self) -> usize {
         self.client.max_payload().saturating_sub(HEADER_ROOM)
+    }
+
+    /// Stop taking messages from other hosts: refuse new sends, tell the serving tasks to
+    /// unsubscribe and finish what they have, and hand over their tasks (each component's
+    /// and each topic's).
+    fn stop_serving(&self) -> Vec<JoinHandle<()>> {
+        self.leaving.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        let mut tasks: Vec<JoinHandle<()>> = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+            .filter_map(|s| s.task.take())
+            .collect();
+        tasks.extend(
+            self.topic_tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, task)| task),
+        );
+        tasks
     }
 
     fn unacked_len(&self) -> usize {
