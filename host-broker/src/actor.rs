@@ -1,8 +1,14 @@
 //! The actor: a task that owns one instance and its mailbox and handles one message at a time.
+//!
+//! What handles a message is the actor's [`Core`]: the instance and what supervising it
+//! needs. The actor's task holds the core while it works through its mailbox; while the
+//! mailbox is empty it leaves the core at its hand-off point, where a request may borrow it
+//! and run on the requester's task instead (`handoff`).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -15,7 +21,7 @@ use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState};
-use crate::routing::{Router, release};
+use crate::routing::release;
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
 use crate::text::bounded_text;
 
@@ -24,7 +30,23 @@ use crate::text::bounded_text;
 /// holding messages it has not started on when it stops.
 const BATCH: usize = 64;
 
+/// The actor's task: its mailbox, the batch taken from it, and its core when it holds it.
 pub(crate) struct Actor {
+    /// `None` while the core is left at the hand-off point.
+    core: Option<Box<Core>>,
+    shared: Arc<ActorShared>,
+    counters: Arc<BrokerCounters>,
+    mailbox: mpsc::Receiver<Envelope>,
+    /// Messages taken from the mailbox and not yet handled, last first.
+    batch: Vec<Envelope>,
+    /// The messages of this batch taken so far and their payload bytes, still counted as
+    /// queued (and charged to the budgets) until the batch is done.
+    taken: Taken,
+}
+
+/// What handles a message: the instance and what supervising it needs. It is in one place
+/// at a time: the actor's task, the hand-off point, or a requester that borrowed it.
+pub(crate) struct Core {
     pub(crate) shared: Arc<ActorShared>,
     /// The broker's counters and dead letters, shared rather than reached through the
     /// broker, so an actor never keeps the broker (and so its own mailbox) alive.
@@ -35,22 +57,23 @@ pub(crate) struct Actor {
     pub(crate) supervision: Supervision,
     /// `None` between dropping a poisoned instance and creating its replacement.
     pub(crate) instance: Option<Instance>,
-    pub(crate) mailbox: mpsc::Receiver<Envelope>,
     pub(crate) history: RestartHistory,
-    /// Messages taken from the mailbox and not yet handled, last first.
-    pub(crate) batch: Vec<Envelope>,
     /// The message being handled, kept here rather than in the call so that it is still
     /// on hand to dead-letter if the call never comes back.
     pub(crate) current: Option<Envelope>,
-    /// Payload bytes of the messages of this batch taken so far, still charged to the
-    /// budgets until the batch is done.
-    pub(crate) handled_bytes: u64,
     /// The state a restart starts from, and when it was saved ([`Supervision::checkpoint`]).
     pub(crate) checkpoint: Option<(Vec<u8>, Instant)>,
 }
 
+/// Messages taken from a mailbox, and their payload bytes.
+#[derive(Default)]
+struct Taken {
+    messages: u64,
+    bytes: u64,
+}
+
 /// Why the actor's loop ended, if it ended by itself.
-enum End {
+pub(crate) enum End {
     /// Stopped on request, or its mailbox's senders are all gone.
     Stopped(String),
     /// Failed: too many restarts, or a policy that does not restart.
@@ -67,33 +90,55 @@ impl End {
     }
 }
 
+/// What a call leaves for the actor's task to deal with before the next message.
+pub(crate) enum Aftermath {
+    /// The instance trapped: the supervision decides what follows.
+    Trapped(courier_host_core::Error),
+    /// The actor ends.
+    Ended(End),
+}
+
 impl Actor {
-    /// The actor of one component: its shared state, the broker's books (from `router`), how
-    /// to make and limit its instance, the first instance, and its mailbox.
+    /// The actor of one component: its shared state, the broker's books, how to make and
+    /// limit its instance, the first instance, and its mailbox.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<ActorShared>,
-        router: &Router,
+        counters: Arc<BrokerCounters>,
+        dead_letters: Arc<DeadLetters>,
         component: Component,
         options: InstanceOptions,
         supervision: Supervision,
         instance: Instance,
         mailbox: mpsc::Receiver<Envelope>,
     ) -> Actor {
-        Actor {
-            shared,
-            counters: router.counters.clone(),
-            dead_letters: router.dead_letters.clone(),
+        let core = Core {
+            shared: shared.clone(),
+            counters: counters.clone(),
+            dead_letters,
             component,
             options,
             supervision,
             instance: Some(instance),
-            mailbox,
             history: RestartHistory::new(),
-            batch: Vec::new(),
             current: None,
-            handled_bytes: 0,
             checkpoint: None,
+        };
+        Actor {
+            core: Some(Box::new(core)),
+            shared,
+            counters,
+            mailbox,
+            batch: Vec::new(),
+            taken: Taken::default(),
         }
+    }
+
+    /// The core, which the actor holds whenever it is not waiting on its mailbox.
+    fn core(&mut self) -> &mut Core {
+        self.core
+            .as_mut()
+            .expect("the actor holds its core outside its wait for the mailbox")
     }
 
     /// Serve the mailbox until the actor ends, then account for everything left in it.
@@ -118,7 +163,9 @@ impl Actor {
             let text = panic_text(&*panic);
             tracing::error!(component = %self.shared.id, panic = %text, "actor panicked; the component is failed");
             // The instance was part-way through a call: it must not run again.
-            self.instance = None;
+            if let Some(core) = self.core.as_mut() {
+                core.instance = None;
+            }
             End::Failed(format!("the host panicked while serving it: {text}"))
         });
         self.close(end).await;
@@ -129,19 +176,14 @@ impl Actor {
     async fn serve(&mut self) -> End {
         let mut stopping = false;
         loop {
-            if self
-                .shared
-                .upgrade_pending
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                self.take_upgrade().await;
+            if self.shared.upgrade_pending.load(Ordering::Acquire) {
+                self.core().take_upgrade().await;
             }
-            let Some(envelope) = self.next(stopping).await else {
-                return if stopping {
-                    End::Stopped("stopped by the host".into())
-                } else {
-                    End::Stopped("the broker was dropped".into())
-                };
+            let envelope = match self.next(stopping).await {
+                Ok(Some(envelope)) => envelope,
+                Ok(None) if stopping => return End::Stopped("stopped by the host".into()),
+                Ok(None) => return End::Stopped("the broker was dropped".into()),
+                Err(end) => return end,
             };
             if matches!(envelope, Envelope::Wake) {
                 continue;
@@ -152,16 +194,14 @@ impl Actor {
                 stopping = true;
                 continue;
             }
-            if self.shared.past_drain_deadline() {
-                self.dead_letter(envelope, "the shutdown deadline passed before delivery");
+            let core = self.core();
+            if core.shared.past_drain_deadline() {
+                core.dead_letter(envelope, "the shutdown deadline passed before delivery");
                 continue;
             }
-            self.current = Some(envelope);
-            if let Some(end) = self.deliver().await {
-                return end;
-            }
-            if self.supervision.checkpoint.is_some()
-                && let Some(end) = self.save_checkpoint().await
+            core.current = Some(envelope);
+            if let Some(aftermath) = core.handle().await
+                && let Some(end) = core.settle(aftermath).await
             {
                 return end;
             }
@@ -169,35 +209,71 @@ impl Actor {
     }
 
     /// The next message: from the batch in hand, or a new batch from the mailbox unless the
-    /// actor is stopping. `None` when there is nothing more to handle.
-    async fn next(&mut self, stopping: bool) -> Option<Envelope> {
+    /// actor is stopping. `None` when there is nothing more to handle; an end if what a
+    /// requester gave back with the core ended the actor.
+    async fn next(&mut self, stopping: bool) -> Result<Option<Envelope>, End> {
         if self.batch.is_empty() {
-            // The batch is handled: its bytes leave the budget together, one atomic update
-            // (on counters the senders share) per batch rather than per message.
-            release(
-                &self.shared,
-                &self.counters,
-                std::mem::take(&mut self.handled_bytes),
-            );
-            if stopping || self.mailbox.recv_many(&mut self.batch, BATCH).await == 0 {
-                return None;
+            // The batch is handled: it leaves the counts together, one atomic update (on
+            // counters the senders share) per batch rather than per message.
+            let taken = std::mem::take(&mut self.taken);
+            release(&self.shared, &self.counters, taken.messages, taken.bytes);
+            if stopping || self.take_batch().await? == 0 {
+                return Ok(None);
             }
             // Handled from the end, so a message leaves the batch without shifting the rest,
             // and whatever is left at any moment is exactly what has not been handled.
             self.batch.reverse();
         }
-        let envelope = self.batch.pop()?;
-        self.handled_bytes += envelope.payload().len() as u64;
-        Some(envelope)
+        let Some(envelope) = self.batch.pop() else {
+            return Ok(None);
+        };
+        if envelope.is_counted() {
+            self.taken.messages += 1;
+            self.taken.bytes += envelope.payload().len() as u64;
+        }
+        Ok(Some(envelope))
     }
 
-    /// Give back the bytes `envelope` held of the mailbox's budget and the broker's.
+    /// Fill the batch from the mailbox; 0 once it is closed and empty. While the mailbox is
+    /// empty the core waits at the hand-off point, where a request may borrow it, and the
+    /// actor takes it back before handling what came in.
+    async fn take_batch(&mut self) -> Result<usize, End> {
+        // A look first: an actor that finds messages waiting keeps its core.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(self.mailbox.poll_recv_many(cx, &mut self.batch, BATCH))
+        })
+        .await;
+        if let Poll::Ready(taken) = ready {
+            return Ok(taken);
+        }
+        let core = self.core.take().expect("the actor holds its core");
+        self.shared.handoff.park(core);
+        let taken = self.mailbox.recv_many(&mut self.batch, BATCH).await;
+        self.unpark().await?;
+        Ok(taken)
+    }
+
+    /// Take the core back from the hand-off point, and deal with what a requester gave
+    /// back with it.
+    async fn unpark(&mut self) -> Result<(), End> {
+        let (core, aftermath) = self.shared.handoff.reclaim().await;
+        let core = self.core.insert(core);
+        match aftermath {
+            Some(aftermath) => core.settle(aftermath).await.map_or(Ok(()), Err),
+            None => Ok(()),
+        }
+    }
+
+    /// Give back what `envelope` held of the counts of queued messages and bytes.
     fn release(&self, envelope: &Envelope) {
-        release(
-            &self.shared,
-            &self.counters,
-            envelope.payload().len() as u64,
-        );
+        if envelope.is_counted() {
+            release(
+                &self.shared,
+                &self.counters,
+                1,
+                envelope.payload().len() as u64,
+            );
+        }
     }
 
     /// Close the mailbox and account for whatever was not handled: the message in hand (if
@@ -208,6 +284,13 @@ impl Actor {
         if !matches!(self.shared.state(), ComponentState::Failed(_)) {
             self.shared.set_state(end.state());
         }
+        if self.core.is_none() {
+            // Ended while its core was away (a panic while waiting on the mailbox): what
+            // was given back with it no longer matters, the actor is ending anyway.
+            let (core, _) = self.shared.handoff.reclaim().await;
+            self.core = Some(core);
+        }
+        self.shared.handoff.close();
         if let Some(order) = self.shared.take_upgrade_order() {
             let _ = order
                 .reply
@@ -217,30 +300,58 @@ impl Actor {
             tracing::error!(component = %self.shared.id, %reason, "component failed: it takes no more messages until it is removed or restarted");
         }
         self.mailbox.close();
-        release(
-            &self.shared,
-            &self.counters,
-            std::mem::take(&mut self.handled_bytes),
-        );
-        if let Some(envelope) = self.current.take() {
-            self.refuse_after_end(envelope, &end);
+        let taken = std::mem::take(&mut self.taken);
+        release(&self.shared, &self.counters, taken.messages, taken.bytes);
+        if let Some(envelope) = self.core().current.take() {
+            self.core().refuse_after_end(envelope, &end);
         }
         let batch: Vec<Envelope> = self.batch.drain(..).rev().collect();
         for envelope in batch {
             self.release(&envelope);
-            self.refuse_after_end(envelope, &end);
+            self.core().refuse_after_end(envelope, &end);
         }
         // A sender that took its slot before the close may still be putting its message in:
         // `recv` waits for it, where `try_recv` could return before it lands.
         while let Some(envelope) = self.mailbox.recv().await {
             self.release(&envelope);
-            self.refuse_after_end(envelope, &end);
+            self.core().refuse_after_end(envelope, &end);
         }
         tracing::debug!(component = %self.shared.id, state = self.shared.state().name(), "actor ended");
     }
+}
 
-    /// Deliver the message in hand. Returns how the actor ends if this delivery ended it.
-    async fn deliver(&mut self) -> Option<End> {
+impl Drop for Actor {
+    /// A task dropped without closing (its runtime shut down) still lets go of a core it
+    /// left at the hand-off point.
+    fn drop(&mut self) {
+        self.shared.handoff.close();
+    }
+}
+
+impl Core {
+    /// Deliver the message in hand, then save a checkpoint if one is due. What is left for
+    /// the actor's task (a trap, an end) comes back rather than being dealt with here, so a
+    /// requester that borrowed the core never waits out a restart.
+    pub(crate) async fn handle(&mut self) -> Option<Aftermath> {
+        if let Some(aftermath) = self.deliver().await {
+            return Some(aftermath);
+        }
+        if self.supervision.checkpoint.is_some() {
+            return self.save_checkpoint().await;
+        }
+        None
+    }
+
+    /// Deal with what a call left: replace a trapped instance as the supervision says.
+    /// Returns how the actor ends, if it does.
+    async fn settle(&mut self, aftermath: Aftermath) -> Option<End> {
+        match aftermath {
+            Aftermath::Trapped(err) => self.recover(err).await,
+            Aftermath::Ended(end) => Some(end),
+        }
+    }
+    /// Deliver the message in hand. Returns what the delivery left for the actor's task.
+    async fn deliver(&mut self) -> Option<Aftermath> {
         let started = Instant::now();
         if let Some(Envelope::Request { reply, expires, .. }) = &self.current
             && (reply.is_closed() || Instant::now() >= *expires)
@@ -276,7 +387,7 @@ impl Actor {
             self.instance = None;
             let reason = "the shutdown deadline passed during delivery";
             self.dead_letter(envelope, reason);
-            return Some(End::Stopped(reason.into()));
+            return Some(Aftermath::Ended(End::Stopped(reason.into())));
         };
         let err = match (called, envelope) {
             (Call::Message(Ok(answer)), Envelope::Message { sender, .. }) => {
@@ -324,12 +435,12 @@ impl Actor {
                 return None;
             }
         };
-        self.recover(err).await
+        Some(Aftermath::Trapped(err))
     }
 
     /// Save the instance's state for restarts, if the supervision asks for it and the last
     /// save is old enough. A trap while saving is handled like any other.
-    async fn save_checkpoint(&mut self) -> Option<End> {
+    async fn save_checkpoint(&mut self) -> Option<Aftermath> {
         let every = self.supervision.checkpoint?;
         if self
             .checkpoint
@@ -344,7 +455,7 @@ impl Actor {
                 self.checkpoint = Some((state, Instant::now()));
                 None
             }
-            Err(err) => self.recover(err).await,
+            Err(err) => Some(Aftermath::Trapped(err)),
         }
     }
 
@@ -485,7 +596,7 @@ async fn unless_drained<F: Future>(shared: &ActorShared, work: F) -> Option<F::O
 }
 
 /// What a panic carried, as text.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -548,14 +659,15 @@ mod tests {
         // The bytes the three messages would have been charged on their way in.
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;
         shared.queued_bytes.store(queued, Ordering::Relaxed);
-        let router = Router::new(crate::broker::BrokerConfig::default());
+        let router = crate::routing::Router::new(crate::broker::BrokerConfig::default());
         router
             .counters
             .queued_bytes
             .store(queued, Ordering::Relaxed);
         let actor = Actor::new(
             shared.clone(),
-            &router,
+            router.counters.clone(),
+            router.dead_letters.clone(),
             hostile,
             options,
             Supervision::new(RestartPolicy::Temporary),

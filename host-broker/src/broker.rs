@@ -324,7 +324,8 @@ impl Broker {
         }
         let actor = Actor::new(
             shared.clone(),
-            router,
+            router.counters.clone(),
+            router.dead_letters.clone(),
             component,
             options,
             supervision,

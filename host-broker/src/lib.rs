@@ -35,6 +35,7 @@ mod capabilities;
 mod dead_letter;
 mod error;
 mod handle;
+mod handoff;
 mod mailbox;
 mod messaging;
 mod metrics;

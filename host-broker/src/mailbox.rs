@@ -46,6 +46,12 @@ impl Envelope {
         }
     }
 
+    /// Whether it was routed, and so counted in its mailbox's queued messages and bytes:
+    /// [`Envelope::Stop`] and [`Envelope::Wake`] come from the broker itself.
+    pub(crate) fn is_counted(&self) -> bool {
+        matches!(self, Envelope::Message { .. } | Envelope::Request { .. })
+    }
+
     /// The payload itself, given back to a sender whose message was refused.
     pub(crate) fn into_payload(self) -> Bytes {
         match self {

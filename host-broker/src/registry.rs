@@ -11,6 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::capabilities::Capabilities;
+use crate::handoff::HandOff;
 use crate::mailbox::Envelope;
 use crate::metrics::Metrics;
 use crate::remote::Exposure;
@@ -49,6 +50,10 @@ pub(crate) struct ActorShared {
     /// Whether other hosts may reach it.
     pub(crate) exposure: Exposure,
     pub(crate) metrics: Metrics,
+    /// Messages routed to its mailbox and not yet handled (taken from it in a batch that is
+    /// not done yet counts as not handled). A request is handed off only at zero, so it
+    /// cannot overtake anything its sender sent before.
+    pub(crate) queued: AtomicU64,
     /// Payload bytes in its mailbox (and taken from it but not yet begun), and the most
     /// there may be.
     pub(crate) queued_bytes: AtomicU64,
@@ -63,6 +68,8 @@ pub(crate) struct ActorShared {
     retired: AtomicBool,
     /// Set while an upgrade waits for the actor, which looks before each message.
     pub(crate) upgrade_pending: AtomicBool,
+    /// Where its core waits while the actor is idle, for a request to borrow.
+    pub(crate) handoff: HandOff,
     upgrade: Mutex<Option<UpgradeOrder>>,
     /// The component it runs: the one it was spawned with, or the last it was upgraded to.
     component: Mutex<Component>,
@@ -89,7 +96,9 @@ impl ActorShared {
             capabilities,
             exposure,
             metrics: Metrics::new(),
+            queued: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
+            handoff: HandOff::default(),
             mailbox_bytes,
             log_budget: LineBudget::default(),
             state: Mutex::new(ComponentState::Running),
@@ -175,6 +184,11 @@ impl ActorShared {
             }
             set.await;
         }
+    }
+
+    /// Whether a shutdown has set a drain deadline.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain_deadline.get().is_some()
     }
 
     pub(crate) fn past_drain_deadline(&self) -> bool {

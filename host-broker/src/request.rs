@@ -7,6 +7,7 @@ use courier_host_core::{ComponentError, ComponentId, MessagingError};
 use tokio::sync::oneshot;
 
 use crate::dead_letter::MessageKind;
+use crate::handoff::try_deliver_here;
 use crate::mailbox::Envelope;
 use crate::metrics::bump;
 use crate::routing::{Access, Router, Target};
@@ -81,6 +82,11 @@ impl Router {
             payload,
             reply,
             expires,
+        };
+        // An idle target answers on this task; a busy one gets the request in its mailbox.
+        let envelope = match try_deliver_here(&entry, envelope, expires).await {
+            Ok(()) => return self.held_to_limit(target, answer_by(target, answer, expires).await),
+            Err(envelope) => envelope,
         };
         self.enqueue(&entry, envelope).map_err(|refused| {
             self.refused(Some(&entry));

@@ -181,18 +181,22 @@ impl Router {
         Ok(Target::Local(entry))
     }
 
-    /// Charge `envelope`'s payload to the mailbox's byte budget and the broker's: a
-    /// mailbox is full when either its message count or its bytes would pass the bound.
+    /// Count `envelope` as queued for `entry` and charge its payload to the mailbox's byte
+    /// budget and the broker's: a mailbox is full when either its message count or its
+    /// bytes would pass the bound.
     fn charge(&self, entry: &Entry, envelope: Envelope) -> Result<Envelope, Refused> {
+        let shared = &entry.shared;
+        // Counted before it is in the mailbox, so a request its sender makes next sees it
+        // and is not handed off ahead of it.
+        shared.queued.fetch_add(1, Ordering::Relaxed);
         let len = envelope.payload().len() as u64;
         if len == 0 {
             return Ok(envelope);
         }
-        let shared = &entry.shared;
         let in_mailbox = shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
         let in_broker = self.counters.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
         if in_mailbox > shared.mailbox_bytes || in_broker > self.config.max_queued_bytes {
-            release(shared, &self.counters, len);
+            release(shared, &self.counters, 1, len);
             return Err(Refused {
                 error: MessagingError::MailboxFull(shared.id.to_string()),
                 envelope,
@@ -215,6 +219,7 @@ impl Router {
             release(
                 &entry.shared,
                 &self.counters,
+                1,
                 envelope.payload().len() as u64,
             );
             Refused { error, envelope }
@@ -412,9 +417,13 @@ impl Router {
     }
 }
 
-/// Give back `len` bytes of a mailbox's budget and the broker's: a message has left the
-/// mailbox, or was never let in.
-pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, len: u64) {
+/// Count `messages` out of a mailbox's queued messages and give back their `len` bytes of
+/// its budget and the broker's: they are handled, or were never let in.
+pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, messages: u64, len: u64) {
+    if messages > 0 {
+        // Release: whoever sees the count drop sees what handling them did.
+        shared.queued.fetch_sub(messages, Ordering::Release);
+    }
     if len > 0 {
         shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         counters.queued_bytes.fetch_sub(len, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use courier_host_core::{Component, ComponentId};
 use tokio::sync::oneshot;
 
-use crate::actor::Actor;
+use crate::actor::Core;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::mailbox::Envelope;
@@ -111,7 +111,7 @@ impl Broker {
     }
 }
 
-impl Actor {
+impl Core {
     /// Take the upgrade ordered since the last message (the actor looks at
     /// `upgrade_pending` first, a load on the per-message path): make the new
     /// version's instance, then swap it in. On failure the old instance stays.
