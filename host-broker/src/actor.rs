@@ -124,8 +124,10 @@ impl Actor {
             current: None,
             checkpoint: None,
         };
+        // Idle from the start: a request may borrow the core before the task first runs.
+        shared.handoff.park(Box::new(core));
         Actor {
-            core: Some(Box::new(core)),
+            core: None,
             shared,
             counters,
             mailbox,
@@ -176,15 +178,15 @@ impl Actor {
     async fn serve(&mut self) -> End {
         let mut stopping = false;
         loop {
-            if self.shared.upgrade_pending.load(Ordering::Acquire) {
-                self.core().take_upgrade().await;
-            }
             let envelope = match self.next(stopping).await {
                 Ok(Some(envelope)) => envelope,
                 Ok(None) if stopping => return End::Stopped("stopped by the host".into()),
                 Ok(None) => return End::Stopped("the broker was dropped".into()),
                 Err(end) => return end,
             };
+            if self.shared.upgrade_pending.load(Ordering::Acquire) {
+                self.core().take_upgrade().await;
+            }
             if matches!(envelope, Envelope::Wake) {
                 continue;
             }
@@ -208,8 +210,8 @@ impl Actor {
         }
     }
 
-    /// The next message: from the batch in hand, or a new batch from the mailbox unless the
-    /// actor is stopping. `None` when there is nothing more to handle; an end if what a
+    /// The next message, with the core in hand: from the batch in hand, or a new batch from
+    /// the mailbox unless the actor is stopping. `None` when there is nothing more to handle; an end if what a
     /// requester gave back with the core ended the actor.
     async fn next(&mut self, stopping: bool) -> Result<Option<Envelope>, End> {
         if self.batch.is_empty() {
@@ -238,16 +240,18 @@ impl Actor {
     /// empty the core waits at the hand-off point, where a request may borrow it, and the
     /// actor takes it back before handling what came in.
     async fn take_batch(&mut self) -> Result<usize, End> {
-        // A look first: an actor that finds messages waiting keeps its core.
-        let ready = std::future::poll_fn(|cx| {
-            Poll::Ready(self.mailbox.poll_recv_many(cx, &mut self.batch, BATCH))
-        })
-        .await;
-        if let Poll::Ready(taken) = ready {
-            return Ok(taken);
+        if let Some(core) = self.core.take() {
+            // A look first: an actor that finds messages waiting keeps its core.
+            let ready = std::future::poll_fn(|cx| {
+                Poll::Ready(self.mailbox.poll_recv_many(cx, &mut self.batch, BATCH))
+            })
+            .await;
+            if let Poll::Ready(taken) = ready {
+                self.core = Some(core);
+                return Ok(taken);
+            }
+            self.shared.handoff.park(core);
         }
-        let core = self.core.take().expect("the actor holds its core");
-        self.shared.handoff.park(core);
         let taken = self.mailbox.recv_many(&mut self.batch, BATCH).await;
         self.unpark().await?;
         Ok(taken)

@@ -193,6 +193,9 @@ pub struct MetricsSnapshot {
     pub refused: u64,
     /// Instances replaced after a trap.
     pub restarts: u64,
+    /// Requests it was handed directly, idle, and answered on the requester's task rather
+    /// than from its mailbox (a part of `delivered`, `failed` and `dead_lettered`).
+    pub handed_off: u64,
     /// Messages waiting in its mailbox.
     pub mailbox_depth: usize,
     /// The version of the component it runs ([`Component::version`](courier_host_core::Component::version)).
@@ -662,6 +665,7 @@ impl MetricsSnapshot {
             dead_lettered: m.dead_lettered.load(Ordering::Relaxed),
             refused: m.refused.load(Ordering::Relaxed),
             restarts: m.restarts.load(Ordering::Relaxed),
+            handed_off: m.handed_off.load(Ordering::Relaxed),
             mailbox_depth,
             version: shared.component().version().to_string(),
             latency: m.latency.summary(),

@@ -176,6 +176,7 @@ pub(crate) async fn try_deliver_here(
     let Some(mut core) = entry.shared.handoff.lend(&entry.shared) else {
         return Err(request);
     };
+    crate::metrics::bump(&entry.shared.metrics.handed_off);
     let call: Unfinished = Box::pin(async move {
         core.current = Some(request);
         let aftermath = handle_guarded(&mut core).await;

@@ -116,6 +116,7 @@ pub(crate) struct Metrics {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    pub(crate) handed_off: AtomicU64,
     pub(crate) latency: Histogram,
 }
 
@@ -127,6 +128,7 @@ impl Metrics {
             dead_lettered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            handed_off: AtomicU64::new(0),
             latency: Histogram::new(),
         }
     }

@@ -6,6 +6,7 @@
 mod bounds;
 mod common;
 
+mod handoff;
 mod hostile;
 mod lifecycle;
 mod messaging;

@@ -22,7 +22,8 @@ type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> f64);
 ///
 /// Per component (label `component`): the counters `courier_messages_delivered_total`,
 /// `courier_messages_failed_total`, `courier_messages_dead_lettered_total`,
-/// `courier_messages_refused_total` and `courier_restarts_total`; the gauges
+/// `courier_messages_refused_total`, `courier_restarts_total` and
+/// `courier_requests_handed_off_total`; the gauges
 /// `courier_mailbox_depth`, `courier_component_state` (1 for the current `state`),
 /// `courier_component_info` (1, with the `version` it runs) and
 /// `courier_handler_latency_max_seconds`; the summary `courier_handler_latency_seconds`
@@ -38,7 +39,7 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             .collect()
     };
 
-    let counters: [Counter; 5] = [
+    let counters: [Counter; 6] = [
         (
             "courier_messages_delivered_total",
             "Messages and requests whose handler ran to completion (Ok or a handler error).",
@@ -63,6 +64,11 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             "courier_restarts_total",
             "Instances replaced after a trap.",
             |m| m.restarts as f64,
+        ),
+        (
+            "courier_requests_handed_off_total",
+            "Requests the component answered on its requester's task, found idle, rather than from its mailbox.",
+            |m| m.handed_off as f64,
         ),
     ];
     for (name, help, value) in counters {
@@ -340,6 +346,7 @@ mod tests {
             dead_lettered: 1,
             refused: 2,
             restarts: 1,
+            handed_off: 0,
             mailbox_depth: 3,
             version: "0123456789abcdef".into(),
             latency: LatencySummary {
