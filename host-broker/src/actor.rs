@@ -358,7 +358,7 @@ impl Core {
     async fn deliver(&mut self) -> Option<Aftermath> {
         let started = Instant::now();
         if let Some(Envelope::Request { reply, expires, .. }) = &self.current
-            && (reply.is_closed() || Instant::now() >= *expires)
+            && (reply.is_closed() || started >= *expires)
         {
             let envelope = self.current.take()?;
             self.dead_letter(envelope, "the requester stopped waiting before delivery");

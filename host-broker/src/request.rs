@@ -85,7 +85,17 @@ impl Router {
         };
         // An idle target answers on this task; a busy one gets the request in its mailbox.
         let envelope = match try_deliver_here(&entry, envelope, expires).await {
-            Ok(()) => return self.held_to_limit(target, answer_by(target, answer, expires).await),
+            Ok(()) => {
+                let mut answer = answer;
+                // Usually answered by now. Taken without a wait, which would count against
+                // the task's cooperative budget and, every so many requests, make it yield
+                // to the scheduler (and wake an idle worker) for nothing.
+                let answer = match answer.try_recv() {
+                    Ok(answer) => answer,
+                    Err(_) => answer_by(target, answer, expires).await,
+                };
+                return self.held_to_limit(target, answer);
+            }
             Err(envelope) => envelope,
         };
         self.enqueue(&entry, envelope).map_err(|refused| {
