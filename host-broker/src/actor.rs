@@ -662,7 +662,8 @@ mod tests {
         ));
         // The bytes the three messages would have been charged on their way in.
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;
-        shared.queued_bytes.store(queued, Ordering::Relaxed);
+        shared.queued.bytes.store(queued, Ordering::Relaxed);
+        shared.queued.messages.store(3, Ordering::Relaxed);
         let router = crate::routing::Router::new(crate::broker::BrokerConfig::default());
         router
             .counters
@@ -689,10 +690,11 @@ mod tests {
         ));
         assert!(matches!(shared.state(), ComponentState::Failed(_)));
         assert_eq!(
-            shared.queued_bytes.load(Ordering::Relaxed),
+            shared.queued.bytes.load(Ordering::Relaxed),
             0,
             "all released"
         );
         assert_eq!(router.counters.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.queued.messages.load(Ordering::Relaxed), 0);
     }
 }

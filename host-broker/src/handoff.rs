@@ -125,7 +125,7 @@ impl HandOff {
     fn lend(&self, shared: &ActorShared) -> Option<Box<Core>> {
         // Whatever this requester sent before was counted in `queued` before this look,
         // and is counted out only once handled: at zero, it has all been handled.
-        if shared.queued.load(Ordering::Acquire) != 0
+        if shared.queued.messages.load(Ordering::Acquire) != 0
             || shared.upgrade_pending.load(Ordering::Acquire)
             || !shared.is_current()
             || shared.is_draining()

@@ -109,7 +109,9 @@ pub struct LatencySummary {
     pub max: Option<Duration>,
 }
 
-/// The live counters of one component.
+/// The live counters of one component, which its actor updates for every message: on cache
+/// lines of their own, away from what its senders update or read.
+#[repr(align(128))]
 pub(crate) struct Metrics {
     pub(crate) delivered: AtomicU64,
     pub(crate) failed: AtomicU64,

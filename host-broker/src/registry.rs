@@ -43,6 +43,20 @@ impl ComponentState {
     }
 }
 
+/// The counts of what is in a mailbox, on a cache line of their own: every sender updates
+/// them, and sharing a line with what the actor updates per message (its metrics) or what
+/// senders only read would make every message move that line between cores.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Queued {
+    /// Messages routed to the mailbox and not yet handled (taken from it in a batch that is
+    /// not done yet counts as not handled). A request is handed off only at zero, so it
+    /// cannot overtake anything its sender sent before.
+    pub(crate) messages: AtomicU64,
+    /// Payload bytes in the mailbox, and taken from it but not yet handled.
+    pub(crate) bytes: AtomicU64,
+}
+
 /// What the actor task and the senders share about one component.
 pub(crate) struct ActorShared {
     pub(crate) id: ComponentId,
@@ -50,13 +64,9 @@ pub(crate) struct ActorShared {
     /// Whether other hosts may reach it.
     pub(crate) exposure: Exposure,
     pub(crate) metrics: Metrics,
-    /// Messages routed to its mailbox and not yet handled (taken from it in a batch that is
-    /// not done yet counts as not handled). A request is handed off only at zero, so it
-    /// cannot overtake anything its sender sent before.
-    pub(crate) queued: AtomicU64,
-    /// Payload bytes in its mailbox (and taken from it but not yet begun), and the most
-    /// there may be.
-    pub(crate) queued_bytes: AtomicU64,
+    /// What is in its mailbox, which every sender updates.
+    pub(crate) queued: Queued,
+    /// The most payload bytes its mailbox may hold.
     pub(crate) mailbox_bytes: u64,
     /// What its handlers' failures may write to the host's log.
     pub(crate) log_budget: LineBudget,
@@ -96,8 +106,7 @@ impl ActorShared {
             capabilities,
             exposure,
             metrics: Metrics::new(),
-            queued: AtomicU64::new(0),
-            queued_bytes: AtomicU64::new(0),
+            queued: Queued::default(),
             handoff: HandOff::default(),
             mailbox_bytes,
             log_budget: LineBudget::default(),

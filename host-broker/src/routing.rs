@@ -188,12 +188,12 @@ impl Router {
         let shared = &entry.shared;
         // Counted before it is in the mailbox, so a request its sender makes next sees it
         // and is not handed off ahead of it.
-        shared.queued.fetch_add(1, Ordering::Relaxed);
+        shared.queued.messages.fetch_add(1, Ordering::Relaxed);
         let len = envelope.payload().len() as u64;
         if len == 0 {
             return Ok(envelope);
         }
-        let in_mailbox = shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let in_mailbox = shared.queued.bytes.fetch_add(len, Ordering::Relaxed) + len;
         let in_broker = self.counters.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
         if in_mailbox > shared.mailbox_bytes || in_broker > self.config.max_queued_bytes {
             release(shared, &self.counters, 1, len);
@@ -422,10 +422,13 @@ impl Router {
 pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, messages: u64, len: u64) {
     if messages > 0 {
         // Release: whoever sees the count drop sees what handling them did.
-        shared.queued.fetch_sub(messages, Ordering::Release);
+        shared
+            .queued
+            .messages
+            .fetch_sub(messages, Ordering::Release);
     }
     if len > 0 {
-        shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        shared.queued.bytes.fetch_sub(len, Ordering::Relaxed);
         counters.queued_bytes.fetch_sub(len, Ordering::Relaxed);
     }
 }

@@ -201,3 +201,31 @@ async fn a_requester_dropped_during_a_handed_off_call_gives_the_call_back() {
     assert_eq!((metrics.delivered, metrics.restarts), (2, 0));
     setup.assert_accounted().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_requests_to_idle_components_runs_on_the_requesters_task() {
+    let setup = Setup::new();
+    const LINKS: usize = 8;
+    for i in 0..LINKS {
+        let spec = setup.spec(&format!("link{i}"), "probe");
+        let spec = if i + 1 < LINKS {
+            spec.may_request(&format!("link{}", i + 1))
+        } else {
+            spec
+        };
+        setup.spawn(spec).await;
+    }
+    // `ask:link1:ask:link2:...:self`: each link asks the next, the last answers its id.
+    let command = (1..LINKS).fold(String::from("self"), |inner, i| {
+        format!("ask:link{}:{inner}", LINKS - i)
+    });
+    assert_eq!(
+        setup.probe("link0", &command).await,
+        format!("link{}", LINKS - 1)
+    );
+    for i in 0..LINKS {
+        assert_eq!(handed_off(&setup, &format!("link{i}")), 1, "link{i}");
+    }
+    setup.assert_accounted().await;
+    assert_eq!(setup.broker.accounting().delivered, LINKS as u64);
+}
