@@ -15,7 +15,6 @@ use std::time::Instant;
 use courier_host_core::guest_log::escape;
 use courier_host_core::{CallResult, Component, Instance, InstanceOptions, MessagingError};
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
@@ -372,18 +371,22 @@ impl Core {
             _ => "message",
         };
         let span = tracing::debug_span!("deliver", sender = %envelope.sender(), target = %self.shared.id, kind, outcome = tracing::field::Empty);
-        let call = async {
-            match envelope {
-                Envelope::Request {
-                    sender, payload, ..
-                } => Call::Request(instance.call_handle_request(sender, payload).await),
-                Envelope::Message { sender, payload } => {
-                    Call::Message(instance.call_handle_message(sender, payload).await)
+        // Pinned where it is built and polled through references from then on: the call's
+        // future is large, and every move of it is a copy.
+        let called = {
+            let call = std::pin::pin!(async {
+                match envelope {
+                    Envelope::Request {
+                        sender, payload, ..
+                    } => Call::Request(instance.call_handle_request(sender, payload).await),
+                    Envelope::Message { sender, payload } => {
+                        Call::Message(instance.call_handle_message(sender, payload).await)
+                    }
+                    Envelope::Stop | Envelope::Wake => Call::Message(Ok(Ok(()))),
                 }
-                Envelope::Stop | Envelope::Wake => Call::Message(Ok(Ok(()))),
-            }
+            });
+            unless_drained(&self.shared, Some(&span), call).await
         };
-        let called = unless_drained(&self.shared, call.instrument(span.clone())).await;
         let envelope = self.current.take()?;
         let Some(called) = called else {
             span.record("outcome", "abandoned");
@@ -493,10 +496,8 @@ impl Core {
                 Verdict::Restart(backoff) => {
                     self.shared.set_state(ComponentState::Restarting);
                     let backoff_ends = Instant::now() + backoff;
-                    if unless_drained(&self.shared, tokio::time::sleep_until(backoff_ends.into()))
-                        .await
-                        .is_none()
-                    {
+                    let backoff = std::pin::pin!(tokio::time::sleep_until(backoff_ends.into()));
+                    if unless_drained(&self.shared, None, backoff).await.is_none() {
                         return Some(End::Stopped(
                             "the shutdown deadline passed while it was restarting".into(),
                         ));
@@ -578,16 +579,23 @@ enum Call {
     Request(CallResult<Vec<u8>>),
 }
 
-/// Run `work` unless the broker's shutdown deadline passes first; `None` if it did, and
-/// `work` was dropped part-way.
+/// Run `work`, within `span` if one is given, unless the broker's shutdown deadline passes
+/// first; `None` if it did, and `work` was left part-way.
 ///
 /// `work` is polled first on its own: a handler that returns without yielding, the common
 /// case, costs no timer and no registration with the shutdown signal.
-async fn unless_drained<F: Future>(shared: &ActorShared, work: F) -> Option<F::Output> {
-    let mut work = std::pin::pin!(work);
+async fn unless_drained<F: Future>(
+    shared: &ActorShared,
+    span: Option<&tracing::Span>,
+    mut work: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
     let mut drained = None;
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+        let polled = {
+            let _entered = span.map(tracing::Span::enter);
+            work.as_mut().poll(cx)
+        };
+        if let Poll::Ready(output) = polled {
             return Poll::Ready(Some(output));
         }
         let drained = drained.get_or_insert_with(|| Box::pin(shared.drain_deadline_passed()));

@@ -238,14 +238,16 @@ impl Component {
         let ticks = ticks_in(options.deadline, engine.config().epoch_tick);
 
         // Instantiation runs guest code (constructors, WASI set-up), so it has a deadline too.
-        arm(&mut store, options.deadline, ticks, fuel);
+        let ends = arm(&mut store, options.deadline, ticks, fuel);
         let (pre, indices) = (&self.inner.pre, &self.inner.indices);
-        let instantiated = bounded(options.deadline, &host_calls, async {
-            let wasm = pre.instance_pre().instantiate_async(&mut store).await?;
-            let exports = indices.load(&mut store, &wasm)?;
-            Ok::<_, wasmtime::Error>((wasm, exports))
-        })
-        .await;
+        let instantiated = {
+            let instantiating = std::pin::pin!(async {
+                let wasm = pre.instance_pre().instantiate_async(&mut store).await?;
+                let exports = indices.load(&mut store, &wasm)?;
+                Ok::<_, wasmtime::Error>((wasm, exports))
+            });
+            bounded(ends, &host_calls, instantiating).await
+        };
         store.data_mut().call_deadline = None;
         let (wasm, exports) = match instantiated {
             Some(Ok(instantiated)) => instantiated,
@@ -285,11 +287,15 @@ impl Instance {
     ///
     /// `sender` is the id the guest sees; the host, not the guest, decides it.
     pub async fn call_handle_message(&mut self, sender: &str, message: &[u8]) -> CallResult<()> {
-        self.begin_call(sender)?;
-        let call = self
-            .exports
-            .call_handle_message(&mut self.store, &self.sender, message);
-        let outcome = bounded(self.deadline, &self.host_calls, call).await;
+        let ends = self.begin_call(sender)?;
+        let outcome = {
+            let call = std::pin::pin!(self.exports.call_handle_message(
+                &mut self.store,
+                &self.sender,
+                message
+            ));
+            bounded(ends, &self.host_calls, call).await
+        };
         self.finish(outcome)
     }
 
@@ -299,11 +305,15 @@ impl Instance {
         sender: &str,
         request: &[u8],
     ) -> CallResult<Vec<u8>> {
-        self.begin_call(sender)?;
-        let call = self
-            .exports
-            .call_handle_request(&mut self.store, &self.sender, request);
-        let outcome = bounded(self.deadline, &self.host_calls, call).await;
+        let ends = self.begin_call(sender)?;
+        let outcome = {
+            let call = std::pin::pin!(self.exports.call_handle_request(
+                &mut self.store,
+                &self.sender,
+                request
+            ));
+            bounded(ends, &self.host_calls, call).await
+        };
         self.finish(outcome)
     }
 
@@ -318,9 +328,11 @@ impl Instance {
     /// to give: an error of kind [`ErrorKind::Config`].
     pub async fn save_state(&mut self) -> Result<Vec<u8>> {
         let func = self.state_func::<(), (Vec<u8>,)>(|state| &state.save, "save-state")?;
-        self.begin_call("")?;
-        let call = func.call_async(&mut self.store, ());
-        let outcome = bounded(self.deadline, &self.host_calls, call).await;
+        let ends = self.begin_call("")?;
+        let outcome = {
+            let call = std::pin::pin!(func.call_async(&mut self.store, ()));
+            bounded(ends, &self.host_calls, call).await
+        };
         // `save-state` cannot refuse: its only failure is a trap.
         let outcome = outcome.map(|result| result.map(|(state,)| Ok::<_, ComponentError>(state)));
         self.finish(outcome).map(|saved| saved.unwrap_or_default())
@@ -334,9 +346,11 @@ impl Instance {
             |exports| &exports.load,
             "load-state",
         )?;
-        self.begin_call("")?;
-        let call = func.call_async(&mut self.store, (state,));
-        let outcome = bounded(self.deadline, &self.host_calls, call).await;
+        let ends = self.begin_call("")?;
+        let outcome = {
+            let call = std::pin::pin!(func.call_async(&mut self.store, (state,)));
+            bounded(ends, &self.host_calls, call).await
+        };
         self.finish(outcome.map(|result| result.map(|(answer,)| answer)))
     }
 
@@ -366,15 +380,15 @@ impl Instance {
 
     /// Refuse a call to a poisoned instance; otherwise arm the limits of a fresh call and
     /// take `sender` as the id the guest will see.
-    fn begin_call(&mut self, sender: &str) -> Result<()> {
+    fn begin_call(&mut self, sender: &str) -> Result<Instant> {
         if let Some(cause) = &self.poisoned {
             let cause = cause.clone();
             return Err(Error::new(&**self.id(), ErrorKind::Poisoned { cause }));
         }
-        arm(&mut self.store, self.deadline, self.ticks, self.fuel);
+        let ends = arm(&mut self.store, self.deadline, self.ticks, self.fuel);
         self.sender.clear();
         self.sender.push_str(sender);
-        Ok(())
+        Ok(ends)
     }
 
     fn finish<T>(
@@ -411,9 +425,10 @@ impl std::fmt::Debug for Instance {
 }
 
 /// Prepare the store for a call: a fresh deadline, fresh fuel, no leftover stderr.
-fn arm(store: &mut Store<HostState>, deadline: Duration, ticks: u64, fuel: Option<u64>) {
+fn arm(store: &mut Store<HostState>, deadline: Duration, ticks: u64, fuel: Option<u64>) -> Instant {
     let state = store.data_mut();
-    state.call_deadline = Some(Instant::now() + deadline);
+    let ends = Instant::now() + deadline;
+    state.call_deadline = Some(ends);
     state.ticks_left = ticks;
     state.deadline_hit = false;
     state.stderr.begin_call();
@@ -422,6 +437,7 @@ fn arm(store: &mut Store<HostState>, deadline: Duration, ticks: u64, fuel: Optio
         // Fuel metering was checked at instantiation; this cannot fail.
         let _ = store.set_fuel(fuel);
     }
+    ends
 }
 
 /// Run `call`, giving up on it only if it stays parked in one host call past the deadline.
@@ -432,16 +448,24 @@ fn arm(store: &mut Store<HostState>, deadline: Duration, ticks: u64, fuel: Optio
 /// the call is checked every [`PARKED_GRACE`]: if it sat in the same host call through a
 /// whole grace period, it is abandoned. A guest that is merely waiting for a thread is left
 /// alone, so a busy host does not fail it.
+///
+/// The call is polled once before any timer exists: one that returns without waiting (the
+/// common case) costs no timer, and no clone of the runtime's handle, which every timer
+/// takes and every worker would contend on.
 async fn bounded<F: std::future::Future>(
-    deadline: Duration,
+    ends: Instant,
     host_calls: &AtomicU64,
-    call: F,
+    mut call: std::pin::Pin<&mut F>,
 ) -> Option<F::Output> {
-    tokio::pin!(call);
-    let mut wait = deadline;
+    if let std::task::Poll::Ready(output) =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await
+    {
+        return Some(output);
+    }
+    let mut wait = ends;
     let mut parked_in = None;
     loop {
-        match tokio::time::timeout(wait, &mut call).await {
+        match tokio::time::timeout_at(wait.into(), call.as_mut()).await {
             Ok(output) => return Some(output),
             Err(_) => {
                 let transitions = host_calls.load(Ordering::Relaxed);
@@ -450,7 +474,7 @@ async fn bounded<F: std::future::Future>(
                     return None;
                 }
                 parked_in = in_host.then_some(transitions);
-                wait = PARKED_GRACE;
+                wait = Instant::now() + PARKED_GRACE;
             }
         }
     }
