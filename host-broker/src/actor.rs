@@ -239,20 +239,31 @@ impl Actor {
     /// empty the core waits at the hand-off point, where a request may borrow it, and the
     /// actor takes it back before handling what came in.
     async fn take_batch(&mut self) -> Result<usize, End> {
-        if let Some(core) = self.core.take() {
-            // A look first: an actor that finds messages waiting keeps its core.
-            let ready = std::future::poll_fn(|cx| {
-                Poll::Ready(self.mailbox.poll_recv_many(cx, &mut self.batch, BATCH))
-            })
-            .await;
-            if let Poll::Ready(taken) = ready {
-                self.core = Some(core);
-                return Ok(taken);
+        let mut to_park = self.core.take();
+        let mut parked = to_park.is_none();
+        let (mailbox, batch, shared) = (&mut self.mailbox, &mut self.batch, &self.shared);
+        let mut kept = None;
+        let taken = std::future::poll_fn(|cx| {
+            let polled = mailbox.poll_recv_many(cx, batch, BATCH);
+            // An actor that finds messages waiting keeps its core; one that must wait
+            // leaves it at the hand-off point before it yields (the poll above has already
+            // asked to be woken, so nothing sent meanwhile is missed).
+            if let Some(core) = to_park.take() {
+                if polled.is_ready() {
+                    kept = Some(core);
+                } else {
+                    shared.handoff.park(core);
+                    parked = true;
+                }
             }
-            self.shared.handoff.park(core);
+            polled
+        })
+        .await;
+        if let Some(core) = kept {
+            self.core = Some(core);
+        } else if parked {
+            self.unpark().await?;
         }
-        let taken = self.mailbox.recv_many(&mut self.batch, BATCH).await;
-        self.unpark().await?;
         Ok(taken)
     }
 

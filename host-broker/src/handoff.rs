@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Instant;
@@ -43,54 +43,89 @@ use crate::registry::{ActorShared, Entry};
 /// A lent call that its requester stopped driving: the actor finishes it.
 type Unfinished = Pin<Box<dyn Future<Output = (Box<Core>, Option<Aftermath>)> + Send>>;
 
-/// Where an actor's core is while its task does not hold it.
-enum Place {
-    /// The actor's task holds it.
-    Actor,
-    /// The actor is idle: a requester may borrow it.
-    Idle(Box<Core>),
-    /// A requester is running a handler with it.
-    Lent,
-    /// A requester gave it back with something the actor must deal with first.
+/// What a requester gives back that the actor must deal with before anything else.
+enum Returned {
+    /// The core, and what its call left (a trap, an end).
     Back(Box<Core>, Aftermath),
-    /// A requester stopped waiting for its call, which the actor finishes.
+    /// A call the requester stopped driving, with the core inside it.
     Unfinished(Unfinished),
-    /// The actor has ended: nothing is lent any more.
-    Closed,
+}
+
+/// How a requester gives a core back.
+enum GiveBack {
+    /// Idle again: the call is done and left nothing for the actor.
+    Idle(Box<Core>),
+    /// With work for the actor.
+    Returned(Returned),
 }
 
 /// One actor's hand-off point, in its [`ActorShared`].
+///
+/// An actor goes idle and wakes many times a second when its messages come one at a time,
+/// so leaving its core here and taking it back are one atomic swap each; only a core given
+/// back with work for the actor goes through a lock.
 pub(crate) struct HandOff {
-    place: Mutex<Place>,
+    /// The core while the actor is idle (from `Box::into_raw`); null while the actor's task
+    /// or a requester holds it.
+    idle: AtomicPtr<Core>,
+    /// What a requester gave back for the actor to deal with.
+    returned: Mutex<Option<Returned>>,
+    /// The actor has ended: nothing is lent or kept here any more.
+    closed: AtomicBool,
     /// Wakes an actor waiting for a lent core.
-    returned: Notify,
+    notify: Notify,
 }
 
 impl Default for HandOff {
     fn default() -> Self {
         HandOff {
-            place: Mutex::new(Place::Actor),
-            returned: Notify::new(),
+            idle: AtomicPtr::new(std::ptr::null_mut()),
+            returned: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            notify: Notify::new(),
         }
     }
 }
 
+impl Drop for HandOff {
+    fn drop(&mut self) {
+        drop(self.take_idle());
+    }
+}
+
 impl HandOff {
-    fn place(&self) -> MutexGuard<'_, Place> {
-        self.place.lock().unwrap_or_else(|e| e.into_inner())
+    fn returned(&self) -> MutexGuard<'_, Option<Returned>> {
+        self.returned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The idle core, if it is here, taken out.
+    fn take_idle(&self) -> Option<Box<Core>> {
+        let core = self.idle.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: a non-null pointer in `idle` came from `Box::into_raw` in `put_idle`, and
+        // the swap took it out, so this is its one owner.
+        (!core.is_null()).then(|| unsafe { Box::from_raw(core) })
+    }
+
+    /// Leave `core` here, idle. Only its owner (the actor's task, or the requester that took
+    /// it) puts it back, and only while `idle` is null.
+    fn put_idle(&self, core: Box<Core>) {
+        let previous = self.idle.swap(Box::into_raw(core), Ordering::SeqCst);
+        debug_assert!(previous.is_null(), "a core is in one place at a time");
     }
 
     /// Leave the core here while the actor waits for its mailbox.
     pub(crate) fn park(&self, core: Box<Core>) {
-        *self.place() = Place::Idle(core);
+        self.put_idle(core);
     }
 
     /// The actor has ended, or its task was dropped: nothing is lent any more, and a core
     /// left here is dropped (it holds the actor's shared state, which holds this, so
     /// leaving it would keep its instance alive for ever).
     pub(crate) fn close(&self) {
-        let left = std::mem::replace(&mut *self.place(), Place::Closed);
-        drop(left);
+        self.closed.store(true, Ordering::SeqCst);
+        drop(self.take_idle());
+        let returned = self.returned().take();
+        drop(returned);
     }
 
     /// Take the core back for the actor's task: at once if it is idle here; once it is
@@ -98,24 +133,20 @@ impl HandOff {
     /// unfinished call is finished first.
     pub(crate) async fn reclaim(&self) -> (Box<Core>, Option<Aftermath>) {
         loop {
-            // Made before the look, so a core given back in between still wakes it: the
-            // actor's task is the only waiter, and `notify_one` keeps a permit for it.
-            let returned = self.returned.notified();
-            let taken = {
-                let mut place = self.place();
-                match *place {
-                    Place::Lent => None,
-                    _ => Some(std::mem::replace(&mut *place, Place::Actor)),
-                }
-            };
-            match taken {
-                None => returned.await,
-                Some(Place::Idle(core)) => return (core, None),
-                Some(Place::Back(core, aftermath)) => return (core, Some(aftermath)),
-                Some(Place::Unfinished(call)) => return call.await,
-                Some(Place::Lent | Place::Actor | Place::Closed) => {
-                    unreachable!("only the actor's task takes its core back, once it left it")
-                }
+            if let Some(core) = self.take_idle() {
+                return (core, None);
+            }
+            // Made before the second look, so a core given back in between still wakes
+            // it: the actor's task is the only waiter, and `notify_one` keeps a permit.
+            let given_back = self.notify.notified();
+            if let Some(core) = self.take_idle() {
+                return (core, None);
+            }
+            let returned = self.returned().take();
+            match returned {
+                Some(Returned::Back(core, aftermath)) => return (core, Some(aftermath)),
+                Some(Returned::Unfinished(call)) => return call.await,
+                None => given_back.await,
             }
         }
     }
@@ -132,35 +163,38 @@ impl HandOff {
         {
             return None;
         }
-        let mut place = self.place();
-        match std::mem::replace(&mut *place, Place::Lent) {
-            Place::Idle(core) => Some(core),
-            other => {
-                *place = other;
-                None
-            }
-        }
+        self.take_idle()
     }
 
     /// Give back a lent core, with what the actor must deal with, if anything.
-    fn give_back(&self, entry: &Entry, back: Place) {
-        let wake = !matches!(back, Place::Idle(_));
-        {
-            let mut place = self.place();
-            if matches!(*place, Place::Closed) {
-                // The actor's task is gone; so is the core, once `back` is dropped.
-                drop(place);
-                drop(back);
-                return;
+    fn give_back(&self, entry: &Entry, back: GiveBack) {
+        match back {
+            GiveBack::Idle(core) => {
+                self.put_idle(core);
+                // A close between the put and this look has not seen the core: take it
+                // out again and drop it, since the actor will not.
+                if self.closed.load(Ordering::SeqCst) {
+                    drop(self.take_idle());
+                }
+                self.notify.notify_one();
             }
-            *place = back;
-        }
-        self.returned.notify_one();
-        if wake {
-            // An idle actor waits on its mailbox, not here. A full mailbox means it has
-            // messages, and looks here before handling them; a closed one, that it is
-            // ending, which takes its core back too.
-            let _ = entry.mailbox.try_send(Envelope::Wake);
+            GiveBack::Returned(returned) => {
+                {
+                    let mut slot = self.returned();
+                    if self.closed.load(Ordering::SeqCst) {
+                        // The actor's task is gone; so is the core, once this is dropped.
+                        drop(slot);
+                        drop(returned);
+                        return;
+                    }
+                    *slot = Some(returned);
+                }
+                self.notify.notify_one();
+                // An idle actor waits on its mailbox, not here. A full mailbox means it has
+                // messages, and looks here before handling them; a closed one, that it is
+                // ending, which takes its core back too.
+                let _ = entry.mailbox.try_send(Envelope::Wake);
+            }
         }
     }
 }
@@ -247,8 +281,8 @@ impl Lent {
         if let Some((core, aftermath)) = done {
             self.call = None;
             let back = match aftermath {
-                None => Place::Idle(core),
-                Some(aftermath) => Place::Back(core, aftermath),
+                None => GiveBack::Idle(core),
+                Some(aftermath) => GiveBack::Returned(Returned::Back(core, aftermath)),
             };
             self.entry.shared.handoff.give_back(&self.entry, back);
         }
@@ -262,7 +296,7 @@ impl Drop for Lent {
             self.entry
                 .shared
                 .handoff
-                .give_back(&self.entry, Place::Unfinished(call));
+                .give_back(&self.entry, GiveBack::Returned(Returned::Unfinished(call)));
         }
     }
 }

@@ -17,13 +17,17 @@
 //! its sender with an error, or in the dead-letter record ([`Broker::dead_letters`]) with a
 //! reason, and [`Broker::accounting`] keeps the totals.
 //!
-//! Actors are spawned on the tokio runtime that calls [`Broker::spawn`], so the integrator
-//! picks the trade-off: on the multi-threaded runtime actors use every core; on a
-//! current-thread runtime a request and its answer never cross between cores, which on two
-//! cores cuts a wasm-to-wasm-to-wasm round trip by about a third (`benches/README.md`).
+//! Actors are spawned on the tokio runtime that calls [`Broker::spawn`]: on the
+//! multi-threaded runtime they use every core. A request to a component that is idle, with
+//! nothing sent to it still unhandled, does not wake the component's task: the requester
+//! borrows the instance and runs the handler on its own task (the direct hand-off), so a
+//! chain of requests to idle components runs like a chain of calls, on one core, without
+//! tying the other cores up (`benches/README.md`). A busy component gets the request in its
+//! mailbox, behind what was queued before it.
 //!
 //! The map: `broker` is the public API ([`Broker`], and [`ComponentHandle`] in `handle`);
-//! `routing` takes a send from its checks to a mailbox, `request` waits for replies,
+//! `routing` takes a send from its checks to a mailbox, `request` waits for replies and
+//! `handoff` runs a request on its requester's task when it can,
 //! `messaging` is what a guest's `messaging` imports call; `mailbox` is what travels,
 //! `registry` finds components, `actor` runs them, `supervisor` decides restarts,
 //! `capabilities` decides access, `dead_letter` and `metrics` keep the record; `remote` is
