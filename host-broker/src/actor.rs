@@ -239,8 +239,14 @@ impl Actor {
     /// empty the core waits at the hand-off point, where a request may borrow it, and the
     /// actor takes it back before handling what came in.
     async fn take_batch(&mut self) -> Result<usize, End> {
-        let mut to_park = self.core.take();
-        let mut parked = to_park.is_none();
+        // Only an actor that has been sent a request leaves its core out: one that only ever
+        // gets messages pays nothing for the hand-off on its idle cycles.
+        let mut to_park = if self.shared.requested.load(Ordering::Relaxed) {
+            self.core.take()
+        } else {
+            None
+        };
+        let mut parked = self.core.is_none() && to_park.is_none();
         let (mailbox, batch, shared) = (&mut self.mailbox, &mut self.batch, &self.shared);
         let mut kept = None;
         let taken = std::future::poll_fn(|cx| {

@@ -80,6 +80,9 @@ pub(crate) struct ActorShared {
     pub(crate) upgrade_pending: AtomicBool,
     /// Where its core waits while the actor is idle, for a request to borrow.
     pub(crate) handoff: HandOff,
+    /// Set by the first request for it, after which the actor leaves its core at the
+    /// hand-off point whenever it is idle (it does from its spawn until its first wait).
+    pub(crate) requested: AtomicBool,
     upgrade: Mutex<Option<UpgradeOrder>>,
     /// The component it runs: the one it was spawned with, or the last it was upgraded to.
     component: Mutex<Component>,
@@ -108,6 +111,7 @@ impl ActorShared {
             metrics: Metrics::new(),
             queued: Queued::default(),
             handoff: HandOff::default(),
+            requested: AtomicBool::new(false),
             mailbox_bytes,
             log_budget: LineBudget::default(),
             state: Mutex::new(ComponentState::Running),

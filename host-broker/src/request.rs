@@ -1,5 +1,6 @@
 //! Requests: a message with a reply channel, and the wait for the reply.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -83,6 +84,9 @@ impl Router {
             reply,
             expires,
         };
+        if !entry.shared.requested.load(Ordering::Relaxed) {
+            entry.shared.requested.store(true, Ordering::Relaxed);
+        }
         // An idle target answers on this task; a busy one gets the request in its mailbox.
         let envelope = match try_deliver_here(&entry, envelope, expires).await {
             Ok(()) => {

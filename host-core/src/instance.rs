@@ -449,35 +449,34 @@ fn arm(store: &mut Store<HostState>, deadline: Duration, ticks: u64, fuel: Optio
 /// whole grace period, it is abandoned. A guest that is merely waiting for a thread is left
 /// alone, so a busy host does not fail it.
 ///
-/// The call is polled once before any timer exists: one that returns without waiting (the
-/// common case) costs no timer, and no clone of the runtime's handle, which every timer
-/// takes and every worker would contend on.
+/// The call is polled once per wake-up, and before any timer exists: one that returns
+/// without waiting (the common case) costs no timer, and no clone of the runtime's handle,
+/// which every timer takes and every worker would contend on. One that yields (at an epoch
+/// tick, say) is not polled again until it is woken, so its yield lets others run.
 async fn bounded<F: std::future::Future>(
     ends: Instant,
     host_calls: &AtomicU64,
     mut call: std::pin::Pin<&mut F>,
 ) -> Option<F::Output> {
-    if let std::task::Poll::Ready(output) =
-        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await
-    {
-        return Some(output);
-    }
-    let mut wait = ends;
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut parked_in = None;
-    loop {
-        match tokio::time::timeout_at(wait.into(), call.as_mut()).await {
-            Ok(output) => return Some(output),
-            Err(_) => {
-                let transitions = host_calls.load(Ordering::Relaxed);
-                let in_host = transitions % 2 == 1;
-                if in_host && parked_in == Some(transitions) {
-                    return None;
-                }
-                parked_in = in_host.then_some(transitions);
-                wait = Instant::now() + PARKED_GRACE;
-            }
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(output) = call.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(output));
         }
-    }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(ends.into())));
+        while timer.as_mut().poll(cx).is_ready() {
+            let transitions = host_calls.load(Ordering::Relaxed);
+            let in_host = transitions % 2 == 1;
+            if in_host && parked_in == Some(transitions) {
+                return std::task::Poll::Ready(None);
+            }
+            parked_in = in_host.then_some(transitions);
+            timer.as_mut().reset((Instant::now() + PARKED_GRACE).into());
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 fn parked_past_deadline(id: &ComponentId, deadline: Duration) -> Error {
