@@ -149,25 +149,16 @@ impl Actor {
     /// marked failed, the panic logged, and the message in hand and every queued one
     /// dead-lettered.
     pub(crate) async fn run(mut self) {
-        let served = {
-            let mut serve = std::pin::pin!(self.serve());
-            std::future::poll_fn(|cx| {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| serve.as_mut().poll(cx))) {
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Ok(Poll::Ready(end)) => Poll::Ready(Ok(end)),
-                    Err(panic) => Poll::Ready(Err(panic)),
-                }
-            })
-            .await
-        };
+        let served = catching_panics(std::pin::pin!(self.serve())).await;
         let end = served.unwrap_or_else(|panic| {
-            let text = panic_text(&*panic);
-            tracing::error!(component = %self.shared.id, panic = %text, "actor panicked; the component is failed");
-            // The instance was part-way through a call: it must not run again.
             if let Some(core) = self.core.as_mut() {
-                core.instance = None;
+                core.panicked(&*panic)
+            } else {
+                End::Failed(format!(
+                    "the host panicked while serving it: {}",
+                    panic_text(&*panic)
+                ))
             }
-            End::Failed(format!("the host panicked while serving it: {text}"))
         });
         self.close(end).await;
     }
@@ -349,6 +340,16 @@ impl Drop for Actor {
 }
 
 impl Core {
+    /// The end of an actor whose host code panicked while it served (a bug, never a
+    /// guest's doing: guest faults are traps): logged, and the instance, which was part-way
+    /// through a call, never runs again.
+    pub(crate) fn panicked(&mut self, panic: &(dyn std::any::Any + Send)) -> End {
+        let text = panic_text(panic);
+        tracing::error!(component = %self.shared.id, panic = %text, "actor panicked; the component is failed");
+        self.instance = None;
+        End::Failed(format!("the host panicked while serving it: {text}"))
+    }
+
     /// Deliver the message in hand, then save a checkpoint if one is due. What is left for
     /// the actor's task (a trap, an end) comes back rather than being dealt with here, so a
     /// requester that borrowed the core never waits out a restart.
@@ -619,6 +620,20 @@ async fn unless_drained<F: Future>(
         match drained.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Poll `work` to its end, catching a panic in it: `Err` with the panic if there was one.
+pub(crate) async fn catching_panics<F: Future>(
+    mut work: std::pin::Pin<&mut F>,
+) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
         }
     })
     .await

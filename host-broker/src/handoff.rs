@@ -27,7 +27,6 @@
 //!   the actor would.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,7 +35,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::actor::{Aftermath, Core, End, panic_text};
+use crate::actor::{Aftermath, Core, catching_panics};
 use crate::mailbox::Envelope;
 use crate::registry::{ActorShared, Entry};
 
@@ -229,25 +228,8 @@ pub(crate) async fn try_deliver_here(
 /// host) caught and turned into the end of the actor, as the actor's own task does, rather
 /// than unwinding through whoever borrowed the core.
 async fn handle_guarded(core: &mut Core) -> Option<Aftermath> {
-    let handled = {
-        let mut handle = std::pin::pin!(core.handle());
-        std::future::poll_fn(|cx| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| handle.as_mut().poll(cx))) {
-                Ok(Poll::Pending) => Poll::Pending,
-                Ok(Poll::Ready(aftermath)) => Poll::Ready(Ok(aftermath)),
-                Err(panic) => Poll::Ready(Err(panic)),
-            }
-        })
-        .await
-    };
-    handled.unwrap_or_else(|panic| {
-        let text = panic_text(&*panic);
-        tracing::error!(component = %core.shared.id, panic = %text, "actor panicked; the component is failed");
-        core.instance = None;
-        Some(Aftermath::Ended(End::Failed(format!(
-            "the host panicked while serving it: {text}"
-        ))))
-    })
+    let handled = catching_panics(std::pin::pin!(core.handle())).await;
+    handled.unwrap_or_else(|panic| Some(Aftermath::Ended(core.panicked(&*panic))))
 }
 
 /// A core borrowed by a requester, with the call it runs. Dropped before the call is
