@@ -265,13 +265,49 @@ fn scale_run(rt: &Runtime, figures: &mut Figures, actors_wanted: u32) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64),
         _ => None,
     };
+    rt.block_on(broker.shutdown(Duration::from_secs(30)));
+    drop((broker, echo, engine));
+    // The floor at scale: as many bare instances in a row, kept alive, on a bare engine
+    // with the same pool, so what is the engine's and the kernel's at scale shows apart
+    // from what Courier adds. Made once host-core's engine is gone (two such pools do not
+    // fit in one process's address space) and after the resident memory was read (its heap
+    // would be warm for the actors otherwise). `None` if the pool cannot be had.
+    let bare_each = std::panic::catch_unwind(|| BareEngine::with_pool(Some(pool)))
+        .ok()
+        .map(|bare| {
+            let echo = bare.load(&guest_path("echo"));
+            rt.block_on(async {
+                let mut live = Vec::with_capacity(actors_wanted as usize);
+                let started = Instant::now();
+                for _ in 0..actors_wanted {
+                    live.push(echo.instantiate("echo").await);
+                }
+                started.elapsed().as_nanos() as f64 / f64::from(actors_wanted)
+            })
+        });
+    let in_a_row = Some(elapsed.as_nanos() as f64 / actors);
+    figures.push(Figure::time(
+        &key("bare"),
+        &format!("wasm floor: bare instantiate of echo, {actors_wanted} in a row (pooling), each"),
+        bare_each,
+    ));
     figures.push(
         Figure::time(
             &key("spawn"),
             &format!("Broker::spawn of echo, {reached} in a row ({allocation}), each"),
-            Some(elapsed.as_nanos() as f64 / actors),
+            in_a_row,
         )
         .vs("spawn_pooling"),
+    );
+    figures.push(
+        Figure::time(
+            &key("spawn_vs_bare"),
+            &format!(
+                "Broker::spawn of echo, {reached} in a row ({allocation}), each (against the bare instantiations in a row)"
+            ),
+            in_a_row,
+        )
+        .vs(&key("bare")),
     );
     let rss = Figure::bytes(
         &key("rss"),
@@ -289,7 +325,6 @@ fn scale_run(rt: &Runtime, figures: &mut Figures, actors_wanted: u32) {
         &format!("resident memory per idle echo actor ({allocation})"),
         grown.map(|bytes| bytes / actors),
     ));
-    rt.block_on(broker.shutdown(Duration::from_secs(30)));
 }
 
 /// Linux's limit on memory mappings per process, if this is Linux.

@@ -65,20 +65,30 @@ impl BareEngine {
     /// If wasmtime refuses the configuration, for example where the pool cannot reserve its
     /// address space; the benchmark cannot measure its floor then.
     pub fn new(pooling: bool) -> BareEngine {
+        BareEngine::with_pool(pooling.then_some(MAX_INSTANCES))
+    }
+
+    /// An engine with a pool for `instances` instances laid out as host-core lays out its
+    /// own, or on-demand allocation for `None`.
+    ///
+    /// # Panics
+    ///
+    /// As [`BareEngine::new`].
+    pub fn with_pool(instances: Option<u32>) -> BareEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        if pooling {
-            // The same pool as host-core's EngineConfig::default().
+        if let Some(instances) = instances {
+            // The same pool as host-core's EngineConfig, for that many instances.
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(MAX_INSTANCES);
-            pool.total_memories(MAX_INSTANCES);
-            pool.total_tables(MAX_INSTANCES * 2);
-            pool.total_core_instances(MAX_INSTANCES * 8);
+            pool.total_component_instances(instances);
+            pool.total_memories(instances);
+            pool.total_tables(instances * 2);
+            pool.total_core_instances(instances * 8);
             pool.max_core_instances_per_component(16);
             pool.max_memories_per_component(4);
             pool.max_tables_per_component(8);
-            pool.total_stacks(MAX_INSTANCES);
+            pool.total_stacks(instances);
             pool.max_memory_size(MAX_MEMORY_BYTES);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
