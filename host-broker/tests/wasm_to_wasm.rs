@@ -38,30 +38,6 @@ async fn ten_thousand_messages_from_ping_reach_pong_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_cycle_between_two_components_ends_in_a_timeout() {
-    let setup = Setup::new();
-    setup
-        .spawn(setup.spec("alice", "hostile").may_request("bob"))
-        .await;
-    setup
-        .spawn(setup.spec("bob", "hostile").may_request("alice"))
-        .await;
-
-    // The host asks alice to ask bob to ask alice: alice is busy waiting for bob, so bob's
-    // request waits in alice's mailbox until bob's one-second timeout ends it.
-    let answer = setup.probe("alice", "request:bob:request:alice:self").await;
-    assert_eq!(answer, "err: Timeout");
-    setup.assert_accounted().await;
-    let letters = setup.broker.dead_letters();
-    assert_eq!(
-        letters.len(),
-        1,
-        "bob's request to alice expired unhandled: {letters:?}"
-    );
-    assert_eq!(&*letters[0].sender, "bob");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_components_exchanging_messages_account_for_every_one() {
     let setup = Setup::new();
     // Fifty pings each send 1,000 messages to one of fifty pongs; every pong receives from
