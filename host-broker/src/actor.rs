@@ -201,8 +201,8 @@ impl Actor {
     }
 
     /// The next message, with the core in hand: from the batch in hand, or a new batch from
-    /// the mailbox unless the actor is stopping. `None` when there is nothing more to handle; an end if what a
-    /// requester gave back with the core ended the actor.
+    /// the mailbox unless the actor is stopping. `None` when there is nothing more to
+    /// handle; an end if what a requester gave back with the core ended the actor.
     async fn next(&mut self, stopping: bool) -> Result<Option<Envelope>, End> {
         if self.batch.is_empty() {
             // The batch is handled: it leaves the counts together, one atomic update (on
@@ -232,12 +232,13 @@ impl Actor {
     async fn take_batch(&mut self) -> Result<usize, End> {
         // Only an actor that has been sent a request leaves its core out: one that only ever
         // gets messages pays nothing for the hand-off on its idle cycles.
+        // A core already away (from the spawn until the first wait) is taken back below too.
+        let mut parked = self.core.is_none();
         let mut to_park = if self.shared.requested.load(Ordering::Relaxed) {
             self.core.take()
         } else {
             None
         };
-        let mut parked = self.core.is_none() && to_park.is_none();
         let (mailbox, batch, shared) = (&mut self.mailbox, &mut self.batch, &self.shared);
         let mut kept = None;
         let taken = std::future::poll_fn(|cx| {
@@ -371,6 +372,7 @@ impl Core {
             Aftermath::Ended(end) => Some(end),
         }
     }
+
     /// Deliver the message in hand. Returns what the delivery left for the actor's task.
     async fn deliver(&mut self) -> Option<Aftermath> {
         let started = Instant::now();

@@ -76,7 +76,7 @@ impl Router {
                 return self.held_to_limit(target, answer);
             }
         };
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         let expires = Instant::now() + timeout;
         let envelope = Envelope::Request {
             sender: sender.clone(),
@@ -90,7 +90,6 @@ impl Router {
         // An idle target answers on this task; a busy one gets the request in its mailbox.
         let envelope = match try_deliver_here(&entry, envelope, expires).await {
             Ok(()) => {
-                let mut answer = answer;
                 // Usually answered by now. Taken without a wait, which would count against
                 // the task's cooperative budget and, every so many requests, make it yield
                 // to the scheduler (and wake an idle worker) for nothing.
