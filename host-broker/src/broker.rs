@@ -311,20 +311,6 @@ impl Broker {
         let instance = component.instantiate(options.clone()).await?;
 
         let (sender, receiver) = mpsc::channel(mailbox_capacity);
-        let entry = Arc::new(Entry {
-            mailbox: sender,
-            shared: shared.clone(),
-            task: std::sync::Mutex::new(None),
-        });
-        match router
-            .registry
-            .insert(entry.clone(), || router.is_shutting_down())
-        {
-            Insert::Done => {}
-            Insert::Taken => return Err(BrokerError::DuplicateId(id)),
-            // Shutdown began while the instance was being made: it must not start.
-            Insert::Closed => return Err(BrokerError::ShuttingDown),
-        }
         let actor = Actor::new(
             shared.clone(),
             router.counters.clone(),
@@ -335,8 +321,18 @@ impl Broker {
             instance,
             receiver,
         );
-        let task = tokio::spawn(actor.run());
-        *entry.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let entry = Arc::new(Entry::new(
+            sender,
+            shared.clone(),
+            actor,
+            tokio::runtime::Handle::current(),
+        ));
+        match router.registry.insert(entry, || router.is_shutting_down()) {
+            Insert::Done => {}
+            Insert::Taken => return Err(BrokerError::DuplicateId(id)),
+            // Shutdown began while the instance was being made: it must not start.
+            Insert::Closed => return Err(BrokerError::ShuttingDown),
+        }
         if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(keep_timer_armed(Arc::downgrade(&self.inner)));
         }
@@ -414,7 +410,7 @@ impl Broker {
         for entry in &entries {
             // Queued behind what is already there, so those messages are handled first.
             // A send fails only if the actor has already ended, which is just as good.
-            let _ = entry.mailbox.send(Envelope::Stop).await;
+            let _ = entry.send(Envelope::Stop).await;
         }
         for entry in &entries {
             if let Some(task) = entry.take_task() {

@@ -192,7 +192,7 @@ impl HandOff {
                 // An idle actor waits on its mailbox, not here. A full mailbox means it has
                 // messages, and looks here before handling them; a closed one, that it is
                 // ending, which takes its core back too.
-                let _ = entry.mailbox.try_send(Envelope::Wake);
+                let _ = entry.try_send(Envelope::Wake);
             }
         }
     }

@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use courier_host_core::guest_log::LineBudget;
 use courier_host_core::{Component, ComponentId};
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::actor::Actor;
 use crate::capabilities::Capabilities;
 use crate::handoff::HandOff;
 use crate::mailbox::Envelope;
@@ -211,20 +213,112 @@ impl ActorShared {
     }
 }
 
-/// A registered component: its mailbox and its shared state.
+/// A registered component: its mailbox, its shared state and its actor.
+///
+/// The actor's task starts with the first envelope put in its mailbox, not at the spawn: an
+/// actor nobody has sent anything holds no task, and a spawn wakes no worker to run one only
+/// for it to wait. Requests to it meanwhile borrow its core at the hand-off point, where
+/// [`Actor::new`] leaves it. Every put goes through the methods here, which start the task.
 pub(crate) struct Entry {
-    pub(crate) mailbox: mpsc::Sender<Envelope>,
+    mailbox: mpsc::Sender<Envelope>,
     pub(crate) shared: Arc<ActorShared>,
-    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Task>,
+    /// Set once the task runs, so a put checks one flag rather than taking the lock.
+    started: AtomicBool,
+}
+
+/// Where an entry's actor is.
+enum Task {
+    /// Made, with the runtime it will run on, and not yet sent anything.
+    Waiting(Box<Actor>, tokio::runtime::Handle),
+    /// Running (or ended) on its own task.
+    Running(JoinHandle<()>),
+    /// Its task was taken by a stop that waits for it.
+    Taken,
 }
 
 impl Entry {
+    /// The entry of `actor`, which receives from `mailbox` and will run on `runtime` once
+    /// something is put in its mailbox.
+    pub(crate) fn new(
+        mailbox: mpsc::Sender<Envelope>,
+        shared: Arc<ActorShared>,
+        actor: Actor,
+        runtime: tokio::runtime::Handle,
+    ) -> Entry {
+        Entry {
+            mailbox,
+            shared,
+            task: Mutex::new(Task::Waiting(Box::new(actor), runtime)),
+            started: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn mailbox_depth(&self) -> usize {
         self.mailbox.max_capacity() - self.mailbox.capacity()
     }
 
+    /// Put `envelope` in the mailbox if there is room now.
+    pub(crate) fn try_send(&self, envelope: Envelope) -> Result<(), TrySendError<Envelope>> {
+        self.mailbox.try_send(envelope)?;
+        self.start();
+        Ok(())
+    }
+
+    /// Put `envelope` in the mailbox, waiting for room.
+    pub(crate) async fn send(&self, envelope: Envelope) -> Result<(), SendError<Envelope>> {
+        self.mailbox.send(envelope).await?;
+        self.start();
+        Ok(())
+    }
+
+    /// Wait for room in the mailbox, and hold it for one envelope.
+    pub(crate) async fn reserve(&self) -> Result<Permit<'_>, SendError<()>> {
+        let permit = self.mailbox.reserve().await?;
+        Ok(Permit {
+            permit,
+            entry: self,
+        })
+    }
+
+    /// Start the actor's task if it has not started.
+    fn start(&self) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*task, Task::Waiting(..)) {
+            let Task::Waiting(actor, runtime) = std::mem::replace(&mut *task, Task::Taken) else {
+                unreachable!("matched just above");
+            };
+            *task = Task::Running(runtime.spawn(actor.run()));
+            self.started.store(true, Ordering::Release);
+        }
+    }
+
+    /// The actor's task, started if it was still waiting, for a stop to wait on; `None` if
+    /// another stop took it.
     pub(crate) fn take_task(&self) -> Option<JoinHandle<()>> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.start();
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *task, Task::Taken) {
+            Task::Running(handle) => Some(handle),
+            Task::Waiting(..) | Task::Taken => None,
+        }
+    }
+}
+
+/// Room for one envelope in an entry's mailbox.
+pub(crate) struct Permit<'a> {
+    permit: mpsc::Permit<'a, Envelope>,
+    entry: &'a Entry,
+}
+
+impl Permit<'_> {
+    /// Put `envelope` in the room held.
+    pub(crate) fn send(self, envelope: Envelope) {
+        self.permit.send(envelope);
+        self.entry.start();
     }
 }
 

@@ -208,7 +208,7 @@ impl Router {
     /// Put `envelope` in `entry`'s mailbox if there is room now, in messages and in bytes.
     pub(crate) fn enqueue(&self, entry: &Entry, envelope: Envelope) -> Result<(), Refused> {
         let envelope = self.charge(entry, envelope)?;
-        entry.mailbox.try_send(envelope).map_err(|err| {
+        entry.try_send(envelope).map_err(|err| {
             let (error, envelope) = match err {
                 mpsc::error::TrySendError::Full(envelope) => (
                     MessagingError::MailboxFull(entry.shared.id.to_string()),
@@ -234,7 +234,7 @@ impl Router {
         wait: Duration,
     ) -> Result<(), Refused> {
         // Reserving first keeps the envelope here if the wait runs out, so it can go back.
-        match tokio::time::timeout(wait, entry.mailbox.reserve()).await {
+        match tokio::time::timeout(wait, entry.reserve()).await {
             Ok(Ok(permit)) => {
                 permit.send(self.charge(entry, envelope)?);
                 Ok(())

@@ -99,7 +99,7 @@ impl Broker {
         }
         // Wakes an idle actor; a full mailbox means a busy one, which looks for the order
         // before each message anyway.
-        let _ = entry.mailbox.try_send(Envelope::Wake);
+        let _ = entry.try_send(Envelope::Wake);
         match answer.await {
             Ok(Ok(upgraded)) => {
                 tracing::info!(component = %id, previous = %upgraded.previous, version = %upgraded.version, took = ?upgraded.took, "upgraded");
