@@ -79,6 +79,16 @@ impl BareEngine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         if let Some(instances) = instances {
+            // Where host-core reserves less than 4 GiB per memory (an engine for more
+            // instances than those fit), so does the floor, with the same bounds checks.
+            let reservation = courier_host_core::EngineConfig::default()
+                .max_instances(instances)
+                .max_memory_bytes(MAX_MEMORY_BYTES)
+                .get_memory_reservation();
+            if reservation < 4 << 30 {
+                config.memory_reservation(reservation);
+                config.memory_may_move(false);
+            }
             // The same pool as host-core's EngineConfig, for that many instances.
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(instances);

@@ -16,6 +16,15 @@ use crate::host::HostState;
 /// thread at least this often and overruns its deadline by at most about this much.
 pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// What wasmtime reserves for each linear memory on a 64-bit host by default (4 GiB, with
+/// a 32 MiB guard after it): enough that compiled code needs no bounds checks.
+const FULL_RESERVATION: u64 = (4 << 30) + (32 << 20);
+
+/// The address space the memories of one engine may reserve between them with full
+/// reservations: half of the 128 TiB a 64-bit process has (47 bits), the rest left for the
+/// heap, stacks, code and other engines. Room for about 16,000 instances.
+const MEMORY_ADDRESS_SPACE: u64 = 64 << 40;
+
 /// Settings of an [`Engine`]: a builder whose defaults suit a runtime of up to a thousand
 /// live actors. Each setter says what it changes; every one has a matching `get_` reader.
 ///
@@ -63,6 +72,13 @@ impl EngineConfig {
 
     /// Most instances alive at once (the pool's size; 1,000 by default). Each component
     /// instance of a Rust guest needs one memory and a few core instances.
+    ///
+    /// Each memory normally reserves 4 GiB of address space, so that compiled code needs no
+    /// bounds checks, and a 64-bit process has room for about 30,000 of those. An engine for
+    /// more instances than fit in half of it (about 16,000) reserves only
+    /// [`max_memory_bytes`](Self::max_memory_bytes) per memory instead, and its compiled
+    /// code checks each memory access against that bound: a little slower, and room for
+    /// hundreds of thousands; see [`get_memory_reservation`](Self::get_memory_reservation).
     pub fn max_instances(mut self, max_instances: u32) -> Self {
         self.max_instances = max_instances;
         self
@@ -116,6 +132,35 @@ impl EngineConfig {
         self.max_memory_bytes
     }
 
+    /// The address space each linear memory reserves, in bytes: 4 GiB and its guard, or
+    /// [`get_max_memory_bytes`](Self::get_max_memory_bytes) rounded up to a wasm page where
+    /// as many as [`get_max_instances`](Self::get_max_instances) of those would not fit.
+    ///
+    /// ```
+    /// use courier_host_core::EngineConfig;
+    ///
+    /// assert!(EngineConfig::default().get_memory_reservation() >= 4 << 30);
+    /// let dense = EngineConfig::default().max_instances(100_000);
+    /// assert_eq!(dense.get_memory_reservation(), 256 << 20);
+    /// ```
+    pub fn get_memory_reservation(&self) -> u64 {
+        match self.reduced_reservation() {
+            Some(bytes) => bytes,
+            None => FULL_RESERVATION,
+        }
+    }
+
+    /// The reservation per memory if full ones do not fit: the largest memory, in whole
+    /// wasm pages.
+    fn reduced_reservation(&self) -> Option<u64> {
+        let instances = u64::from(self.max_instances.max(1));
+        if instances.saturating_mul(FULL_RESERVATION) <= MEMORY_ADDRESS_SPACE {
+            return None;
+        }
+        let page = 64 << 10;
+        Some((self.max_memory_bytes as u64).div_ceil(page).max(1) * page)
+    }
+
     /// Whether compiled code meters fuel.
     pub fn get_fuel(&self) -> bool {
         self.fuel
@@ -145,6 +190,13 @@ impl EngineConfig {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(self.fuel);
+        if let Some(bytes) = self.reduced_reservation() {
+            // A memory never grows past `max_memory_bytes` (the pool's slots and the
+            // per-instance limits hold it there), so it never needs to move: its base stays
+            // put and code checks accesses against the fixed reservation.
+            config.memory_reservation(bytes);
+            config.memory_may_move(false);
+        }
         if pooling {
             let instances = self.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::default();

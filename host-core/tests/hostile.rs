@@ -229,3 +229,56 @@ fn a_guest_that_splits_its_waiting_into_short_sleeps_still_meets_its_deadline() 
         println!("sleep-loop guest: deadline {deadline:?}, ended after {took:?}");
     });
 }
+
+/// An engine for more instances than 4 GiB reservations leave room for reserves only the
+/// largest memory for each, and its compiled code checks every access against that bound.
+/// The slots of the pool then lie a few MiB apart: without the checks, an address past one
+/// instance's memory would read the next instance's.
+#[tokio::test]
+async fn a_dense_engine_keeps_each_instance_inside_its_own_memory() {
+    const MEMORY: usize = 16 << 20;
+    let config = EngineConfig::default()
+        .max_instances(17_000)
+        .max_memory_bytes(MEMORY);
+    assert_eq!(config.get_memory_reservation(), MEMORY as u64);
+    let setup = Setup::with(config);
+    let hostile = setup.load("hostile");
+    let instance = |id: &str| hostile.instantiate(InstanceOptions::new(id));
+
+    // The neighbours: every slot within reach of the addresses below holds an instance
+    // whose memory starts with mapped pages.
+    let mut neighbours = Vec::new();
+    for n in 0..4 {
+        neighbours.push(
+            instance(&format!("neighbour-{n}"))
+                .await
+                .expect("instantiates"),
+        );
+    }
+    let mut reader = instance("reader").await.expect("instantiates");
+    let inside = reader.call_handle_request("host", b"peek:1024").await;
+    let byte = inside.expect("its own memory").expect("answered");
+    assert_eq!(byte.len(), 1);
+
+    // The reservation and wasmtime's 32 MiB guard after it make one slot.
+    let slot = MEMORY as u64 + (32 << 20);
+    for address in [
+        MEMORY as u64,
+        slot + 1024,
+        2 * slot + 1024,
+        4 * slot + 1024,
+        u64::from(u32::MAX),
+    ] {
+        let mut reader = instance("reader").await.expect("instantiates");
+        let command = format!("peek:{address}");
+        let err = reader
+            .call_handle_request("host", command.as_bytes())
+            .await
+            .expect_err("a read outside its memory traps");
+        let ErrorKind::Trapped { trap, .. } = err.kind() else {
+            panic!("peek at {address}: expected a trap, got {err}");
+        };
+        assert!(trap.contains("out of bounds memory access"), "{trap}");
+    }
+    drop(neighbours);
+}

@@ -33,7 +33,8 @@
 //! - `sleep:<ms>`: sleep in a WASI host call (where no epoch check runs);
 //! - `sleep-loop:<ms>:<times>`: sleep `times` times for `ms` each, so that no single wait is
 //!   long enough to look stuck;
-//! - `exit:<code>`: call WASI `exit`.
+//! - `exit:<code>`: call WASI `exit`;
+//! - `peek:<address>`: read the byte at that address of its linear memory, wherever it is.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -126,6 +127,12 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
             b"slept".to_vec()
         }
         "exit" => std::process::exit(number(argument)? as i32),
+        "peek" => {
+            let address = number(argument)? as usize as *const u8;
+            // SAFETY: none, on purpose: an address past the end of linear memory must trap
+            // in the host, which is what this command is for.
+            vec![unsafe { core::ptr::read_volatile(black_box(address)) }]
+        }
         _ => return Err(HandlerError::invalid(format!("unknown command: {command}"))),
     };
     Ok(reply)
