@@ -1,5 +1,6 @@
 //! Per-component counters and a handler-latency histogram, cheap enough for every message.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ const BUCKETS: usize = (64 * SUB_BUCKETS) as usize;
 
 /// A lock-free histogram of durations.
 pub(crate) struct Histogram {
-    buckets: Box<[AtomicU64]>,
+    /// Made with the first call measured: 2 KiB that an actor never sent anything (most of
+    /// a large, mostly idle population) does without.
+    buckets: OnceLock<Box<[AtomicU64]>>,
     count: AtomicU64,
     /// Nanoseconds of all calls together, for the mean and Prometheus's `_sum`. A u64 of
     /// nanoseconds overflows after 584 years of handler time.
@@ -21,7 +24,7 @@ pub(crate) struct Histogram {
 impl Histogram {
     pub(crate) fn new() -> Self {
         Histogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: OnceLock::new(),
             count: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
             max_ns: AtomicU64::new(0),
@@ -32,7 +35,10 @@ impl Histogram {
         let ns = u64::try_from(duration.as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+        let buckets = self
+            .buckets
+            .get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+        buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
@@ -41,12 +47,13 @@ impl Histogram {
     /// The upper bound of the bucket holding the `q`-quantile (0.0..=1.0).
     pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
         let count = self.count.load(Ordering::Relaxed);
+        let buckets = self.buckets.get()?;
         if count == 0 {
             return None;
         }
         let rank = ((count as f64) * q).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (index, bucket) in self.buckets.iter().enumerate() {
+        for (index, bucket) in buckets.iter().enumerate() {
             seen += bucket.load(Ordering::Relaxed);
             if seen >= rank {
                 let bound = upper_bound_of(index).min(self.max_ns.load(Ordering::Relaxed));
