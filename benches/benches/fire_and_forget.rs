@@ -57,7 +57,20 @@ fn main() {
             .unwrap_or_else(|err| panic!("spawning {id}: {err}"));
     };
     let largest_batch = SIZES.iter().map(|(_, batch)| *batch).max().unwrap_or(1);
-    spawn(ComponentSpec::new("counter", load("counter")).mailbox_capacity(largest_batch as usize));
+    // Room in bytes for two of the largest batches: an actor gives a batch's bytes back once
+    // it has handled the whole batch, a moment after the broker counts the last delivery, so
+    // a batch sent as soon as the previous one is counted delivered may find some of it still
+    // charged (an actor's worker descheduled in that moment, on a two-core box).
+    let largest_bytes = SIZES
+        .iter()
+        .map(|(size, batch)| *size as u64 * batch)
+        .max()
+        .unwrap_or(0);
+    spawn(
+        ComponentSpec::new("counter", load("counter"))
+            .mailbox_capacity(largest_batch as usize)
+            .mailbox_bytes(2 * largest_bytes),
+    );
     let ping_pong = guest_built("ping") && guest_built("pong");
     if ping_pong {
         spawn(ComponentSpec::new("pong", load("pong")).mailbox_capacity(PING_BATCH as usize));
