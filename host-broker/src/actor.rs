@@ -97,34 +97,42 @@ pub(crate) enum Aftermath {
     Ended(End),
 }
 
+/// Make the core of one component (its shared state, the broker's books, how to make and
+/// limit its instance, and the first instance) and leave it at the hand-off point, where
+/// requests may borrow it before the actor's task first runs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn park_core(
+    shared: &Arc<ActorShared>,
+    counters: Arc<BrokerCounters>,
+    dead_letters: Arc<DeadLetters>,
+    component: Component,
+    options: InstanceOptions,
+    supervision: Supervision,
+    instance: Instance,
+) {
+    let core = Core {
+        shared: shared.clone(),
+        counters,
+        dead_letters,
+        component,
+        options,
+        supervision,
+        instance: Some(instance),
+        history: RestartHistory::new(),
+        current: None,
+        checkpoint: None,
+    };
+    shared.handoff.park(Box::new(core));
+}
+
 impl Actor {
-    /// The actor of one component: its shared state, the broker's books, how to make and
-    /// limit its instance, the first instance, and its mailbox.
-    #[allow(clippy::too_many_arguments)]
+    /// The actor of a component whose core [`park_core`] left at the hand-off point, with
+    /// the mailbox it serves.
     pub(crate) fn new(
         shared: Arc<ActorShared>,
         counters: Arc<BrokerCounters>,
-        dead_letters: Arc<DeadLetters>,
-        component: Component,
-        options: InstanceOptions,
-        supervision: Supervision,
-        instance: Instance,
         mailbox: mpsc::Receiver<Envelope>,
     ) -> Actor {
-        let core = Core {
-            shared: shared.clone(),
-            counters: counters.clone(),
-            dead_letters,
-            component,
-            options,
-            supervision,
-            instance: Some(instance),
-            history: RestartHistory::new(),
-            current: None,
-            checkpoint: None,
-        };
-        // Idle from the start: a request may borrow the core before the task first runs.
-        shared.handoff.park(Box::new(core));
         Actor {
             core: None,
             shared,
@@ -711,17 +719,18 @@ mod tests {
             .counters
             .queued_bytes
             .store(queued, Ordering::Relaxed);
-        let actor = Actor::new(
-            shared.clone(),
+        park_core(
+            &shared,
             router.counters.clone(),
             router.dead_letters.clone(),
             hostile,
             options,
             Supervision::new(RestartPolicy::Temporary),
             instance,
-            receiver,
         );
-        actor.run().await;
+        Actor::new(shared.clone(), router.counters.clone(), receiver)
+            .run()
+            .await;
 
         let letters = router.dead_letters.recent();
         let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
-use tokio::sync::mpsc;
 
-use crate::actor::Actor;
+use crate::actor::park_core;
 use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::error::{BrokerError, SendError, check_id};
 use crate::handle::ComponentHandle;
@@ -310,21 +309,19 @@ impl Broker {
         }
         let instance = component.instantiate(options.clone()).await?;
 
-        let (sender, receiver) = mpsc::channel(mailbox_capacity);
-        let actor = Actor::new(
-            shared.clone(),
+        park_core(
+            &shared,
             router.counters.clone(),
             router.dead_letters.clone(),
             component,
             options,
             supervision,
             instance,
-            receiver,
         );
         let entry = Arc::new(Entry::new(
-            sender,
             shared.clone(),
-            actor,
+            router.counters.clone(),
+            mailbox_capacity,
             tokio::runtime::Handle::current(),
         ));
         match router.registry.insert(entry, || router.is_shutting_down()) {

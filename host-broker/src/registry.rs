@@ -15,7 +15,7 @@ use crate::actor::Actor;
 use crate::capabilities::Capabilities;
 use crate::handoff::HandOff;
 use crate::mailbox::Envelope;
-use crate::metrics::Metrics;
+use crate::metrics::{BrokerCounters, Metrics};
 use crate::remote::Exposure;
 use crate::upgrade::UpgradeOrder;
 
@@ -213,24 +213,28 @@ impl ActorShared {
     }
 }
 
-/// A registered component: its mailbox, its shared state and its actor.
+/// A registered component: its mailbox, its shared state and its actor's task.
 ///
-/// The actor's task starts with the first envelope put in its mailbox, not at the spawn: an
-/// actor nobody has sent anything holds no task, and a spawn wakes no worker to run one only
-/// for it to wait. Requests to it meanwhile borrow its core at the hand-off point, where
-/// [`Actor::new`] leaves it. Every put goes through the methods here, which start the task.
+/// The mailbox and the actor's task are made by the first envelope put in, not at the
+/// spawn: an actor nobody has sent anything holds neither (a mailbox's first block of slots
+/// is 2 KiB), and a spawn wakes no worker to run a task only for it to wait. Requests to it
+/// meanwhile borrow its core at the hand-off point, where [`park_core`](crate::actor::park_core) leaves it. Every put
+/// goes through the methods here.
 pub(crate) struct Entry {
-    mailbox: mpsc::Sender<Envelope>,
+    mailbox: OnceLock<mpsc::Sender<Envelope>>,
     pub(crate) shared: Arc<ActorShared>,
     task: Mutex<Task>,
-    /// Set once the task runs, so a put checks one flag rather than taking the lock.
-    started: AtomicBool,
 }
 
 /// Where an entry's actor is.
 enum Task {
-    /// Made, with the runtime it will run on, and not yet sent anything.
-    Waiting(Box<Actor>, tokio::runtime::Handle),
+    /// Its core is parked and nothing has been put in its mailbox: what it takes to make the
+    /// mailbox and start the actor on the runtime it was spawned on.
+    Waiting {
+        counters: Arc<BrokerCounters>,
+        capacity: usize,
+        runtime: tokio::runtime::Handle,
+    },
     /// Running (or ended) on its own task.
     Running(JoinHandle<()>),
     /// Its task was taken by a stop that waits for it.
@@ -238,87 +242,93 @@ enum Task {
 }
 
 impl Entry {
-    /// The entry of `actor`, which receives from `mailbox` and will run on `runtime` once
-    /// something is put in its mailbox.
+    /// The entry of a component whose core is parked, whose mailbox will hold `capacity`
+    /// envelopes and whose actor will run on `runtime` once something is put in.
     pub(crate) fn new(
-        mailbox: mpsc::Sender<Envelope>,
         shared: Arc<ActorShared>,
-        actor: Actor,
+        counters: Arc<BrokerCounters>,
+        capacity: usize,
         runtime: tokio::runtime::Handle,
     ) -> Entry {
         Entry {
-            mailbox,
+            mailbox: OnceLock::new(),
             shared,
-            task: Mutex::new(Task::Waiting(Box::new(actor), runtime)),
-            started: AtomicBool::new(false),
+            task: Mutex::new(Task::Waiting {
+                counters,
+                capacity,
+                runtime,
+            }),
         }
     }
 
     pub(crate) fn mailbox_depth(&self) -> usize {
-        self.mailbox.max_capacity() - self.mailbox.capacity()
+        self.mailbox
+            .get()
+            .map_or(0, |mailbox| mailbox.max_capacity() - mailbox.capacity())
     }
 
     /// Put `envelope` in the mailbox if there is room now.
     pub(crate) fn try_send(&self, envelope: Envelope) -> Result<(), TrySendError<Envelope>> {
-        self.mailbox.try_send(envelope)?;
-        self.start();
-        Ok(())
+        self.mailbox().try_send(envelope)
     }
 
     /// Put `envelope` in the mailbox, waiting for room.
     pub(crate) async fn send(&self, envelope: Envelope) -> Result<(), SendError<Envelope>> {
-        self.mailbox.send(envelope).await?;
-        self.start();
-        Ok(())
+        self.mailbox().send(envelope).await
     }
 
     /// Wait for room in the mailbox, and hold it for one envelope.
-    pub(crate) async fn reserve(&self) -> Result<Permit<'_>, SendError<()>> {
-        let permit = self.mailbox.reserve().await?;
-        Ok(Permit {
-            permit,
-            entry: self,
-        })
+    pub(crate) async fn reserve(&self) -> Result<mpsc::Permit<'_, Envelope>, SendError<()>> {
+        self.mailbox().reserve().await
     }
 
-    /// Start the actor's task if it has not started.
-    fn start(&self) {
-        if self.started.load(Ordering::Acquire) {
-            return;
+    /// The mailbox, made with the actor's task if this is the first put: an envelope put in
+    /// is always read.
+    fn mailbox(&self) -> &mpsc::Sender<Envelope> {
+        if let Some(mailbox) = self.mailbox.get() {
+            return mailbox;
         }
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*task, Task::Waiting(..)) {
-            let Task::Waiting(actor, runtime) = std::mem::replace(&mut *task, Task::Taken) else {
+        if let Task::Waiting { .. } = *task {
+            let Task::Waiting {
+                counters,
+                capacity,
+                runtime,
+            } = std::mem::replace(&mut *task, Task::Taken)
+            else {
                 unreachable!("matched just above");
             };
+            let (sender, receiver) = mpsc::channel(capacity);
+            let actor = Actor::new(self.shared.clone(), counters, receiver);
             *task = Task::Running(runtime.spawn(actor.run()));
-            self.started.store(true, Ordering::Release);
+            // Set under the lock, so no second put makes a second mailbox.
+            let _ = self.mailbox.set(sender);
         }
+        self.mailbox
+            .get()
+            .expect("an actor that left Waiting has its mailbox")
     }
 
     /// The actor's task, started if it was still waiting, for a stop to wait on; `None` if
     /// another stop took it.
     pub(crate) fn take_task(&self) -> Option<JoinHandle<()>> {
-        self.start();
+        self.mailbox();
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         match std::mem::replace(&mut *task, Task::Taken) {
             Task::Running(handle) => Some(handle),
-            Task::Waiting(..) | Task::Taken => None,
+            Task::Waiting { .. } | Task::Taken => None,
         }
     }
 }
 
-/// Room for one envelope in an entry's mailbox.
-pub(crate) struct Permit<'a> {
-    permit: mpsc::Permit<'a, Envelope>,
-    entry: &'a Entry,
-}
-
-impl Permit<'_> {
-    /// Put `envelope` in the room held.
-    pub(crate) fn send(self, envelope: Envelope) {
-        self.permit.send(envelope);
-        self.entry.start();
+impl Drop for Entry {
+    /// An actor that never started has no task to let go of its parked core: the entry
+    /// does (a started actor's task does it as it ends).
+    fn drop(&mut self) {
+        let task = self.task.get_mut().unwrap_or_else(|e| e.into_inner());
+        if matches!(task, Task::Waiting { .. }) {
+            self.shared.handoff.close();
+        }
     }
 }
 
