@@ -18,9 +18,9 @@
 //! reason, and [`Broker::accounting`] keeps the totals.
 //!
 //! Actors are spawned on the tokio runtime that calls [`Broker::spawn`]: on the
-//! multi-threaded runtime they use every core. An actor's task starts with the first
-//! message put in its mailbox, so a spawn wakes no worker and an idle actor that was never
-//! sent anything holds no task. A request to a component that is idle, with
+//! multi-threaded runtime they use every core. An actor's mailbox and task are made
+//! with the first message put in, so a spawn wakes no worker and an idle actor that was
+//! never sent anything holds neither. A request to a component that is idle, with
 //! nothing sent to it still unhandled, does not wake the component's task: the requester
 //! borrows the instance and runs the handler on its own task (the direct hand-off), so a
 //! chain of requests to idle components runs like a chain of calls, on one core, without
