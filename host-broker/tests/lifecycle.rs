@@ -38,6 +38,49 @@ async fn a_restart_reuses_the_slot_of_the_instance_it_replaces_when_the_pool_is_
     assert_eq!(broker.metrics("bad").unwrap().restarts, 1);
 }
 
+/// An actor nobody sent anything has no task: its instance waits at the hand-off point,
+/// and whoever ends the actor (a shutdown, or dropping the broker) must give its pool slot
+/// back, or a full pool could never be filled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_that_never_ran_give_back_their_pool_slots() {
+    const POOL: u32 = 3;
+    let engine = Engine::new(EngineConfig::default().max_instances(POOL)).unwrap();
+    let echo = load(&engine, "echo");
+    let fill = |broker: &Broker| {
+        let broker = broker.clone();
+        let echo = echo.clone();
+        async move {
+            for n in 0..POOL {
+                let id = format!("echo-{n}");
+                let spawned = broker
+                    .spawn(ComponentSpec::new(id.as_str(), echo.clone()))
+                    .await;
+                spawned.unwrap_or_else(|err| panic!("spawning {id}: {err}"));
+            }
+        }
+    };
+
+    // Dropped with the broker.
+    let broker = Broker::new(engine.clone());
+    fill(&broker).await;
+    let full = broker
+        .spawn(ComponentSpec::new("one-more", echo.clone()))
+        .await;
+    assert!(full.is_err(), "the pool holds {POOL}");
+    drop(broker);
+
+    // Shut down, after a request that ran on the caller's task started nothing.
+    let broker = Broker::new(engine.clone());
+    fill(&broker).await;
+    let reply = broker.request("echo-0", b"hi".to_vec(), 5 * SECOND).await;
+    assert_eq!(reply.unwrap(), b"hi");
+    let report = broker.shutdown(5 * SECOND).await;
+    assert_eq!(report.stopped.len(), POOL as usize);
+
+    // Every slot is free again.
+    fill(&Broker::new(engine.clone())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_to_a_subscriber_that_has_ended_is_dead_lettered() {
     let setup = Setup::new();
