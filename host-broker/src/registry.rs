@@ -218,8 +218,9 @@ impl ActorShared {
 /// The mailbox and the actor's task are made by the first envelope put in, not at the
 /// spawn: an actor nobody has sent anything holds neither (a mailbox's first block of slots
 /// is 2 KiB), and a spawn wakes no worker to run a task only for it to wait. Requests to it
-/// meanwhile borrow its core at the hand-off point, where [`park_core`](crate::actor::park_core) leaves it. Every put
-/// goes through the methods here.
+/// meanwhile borrow its core at the hand-off point, where
+/// [`park_core`](crate::actor::park_core) leaves it. Every put goes through the methods
+/// here.
 pub(crate) struct Entry {
     mailbox: OnceLock<mpsc::Sender<Envelope>>,
     pub(crate) shared: Arc<ActorShared>,
