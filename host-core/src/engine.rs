@@ -133,8 +133,9 @@ impl EngineConfig {
     }
 
     /// The address space each linear memory reserves, in bytes: 4 GiB and its guard, or
-    /// [`get_max_memory_bytes`](Self::get_max_memory_bytes) rounded up to a wasm page where
-    /// as many as [`get_max_instances`](Self::get_max_instances) of those would not fit.
+    /// [`get_max_memory_bytes`](Self::get_max_memory_bytes) rounded up to a wasm page (if
+    /// that is less) where as many as [`get_max_instances`](Self::get_max_instances) of
+    /// those would not fit.
     ///
     /// ```
     /// use courier_host_core::EngineConfig;
@@ -142,6 +143,9 @@ impl EngineConfig {
     /// assert!(EngineConfig::default().get_memory_reservation() >= 4 << 30);
     /// let dense = EngineConfig::default().max_instances(100_000);
     /// assert_eq!(dense.get_memory_reservation(), 256 << 20);
+    /// // Memories allowed to reach 4 GiB gain nothing from a smaller reservation.
+    /// let large = dense.max_memory_bytes(4 << 30);
+    /// assert!(large.get_memory_reservation() >= 4 << 30);
     /// ```
     pub fn get_memory_reservation(&self) -> u64 {
         match self.reduced_reservation() {
@@ -151,14 +155,15 @@ impl EngineConfig {
     }
 
     /// The reservation per memory if full ones do not fit: the largest memory, in whole
-    /// wasm pages.
+    /// wasm pages. None where that would be no smaller than a full one.
     fn reduced_reservation(&self) -> Option<u64> {
         let instances = u64::from(self.max_instances.max(1));
         if instances.saturating_mul(FULL_RESERVATION) <= MEMORY_ADDRESS_SPACE {
             return None;
         }
         let page = 64 << 10;
-        Some((self.max_memory_bytes as u64).div_ceil(page).max(1) * page)
+        let largest = (self.max_memory_bytes as u64).div_ceil(page).max(1) * page;
+        (largest < 4 << 30).then_some(largest)
     }
 
     /// Whether compiled code meters fuel.
