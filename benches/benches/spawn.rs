@@ -271,10 +271,12 @@ fn scale_run(rt: &Runtime, figures: &mut Figures, actors_wanted: u32) {
         10_000 => format!("scale_{name}"),
         n => format!("scale{}k_{name}", n / 1000),
     };
-    let grown = match (before, after) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64),
-        _ => None,
+    let grown_since = |now: Option<u64>| {
+        before
+            .zip(now)
+            .map(|(before, now)| now.saturating_sub(before) as f64)
     };
+    let grown = grown_since(after);
     // An actor's task starts with the first message put in its mailbox: one message each
     // shows what an actor that has run takes.
     let grown_run = if stopped_by.is_none() {
@@ -282,9 +284,7 @@ fn scale_run(rt: &Runtime, figures: &mut Figures, actors_wanted: u32) {
             broker.send(id, &b"hi"[..]).expect("echo takes a message");
         }
         courier_benches::settle(&broker, Duration::from_secs(60));
-        before
-            .zip(resident_bytes())
-            .map(|(before, after)| after.saturating_sub(before) as f64)
+        grown_since(resident_bytes())
     } else {
         None
     };

@@ -83,7 +83,7 @@ pub(crate) struct ActorShared {
     /// Where its core waits while the actor is idle, for a request to borrow.
     pub(crate) handoff: HandOff,
     /// Set by the first request for it, after which the actor leaves its core at the
-    /// hand-off point whenever it is idle (it does from its spawn until its first wait).
+    /// hand-off point whenever it is idle (it does from its spawn until its first message).
     pub(crate) requested: AtomicBool,
     upgrade: Mutex<Option<UpgradeOrder>>,
     /// The component it runs: the one it was spawned with, or the last it was upgraded to.
@@ -290,21 +290,20 @@ impl Entry {
             return mailbox;
         }
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Task::Waiting { .. } = *task {
-            let Task::Waiting {
+        *task = match std::mem::replace(&mut *task, Task::Taken) {
+            Task::Waiting {
                 counters,
                 capacity,
                 runtime,
-            } = std::mem::replace(&mut *task, Task::Taken)
-            else {
-                unreachable!("matched just above");
-            };
-            let (sender, receiver) = mpsc::channel(capacity);
-            let actor = Actor::new(self.shared.clone(), counters, receiver);
-            *task = Task::Running(runtime.spawn(actor.run()));
-            // Set under the lock, so no second put makes a second mailbox.
-            let _ = self.mailbox.set(sender);
-        }
+            } => {
+                let (sender, receiver) = mpsc::channel(capacity);
+                // Set under the lock, so no second put makes a second mailbox.
+                let _ = self.mailbox.set(sender);
+                let actor = Actor::new(self.shared.clone(), counters, receiver);
+                Task::Running(runtime.spawn(actor.run()))
+            }
+            started => started,
+        };
         self.mailbox
             .get()
             .expect("an actor that left Waiting has its mailbox")
