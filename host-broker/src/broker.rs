@@ -514,6 +514,13 @@ impl Broker {
             .collect())
     }
 
+    /// Detach `remote`, if it is the one attached: from now on a target not registered here
+    /// is `target-not-found` again, and another remote may be attached. Returns whether it
+    /// was attached. What `remote` still carries is its own to end.
+    pub fn detach_remote(&self, remote: &Arc<dyn Remote>) -> bool {
+        self.router().remote.take_if(remote)
+    }
+
     /// Queue a message that came from another host for `target`, with the sender id its
     /// host stamped. Refused (and counted so) like a local send, and with
     /// `target-not-found` for a component that is not exposed to other hosts.

@@ -17,7 +17,7 @@
 //! host that receives it, and ends there like any local message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -207,7 +207,61 @@ impl std::fmt::Debug for RemoteMessage {
 }
 
 /// The remote a router hands what is not registered here, if a lattice is attached.
-pub(crate) type RemoteSlot = std::sync::OnceLock<Arc<dyn Remote>>;
+/// Where a broker keeps its way to other hosts: at most one remote at a time, which can be
+/// detached again (a lattice that is dropped or leaves), so the broker can join anew.
+///
+/// A flag in front of the lock keeps a broker without a remote (the usual case, and every
+/// publication's path) from touching the lock at all.
+pub(crate) struct RemoteSlot {
+    attached: AtomicBool,
+    remote: RwLock<Option<Arc<dyn Remote>>>,
+}
+
+impl RemoteSlot {
+    pub(crate) fn new() -> RemoteSlot {
+        RemoteSlot {
+            attached: AtomicBool::new(false),
+            remote: RwLock::new(None),
+        }
+    }
+
+    /// The remote attached now, if any.
+    pub(crate) fn get(&self) -> Option<Arc<dyn Remote>> {
+        if !self.attached.load(Ordering::Acquire) {
+            return None;
+        }
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Attach `remote`, unless one already is: then it is handed back.
+    pub(crate) fn set(&self, remote: Arc<dyn Remote>) -> Result<(), Arc<dyn Remote>> {
+        let mut slot = self.remote.write().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Err(remote);
+        }
+        *slot = Some(remote);
+        self.attached.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Detach `remote` if it is the one attached; true if it was.
+    pub(crate) fn take_if(&self, remote: &Arc<dyn Remote>) -> bool {
+        let mut slot = self.remote.write().unwrap_or_else(|e| e.into_inner());
+        // Compared by address alone: the vtable half of a `dyn` pointer may differ
+        // between codegen units for the same object.
+        let same = slot
+            .as_ref()
+            .is_some_and(|held| std::ptr::addr_eq(Arc::as_ptr(held), Arc::as_ptr(remote)));
+        if same {
+            *slot = None;
+            self.attached.store(false, Ordering::Release);
+        }
+        same
+    }
+}
 
 /// The answer to a request that came from another host, once its target's handler has
 /// run (or it ended otherwise).

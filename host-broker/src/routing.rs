@@ -168,7 +168,7 @@ impl Router {
         }
         let Some(entry) = self.registry.get(target) else {
             return match self.remote.get() {
-                Some(remote) => Ok(Target::Remote(remote.clone())),
+                Some(remote) => Ok(Target::Remote(remote)),
                 None => Err((MessagingError::TargetNotFound(target.to_string()), None)),
             };
         };
