@@ -647,11 +647,17 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
         })
         .collect();
     let m = lattice.metrics();
+    let conflicts: Vec<serde_json::Value> = lattice
+        .conflicts()
+        .into_iter()
+        .map(|c| json!({ "id": c.id, "hosts": c.hosts }))
+        .collect();
     Ok(axum::Json(json!({
         "lattice": lattice.name(),
         "host": lattice.host(),
         "max_payload": lattice.max_payload(),
         "hosts": hosts,
+        "conflicts": conflicts,
         "sent": {
             "sent": m.sent,
             "acked": m.acked,
@@ -659,6 +665,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             "refused_there": m.refused_there,
             "no_host": m.no_host,
             "unconfirmed": m.unconfirmed,
+            "unsent": m.unsent,
             "awaiting_ack": m.awaiting_ack,
             "requests": m.requests,
             "publications": m.publications,
@@ -669,6 +676,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             "requests": m.arrived_requests,
             "publications": m.arrived_publications,
             "malformed": m.malformed,
+            "slow_consumer_drops": m.slow_consumer_drops,
         },
     }))
     .into_response())

@@ -185,14 +185,29 @@ pub fn render_lattice(out: &mut String, metrics: &LatticeMetrics) {
         out,
         "courier_lattice_messages_ended_total",
         "counter",
-        "How messages sent to other hosts ended: acked (queued there), refused_there, no_host, unconfirmed (no ack in time); refused_here were refused before the wire (messages and requests).",
+        "How messages sent to other hosts ended: acked (queued there), refused_there, no_host, unconfirmed (no ack in time), unsent (never on the wire: no server before it was due); refused_here were refused before the wire (messages and requests).",
         vec![
             outcome("acked", metrics.acked),
             outcome("refused_there", metrics.refused_there),
             outcome("no_host", metrics.no_host),
             outcome("unconfirmed", metrics.unconfirmed),
+            outcome("unsent", metrics.unsent),
             outcome("refused_here", metrics.refused_here),
         ],
+    );
+    family(
+        out,
+        "courier_lattice_slow_consumer_drops_total",
+        "counter",
+        "Messages from other hosts that the NATS client dropped because a subscription here was full.",
+        one(metrics.slow_consumer_drops),
+    );
+    family(
+        out,
+        "courier_lattice_conflicts",
+        "gauge",
+        "Ids that more than one host claims to serve alone (this host included); should be 0.",
+        one(metrics.conflicts),
     );
     family(
         out,

@@ -130,6 +130,9 @@ async fn serve(
                 config.get_host(),
                 config.get_servers().join(", ")
             );
+            for warning in config.trust_warnings() {
+                println!("courier: warning: {warning}");
+            }
             Some(Arc::new(lattice))
         }
         None => None,
@@ -210,12 +213,15 @@ async fn serve(
         format_duration(runtime.drain)
     );
     let drained = async {
-        // Other hosts stop sending here first; what they already sent is handled in the
-        // drain that follows.
+        // One deadline for both. Other hosts stop sending here first; what they already
+        // sent is handled in the drain that follows, in whatever time the leave left.
+        let deadline = std::time::Instant::now() + runtime.drain;
         if let Some(lattice) = &lattice {
             lattice.leave(runtime.drain).await;
         }
-        broker.shutdown(runtime.drain).await
+        broker
+            .shutdown(deadline.saturating_duration_since(std::time::Instant::now()))
+            .await
     };
     let report = tokio::select! {
         report = drained => report,
@@ -235,12 +241,13 @@ async fn serve(
     if let Some(lattice) = &lattice {
         let remote = lattice.metrics();
         println!(
-            "courier: to other hosts {} sent, {} acknowledged, {} refused there, {} with no host, {} unconfirmed; {} arrived from them",
+            "courier: to other hosts {} sent, {} acknowledged, {} refused there, {} with no host, {} unconfirmed, {} not sent; {} arrived from them",
             remote.sent,
             remote.acked,
             remote.refused_there,
             remote.no_host,
             remote.unconfirmed,
+            remote.unsent,
             remote.arrived_messages + remote.arrived_requests
         );
     }

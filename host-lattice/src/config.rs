@@ -156,3 +156,71 @@ impl LatticeConfig {
         self.heartbeat
     }
 }
+
+impl LatticeConfig {
+    /// What is weak in how this host reaches its servers, one sentence each, for the host
+    /// to warn about at join: a server on another machine with no authentication (whoever
+    /// reaches it can speak for any component), or credentials sent to one in plaintext.
+    pub fn trust_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for url in &self.servers {
+            if on_this_machine(url) {
+                continue;
+            }
+            let plaintext = !url.starts_with("tls://");
+            match &self.auth {
+                Auth::None => warnings.push(format!(
+                    "the lattice has no authentication and the NATS server {url} is not on \
+                     this machine: anyone who can reach it can send as any component"
+                )),
+                Auth::Token(_) | Auth::UserPassword { .. } if plaintext => warnings.push(format!(
+                    "the lattice's credentials go to the NATS server {url} in plaintext: use a \
+                     tls:// URL"
+                )),
+                _ => {}
+            }
+        }
+        warnings
+    }
+}
+
+/// Whether a server URL names this machine (a loopback address or `localhost`).
+fn on_this_machine(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = if let Some(bracketed) = rest.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else {
+        rest.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_server_without_authentication_or_with_plaintext_credentials_is_warned_about() {
+        let local = LatticeConfig::new("l", "a")
+            .server("nats://127.0.0.1:4222")
+            .server("nats://localhost:4223")
+            .server("nats://[::1]:4224");
+        assert!(local.trust_warnings().is_empty());
+        let open = LatticeConfig::new("l", "a").server("nats://10.0.0.7:4222");
+        let warnings = open.trust_warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("no authentication"), "{warnings:?}");
+        let plaintext = open.clone().auth(Auth::Token("t".into()));
+        assert!(plaintext.trust_warnings()[0].contains("plaintext"));
+        let tls = LatticeConfig::new("l", "a")
+            .server("tls://nats.example:4222")
+            .auth(Auth::Token("t".into()));
+        assert!(tls.trust_warnings().is_empty());
+        let no_auth_tls = LatticeConfig::new("l", "a").server("tls://nats.example:4222");
+        assert_eq!(no_auth_tls.trust_warnings().len(), 1);
+    }
+}

@@ -7,7 +7,7 @@
 //! round trip); a host that vanished is forgotten after three missed heartbeats, and
 //! until then a send to it ends as `no-host` when NATS finds nobody listening.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -53,98 +53,223 @@ pub struct HostInfo {
     pub last_heard: Duration,
 }
 
+/// The most bytes of ids and topics the directory keeps from all hosts together.
+pub const MAX_DIRECTORY_BYTES: usize = 64 << 20;
+
+/// An id that more than one host says it serves alone: each message to it goes to one of
+/// them (every id is a queue group), but which one is not defined, so per-sender order and
+/// the component's state are split between them until one stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The id.
+    pub id: String,
+    /// The hosts that claim it, sorted (this host among them when it does).
+    pub hosts: Vec<String>,
+}
+
 struct Seen {
     heartbeat: Heartbeat,
     at: Instant,
+    /// The bytes of its ids and topics, counted against [`MAX_DIRECTORY_BYTES`].
+    bytes: usize,
+}
+
+/// Who serves each id: kept up to date host by host as heartbeats change, never rebuilt
+/// from every host.
+#[derive(Default)]
+struct Index {
+    /// For every id some other host serves: the hosts that serve it alone, and how many
+    /// serve it as replicas.
+    ids: HashMap<String, Claims>,
+}
+
+#[derive(Default)]
+struct Claims {
+    exclusive: Vec<String>,
+    replicas: usize,
+}
+
+impl Index {
+    fn add(&mut self, heartbeat: &Heartbeat) {
+        for id in &heartbeat.served {
+            let claims = self.ids.entry(id.clone()).or_default();
+            if !claims.exclusive.contains(&heartbeat.host) {
+                claims.exclusive.push(heartbeat.host.clone());
+            }
+        }
+        for id in &heartbeat.replicated {
+            self.ids.entry(id.clone()).or_default().replicas += 1;
+        }
+    }
+
+    fn remove(&mut self, heartbeat: &Heartbeat) {
+        for id in &heartbeat.served {
+            if let Some(claims) = self.ids.get_mut(id) {
+                claims.exclusive.retain(|host| *host != heartbeat.host);
+            }
+        }
+        for id in &heartbeat.replicated {
+            if let Some(claims) = self.ids.get_mut(id) {
+                claims.replicas = claims.replicas.saturating_sub(1);
+            }
+        }
+        for id in heartbeat.served.iter().chain(&heartbeat.replicated) {
+            if self
+                .ids
+                .get(id)
+                .is_some_and(|c| c.exclusive.is_empty() && c.replicas == 0)
+            {
+                self.ids.remove(id);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Directory {
     hosts: RwLock<HashMap<String, Seen>>,
-    /// Every id some other host serves.
-    served: RwLock<HashSet<String>>,
+    index: RwLock<Index>,
+    /// The bytes of every host's ids and topics together.
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// The bytes a heartbeat's ids and topics take.
+fn heartbeat_bytes(heartbeat: &Heartbeat) -> usize {
+    heartbeat
+        .served
+        .iter()
+        .chain(&heartbeat.replicated)
+        .chain(&heartbeat.topics)
+        .map(|s| s.len() + std::mem::size_of::<String>())
+        .sum()
 }
 
 impl Directory {
     /// Whether some other host serves `id`.
     pub(crate) fn serves(&self, id: &str) -> bool {
-        self.served
+        self.index
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+            .ids
+            .contains_key(id)
     }
 
     /// Take in a heartbeat that came on `from`'s subject. One that names another host than
-    /// the subject's is ignored: a host speaks only for itself.
-    pub(crate) fn heard(&self, from: &str, mut heartbeat: Heartbeat) {
+    /// the subject's is ignored: a host speaks only for itself. Returns whether what the
+    /// directory knows changed.
+    pub(crate) fn heard(&self, from: &str, mut heartbeat: Heartbeat) -> bool {
+        use std::sync::atomic::Ordering;
         if heartbeat.host != from {
-            return;
+            return false;
         }
         heartbeat.served.truncate(MAX_ENTRIES_PER_HOST);
         heartbeat.replicated.truncate(MAX_ENTRIES_PER_HOST);
         heartbeat.topics.truncate(MAX_ENTRIES_PER_HOST);
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         if heartbeat.leaving {
-            if hosts.remove(from).is_some() {
+            if let Some(seen) = hosts.remove(from) {
                 tracing::info!(host = from, "host left the lattice");
-                self.reindex(&hosts);
+                self.forget(&seen);
             }
-            return;
+            return true;
         }
-        let full = hosts.len() >= MAX_HOSTS;
-        let changed = match hosts.get_mut(from) {
-            Some(seen) => {
-                seen.at = Instant::now();
-                let changed = seen.heartbeat != heartbeat;
-                seen.heartbeat = heartbeat;
-                changed
+        if let Some(seen) = hosts.get_mut(from) {
+            seen.at = Instant::now();
+            if seen.heartbeat == heartbeat {
+                return false;
             }
-            None if full => return,
-            None => {
-                tracing::info!(host = from, "host joined the lattice");
-                hosts.insert(
-                    from.to_string(),
-                    Seen {
-                        heartbeat,
-                        at: Instant::now(),
-                    },
-                );
-                true
-            }
+        }
+        let bytes = heartbeat_bytes(&heartbeat);
+        let before = hosts.get(from).map_or(0, |seen| seen.bytes);
+        let total = self.bytes.load(Ordering::Relaxed) - before + bytes;
+        if total > MAX_DIRECTORY_BYTES || (before == 0 && hosts.len() >= MAX_HOSTS) {
+            tracing::warn!(
+                host = from,
+                bytes,
+                "heartbeat not taken: the directory is full"
+            );
+            return false;
+        }
+        let seen = Seen {
+            heartbeat,
+            at: Instant::now(),
+            bytes,
         };
-        if changed {
-            self.reindex(&hosts);
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        match hosts.get(from) {
+            Some(old) => index.remove(&old.heartbeat),
+            None => tracing::info!(host = from, "host joined the lattice"),
         }
+        index.add(&seen.heartbeat);
+        hosts.insert(from.to_string(), seen);
+        self.bytes.store(total, Ordering::Relaxed);
+        true
+    }
+
+    /// Take a host's entries out of the index and the byte count.
+    fn forget(&self, seen: &Seen) {
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seen.heartbeat);
+        self.bytes
+            .fetch_sub(seen.bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forget hosts not heard from within `silence`.
     pub(crate) fn expire(&self, silence: Duration) {
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
-        let before = hosts.len();
-        hosts.retain(|host, seen| {
-            let alive = seen.at.elapsed() <= silence;
-            if !alive {
-                tracing::warn!(host, "host not heard from; forgetting what it served");
-            }
-            alive
-        });
-        if hosts.len() != before {
-            self.reindex(&hosts);
+        let gone: Vec<Seen> = hosts
+            .extract_if(|host, seen| {
+                let gone = seen.at.elapsed() > silence;
+                if gone {
+                    tracing::warn!(host, "host not heard from; forgetting what it served");
+                }
+                gone
+            })
+            .map(|(_, seen)| seen)
+            .collect();
+        for seen in &gone {
+            self.forget(seen);
         }
     }
 
-    fn reindex(&self, hosts: &HashMap<String, Seen>) {
-        let served = hosts
-            .values()
-            .flat_map(|seen| {
-                seen.heartbeat
-                    .served
-                    .iter()
-                    .chain(&seen.heartbeat.replicated)
-            })
-            .cloned()
-            .collect();
-        *self.served.write().unwrap_or_else(|e| e.into_inner()) = served;
+    /// The ids more than one host claims to serve alone: among the other hosts, or one of
+    /// them and this host (`own`, the ids this host serves alone, and `me`, its name).
+    pub(crate) fn conflicts<'a>(
+        &self,
+        me: &str,
+        own: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Conflict> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut conflicts: Vec<Conflict> = Vec::new();
+        let mut own_ids = std::collections::HashSet::new();
+        for id in own {
+            own_ids.insert(id);
+            if let Some(claims) = index.ids.get(id)
+                && !claims.exclusive.is_empty()
+            {
+                let mut hosts = claims.exclusive.clone();
+                hosts.push(me.to_string());
+                hosts.sort();
+                conflicts.push(Conflict {
+                    id: id.to_string(),
+                    hosts,
+                });
+            }
+        }
+        for (id, claims) in &index.ids {
+            if claims.exclusive.len() > 1 && !own_ids.contains(id.as_str()) {
+                let mut hosts = claims.exclusive.clone();
+                hosts.sort();
+                conflicts.push(Conflict {
+                    id: id.clone(),
+                    hosts,
+                });
+            }
+        }
+        conflicts.sort_by(|a, b| a.id.cmp(&b.id));
+        conflicts
     }
 
     /// Every other host, sorted by name.
@@ -203,6 +328,53 @@ mod tests {
     fn a_host_speaks_only_for_itself() {
         let directory = Directory::default();
         directory.heard("mallory", beat("b", &["pong"]));
+        assert!(!directory.serves("pong"));
+    }
+
+    #[test]
+    fn two_hosts_claiming_one_id_are_a_conflict_until_one_stops() {
+        let directory = Directory::default();
+        directory.heard("b", beat("b", &["pong", "echo"]));
+        assert!(directory.conflicts("a", ["echo"]).iter().any(|c| c.id == "echo"
+            && c.hosts == ["a", "b"]));
+        directory.heard("c", beat("c", &["pong"]));
+        let conflicts = directory.conflicts("a", []);
+        assert_eq!(
+            conflicts,
+            [Conflict {
+                id: "pong".into(),
+                hosts: vec!["b".into(), "c".into()]
+            }]
+        );
+        directory.heard("c", beat("c", &[]));
+        assert!(directory.conflicts("a", []).is_empty());
+        assert!(directory.serves("pong"), "b still serves it");
+    }
+
+    #[test]
+    fn the_directory_is_bounded_in_bytes_and_updated_host_by_host() {
+        let directory = Directory::default();
+        let big = "x".repeat(200);
+        let many: Vec<String> = (0..MAX_ENTRIES_PER_HOST).map(|i| format!("{big}{i}")).collect();
+        let mut hosts_taken = 0;
+        for host in 0..10 {
+            let name = format!("h{host}");
+            let heartbeat = Heartbeat {
+                host: name.clone(),
+                topics: many.clone(),
+                ..Heartbeat::default()
+            };
+            if directory.heard(&name, heartbeat) {
+                hosts_taken += 1;
+            }
+        }
+        assert!(hosts_taken > 0 && hosts_taken < 10, "{hosts_taken}");
+        assert!(directory.bytes.load(std::sync::atomic::Ordering::Relaxed) <= MAX_DIRECTORY_BYTES);
+        // A host that shrinks gives its bytes back, and the next one fits.
+        directory.heard("h0", beat("h0", &["pong"]));
+        assert!(directory.serves("pong"));
+        directory.expire(Duration::ZERO);
+        assert_eq!(directory.bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
         assert!(!directory.serves("pong"));
     }
 }

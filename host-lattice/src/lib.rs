@@ -71,15 +71,20 @@
 
 mod config;
 mod directory;
+mod heartbeat;
 mod lattice;
 mod metrics;
+mod outbound;
+mod replies;
+mod serving;
 pub mod subject;
+mod topics;
 mod wire;
 
 pub use config::{
     Auth, DEFAULT_ACK_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_OUTBOUND_BYTES,
     DEFAULT_OUTBOUND_CAPACITY, LatticeConfig,
 };
-pub use directory::{HostInfo, MAX_ENTRIES_PER_HOST, MAX_HOSTS};
+pub use directory::{Conflict, HostInfo, MAX_DIRECTORY_BYTES, MAX_ENTRIES_PER_HOST, MAX_HOSTS};
 pub use lattice::{HEADER_ROOM, Lattice, LatticeError};
 pub use metrics::LatticeMetrics;

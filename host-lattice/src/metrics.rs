@@ -11,6 +11,8 @@ pub(crate) struct Counters {
     pub(crate) refused_there: AtomicU64,
     pub(crate) no_host: AtomicU64,
     pub(crate) unconfirmed: AtomicU64,
+    pub(crate) unsent: AtomicU64,
+    pub(crate) slow_consumer_drops: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) publications: AtomicU64,
     pub(crate) publications_dropped: AtomicU64,
@@ -30,6 +32,8 @@ impl Counters {
             refused_there: read(&self.refused_there),
             no_host: read(&self.no_host),
             unconfirmed: read(&self.unconfirmed),
+            unsent: read(&self.unsent),
+            slow_consumer_drops: read(&self.slow_consumer_drops),
             awaiting_ack,
             outbound_bytes,
             requests: read(&self.requests),
@@ -39,6 +43,7 @@ impl Counters {
             arrived_requests: read(&self.arrived_requests),
             arrived_publications: read(&self.arrived_publications),
             malformed: read(&self.malformed),
+            conflicts: 0,
         }
     }
 }
@@ -46,7 +51,7 @@ impl Counters {
 /// A host's lattice counters at one moment.
 ///
 /// Messages this host sent to other hosts: `sent == acked + refused_there + no_host +
-/// unconfirmed + awaiting_ack` (the ones refused before the wire are in `refused_here`,
+/// unconfirmed + unsent + awaiting_ack` (the ones refused before the wire are in `refused_here`,
 /// not in `sent`). The broker's own [`Accounting`](courier_host_broker::Accounting)
 /// counts the same messages among all the others.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,6 +70,12 @@ pub struct LatticeMetrics {
     pub no_host: u64,
     /// No acknowledgement in time: dead-lettered as `unconfirmed` (it may have arrived).
     pub unconfirmed: u64,
+    /// Never put on the wire: no server could be reached, or the client took no more,
+    /// before its acknowledgement was due. Dead-lettered as `not sent` (it did not arrive).
+    pub unsent: u64,
+    /// Messages the NATS client dropped because a subscription of this host was full
+    /// (a slow consumer): what other hosts sent and this host never read.
+    pub slow_consumer_drops: u64,
     /// Sent and waiting for their acknowledgement.
     pub awaiting_ack: u64,
     /// Payload bytes queued for the wire.
@@ -85,4 +96,7 @@ pub struct LatticeMetrics {
     pub arrived_publications: u64,
     /// Arrivals without a valid kind, sender or topic, refused.
     pub malformed: u64,
+    /// Ids that more than one host claims to serve alone, this host included
+    /// ([`Lattice::conflicts`](crate::Lattice::conflicts)).
+    pub conflicts: u64,
 }

@@ -6,7 +6,8 @@
 //! |---|---|
 //! | `courier.<lattice>.a.<id>` | messages and requests for the component `<id>`; its host subscribes |
 //! | `courier.<lattice>.t.<topic>` | publications on `<topic>`; each host with subscribers subscribes once |
-//! | `courier.<lattice>.h.<host>.r.<seq>` | refusals and replies for host `<host>`; `.r.acks`: batches of acknowledgements |
+//! | `courier.<lattice>.h.<host>.r.<incarnation>.<seq>` | refusals and replies for one run of host `<host>`; `.r.<incarnation>.acks`: batches of acknowledgements |
+//! | `courier.<lattice>.h.<host>.who` | asks whether a live host answers for `<host>`; it answers with its incarnation |
 //! | `courier.<lattice>.h.<host>.hb` | host `<host>`'s heartbeat: what it serves |
 //! | `courier.<lattice>.h.<host>.hello` | a host that joined, asking the others for their heartbeats |
 //!
@@ -92,13 +93,19 @@ pub(crate) struct Subjects {
     prefix: String,
     /// `courier.<lattice>.h.<host>`
     me: String,
+    /// This run's random token.
+    incarnation: String,
 }
 
 impl Subjects {
-    pub(crate) fn new(lattice: &str, host: &str) -> Subjects {
+    pub(crate) fn new(lattice: &str, host: &str, incarnation: &str) -> Subjects {
         let prefix = format!("courier.{lattice}");
         let me = format!("{prefix}.h.{host}");
-        Subjects { prefix, me }
+        Subjects {
+            prefix,
+            me,
+            incarnation: incarnation.to_string(),
+        }
     }
 
     /// Where messages and requests for `id` go.
@@ -126,9 +133,15 @@ impl Subjects {
         }
     }
 
-    /// Where this host hears acknowledgements and replies: `<this>.<seq>`.
+    /// Where this run of this host hears acknowledgements and replies: `<this>.<seq>`.
+    /// The incarnation in it keeps a later run under the same name from hearing them.
     pub(crate) fn replies(&self) -> String {
-        format!("{}.r", self.me)
+        format!("{}.r.{}", self.me, self.incarnation)
+    }
+
+    /// Where a live host answers for its name.
+    pub(crate) fn who(&self) -> String {
+        format!("{}.who", self.me)
     }
 
     /// This host's heartbeat.
@@ -191,7 +204,8 @@ mod tests {
 
     #[test]
     fn topic_patterns_become_subject_wildcards() {
-        let subjects = Subjects::new("lab", "h1");
+        let subjects = Subjects::new("lab", "h1", "0123");
+        assert_eq!(subjects.replies(), "courier.lab.h.h1.r.0123");
         assert_eq!(subjects.topic_pattern(&Pattern::Any), "courier.lab.t.>");
         assert_eq!(
             subjects.topic_pattern(&Pattern::parse("scores/*")),

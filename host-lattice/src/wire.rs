@@ -9,11 +9,12 @@
 //! | `Courier-Host` | the sending host of a publication; the answering host of a refusal | which host it is |
 //! | `Courier-Error` | the answering host | why it refused (an error code, below) |
 //! | `Courier-Detail` | the answering host | the error's text (a name, a limit, a handler's message) |
+//! | `Courier-Incarnation` | a host answering for its name | the random token of its run |
 //!
-//! The target is the subject; the sending host and the message's sequence number are its
-//! reply subject (`courier.<lattice>.h.<host>.r.<seq>`). A message queued on the serving
+//! The target is the subject; the sending host, its run's incarnation and the message's
+//! sequence number are its reply subject (`courier.<lattice>.h.<host>.r.<incarnation>.<seq>`). A message queued on the serving
 //! host is acknowledged without headers, in batches: one message on
-//! `courier.<lattice>.h.<host>.r.acks` whose payload is the sequence numbers it
+//! `courier.<lattice>.h.<host>.r.<incarnation>.acks` whose payload is the sequence numbers it
 //! acknowledges ([`encode_seqs`]). A refusal is answered on the message's own reply
 //! subject, with the error in the headers.
 //!
@@ -29,6 +30,7 @@ pub(crate) const HOST: &str = "Courier-Host";
 pub(crate) const TIMEOUT_MS: &str = "Courier-Timeout-Ms";
 pub(crate) const ERROR: &str = "Courier-Error";
 pub(crate) const DETAIL: &str = "Courier-Detail";
+pub(crate) const INCARNATION: &str = "Courier-Incarnation";
 
 /// The most of an error's text that goes into a header: header values share the server's
 /// payload limit, and a handler's error text is the guest's choice.

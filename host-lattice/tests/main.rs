@@ -7,3 +7,4 @@ mod common;
 mod crossing;
 mod faults;
 mod refusals;
+mod restarts;

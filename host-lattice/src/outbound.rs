@@ -1,0 +1,386 @@
+//! What goes out: the checks before the wire, the outbound queue and the one task that puts
+//! it on the wire in order, and the broker's way to other hosts (`Remote`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use courier_host_broker::{
+    ComponentId, MessagingError, Remote, RemoteMessage, RemoteRefusal, Served,
+};
+use courier_host_core::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::lattice::{Gateway, Inner, NATS_WAIT, Outbound, Unacked, bounded};
+use crate::wire::{self, Kind};
+
+impl Inner {
+    /// The headers of what this host sends: what it is and who sent it. The target is the
+    /// subject, the sending host and sequence number are the reply subject; a publication
+    /// also names its host, so the host does not take its own back.
+    pub(crate) fn headers(&self, kind: Kind, sender: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::KIND, kind.as_str());
+        headers.insert(wire::SENDER, sender);
+        if kind == Kind::Publication {
+            headers.insert(wire::HOST, self.config.host.as_str());
+        }
+        headers
+    }
+
+    /// The refusal of a send to `target` before anything goes on the wire, if it must be
+    /// refused: this host is leaving, no host serves the target, or the payload is too
+    /// large for the wire.
+    pub(crate) fn refuse_early(&self, target: &str, len: usize) -> Option<MessagingError> {
+        if self.leaving.load(Ordering::Acquire) {
+            return Some(MessagingError::ShuttingDown);
+        }
+        if !self.directory.serves(target) {
+            return Some(MessagingError::TargetNotFound(target.to_string()));
+        }
+        let limit = self.max_payload();
+        if len > limit {
+            return Some(MessagingError::PayloadTooLarge(limit as u64));
+        }
+        None
+    }
+
+    /// Count `len` payload bytes into the outbound window, unless that would pass its
+    /// bound. A message's bytes stay counted until it ends (acknowledged, refused, or
+    /// dead-lettered), a request's and a publication's until they are on the wire: the
+    /// window is everything this host holds for other hosts.
+    pub(crate) fn reserve(&self, len: u64, target: &str) -> Result<(), MessagingError> {
+        let queued = self.outbound_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.config.outbound_bytes {
+            self.release(len);
+            return Err(MessagingError::MailboxFull(target.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Take `len` bytes out of the outbound window.
+    pub(crate) fn release(&self, len: u64) {
+        self.outbound_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Put `item`, whose bytes are reserved, on the outbound queue.
+    fn push(&self, item: Outbound, target: &str) -> Result<(), MessagingError> {
+        self.outbound.try_send(item).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => MessagingError::MailboxFull(target.to_string()),
+            mpsc::error::TrySendError::Closed(_) => MessagingError::ShuttingDown,
+        })
+    }
+
+    /// How close to its deadline a message is no longer put on the wire: the expiry may
+    /// take it from then on, and a message must not be both on the wire and given up on.
+    fn margin(&self) -> Duration {
+        (self.config.ack_timeout / 10).min(Duration::from_millis(100))
+    }
+
+    /// Put what is queued on the wire, in order. A message is published with a reply
+    /// subject of its own sequence number, where its acknowledgement comes back. Only what
+    /// is still owed goes out: a message whose acknowledgement would come too late, or a
+    /// request whose requester stopped waiting, ends here instead; a request carries the
+    /// time its requester has left. While no server can be reached, what is queued waits
+    /// here, where it can still be given up on, not in the client's buffer.
+    pub(crate) async fn send_queued(self: Arc<Self>, mut queue: mpsc::Receiver<Outbound>) {
+        let replies = self.subjects.replies();
+        let mut batch = Vec::with_capacity(256);
+        while queue.recv_many(&mut batch, 256).await > 0 {
+            for item in batch.drain(..) {
+                match item {
+                    Outbound::Addressed {
+                        seq,
+                        request,
+                        subject,
+                        mut headers,
+                        payload,
+                        expires,
+                    } => {
+                        let due = if request {
+                            self.release(payload.len() as u64);
+                            expires
+                        } else {
+                            expires.checked_sub(self.margin()).unwrap_or(expires)
+                        };
+                        let connected = self.wait_connected(due).await;
+                        if request && !self.waiting_for(seq) {
+                            // The requester stopped waiting: nobody would take the reply.
+                            continue;
+                        }
+                        let left = due.saturating_duration_since(Instant::now());
+                        if !connected || left.is_zero() {
+                            self.not_sent(seq, request, "no NATS server could be reached before it was due");
+                            continue;
+                        }
+                        if request {
+                            let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+                            headers.insert(wire::TIMEOUT_MS, ms.to_string());
+                        }
+                        let reply = format!("{replies}.{seq}");
+                        let published = bounded(
+                            left,
+                            self.client
+                                .publish_with_reply_and_headers(subject, reply, headers, payload),
+                        )
+                        .await;
+                        match published {
+                            Some(Ok(())) => {}
+                            Some(Err(err)) => self.not_sent(
+                                seq,
+                                request,
+                                &format!("the NATS client did not take it: {err}"),
+                            ),
+                            None => self.not_sent(
+                                seq,
+                                request,
+                                "the NATS client did not take it before it was due",
+                            ),
+                        }
+                    }
+                    Outbound::Publication {
+                        subject,
+                        headers,
+                        payload,
+                    } => {
+                        self.release(payload.len() as u64);
+                        let published = bounded(
+                            NATS_WAIT,
+                            self.client.publish_with_headers(subject, headers, payload),
+                        )
+                        .await;
+                        if !matches!(published, Some(Ok(()))) {
+                            self.counters
+                                .publications_dropped
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("publication not sent to other hosts: the NATS client did not take it");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait until the client is connected, at most until `until`; whether it is.
+    async fn wait_connected(&self, until: Instant) -> bool {
+        loop {
+            if self.client.connection_state() == async_nats::connection::State::Connected {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether a requester still waits for the answer to request `seq`.
+    fn waiting_for(&self, seq: u64) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&seq)
+    }
+
+    /// End `seq`, which never went on the wire: a request's requester hears `timeout`, a
+    /// message is dead-lettered as not sent.
+    fn not_sent(&self, seq: u64, request: bool, why: &str) {
+        if request {
+            self.answer(seq, Err(MessagingError::Timeout));
+        } else if let Some(unacked) = self.take_unacked(seq, &self.counters.unsent) {
+            unacked
+                .message
+                .dead_letter(&format!("not sent: {why}; it did not reach another host"));
+        }
+    }
+}
+
+impl Remote for Gateway {
+    fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal> {
+        let inner = &self.0;
+        if let Some(error) = inner.refuse_early(message.target(), message.payload().len()) {
+            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+            return Err(RemoteRefusal { error, message });
+        }
+        let seq = inner.next_seq();
+        let target = message.target().clone();
+        let len = message.payload().len() as u64;
+        if let Err(error) = inner.reserve(len, &target) {
+            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+            return Err(RemoteRefusal { error, message });
+        }
+        let headers = inner.headers(Kind::Message, message.sender());
+        let queued = Instant::now();
+        let item = Outbound::Addressed {
+            seq,
+            request: false,
+            subject: inner.subjects.actor(message.target()),
+            headers,
+            payload: message.payload().clone(),
+            expires: queued + inner.config.ack_timeout,
+        };
+        // On record, and counted sent, before it can be acknowledged.
+        {
+            let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+            unacked.insert(
+                seq,
+                Unacked {
+                    queued,
+                    len,
+                    message,
+                },
+            );
+            inner.counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(error) = inner.push(item, &target) {
+            // Never queued, so never acknowledged: it comes back as it went in, unless the
+            // lattice ended it meanwhile (dropped), which accounted for it.
+            let taken = {
+                let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+                let taken = unacked.remove(&seq);
+                if taken.is_some() {
+                    inner.counters.sent.fetch_sub(1, Ordering::Relaxed);
+                    inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+                }
+                taken
+            };
+            if let Some(unacked) = taken {
+                inner.release(len);
+                return Err(RemoteRefusal {
+                    error,
+                    message: unacked.message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn request(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
+        let inner = self.0.clone();
+        if let Some(error) = inner.refuse_early(target, payload.len()) {
+            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(async move { Err(error) });
+        }
+        if let Err(error) = inner.reserve(payload.len() as u64, target) {
+            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(async move { Err(error) });
+        }
+        let seq = inner.next_seq();
+        // The time left goes into the headers as the request goes on the wire.
+        let headers = inner.headers(Kind::Request, sender);
+        let (answer, answered) = oneshot::channel();
+        inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, answer);
+        let len = payload.len() as u64;
+        let item = Outbound::Addressed {
+            seq,
+            request: true,
+            subject: inner.subjects.actor(target),
+            headers,
+            payload,
+            expires: Instant::now() + timeout,
+        };
+        if let Err(error) = inner.push(item, target) {
+            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+            inner.release(len);
+            inner
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&seq);
+            return Box::pin(async move { Err(error) });
+        }
+        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            // Whatever ends the wait (an answer, the caller's timeout, the caller giving
+            // up), the entry goes.
+            let forget = Forget { inner: &inner, seq };
+            let answer = match tokio::time::timeout(timeout, answered).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(MessagingError::ShuttingDown),
+                Err(_) => Err(MessagingError::Timeout),
+            };
+            drop(forget);
+            answer
+        })
+    }
+
+    fn publish(&self, sender: &ComponentId, topic: &str, payload: Bytes) {
+        let inner = &self.0;
+        if inner.leaving.load(Ordering::Acquire) {
+            return;
+        }
+        if payload.len() > inner.max_payload() {
+            inner
+                .counters
+                .publications_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                %sender,
+                topic = %wire::header_text(topic),
+                len = payload.len(),
+                limit = inner.max_payload(),
+                "publication too large for other hosts; delivered on this host only"
+            );
+            return;
+        }
+        let headers = inner.headers(Kind::Publication, sender);
+        let len = payload.len() as u64;
+        let item = Outbound::Publication {
+            subject: inner.subjects.topic(topic),
+            headers,
+            payload,
+        };
+        let queued = inner
+            .reserve(len, topic)
+            .and_then(|()| inner.push(item, topic).inspect_err(|_| inner.release(len)));
+        match queued {
+            Ok(()) => {
+                inner.counters.publications.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                inner
+                    .counters
+                    .publications_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%sender, "publication not sent to other hosts: outbound queue full");
+            }
+        }
+    }
+
+    fn serve(&self, served: Served) -> BoxFuture<'static, Result<(), String>> {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.serve(served).await })
+    }
+
+    fn withdraw(&self, id: &ComponentId) {
+        self.0.withdraw(id);
+    }
+}
+
+/// Removes a request's entry from the waiting list when its wait ends.
+struct Forget<'a> {
+    inner: &'a Inner,
+    seq: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.seq);
+    }
+}

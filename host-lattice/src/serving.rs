@@ -1,0 +1,392 @@
+//! Serving this host's exposed components to the others: claiming an id, reading its
+//! subject, queueing what arrives and acknowledging it in batches, answering requests.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, Subscriber};
+use bytes::Bytes;
+use courier_host_broker::{ComponentId, Exposure, MessagingError, Served};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::lattice::{
+    CONFIRM_TIMEOUT, Inner, NATS_WAIT, PROBE_TIMEOUT, Serving, bounded, stopped, valid_sender,
+};
+use crate::wire::{self, Kind};
+
+impl Inner {
+    /// Serve `served` to the other hosts: subscribe to its subject if it is exposed (once
+    /// sure no other host serves it, unless it is replicated), and to its topics. An id
+    /// already served or being claimed here is served once: a spawn can race the join
+    /// that lists what already runs.
+    pub(crate) async fn serve(self: &Arc<Self>, served: Served) -> Result<(), String> {
+        let Served {
+            id,
+            exposure,
+            subscriptions,
+        } = served;
+        {
+            let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+            let mut claiming = self.claiming.lock().unwrap_or_else(|e| e.into_inner());
+            if serving.contains_key(&id) || !claiming.insert(id.clone()) {
+                return Ok(());
+            }
+        }
+        let claimed = self.subscribe_actor(&id, exposure).await;
+        {
+            let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+            self.claiming
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let (task, stop) = claimed?.unzip();
+            serving.insert(
+                id,
+                Serving {
+                    exposure,
+                    task,
+                    stop,
+                    subscriptions,
+                },
+            );
+        }
+        self.resubscribe_topics().await;
+        self.publish_heartbeat(false).await;
+        Ok(())
+    }
+
+    /// Subscribe to the subject of `id` if `exposure` says other hosts reach it, and start
+    /// the task that reads it. Every id is a queue group, so even two hosts that both
+    /// believe they serve an exclusive id (each started it at the same moment) never both
+    /// get a message: each goes to one of them. Such a pair is refused here when its
+    /// probes see each other, and reported by the directory when they do not.
+    async fn subscribe_actor(
+        self: &Arc<Self>,
+        id: &ComponentId,
+        exposure: Exposure,
+    ) -> Result<Option<(JoinHandle<()>, watch::Sender<bool>)>, String> {
+        if exposure == Exposure::Local {
+            return Ok(None);
+        }
+        let subject = self.subjects.actor(id);
+        let taken = |host: &str| {
+            format!(
+                "host `{}` already serves `{id}` in the lattice `{}`",
+                wire::header_text(host),
+                self.config.name
+            )
+        };
+        if exposure == Exposure::Lattice
+            && let Some(host) = self.probe(&subject, PROBE_TIMEOUT).await
+            && host != self.config.host
+        {
+            return Err(taken(&host));
+        }
+        let subscriber = bounded(
+            CONFIRM_TIMEOUT,
+            self.client
+                .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string()),
+        )
+        .await
+        .ok_or_else(|| format!("cannot subscribe to `{subject}`: the NATS client did not take it"))?
+        .map_err(|err| format!("cannot subscribe to `{subject}`: {err}"))?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(self.clone().serve_actor(id.clone(), subscriber, stopped));
+        // A flush does not prove the server has the subscription; an answer to a probe on
+        // the subject from this host does. Another host's answer to an exclusive id means
+        // both subscribed at once: this one steps back.
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        loop {
+            match self.probe(&subject, PROBE_TIMEOUT).await {
+                Some(host) if host == self.config.host => return Ok(Some((task, stop))),
+                Some(host) if exposure == Exposure::Lattice => {
+                    let _ = stop.send(true);
+                    return Err(taken(&host));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                let _ = stop.send(true);
+                return Err(format!(
+                    "the subscription to `{subject}` was not confirmed within {}",
+                    courier_host_core::units::format_duration(CONFIRM_TIMEOUT)
+                ));
+            }
+        }
+    }
+
+    /// Stop serving `id`: its task unsubscribes, answers what it already took, and sends
+    /// the acknowledgements it gathered.
+    pub(crate) fn withdraw(self: &Arc<Self>, id: &ComponentId) {
+        let removed = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(Serving {
+            stop: Some(stop), ..
+        }) = removed
+        {
+            let _ = stop.send(true);
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            inner.resubscribe_topics().await;
+            inner.publish_heartbeat(false).await;
+        });
+    }
+
+    /// Which host answers a probe on `subject`, if any does within `timeout`.
+    pub(crate) async fn probe(&self, subject: &str, timeout: Duration) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::KIND, Kind::Probe.as_str());
+        headers.insert(wire::HOST, self.config.host.as_str());
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .timeout(Some(timeout));
+        let asked = self.client.send_request(subject.to_string(), request);
+        match bounded(timeout + NATS_WAIT, asked).await.and_then(Result::ok) {
+            Some(answer) => Some(
+                wire::get(answer.headers.as_ref(), wire::HOST)
+                    .unwrap_or("?")
+                    .to_string(),
+            ),
+            None => None,
+        }
+    }
+
+
+    /// Read `id`'s subject until told to stop (this component's stop, or the whole
+    /// host's); then unsubscribe and handle what had already come, so nothing this host
+    /// took from the server is left unanswered.
+    pub(crate) async fn serve_actor(
+        self: Arc<Self>,
+        id: ComponentId,
+        mut subscriber: Subscriber,
+        mut own_stop: watch::Receiver<bool>,
+    ) {
+        let mut stop = self.stop.subscribe();
+        let mut acks = Acks::default();
+        loop {
+            // Acknowledgements wait while more messages are ready, and go out together,
+            // one NATS message for a batch, when none is, when the batch is full, or when
+            // the oldest has waited `ACK_DELAY`: a steady stream of requests, which are
+            // answered one by one, must not hold the messages' acknowledgements back.
+            let next = match subscriber.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.send_acks(&mut acks).await;
+                    tokio::select! {
+                        biased;
+                        next = subscriber.next() => next,
+                        _ = stopped(&mut stop) => break,
+                        _ = stopped(&mut own_stop) => break,
+                    }
+                }
+            };
+            let Some(message) = next else {
+                self.send_acks(&mut acks).await;
+                return;
+            };
+            if let Some(reply) = self.arrival(&id, message).await {
+                acks.add(reply);
+            }
+            if acks.due() {
+                self.send_acks(&mut acks).await;
+            }
+        }
+        let _ = bounded(NATS_WAIT, subscriber.unsubscribe()).await;
+        // What the server delivered before it took the unsubscription; bounded, since
+        // with no server to take it the stream would not end.
+        let rest = async {
+            while let Some(message) = subscriber.next().await {
+                if let Some(reply) = self.arrival(&id, message).await {
+                    acks.add(reply);
+                }
+                if acks.due() {
+                    self.send_acks(&mut acks).await;
+                }
+            }
+        };
+        let _ = bounded(NATS_WAIT, rest).await;
+        self.send_acks(&mut acks).await;
+    }
+
+    /// Send the acknowledgements gathered in `acks`: one message per host that sent.
+    pub(crate) async fn send_acks(&self, acks: &mut Acks) {
+        for (replies, seqs) in acks.take() {
+            let subject = format!("{replies}.{}", wire::ACKS);
+            let sent = bounded(
+                NATS_WAIT,
+                self.client.publish(subject, wire::encode_seqs(&seqs).into()),
+            )
+            .await;
+            if !matches!(sent, Some(Ok(()))) {
+                tracing::warn!("acknowledgements to another host not sent: the NATS client did not take them");
+            }
+        }
+    }
+
+    /// A message, request or probe for the local component `id`. Returns the reply
+    /// subject of a message queued here, whose acknowledgement the caller sends in a batch;
+    /// everything else is answered here.
+    pub(crate) async fn arrival(
+        self: &Arc<Self>,
+        id: &ComponentId,
+        message: async_nats::Message,
+    ) -> Option<async_nats::Subject> {
+        let headers = message.headers.as_ref();
+        let reply = message.reply.clone();
+        let kind = wire::get(headers, wire::KIND).and_then(Kind::parse);
+        if kind == Some(Kind::Probe) {
+            if let Some(reply) = reply {
+                let mut answer = HeaderMap::new();
+                answer.insert(wire::HOST, self.config.host.as_str());
+                let _ = bounded(
+                    NATS_WAIT,
+                    self.client.publish_with_headers(reply, answer, Bytes::new()),
+                )
+                .await;
+            }
+            return None;
+        }
+        let broker = self.broker.upgrade()?;
+        let sender = wire::get(headers, wire::SENDER).and_then(valid_sender);
+        let outcome = match (kind, sender) {
+            (Some(Kind::Message), Some(sender)) => {
+                self.counters
+                    .arrived_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                broker.accept_message(sender, id, message.payload)
+            }
+            (Some(Kind::Request), Some(sender)) => {
+                self.counters
+                    .arrived_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                let timeout = wire::get(headers, wire::TIMEOUT_MS)
+                    .and_then(|ms| ms.parse::<u32>().ok())
+                    .map(|ms| Duration::from_millis(ms.into()))
+                    .unwrap_or(Duration::ZERO);
+                match broker.accept_request(sender, id, message.payload, timeout) {
+                    Ok(answer) => {
+                        let inner = self.clone();
+                        tokio::spawn(async move {
+                            let answer = answer.await;
+                            if let Some(reply) = reply {
+                                inner.reply(reply, answer).await;
+                            }
+                        });
+                        return None;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            _ => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                Err(MessagingError::AccessDenied(
+                    "a message without a valid kind and sender".into(),
+                ))
+            }
+        };
+        match (outcome, reply) {
+            (Ok(()), Some(reply)) if Acks::batchable(&reply) => Some(reply),
+            (outcome, Some(reply)) => {
+                self.reply(reply, outcome.map(|()| Vec::new())).await;
+                None
+            }
+            (_, None) => None,
+        }
+    }
+
+    /// Answer on `reply`: the reply's bytes (empty for an acknowledgement) or the error.
+    pub(crate) async fn reply(&self, reply: async_nats::Subject, answer: Result<Vec<u8>, MessagingError>) {
+        let mut headers = HeaderMap::new();
+        let payload = match answer {
+            Ok(bytes) if bytes.len() > self.max_payload() => {
+                wire::put_error(
+                    &mut headers,
+                    &MessagingError::HandlerFailed(courier_host_broker::ComponentError::Internal(
+                        format!(
+                            "a reply of {} bytes is over the lattice's limit of {} bytes",
+                            bytes.len(),
+                            self.max_payload()
+                        ),
+                    )),
+                );
+                Bytes::new()
+            }
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) => {
+                wire::put_error(&mut headers, &error);
+                headers.insert(wire::HOST, self.config.host.as_str());
+                Bytes::new()
+            }
+        };
+        let sent = bounded(
+            NATS_WAIT,
+            self.client.publish_with_headers(reply, headers, payload),
+        )
+        .await;
+        if !matches!(sent, Some(Ok(()))) {
+            tracing::warn!("answer to another host not sent: the NATS client did not take it");
+        }
+    }
+}
+
+/// The queue group every served id is read in: replicas share it on purpose, and two
+/// hosts that both claimed an exclusive id by mistake share it too, so neither gets what
+/// the other got.
+const QUEUE_GROUP: &str = "courier";
+
+/// The longest an acknowledgement waits for others to go out with it.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Acknowledgements gathered for a batch: sequence numbers by the reply prefix of the host
+/// that sent them.
+#[derive(Default)]
+pub(crate) struct Acks {
+    pending: Vec<(String, Vec<u64>)>,
+    count: usize,
+    /// When the oldest acknowledgement in the batch was gathered.
+    since: Option<Instant>,
+}
+
+impl Acks {
+    /// Whether a message with this reply subject (`<prefix>.<seq>`, as hosts write it) can
+    /// be acknowledged in a batch.
+    pub(crate) fn batchable(reply: &str) -> bool {
+        reply
+            .rsplit_once('.')
+            .is_some_and(|(_, seq)| seq.parse::<u64>().is_ok())
+    }
+
+    /// Gather the acknowledgement for `reply`.
+    fn add(&mut self, reply: async_nats::Subject) {
+        let Some((prefix, seq)) = reply
+            .rsplit_once('.')
+            .and_then(|(prefix, seq)| Some((prefix, seq.parse::<u64>().ok()?)))
+        else {
+            return;
+        };
+        match self.pending.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, seqs)) => seqs.push(seq),
+            None => self.pending.push((prefix.to_string(), vec![seq])),
+        }
+        self.count += 1;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the batch must go now: it is full, or its oldest has waited long enough.
+    fn due(&self) -> bool {
+        self.count >= wire::MAX_ACKS || self.since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
+    }
+
+    fn take(&mut self) -> Vec<(String, Vec<u64>)> {
+        self.count = 0;
+        self.since = None;
+        std::mem::take(&mut self.pending)
+    }
+}
