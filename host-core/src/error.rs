@@ -250,7 +250,8 @@ impl std::fmt::Display for Error {
             ),
             ErrorKind::MissingExport { export } => write!(
                 f,
-                "component `{component}` lacks the export `{export}` that world courier:actor/actor requires"
+                "component `{component}` lacks the export `{export}` that world {} requires",
+                world_of(export)
             ),
             ErrorKind::ExportType {
                 export,
@@ -258,7 +259,8 @@ impl std::fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "component `{component}` exports `{export}` as `{found}`, but world courier:actor/actor requires `{expected}`"
+                "component `{component}` exports `{export}` as `{found}`, but world {} requires `{expected}`",
+                world_of(export)
             ),
             ErrorKind::UnknownImport { import } => write!(
                 f,
@@ -310,6 +312,16 @@ impl std::fmt::Display for Error {
             ),
             ErrorKind::Config { reason } => write!(f, "component `{component}`: {reason}"),
         }
+    }
+}
+
+/// The world that requires `export`: the `state` interface's functions are world
+/// `stateful-actor`'s, the handlers world `actor`'s.
+fn world_of(export: &str) -> &'static str {
+    if export.starts_with("courier:actor/state@") {
+        "courier:actor/stateful-actor"
+    } else {
+        "courier:actor/actor"
     }
 }
 
