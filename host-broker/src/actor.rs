@@ -506,6 +506,14 @@ impl Core {
                 self.checkpoint = Some((state, Instant::now()));
                 None
             }
+            // Refused by the host (a state over the limit): the instance is as it was, and
+            // the last checkpoint stays the one a restart starts from.
+            Some(Err(err)) if !instance.is_poisoned() => {
+                if let Some(suppressed) = self.shared.log_budget.admit() {
+                    tracing::warn!(component = %self.shared.id, error = %err, suppressed, "its state was not saved; a restart starts from the last one that was");
+                }
+                None
+            }
             Some(Err(err)) => Some(Aftermath::SaveFailed(err)),
             None => {
                 // Cut part-way through the call: the instance must not run again.

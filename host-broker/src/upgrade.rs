@@ -180,6 +180,12 @@ impl Core {
         };
         let state = match saved {
             Some(Ok(state)) => state,
+            // Refused by the host (a state over the limit): the instance is as it was.
+            Some(Err(err)) if !running.is_poisoned() => {
+                return Err(NotUpgraded::new(format!(
+                    "the running version's state cannot be moved: {err}"
+                )));
+            }
             // The running instance trapped and is poisoned; the state it held is gone with
             // it. Its new instance goes first, so the replacement has a slot.
             Some(Err(err)) => {

@@ -150,6 +150,16 @@ pub enum ErrorKind {
         cause: String,
     },
 
+    /// The guest's `save-state` returned more bytes than its instance may save
+    /// ([`InstanceOptions::max_state_bytes`](crate::InstanceOptions::max_state_bytes)).
+    /// The call itself ended well, so the instance is not poisoned; the bytes are not kept.
+    StateTooLarge {
+        /// The length of the state it returned.
+        len: usize,
+        /// The most it may save.
+        limit: usize,
+    },
+
     /// The instance was configured in a way the engine does not support.
     Config {
         /// What is wrong with the configuration.
@@ -309,6 +319,12 @@ impl std::fmt::Display for Error {
             ErrorKind::Poisoned { cause } => write!(
                 f,
                 "component `{component}` cannot be called: its instance was poisoned by an earlier failure ({cause}) and must be replaced"
+            ),
+            ErrorKind::StateTooLarge { len, limit } => write!(
+                f,
+                "component `{component}` saved a state of {}, over the limit of {}",
+                format_bytes(*len as u64),
+                format_bytes(*limit as u64)
             ),
             ErrorKind::Config { reason } => write!(f, "component `{component}`: {reason}"),
         }
