@@ -137,8 +137,10 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> SavedWithSerde
         let codec = courier_codec::Codec::Json;
         self.0.with(|cell| match &*cell.borrow() {
             None => Vec::new(),
-            // A state serde cannot write is a bug of the component's: the trap fails the
-            // upgrade and the running version stays.
+            // A state serde cannot write is a bug of the component's, and `save-state`
+            // (the published WIT) can only say so by trapping: the host then replaces the
+            // instance with a fresh one of the same version, holding the last state it
+            // saved, and fails the upgrade the save was for.
             Some(state) => courier_codec::encode(codec, state)
                 .unwrap_or_else(|err| panic!("the state cannot be saved: {err}")),
         })

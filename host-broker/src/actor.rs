@@ -93,6 +93,10 @@ impl End {
 pub(crate) enum Aftermath {
     /// The instance trapped: the supervision decides what follows.
     Trapped(courier_host_core::Error),
+    /// The instance trapped in `save-state`, after its message was handled: nothing was
+    /// lost but that instance, which a fresh one of the same version replaces, from the
+    /// last saved state, without a restart charged to the supervision.
+    SaveFailed(courier_host_core::Error),
     /// The actor ends.
     Ended(End),
 }
@@ -182,8 +186,13 @@ impl Actor {
                 Ok(None) => return End::Stopped("the broker was dropped".into()),
                 Err(end) => return end,
             };
-            if self.shared.upgrade_pending.load(Ordering::Acquire) {
-                self.core().take_upgrade().await;
+            if self.shared.upgrade_pending.load(Ordering::Acquire)
+                && let Some(aftermath) = self.core().take_upgrade().await
+                && let Some(end) = self.core().settle(aftermath).await
+            {
+                // Taken from the batch and not handled: dead-lettered on closing.
+                self.core().current = Some(envelope);
+                return end;
             }
             if matches!(envelope, Envelope::Wake) {
                 continue;
@@ -377,6 +386,7 @@ impl Core {
     async fn settle(&mut self, aftermath: Aftermath) -> Option<End> {
         match aftermath {
             Aftermath::Trapped(err) => self.recover(err).await,
+            Aftermath::SaveFailed(err) => self.replace_after_failed_save(err).await,
             Aftermath::Ended(end) => Some(end),
         }
     }
@@ -474,7 +484,9 @@ impl Core {
     }
 
     /// Save the instance's state for restarts, if the supervision asks for it and the last
-    /// save is old enough. A trap while saving is handled like any other.
+    /// save is old enough. A trap while saving leaves the last checkpoint as it was and the
+    /// instance to be replaced from it ([`Aftermath::SaveFailed`]); a save the drain
+    /// deadline cuts ends the actor.
     async fn save_checkpoint(&mut self) -> Option<Aftermath> {
         let every = self.supervision.checkpoint?;
         if self
@@ -485,12 +497,94 @@ impl Core {
             return None;
         }
         let instance = self.instance.as_mut().filter(|i| i.keeps_state())?;
-        match instance.save_state().await {
-            Ok(state) => {
+        let saved = {
+            let saving = std::pin::pin!(instance.save_state());
+            unless_drained(&self.shared, None, saving).await
+        };
+        match saved {
+            Some(Ok(state)) => {
                 self.checkpoint = Some((state, Instant::now()));
                 None
             }
-            Err(err) => Some(Aftermath::Trapped(err)),
+            // Refused by the host (a state over the limit): the instance is as it was, and
+            // the last checkpoint stays the one a restart starts from.
+            Some(Err(err)) if !instance.is_poisoned() => {
+                if let Some(suppressed) = self.shared.log_budget.admit() {
+                    tracing::warn!(component = %self.shared.id, error = %err, suppressed, "its state was not saved; a restart starts from the last one that was");
+                }
+                None
+            }
+            Some(Err(err)) => Some(Aftermath::SaveFailed(err)),
+            None => {
+                // Cut part-way through the call: the instance must not run again.
+                self.instance = None;
+                Some(Aftermath::Ended(End::Stopped(
+                    "the shutdown deadline passed while it saved its state".into(),
+                )))
+            }
+        }
+    }
+
+    /// After a `save-state` that trapped (a checkpoint's or an upgrade's): the message was
+    /// handled, so nothing is dead-lettered and no restart is charged; the poisoned instance
+    /// is replaced by a fresh one of the same version holding the last state saved, if
+    /// there is one. Only if no replacement can be made does the supervision take over, as
+    /// after any trap.
+    async fn replace_after_failed_save(&mut self, err: courier_host_core::Error) -> Option<End> {
+        // Its slot goes back to the pool before the replacement takes one.
+        self.instance = None;
+        if let Some(suppressed) = self.shared.log_budget.admit() {
+            let error = bounded_text(&err.to_string());
+            let error = escape(&error);
+            tracing::warn!(component = %self.shared.id, %error, saved = self.checkpoint.is_some(), suppressed, "save-state failed; the instance is replaced from its last saved state");
+        }
+        match self.restored().await {
+            Some(Ok(instance)) => {
+                self.instance = Some(instance);
+                None
+            }
+            Some(Err(failed)) => {
+                tracing::warn!(component = %self.shared.id, error = %failed, "no instance could replace one whose save-state failed");
+                self.recover(err).await
+            }
+            None => Some(End::Stopped(
+                "the shutdown deadline passed while its instance was replaced".into(),
+            )),
+        }
+    }
+
+    /// A fresh instance of the running version holding the last saved state, if there is
+    /// one; fresh, and the checkpoint forgotten, if loading it traps. Bounded by the drain
+    /// deadline: `None` if it passed.
+    async fn restored(&mut self) -> Option<courier_host_core::Result<Instance>> {
+        let made = {
+            let making = std::pin::pin!(self.component.instantiate(self.options.clone()));
+            unless_drained(&self.shared, None, making).await?
+        };
+        let mut instance = match made {
+            Ok(instance) => instance,
+            Err(err) => return Some(Err(err)),
+        };
+        let Some((state, _)) = &self.checkpoint else {
+            return Some(Ok(instance));
+        };
+        let loaded = {
+            let loading = std::pin::pin!(instance.load_state(state));
+            unless_drained(&self.shared, None, loading).await?
+        };
+        match loaded {
+            Ok(Ok(())) => Some(Ok(instance)),
+            Ok(Err(refusal)) => {
+                tracing::warn!(component = %self.shared.id, refusal = ?refusal, "its saved state was refused; it starts fresh");
+                Some(Ok(instance))
+            }
+            Err(err) => {
+                tracing::warn!(component = %self.shared.id, error = %err, "loading its saved state trapped; it starts fresh");
+                self.checkpoint = None;
+                drop(instance);
+                let making = std::pin::pin!(self.component.instantiate(self.options.clone()));
+                unless_drained(&self.shared, None, making).await
+            }
         }
     }
 
@@ -530,10 +624,30 @@ impl Core {
                             "the shutdown deadline passed while it was restarting".into(),
                         ));
                     }
-                    match self.component.instantiate(self.options.clone()).await {
+                    let made = {
+                        let making =
+                            std::pin::pin!(self.component.instantiate(self.options.clone()));
+                        unless_drained(&self.shared, None, making).await
+                    };
+                    let Some(made) = made else {
+                        return Some(End::Stopped(
+                            "the shutdown deadline passed while it was restarting".into(),
+                        ));
+                    };
+                    match made {
                         Ok(mut instance) => {
                             if let Some((state, _)) = &self.checkpoint {
-                                match instance.load_state(state).await {
+                                let loaded = {
+                                    let loading = std::pin::pin!(instance.load_state(state));
+                                    unless_drained(&self.shared, None, loading).await
+                                };
+                                let Some(loaded) = loaded else {
+                                    return Some(End::Stopped(
+                                        "the shutdown deadline passed while it was restarting"
+                                            .into(),
+                                    ));
+                                };
+                                match loaded {
                                     Ok(Ok(())) => {
                                         tracing::info!(component = %self.shared.id, bytes = state.len(), "restarted from its last saved state");
                                     }
@@ -612,7 +726,7 @@ enum Call {
 ///
 /// `work` is polled first on its own: a handler that returns without yielding, the common
 /// case, costs no timer and no registration with the shutdown signal.
-async fn unless_drained<F: Future>(
+pub(crate) async fn unless_drained<F: Future>(
     shared: &ActorShared,
     span: Option<&tracing::Span>,
     mut work: std::pin::Pin<&mut F>,

@@ -265,6 +265,7 @@ impl Broker {
             deadline,
             memory_limit,
             fuel,
+            max_state_bytes,
             supervision,
         } = spec;
         check_id(&id).map_err(|reason| BrokerError::InvalidId {
@@ -300,6 +301,7 @@ impl Broker {
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
         let mut options = InstanceOptions::new(id.clone())
             .deadline(deadline)
+            .max_state_bytes(max_state_bytes)
             .messaging(messaging);
         if let Some(bytes) = memory_limit {
             options = options.memory_limit(bytes);

@@ -39,6 +39,32 @@ pub(crate) async fn answer_by(
     }
 }
 
+/// A request to another host that is counted sent and not yet answered. Dropped while it
+/// waits (the requester's future was dropped: an HTTP client gone, an embedder's `select!`,
+/// a drain that cut the guest asking), it is dead-lettered, as a [`RemoteMessage`] dropped
+/// without an ending is, so the books still balance. Forgotten once the answer is in hand.
+///
+/// [`RemoteMessage`]: crate::RemoteMessage
+struct Unanswered<'a> {
+    router: &'a Router,
+    sender: &'a ComponentId,
+    target: &'a str,
+    payload: &'a Bytes,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        bump(&self.router.counters.dead_lettered);
+        self.router.dead_letters.record(
+            self.sender.clone(),
+            self.target.into(),
+            MessageKind::Request,
+            self.payload,
+            "the requester stopped waiting for another host's answer; it may have been handled",
+        );
+    }
+}
+
 impl Router {
     /// Send `payload` as a request from `sender` to `target` and wait at most `timeout` for
     /// the reply.
@@ -66,12 +92,21 @@ impl Router {
         let entry = match self.admit_counted(target, payload.len(), access, None)? {
             Target::Local(entry) => entry,
             Target::Remote(remote) => {
+                // Counted sent: if this future is dropped before the answer (its caller
+                // stopped waiting), the guard ends it in the books.
+                let unanswered = Unanswered {
+                    router: self,
+                    sender,
+                    target,
+                    payload: &payload,
+                };
                 // The remote is held to the timeout too: however it waits, the caller
                 // waits no longer than it asked.
                 let asked = remote.request(sender, target, payload.clone(), timeout);
                 let answer = tokio::time::timeout(timeout, asked)
                     .await
                     .unwrap_or(Err(MessagingError::Timeout));
+                std::mem::forget(unanswered);
                 let answer = self.remote_answer(sender, target, &payload, answer);
                 return self.held_to_limit(target, answer);
             }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_host_core::{Component, ComponentId, DEFAULT_DEADLINE};
+use courier_host_core::{Component, ComponentId, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES};
 
 use crate::capabilities::{Capabilities, Pattern};
 use crate::remote::Exposure;
@@ -49,6 +49,7 @@ pub struct ComponentSpec {
     pub(crate) deadline: Duration,
     pub(crate) memory_limit: Option<usize>,
     pub(crate) fuel: Option<u64>,
+    pub(crate) max_state_bytes: usize,
     pub(crate) supervision: Supervision,
 }
 
@@ -67,6 +68,7 @@ impl ComponentSpec {
             deadline: DEFAULT_DEADLINE,
             memory_limit: None,
             fuel: None,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             supervision: Supervision::default(),
         }
     }
@@ -144,6 +146,15 @@ impl ComponentSpec {
         self
     }
 
+    /// Refuse a state of more than `bytes` from its `save-state`
+    /// ([`DEFAULT_MAX_STATE_BYTES`] by default): an upgrade that would move a larger one
+    /// fails with the old version still serving, and a checkpoint that large is not kept
+    /// (the last one is).
+    pub fn max_state_bytes(mut self, bytes: usize) -> Self {
+        self.max_state_bytes = bytes;
+        self
+    }
+
     /// What happens when its instance traps.
     pub fn supervision(mut self, supervision: Supervision) -> Self {
         self.supervision = supervision;
@@ -199,6 +210,11 @@ impl ComponentSpec {
     /// Its per-call fuel budget, if one was set.
     pub fn get_fuel(&self) -> Option<u64> {
         self.fuel
+    }
+
+    /// The largest state its `save-state` may return.
+    pub fn get_max_state_bytes(&self) -> usize {
+        self.max_state_bytes
     }
 
     /// Its supervision.

@@ -10,14 +10,19 @@
 //! State moves when both versions export world `stateful-actor`'s `state` interface: the
 //! running instance's `save-state`, then the new one's `load-state`. If the new version
 //! cannot be instantiated, refuses the state or traps taking it, the old instance keeps
-//! serving and the caller hears why.
+//! serving and the caller hears why. If the running instance traps in `save-state`, it
+//! can never run again: a fresh instance of the same version takes its place, holding the
+//! last state saved for restarts if there is one ([`Supervision::checkpoint`]), with no
+//! restart charged and no message lost. A shutdown's drain deadline cuts every step.
+//!
+//! [`Supervision::checkpoint`]: crate::Supervision::checkpoint
 
 use std::time::{Duration, Instant};
 
 use courier_host_core::{Component, ComponentId};
 use tokio::sync::oneshot;
 
-use crate::actor::Core;
+use crate::actor::{Aftermath, Core, End, unless_drained};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::mailbox::Envelope;
@@ -56,6 +61,11 @@ impl Broker {
     /// The new instance is made while the old one still exists, so the engine's pool needs
     /// a free slot for it. If it cannot be made (no slot, its memory over the component's
     /// cap, a trap while it starts), the old version keeps serving and the error says why.
+    /// If the running instance traps in `save-state`, the old version keeps serving from a
+    /// fresh instance holding its last checkpoint ([`Supervision::checkpoint`]), or from a
+    /// fresh one with no state if none was saved, and the error says which.
+    ///
+    /// [`Supervision::checkpoint`]: crate::Supervision::checkpoint
     ///
     /// ```no_run
     /// # async fn run(broker: courier_host_broker::Broker) -> Result<(), Box<dyn std::error::Error>> {
@@ -114,83 +124,142 @@ impl Broker {
 impl Core {
     /// Take the upgrade ordered since the last message (the actor looks at
     /// `upgrade_pending` first, a load on the per-message path): make the new
-    /// version's instance, then swap it in. On failure the old instance stays.
-    pub(crate) async fn take_upgrade(&mut self) {
-        let Some(order) = self.shared.take_upgrade_order() else {
-            return;
-        };
+    /// version's instance, then swap it in. On failure the old version stays; what the
+    /// failure left for the actor (an instance whose `save-state` trapped, a call the drain
+    /// cut) comes back.
+    pub(crate) async fn take_upgrade(&mut self) -> Option<Aftermath> {
+        let order = self.shared.take_upgrade_order()?;
         let previous = self.component.version().to_string();
-        let answer = match self.next_version(&order.component).await {
+        let (answer, aftermath) = match self.next_version(&order.component).await {
             Ok((instance, state_bytes)) => {
                 let version = order.component.version().to_string();
                 self.shared.set_component(order.component.clone());
                 self.component = order.component;
                 // The old instance goes here, its slot back to the pool.
                 self.instance = Some(instance);
-                Ok(Upgraded {
+                let upgraded = Upgraded {
                     id: self.shared.id.clone(),
                     previous,
                     version,
                     state_bytes,
                     took: order.ordered.elapsed(),
-                })
+                };
+                (Ok(upgraded), None)
             }
-            Err(reason) => {
+            Err(NotUpgraded { reason, aftermath }) => {
                 tracing::warn!(component = %self.shared.id, %reason, "upgrade failed; the running version stays");
-                Err(reason)
+                (Err(reason), aftermath)
             }
         };
         let _ = order.reply.send(answer);
+        aftermath
     }
 
     /// An instance of `next` holding the running instance's state, when both versions keep
-    /// state, and how many bytes of it moved.
+    /// state, and how many bytes of it moved. Every call that runs guest code here is
+    /// bounded by the drain deadline as well as by its own.
     async fn next_version(
         &mut self,
         next: &Component,
-    ) -> Result<(courier_host_core::Instance, Option<usize>), String> {
-        let mut instance = next
-            .instantiate(self.options.clone())
-            .await
-            .map_err(|err| format!("the new version cannot be instantiated: {err}"))?;
+    ) -> Result<(courier_host_core::Instance, Option<usize>), NotUpgraded> {
+        let drained = || NotUpgraded::new("the shutdown deadline passed during the upgrade");
+        let made = {
+            let making = std::pin::pin!(next.instantiate(self.options.clone()));
+            unless_drained(&self.shared, None, making).await
+        };
+        let mut instance = made.ok_or_else(drained)?.map_err(|err| {
+            NotUpgraded::new(format!("the new version cannot be instantiated: {err}"))
+        })?;
         let running = match self.instance.as_mut() {
             Some(running) if running.keeps_state() => running,
             _ => return Ok((instance, None)),
         };
-        // If this traps, the running instance is poisoned: its supervision replaces it at
-        // its next message, as after any trap.
-        let state = running
-            .save_state()
-            .await
-            .map_err(|err| format!("the running version could not save its state: {err}"))?;
+        let saved = {
+            let saving = std::pin::pin!(running.save_state());
+            unless_drained(&self.shared, None, saving).await
+        };
+        let state = match saved {
+            Some(Ok(state)) => state,
+            // Refused by the host (a state over the limit): the instance is as it was.
+            Some(Err(err)) if !running.is_poisoned() => {
+                return Err(NotUpgraded::new(format!(
+                    "the running version's state cannot be moved: {err}"
+                )));
+            }
+            // The running instance trapped and is poisoned; the state it held is gone with
+            // it. Its new instance goes first, so the replacement has a slot.
+            Some(Err(err)) => {
+                drop(instance);
+                let last = match &self.checkpoint {
+                    Some((state, _)) => format!(
+                        "it runs on from its last saved state ({} bytes)",
+                        state.len()
+                    ),
+                    None => "it runs on from a fresh instance: no state of it was saved".into(),
+                };
+                return Err(NotUpgraded {
+                    reason: format!("the running version could not save its state: {err}; {last}"),
+                    aftermath: Some(Aftermath::SaveFailed(err)),
+                });
+            }
+            None => {
+                // Cut part-way through the call: the instance must not run again.
+                self.instance = None;
+                let reason = "the shutdown deadline passed during the upgrade";
+                return Err(NotUpgraded {
+                    reason: reason.into(),
+                    aftermath: Some(Aftermath::Ended(End::Stopped(reason.into()))),
+                });
+            }
+        };
         if !instance.keeps_state() {
             // A state is never dropped silently: only an empty one may be left behind.
             return if state.is_empty() {
                 Ok((instance, None))
             } else {
-                Err(format!(
+                Err(NotUpgraded::new(format!(
                     "the new version keeps no state (it does not export `state`) and the running one has {} bytes of it",
                     state.len()
-                ))
+                )))
             };
         }
-        match instance.load_state(&state).await {
+        let loaded = {
+            let loading = std::pin::pin!(instance.load_state(&state));
+            unless_drained(&self.shared, None, loading).await
+        };
+        match loaded.ok_or_else(drained)? {
             Ok(Ok(())) => Ok((instance, Some(state.len()))),
             // The SDK's answer of a version that keeps no state: unsupported, no text.
             Ok(Err(courier_host_core::ComponentError::Unsupported(text))) if text.is_empty() => {
-                Err(format!(
+                Err(NotUpgraded::new(format!(
                     "the new version keeps no state across upgrades and the running one has {} bytes of it",
                     state.len()
-                ))
+                )))
             }
-            Ok(Err(refusal)) => Err(format!(
+            Ok(Err(refusal)) => Err(NotUpgraded::new(format!(
                 "the new version refused the state ({} bytes): {refusal:?}",
                 state.len()
-            )),
-            Err(err) => Err(format!(
+            ))),
+            Err(err) => Err(NotUpgraded::new(format!(
                 "the new version failed taking the state ({} bytes): {err}",
                 state.len()
-            )),
+            ))),
+        }
+    }
+}
+
+/// Why an upgrade was not made, and what it left for the actor, if anything.
+struct NotUpgraded {
+    reason: String,
+    aftermath: Option<Aftermath>,
+}
+
+impl NotUpgraded {
+    /// A refusal that leaves the running instance as it was.
+    fn new(reason: impl Into<String>) -> NotUpgraded {
+        NotUpgraded {
+            reason: reason.into(),
+            aftermath: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use courier_host_broker::{
     Broker, BrokerConfig, BrokerError, ComponentSpec, MAX_MAILBOX_CAPACITY, MessagingError,
+    Supervision,
 };
 
 use crate::common::{SECOND, Setup, engine, load};
@@ -272,5 +273,51 @@ async fn denied_sends_and_failing_handlers_are_logged_at_a_bounded_rate() {
     assert!(
         (burst..=most).contains(&refusals),
         "{refusals} handler refusals logged, at most {most}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_over_the_limit_is_not_kept_and_the_running_version_stays() {
+    let setup = Setup::new();
+    setup
+        .spawn(
+            setup
+                .spec("keeper", "keeper")
+                .max_state_bytes(1 << 20)
+                .supervision(Supervision::default().checkpoint(Duration::ZERO)),
+        )
+        .await;
+    setup.broker.send("keeper", "kept").unwrap();
+    // Answered; then each save-state returns 2 MB instead of its four bytes.
+    let reply = setup
+        .broker
+        .request("keeper", b"save:huge:2000000".to_vec(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(reply, 4u64.to_le_bytes());
+    let refused = setup
+        .broker
+        .upgrade("keeper", load(&setup.engine, "keeper"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("bytes, over the limit of 1 MiB"),
+        "{refused}"
+    );
+    // The same instance serves on, with its state and none of the 2 MB.
+    setup.broker.send("keeper", "!").unwrap();
+    let reply = setup
+        .broker
+        .request("keeper", Vec::new(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(reply, 5u64.to_le_bytes());
+    let metrics = setup.broker.metrics("keeper").unwrap();
+    assert_eq!(
+        (metrics.restarts, metrics.dead_lettered),
+        (0, 0),
+        "{metrics:?}"
     );
 }

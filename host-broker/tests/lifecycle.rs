@@ -156,6 +156,66 @@ async fn shutdown_ends_in_time_with_a_guest_stuck_in_a_host_call_and_one_in_rest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_in_time_with_a_save_state_that_sleeps_in_a_checkpoint_or_an_upgrade() {
+    let setup = Setup::new();
+    // Under deadlines that would let them sleep: only the drain can cut them short.
+    let always = Supervision::default().checkpoint(Duration::ZERO);
+    setup
+        .spawn(
+            setup
+                .spec("saver", "keeper")
+                .deadline(60 * SECOND)
+                .supervision(always),
+        )
+        .await;
+    setup
+        .spawn(setup.spec("upgrading", "keeper").deadline(60 * SECOND))
+        .await;
+
+    // saver answers, then sleeps in the checkpoint's save-state (on the actor's task once
+    // this request stops waiting for it).
+    let answer = setup
+        .broker
+        .request("saver", b"save:sleep:30000".to_vec(), 200 * MS)
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    // upgrading sleeps in save-state when its upgrade asks for its state.
+    let answer = setup
+        .broker
+        .request("upgrading", b"save:sleep:30000".to_vec(), SECOND)
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    let broker = setup.broker.clone();
+    let next = load(&setup.engine, "keeper");
+    let upgrade = tokio::spawn(async move { broker.upgrade("upgrading", next).await });
+    tokio::time::sleep(100 * MS).await;
+    for _ in 0..3 {
+        setup.broker.send("saver", "kept").unwrap();
+        setup.broker.send("upgrading", "kept").unwrap();
+    }
+
+    let drain = 200 * MS;
+    let started = Instant::now();
+    let report = setup.broker.shutdown(drain).await;
+    let took = started.elapsed();
+    assert!(
+        took < drain + 2 * SECOND,
+        "shutdown took {took:?} with a drain of {drain:?}"
+    );
+    let upgraded = upgrade.await.unwrap();
+    assert!(
+        upgraded
+            .as_ref()
+            .is_err_and(|err| err.to_string().contains("shutdown deadline")),
+        "{upgraded:?}"
+    );
+    // What was queued behind both.
+    assert_eq!(report.undelivered.len(), 6, "{:#?}", report.undelivered);
+    let books = setup.broker.accounting();
+    assert_eq!(books.in_flight(), 0, "{books:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawn_that_races_a_shutdown_never_leaves_a_running_component() {
     let engine = crate::common::engine();
     let echo = load(&engine, "echo");

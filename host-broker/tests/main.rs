@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod messaging;
 mod properties;
+mod remote;
 mod soak;
 mod supervision;
 mod upgrade;

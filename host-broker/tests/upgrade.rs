@@ -193,3 +193,96 @@ async fn a_restart_after_a_trap_starts_from_the_last_saved_state_when_the_spec_a
         assert_eq!(count(reply), expected, "{id}");
     }
 }
+
+/// How many bytes `keeper` says it keeps, after a request carrying `command` (empty: just
+/// the length).
+async fn kept(setup: &Setup, id: &str, command: &str) -> u64 {
+    let reply = setup
+        .broker
+        .request(id, command.as_bytes().to_vec(), 10 * SECOND)
+        .await
+        .unwrap_or_else(|err| panic!("{id} `{command}`: {err:?}"));
+    u64::from_le_bytes(reply.try_into().unwrap())
+}
+
+/// Nothing dead-lettered, no restart charged, the books balanced.
+async fn assert_nothing_lost(setup: &Setup, id: &str) {
+    setup.assert_accounted().await;
+    let metrics = setup.broker.metrics(id).unwrap();
+    assert_eq!(
+        (metrics.restarts, metrics.dead_lettered, metrics.failed),
+        (0, 0, 0),
+        "{metrics:?}"
+    );
+    assert!(
+        setup.broker.dead_letters().is_empty(),
+        "{:#?}",
+        setup.broker.dead_letters()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_whose_save_state_traps_leaves_the_last_saved_state_serving() {
+    use std::time::Duration;
+
+    use courier_host_broker::Supervision;
+
+    let setup = Setup::new();
+    // Saves once, after its first message, and not again for an hour.
+    let hourly = Supervision::default().checkpoint(Duration::from_secs(3600));
+    setup
+        .spawn(setup.spec("keeper", "keeper").supervision(hourly))
+        .await;
+    setup.broker.send("keeper", "a").unwrap();
+    setup.broker.send("keeper", "b").unwrap();
+    assert_eq!(kept(&setup, "keeper", "save:fail").await, 2);
+
+    let refused = setup
+        .broker
+        .upgrade("keeper", load(&setup.engine, "keeper"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BrokerError::Upgrade { reason, .. }
+            if reason.contains("could not save its state") && reason.contains("last saved state (")),
+        "{refused}"
+    );
+    // No message meets the instance that trapped: the next one reaches a fresh instance
+    // holding what was saved ("a"), and "b", never saved, is what the trap lost.
+    setup.broker.send("keeper", "c").unwrap();
+    assert_eq!(kept(&setup, "keeper", "").await, 2, "\"ac\"");
+    assert_nothing_lost(&setup, "keeper").await;
+
+    // The replacement saves well: the next upgrade moves its state.
+    let upgraded = setup
+        .broker
+        .upgrade("keeper", load(&setup.engine, "keeper"))
+        .await
+        .unwrap();
+    assert!(upgraded.state_bytes.is_some(), "{upgraded:?}");
+    assert_eq!(kept(&setup, "keeper", "").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_whose_save_state_traps_costs_no_restart_and_keeps_the_last_saved_state() {
+    use std::time::Duration;
+
+    use courier_host_broker::Supervision;
+
+    let setup = Setup::new();
+    // Saves after every message and request.
+    let always = Supervision::default().checkpoint(Duration::ZERO);
+    setup
+        .spawn(setup.spec("keeper", "keeper").supervision(always))
+        .await;
+    setup.broker.send("keeper", "ab").unwrap();
+    // Answered, then its save traps: the state saved after "ab" is the last one.
+    assert_eq!(kept(&setup, "keeper", "save:fail").await, 2);
+    setup.broker.send("keeper", "c").unwrap();
+    assert_eq!(kept(&setup, "keeper", "").await, 3, "\"abc\"");
+    assert_nothing_lost(&setup, "keeper").await;
+    assert_eq!(
+        setup.broker.state("keeper"),
+        Some(courier_host_broker::ComponentState::Running)
+    );
+}

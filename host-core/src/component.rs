@@ -45,6 +45,23 @@ const REQUIRED_EXPORTS: [RequiredExport; 2] = [
     },
 ];
 
+/// The `state` interface's functions, as world `stateful-actor` declares them; checked
+/// only in a component that exports the interface.
+const STATE_EXPORTS: [RequiredExport; 2] = [
+    RequiredExport {
+        name: "courier:actor/state@0.1.0#save-state",
+        params: &[],
+        result: "list<u8>",
+        signature: "func() -> list<u8>",
+    },
+    RequiredExport {
+        name: "courier:actor/state@0.1.0#load-state",
+        params: &["list<u8>"],
+        result: "result<_, component-error>",
+        signature: "func(state: list<u8>) -> result<_, component-error>",
+    },
+];
+
 /// A compiled component, checked against the world and linked once, ready to instantiate.
 ///
 /// Cloning is cheap. Linking is done here, at load time (`InstancePre`), so that spawning an
@@ -187,7 +204,8 @@ fn version_of(bytes: &[u8]) -> String {
     format!("{digest:016x}")
 }
 
-/// Checks that the component exports both handlers with the world's signatures.
+/// Checks that the component exports both handlers with the world's signatures, and, if it
+/// exports `state`, both of its functions with theirs.
 fn check_exports(
     name: &str,
     engine: &wasmtime::Engine,
@@ -196,30 +214,54 @@ fn check_exports(
     let ty = component.component_type();
 
     for required in &REQUIRED_EXPORTS {
-        let Some((_, item)) = ty
-            .exports(engine)
-            .find(|(export, _)| *export == required.name)
-        else {
-            let export = required.name;
-            return Err(Error::new(name, ErrorKind::MissingExport { export }));
+        let item = ty.get_export(engine, required.name).map(|export| export.ty);
+        check_export(name, required, item)?;
+    }
+    // A component that exports `state` is called through it on upgrades and restarts: its
+    // functions are checked here, where the error can name them, not at their first call.
+    let Some(state) = ty.get_export(engine, STATE_INTERFACE) else {
+        return Ok(());
+    };
+    let ComponentItem::ComponentInstance(interface) = &state.ty else {
+        let kind = ErrorKind::ExportType {
+            export: STATE_INTERFACE,
+            expected: "an instance of interface `state`".into(),
+            found: describe_item(&state.ty).into(),
         };
-        let mismatch = |found: String| {
-            let kind = ErrorKind::ExportType {
-                export: required.name,
-                expected: required.signature.to_string(),
-                found,
-            };
-            Error::new(name, kind)
+        return Err(Error::new(name, kind));
+    };
+    for required in &STATE_EXPORTS {
+        let (_, function) = required.name.split_once('#').unwrap_or_default();
+        let item = interface
+            .get_export(engine, function)
+            .map(|export| export.ty);
+        check_export(name, required, item)?;
+    }
+    Ok(())
+}
+
+/// Checks that `item`, the export `required` names, is there and has its signature.
+fn check_export(name: &str, required: &RequiredExport, item: Option<ComponentItem>) -> Result<()> {
+    let Some(item) = item else {
+        let export = required.name;
+        return Err(Error::new(name, ErrorKind::MissingExport { export }));
+    };
+    let mismatch = |found: String| {
+        let kind = ErrorKind::ExportType {
+            export: required.name,
+            expected: required.signature.to_string(),
+            found,
         };
-        let ComponentItem::ComponentFunc(func) = item.ty else {
-            return Err(mismatch(describe_item(&item.ty).to_string()));
-        };
-        let params: Vec<String> = func.params().map(|(_, ty)| describe(&ty)).collect();
-        let results: Vec<String> = func.results().map(|ty| describe(&ty)).collect();
-        let expected_result = required.result.replace("component-error", COMPONENT_ERROR);
-        if params != required.params || results != [expected_result] {
-            return Err(mismatch(describe_func(&func)));
-        }
+        Error::new(name, kind)
+    };
+    let ComponentItem::ComponentFunc(func) = item else {
+        return Err(mismatch(describe_item(&item).to_string()));
+    };
+    let params: Vec<String> = func.params().map(|(_, ty)| describe(&ty)).collect();
+    let results: Vec<String> = func.results().map(|ty| describe(&ty)).collect();
+    let expected_result = required.result.replace("component-error", COMPONENT_ERROR);
+    if params != required.params || results != [expected_result] {
+        return Err(mismatch(describe_func(&func)));
     }
     Ok(())
 }

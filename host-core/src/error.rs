@@ -150,6 +150,16 @@ pub enum ErrorKind {
         cause: String,
     },
 
+    /// The guest's `save-state` returned more bytes than its instance may save
+    /// ([`InstanceOptions::max_state_bytes`](crate::InstanceOptions::max_state_bytes)).
+    /// The call itself ended well, so the instance is not poisoned; the bytes are not kept.
+    StateTooLarge {
+        /// The length of the state it returned.
+        len: usize,
+        /// The most it may save.
+        limit: usize,
+    },
+
     /// The instance was configured in a way the engine does not support.
     Config {
         /// What is wrong with the configuration.
@@ -250,7 +260,8 @@ impl std::fmt::Display for Error {
             ),
             ErrorKind::MissingExport { export } => write!(
                 f,
-                "component `{component}` lacks the export `{export}` that world courier:actor/actor requires"
+                "component `{component}` lacks the export `{export}` that world {} requires",
+                world_of(export)
             ),
             ErrorKind::ExportType {
                 export,
@@ -258,7 +269,8 @@ impl std::fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "component `{component}` exports `{export}` as `{found}`, but world courier:actor/actor requires `{expected}`"
+                "component `{component}` exports `{export}` as `{found}`, but world {} requires `{expected}`",
+                world_of(export)
             ),
             ErrorKind::UnknownImport { import } => write!(
                 f,
@@ -308,8 +320,24 @@ impl std::fmt::Display for Error {
                 f,
                 "component `{component}` cannot be called: its instance was poisoned by an earlier failure ({cause}) and must be replaced"
             ),
+            ErrorKind::StateTooLarge { len, limit } => write!(
+                f,
+                "component `{component}` saved a state of {}, over the limit of {}",
+                format_bytes(*len as u64),
+                format_bytes(*limit as u64)
+            ),
             ErrorKind::Config { reason } => write!(f, "component `{component}`: {reason}"),
         }
+    }
+}
+
+/// The world that requires `export`: the `state` interface's functions are world
+/// `stateful-actor`'s, the handlers world `actor`'s.
+fn world_of(export: &str) -> &'static str {
+    if export.starts_with("courier:actor/state@") {
+        "courier:actor/stateful-actor"
+    } else {
+        "courier:actor/actor"
     }
 }
 

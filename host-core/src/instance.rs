@@ -19,8 +19,14 @@ use crate::{ComponentError, ComponentId};
 /// enough that a stuck one is noticed.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Largest state `save-state` may return by default: as much as a mailbox holds by default,
+/// far more than the state of a component that keeps its data elsewhere, and small enough
+/// that a host keeping one checkpoint per component can count them.
+pub const DEFAULT_MAX_STATE_BYTES: usize = 64 << 20;
+
 /// How an instance is identified, limited and connected: a builder whose defaults are the
-/// engine's memory maximum, [`DEFAULT_DEADLINE`], no fuel budget and [`NoMessaging`].
+/// engine's memory maximum, [`DEFAULT_DEADLINE`], no fuel budget,
+/// [`DEFAULT_MAX_STATE_BYTES`] and [`NoMessaging`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -38,6 +44,7 @@ pub struct InstanceOptions {
     pub(crate) memory_limit: Option<usize>,
     pub(crate) deadline: Duration,
     pub(crate) fuel: Option<u64>,
+    pub(crate) max_state_bytes: usize,
     pub(crate) messaging: Arc<dyn Messaging>,
     pub(crate) extensions: Extensions,
 }
@@ -51,6 +58,7 @@ impl InstanceOptions {
             memory_limit: None,
             deadline: DEFAULT_DEADLINE,
             fuel: None,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             messaging: Arc::new(NoMessaging),
             extensions: Extensions::default(),
         }
@@ -75,6 +83,16 @@ impl InstanceOptions {
     /// Give each call `fuel` units; requires an engine built with fuel metering.
     pub fn fuel(mut self, fuel: u64) -> Self {
         self.fuel = Some(fuel);
+        self
+    }
+
+    /// Refuse a state of more than `bytes` from the guest's `save-state`
+    /// ([`DEFAULT_MAX_STATE_BYTES`] by default): [`Instance::save_state`] fails with
+    /// [`ErrorKind::StateTooLarge`] and the bytes are dropped, not kept. wasmtime copies a
+    /// returned list out of the guest's memory before the host sees its length, so that one
+    /// copy is bounded by the memory cap, not by this.
+    pub fn max_state_bytes(mut self, bytes: usize) -> Self {
+        self.max_state_bytes = bytes;
         self
     }
 
@@ -112,6 +130,11 @@ impl InstanceOptions {
     pub fn get_fuel(&self) -> Option<u64> {
         self.fuel
     }
+
+    /// The largest state `save-state` may return.
+    pub fn get_max_state_bytes(&self) -> usize {
+        self.max_state_bytes
+    }
 }
 
 impl std::fmt::Debug for InstanceOptions {
@@ -121,6 +144,7 @@ impl std::fmt::Debug for InstanceOptions {
             .field("memory_limit", &self.memory_limit)
             .field("deadline", &self.deadline)
             .field("fuel", &self.fuel)
+            .field("max_state_bytes", &self.max_state_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +172,7 @@ pub struct Instance {
     /// Transitions into and out of host calls: odd while the guest is in one.
     host_calls: Arc<AtomicU64>,
     fuel: Option<u64>,
+    max_state_bytes: usize,
     poisoned: Option<String>,
 }
 
@@ -267,6 +292,7 @@ impl Component {
             ticks,
             host_calls,
             fuel,
+            max_state_bytes: options.max_state_bytes,
             poisoned: None,
         })
     }
@@ -324,8 +350,10 @@ impl Instance {
 
     /// The instance's state as bytes, from the guest's `save-state`, for another instance
     /// (a new version, say) to [`load_state`](Self::load_state). Held to the call deadline
-    /// like a handler; a trap poisons the instance. A component without `state` has none
-    /// to give: an error of kind [`ErrorKind::Config`].
+    /// like a handler; a trap poisons the instance. A state over
+    /// [`InstanceOptions::max_state_bytes`] is an error of kind
+    /// [`ErrorKind::StateTooLarge`] that leaves the instance as it was. A component without
+    /// `state` has none to give: an error of kind [`ErrorKind::Config`].
     pub async fn save_state(&mut self) -> Result<Vec<u8>> {
         let func = self.state_func::<(), (Vec<u8>,)>(|state| &state.save, "save-state")?;
         let ends = self.begin_call("")?;
@@ -335,7 +363,17 @@ impl Instance {
         };
         // `save-state` cannot refuse: its only failure is a trap.
         let outcome = outcome.map(|result| result.map(|(state,)| Ok::<_, ComponentError>(state)));
-        self.finish(outcome).map(|saved| saved.unwrap_or_default())
+        let state = self
+            .finish(outcome)
+            .map(|saved| saved.unwrap_or_default())?;
+        if state.len() > self.max_state_bytes {
+            let kind = ErrorKind::StateTooLarge {
+                len: state.len(),
+                limit: self.max_state_bytes,
+            };
+            return Err(Error::new(&**self.id(), kind));
+        }
+        Ok(state)
     }
 
     /// Take over `state`, which [`save_state`](Self::save_state) of this component or

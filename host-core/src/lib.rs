@@ -54,7 +54,9 @@ pub use component::Component;
 pub use engine::{Allocation, DEFAULT_EPOCH_TICK, Engine, EngineBuilder, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use host::{BoxFuture, HostState, Messaging, NoMessaging};
-pub use instance::{CallResult, DEFAULT_DEADLINE, Instance, InstanceOptions};
+pub use instance::{
+    CallResult, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES, Instance, InstanceOptions,
+};
 
 /// Why a handler refused or failed a message: the WIT `component-error`.
 pub use bindings::courier::actor::types::ComponentError;

@@ -44,6 +44,29 @@ fn a_mistyped_handle_message_is_refused_with_both_types() {
 }
 
 #[test]
+fn a_mistyped_state_export_is_refused_naming_it_with_both_types() {
+    let err = engine()
+        .load_component("wrong-state", &guest_bytes("wrong_state"))
+        .unwrap_err();
+    let ErrorKind::ExportType {
+        export,
+        expected,
+        found,
+    } = err.kind()
+    else {
+        panic!("expected an export type error, got {err}");
+    };
+    assert_eq!(*export, "courier:actor/state@0.1.0#save-state");
+    assert_eq!(found, "func() -> string");
+    assert_eq!(expected, "func() -> list<u8>");
+    assert!(
+        err.to_string()
+            .contains("world courier:actor/stateful-actor requires"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_import_the_host_does_not_provide_is_refused_by_name() {
     let err = engine()
         .load_component("alien", &guest_bytes("alien_import"))

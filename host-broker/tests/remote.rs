@@ -1,0 +1,101 @@
+//! What the broker does with requests to other hosts, through a `Remote` of the test's own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_host_broker::{Broker, MessageKind, Remote, RemoteMessage, RemoteRefusal, Served};
+use courier_host_core::{BoxFuture, ComponentId, MessagingError};
+
+use crate::common::{SECOND, Setup};
+
+/// Another host that takes every request and never answers.
+struct Silent;
+
+impl Remote for Silent {
+    fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal> {
+        message.delivered();
+        Ok(())
+    }
+
+    fn request(
+        &self,
+        _sender: &ComponentId,
+        _target: &str,
+        _payload: Bytes,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn publish(&self, _sender: &ComponentId, _topic: &str, _payload: Bytes) {}
+
+    fn serve(&self, _served: Served) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn withdraw(&self, _id: &ComponentId) {}
+}
+
+/// The books balance with nothing in flight, and each of `requesters`' requests to
+/// `far-away` is dead-lettered with a reason.
+fn assert_every_request_ended(broker: &Broker, requesters: &[&str]) {
+    let books = broker.accounting();
+    assert_eq!(
+        books.sent,
+        books.delivered + books.refused + books.dead_lettered,
+        "{books:?}"
+    );
+    assert_eq!(books.in_flight(), 0, "{books:?}");
+    let letters = broker.dead_letters();
+    for requester in requesters {
+        let letter = letters
+            .iter()
+            .find(|letter| &*letter.sender == *requester && &*letter.target == "far-away")
+            .unwrap_or_else(|| panic!("no dead letter for {requester}'s request: {letters:#?}"));
+        assert_eq!(letter.kind, MessageKind::Request);
+        assert!(
+            letter.reason.contains("stopped waiting"),
+            "{}",
+            letter.reason
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_request_whose_requester_stops_waiting_is_dead_lettered() {
+    let setup = Setup::new();
+    assert!(setup.broker.attach_remote(Arc::new(Silent)).is_ok());
+    // An embedder that gives up on the answer first: its `select!` drops the request.
+    tokio::select! {
+        answer = setup.broker.request("far-away", b"hello".to_vec(), 10 * SECOND) => {
+            panic!("nobody answers, yet: {answer:?}")
+        }
+        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+    }
+    assert_every_request_ended(&setup.broker, &["host"]);
+
+    // A guest asking another host when the drain cuts its call: its `send-request` is
+    // dropped with the call.
+    setup
+        .spawn(setup.spec("asker", "probe").may_request("far-away"))
+        .await;
+    let broker = setup.broker.clone();
+    let asked = tokio::spawn(async move {
+        broker
+            .request("asker", b"request:far-away".to_vec(), 10 * SECOND)
+            .await
+    });
+    let deadline = Instant::now() + 10 * SECOND;
+    while setup.broker.accounting().sent < 3 {
+        assert!(Instant::now() < deadline, "asker never asked");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let report = setup.broker.shutdown(Duration::from_millis(100)).await;
+    assert!(
+        asked.await.unwrap().is_err(),
+        "the drain ended asker's call"
+    );
+    assert_eq!(report.undelivered.len(), 1, "asker's request from the host");
+    assert_every_request_ended(&setup.broker, &["host", "asker"]);
+}
