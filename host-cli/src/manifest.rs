@@ -9,7 +9,8 @@
 //! drain = "5s"                   # how long shutdown waits for mailboxes to empty
 //! request_timeout = "5s"         # default wait for a reply to an HTTP request
 //! scheduler = "multi-thread"     # or "current-thread": every actor on one thread
-//! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN)
+//! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN;
+//!                                # without one, restarts and upgrades ask for one made per run)
 //!
 //! [lattice]                      # optional: join other hosts over NATS
 //! name = "shop"                  # the lattice (one subject prefix per lattice)

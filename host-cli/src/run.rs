@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::diagnostics::Diagnostics;
 use crate::manifest::{Manifest, Scheduler, check_listen};
 use crate::server::{self, ServerLimits};
+use crate::token::MadeToken;
 use crate::units::format_duration;
 use crate::{ingress, load};
 
@@ -156,6 +157,8 @@ async fn serve(
             .join(", ")
     );
 
+    // One compile at a time for upgrades through the ingress.
+    let compiles = Arc::new(tokio::sync::Semaphore::new(1));
     let _watch = if watch {
         let files: Vec<(String, std::path::PathBuf)> = manifest
             .components
@@ -180,9 +183,38 @@ async fn serve(
     let config = ingress::IngressConfig::new(address)
         .request_timeout(runtime.request_timeout)
         .max_payload(runtime.max_payload)
-        .token(token)
         .lattice(lattice.clone())
-        .specs(specs);
+        .specs(specs)
+        .compile_slot(compiles);
+    // Kept until the run ends, when its file is removed.
+    let mut _made_token = None;
+    let config = match token {
+        Some(token) => config.token(Some(token)),
+        None => {
+            match MadeToken::make(address) {
+                Ok(made) => {
+                    println!(
+                        "courier: restarts and upgrades ask for the token in {} (made for \
+                         this run; `courier upgrade` reads it from there)",
+                        made.file().display()
+                    );
+                    let config =
+                        config.made_token(made.token().to_string(), made.file().to_path_buf());
+                    _made_token = Some(made);
+                    config
+                }
+                // Messages and requests are served all the same; without a token nobody
+                // may restart or upgrade.
+                Err(reason) => {
+                    println!(
+                        "courier: cannot keep a token for restarts and upgrades, so they are \
+                         refused: {reason}"
+                    );
+                    config
+                }
+            }
+        }
+    };
     let app = ingress::router(broker.clone(), config);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(

@@ -5,7 +5,7 @@
 //! there is no TLS to speak, and one request needs no client library.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,9 +19,9 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
 const ANSWER_LIMIT: u64 = 64 << 10;
 
 /// Send the component at `path` to the runner at `url` (`http://HOST:PORT`) as the new
-/// version of `id`, with `token` as the bearer token if there is one. Returns the runner's
-/// answer on success; the error says what went wrong, with the runner's answer if it gave
-/// one.
+/// version of `id`, with `token` as the bearer token, or else the token the runner made
+/// for its run if it keeps one where [`crate::token`] says. Returns the runner's answer on
+/// success; the error says what went wrong, with the runner's answer if it gave one.
 pub fn upgrade(id: &str, path: &Path, url: &str, token: Option<&str>) -> Result<String, String> {
     let bytes =
         std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
@@ -38,6 +38,14 @@ pub fn upgrade(id: &str, path: &Path, url: &str, token: Option<&str>) -> Result<
         .map(|rest| rest.trim_end_matches('/'))
         .filter(|authority| !authority.is_empty() && !authority.contains('/'))
         .ok_or_else(|| format!("`{url}` is not an `http://HOST:PORT` address"))?;
+    let found;
+    let token = match token {
+        Some(token) => Some(token),
+        None => {
+            found = crate::token::find(authority);
+            found.as_ref().map(|(token, _)| token.as_str())
+        }
+    };
     let mut stream = TcpStream::connect(authority)
         .map_err(|err| format!("cannot reach the runner at {url}: {err}"))?;
     stream
@@ -71,6 +79,19 @@ pub fn upgrade(id: &str, path: &Path, url: &str, token: Option<&str>) -> Result<
         .ok_or_else(|| format!("the runner's answer is not HTTP: {head}"))?;
     if status == 200 {
         Ok(body.trim().to_string())
+    } else if status == 401 && token.is_none() {
+        Err(format!(
+            "the runner asks for a token (401): give it with --token or COURIER_TOKEN; a run \
+             whose manifest sets none keeps the one it made in {}, and there is none there",
+            authority
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addresses| addresses.next())
+                .map_or_else(
+                    || crate::token::token_dir().display().to_string(),
+                    |address| crate::token::token_file(address).display().to_string()
+                )
+        ))
     } else {
         Err(format!(
             "the runner refused the upgrade ({status}): {}",

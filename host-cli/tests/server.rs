@@ -220,3 +220,46 @@ async fn a_flood_of_silent_connections_does_not_lock_a_real_client_out() {
     let _ = server.await;
     outcome.unwrap();
 }
+
+/// Sends `component` as the new version of `echo` with the token `t`; the answer.
+fn upgrade_echo(address: std::net::SocketAddr, component: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /components/echo/upgrade HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        component.len()
+    )
+    .unwrap();
+    stream.write_all(component).unwrap();
+    read_until_closed(&mut stream).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_past_its_compile_time_bound_is_answered_and_its_compile_keeps_the_slot() {
+    let (address, stop, server) = echo_server_with(ServerLimits::default(), |config| {
+        config
+            .token(Some("t".into()))
+            .compile_timeout(Duration::from_millis(200))
+    })
+    .await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let answer = upgrade_echo(address, &crate::slow_to_compile_component());
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("compile-timeout"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // The compile cannot be interrupted: it keeps the one slot until it ends.
+        let counter = std::fs::read(guest_path("counter")).unwrap();
+        let answer = upgrade_echo(address, &counter);
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(answer.contains("upgrade-busy"), "{answer}");
+    })
+    .await;
+    let _ = stop.send(());
+    let _ = server.await;
+    outcome.unwrap();
+}
