@@ -8,7 +8,7 @@
 //! | `GET /components` | every component with its state and counters (JSON) |
 //! | `GET /metrics` | metrics in the Prometheus text format |
 //! | `GET /dead-letters` | the recent dead letters (JSON) |
-//! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200` |
+//! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200`; `409 restart-in-progress` while another restart of it runs |
 //! | `POST /components/{id}/upgrade` | the body is a new version of the component (`.wasm`, at most 64 MiB): it replaces the running one between two messages, `200 {"status":"upgraded","previous":"…","version":"…","took_ms":N}`; `400 invalid-component` if it does not load, `409 upgrade-refused` if it cannot run (the running version stays), `429 upgrade-busy` while another upgrade is read or compiled, `503 compile-timeout` past the compile's time bound |
 //! | `GET /lattice` | this host's lattice, the other hosts heard from and what each serves, and the remote counters (JSON); `404` when the host joined none |
 //!
@@ -35,9 +35,10 @@
 //! data routes stay as open as a loopback service without a configured token always was,
 //! and with no token at all they are refused.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
@@ -88,6 +89,8 @@ struct Ingress {
     /// The one compile an upgrade may run at a time (shared with `--watch`).
     compiles: Arc<Semaphore>,
     compile_timeout: Duration,
+    /// Components being restarted, so that a second restart of one is told so.
+    restarting: Arc<Mutex<HashSet<String>>>,
 }
 
 /// How the ingress answers and whom it answers: a builder over the address it listens on.
@@ -222,6 +225,7 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         lattice: config.lattice,
         compiles: config.compiles,
         compile_timeout: config.compile_timeout,
+        restarting: Arc::default(),
     };
     let guard = Arc::new(Guard::new(
         config.address,
@@ -565,6 +569,15 @@ async fn restart(
             format!("no component `{id}` is declared"),
         ));
     };
+    // One restart of a component at a time: two that both saw it failed would each remove
+    // and spawn it: the second spawn fails, or its removal ends the instance the first started.
+    let Some(claim) = RestartClaim::take(&ingress.restarting, &id) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "restart-in-progress",
+            format!("component `{id}` is being restarted by another request"),
+        ));
+    };
     let previous = ingress.broker.state(&id);
     if previous == Some(ComponentState::Running) || previous == Some(ComponentState::Restarting) {
         return Err(ApiError::new(
@@ -578,9 +591,26 @@ async fn restart(
         Some(component) => spec.clone().replace_component(component),
         None => spec.clone(),
     };
-    // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
-    let _ = ingress.broker.remove(&id).await;
-    ingress.broker.spawn(spec).await.map_err(|err| {
+    // On a task of its own, so that a client that leaves half-way cannot leave the
+    // component removed and not started again.
+    let broker = ingress.broker.clone();
+    let restarted = tokio::spawn(async move {
+        // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
+        let id = spec.id().to_string();
+        let _ = broker.remove(&id).await;
+        let started = broker.spawn(spec).await;
+        drop(claim);
+        started
+    })
+    .await
+    .map_err(|err| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "restart-failed",
+            err.to_string(),
+        )
+    })?;
+    restarted.map_err(|err| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "restart-failed",
@@ -590,6 +620,34 @@ async fn restart(
     tracing::warn!(component = %id, previous = previous.as_ref().map_or("absent", ComponentState::name), "restarted through the ingress");
     let body = json!({ "status": "restarted", "target": id });
     Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// The id of a component being restarted, in the set of those, until dropped.
+struct RestartClaim {
+    restarting: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl RestartClaim {
+    fn take(restarting: &Arc<Mutex<HashSet<String>>>, id: &str) -> Option<RestartClaim> {
+        let mut set = restarting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.insert(id.to_string()).then(|| RestartClaim {
+            restarting: restarting.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for RestartClaim {
+    fn drop(&mut self) {
+        let mut set = self
+            .restarting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.remove(&self.id);
+    }
 }
 
 /// Loads the body as a new version of the component and swaps it in (`Broker::upgrade`).

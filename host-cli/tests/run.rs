@@ -1463,3 +1463,74 @@ path = "{{echo}}"
     );
     assert_eq!((status, count), (200, 0u64.to_le_bytes().to_vec()));
 }
+
+#[test]
+fn concurrent_restarts_of_one_component_start_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+token = "s3cret"
+
+[[component]]
+id = "panicker"
+path = "{panicker}"
+restart = { policy = "temporary" }
+"#,
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    let state = || {
+        let mut response = agent
+            .get(&format!("{base}/components"))
+            .header("Authorization", "Bearer s3cret")
+            .call()
+            .unwrap();
+        json(&response.body_mut().read_to_vec().unwrap())
+    };
+    // The race needs two restarts between the state check and the spawn: rare in one round.
+    for round in 0..20 {
+        let (status, _) = post_with_token(
+            &agent,
+            &format!("{base}/components/panicker/messages"),
+            b"boom",
+            "s3cret",
+        );
+        assert_eq!(status, 202);
+        let failed_by = Instant::now() + STOP_TIMEOUT;
+        while state()[0]["state"] != "failed" {
+            assert!(Instant::now() < failed_by, "panicker did not fail");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let restarts: Vec<_> = (0..8)
+            .map(|_| {
+                let start = start.clone();
+                let url = format!("{base}/components/panicker/restart");
+                thread::spawn(move || {
+                    let agent = client();
+                    start.wait();
+                    let (status, body) = post_with_token(&agent, &url, b"", "s3cret");
+                    (status, String::from_utf8_lossy(&body).into_owned())
+                })
+            })
+            .collect();
+        let answers: Vec<(u16, String)> = restarts.into_iter().map(|t| t.join().unwrap()).collect();
+        let won = answers.iter().filter(|(status, _)| *status == 200).count();
+        assert_eq!(won, 1, "round {round}: {answers:?}");
+        for (status, body) in &answers {
+            assert!(
+                *status == 200
+                    || (*status == 409
+                        && (body.contains("restart-in-progress") || body.contains("\"running\""))),
+                "round {round}: {answers:?}"
+            );
+        }
+        let listing = state();
+        assert_eq!(listing.as_array().unwrap().len(), 1, "{listing}");
+        assert_eq!(listing[0]["state"], "running", "{listing}");
+    }
+}
