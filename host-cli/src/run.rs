@@ -157,7 +157,8 @@ async fn serve(
             .join(", ")
     );
 
-    // One compile at a time for upgrades through the ingress.
+    // One compile at a time in the runner, whether an upgrade through the ingress or the
+    // watch asked for it.
     let compiles = Arc::new(tokio::sync::Semaphore::new(1));
     let _watch = if watch {
         let files: Vec<(String, std::path::PathBuf)> = manifest
@@ -165,7 +166,7 @@ async fn serve(
             .iter()
             .map(|c| (c.id.clone(), c.path.clone()))
             .collect();
-        let watching = crate::watch::watch(broker.clone(), &files)
+        let watching = crate::watch::watch(broker.clone(), &files, compiles.clone())
             .context("cannot watch the component files")?;
         println!(
             "courier: watching {} for changes",

@@ -1534,3 +1534,86 @@ restart = { policy = "temporary" }
         assert_eq!(listing[0]["state"], "running", "{listing}");
     }
 }
+
+/// Waits until `courier` has printed `line`, failing with what it printed.
+fn wait_for_line(courier: &Courier, line: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !courier.stdout().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no `{line}`\nstdout:\n{}\nstderr:\n{}",
+            courier.stdout(),
+            courier.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replaces `file` as a build does: the new version written beside it and renamed over it.
+fn replace_with(file: &Path, new: &Path) {
+    let next = file.with_extension("wasm.new");
+    std::fs::copy(new, &next).unwrap();
+    std::fs::rename(&next, file).unwrap();
+}
+
+#[test]
+fn courier_run_watch_follows_links_and_folders_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // `svc` is a link to a file in another folder, where the rebuild writes.
+    let build = dir.path().join("build");
+    std::fs::create_dir(&build).unwrap();
+    std::fs::copy(guest_path("echo"), build.join("svc.wasm")).unwrap();
+    let link = dir.path().join("svc.wasm");
+    std::os::unix::fs::symlink(build.join("svc.wasm"), &link).unwrap();
+    // `other` is in a folder that is removed and made again, as by `cargo clean`.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::copy(guest_path("echo"), out.join("other.wasm")).unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            "[runtime]\ncache_dir = \"{{cache}}\"\n\n[[component]]\nid = \"svc\"\npath = {:?}\n\n[[component]]\nid = \"other\"\npath = {:?}\n",
+            link.display().to_string(),
+            out.join("other.wasm").display().to_string()
+        ),
+    );
+    let mut courier = Courier::start(&[
+        "run",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--watch",
+    ]);
+    let address = courier.address();
+    let agent = client();
+    let svc = format!("http://{address}/components/svc/requests");
+    let other = format!("http://{address}/components/other/requests");
+    assert_eq!(post(&agent, &svc, b"hi"), (200, b"hi".to_vec()));
+    assert_eq!(post(&agent, &other, b"hi"), (200, b"hi".to_vec()));
+
+    replace_with(&build.join("svc.wasm"), &guest_path("counter"));
+    wait_for_line(
+        &courier,
+        "courier: upgraded `svc` from ",
+        Duration::from_secs(30),
+    );
+    assert_eq!(post(&agent, &svc, b""), (200, 0u64.to_le_bytes().to_vec()));
+
+    std::fs::remove_dir_all(&out).unwrap();
+    // Long enough for the watch to find the folder gone.
+    thread::sleep(Duration::from_millis(1500));
+    std::fs::create_dir(&out).unwrap();
+    std::fs::copy(guest_path("counter"), out.join("other.wasm")).unwrap();
+    wait_for_line(
+        &courier,
+        "courier: upgraded `other` from ",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        post(&agent, &other, b""),
+        (200, 0u64.to_le_bytes().to_vec())
+    );
+
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
