@@ -101,6 +101,7 @@ fn main() -> ExitCode {
                 listen,
                 drain,
                 watch,
+                ..run::RunOptions::default()
             },
         ) {
             Ok(code) => code,

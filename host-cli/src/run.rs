@@ -1,8 +1,9 @@
 //! `courier run`: start every component of a manifest, serve the ingress, and on Ctrl-C or
 //! SIGTERM drain the mailboxes, stop, and say what was left.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ pub struct RunOptions {
     pub drain: Option<Duration>,
     /// Upgrade a component in place when its `.wasm` file changes.
     pub watch: bool,
+    /// Component paths read elsewhere: a path of the manifest that resolves to a key is
+    /// read at its value (see [`Manifest::load_redirected`]).
+    pub redirects: HashMap<PathBuf, PathBuf>,
 }
 
 /// Run the manifest at `file` until a signal stops it. Problems with the manifest or its
@@ -40,7 +44,7 @@ pub struct RunOptions {
 /// stopped by a signal ends with success once it has drained (or status 130 if a second
 /// signal cut the drain short).
 pub fn run(file: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
-    let mut manifest = match Manifest::load(file) {
+    let mut manifest = match Manifest::load_redirected(file, &options.redirects) {
         Ok(manifest) => manifest,
         Err(diagnostics) => return Ok(report_problems(&diagnostics)),
     };
