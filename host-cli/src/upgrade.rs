@@ -18,6 +18,34 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most of an answer read back: the ingress's answers are small JSON objects.
 const ANSWER_LIMIT: u64 = 64 << 10;
 
+/// How long to wait for `100 Continue` before sending the body anyway.
+const CONTINUE_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads into `answer` until it holds a whole response head; the offset just past it, or
+/// `None` if the connection ended first.
+fn read_head(stream: &mut TcpStream, answer: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(Some(at + 4));
+        }
+        if answer.len() as u64 >= ANSWER_LIMIT {
+            return Err(std::io::Error::other("the answer's head is too long"));
+        }
+        match stream.read(&mut buffer)? {
+            0 => return Ok(None),
+            n => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+fn is_timeout(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Send the component at `path` to the runner at `url` (`http://HOST:PORT`) as the new
 /// version of `id`, with `token` as the bearer token, or else the token the runner made
 /// for its run if it keeps one where [`crate::token`] says. Returns the runner's answer on
@@ -53,7 +81,7 @@ pub fn upgrade(id: &str, path: &Path, url: &str, token: Option<&str>) -> Result<
         .and_then(|()| stream.set_write_timeout(Some(UPGRADE_TIMEOUT)))
         .map_err(|err| format!("cannot set a timeout: {err}"))?;
     let mut head = format!(
-        "POST /components/{}/upgrade HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "POST /components/{}/upgrade HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\nExpect: 100-continue\r\n",
         id.replace('/', "%2F"),
         bytes.len()
     );
@@ -61,13 +89,37 @@ pub fn upgrade(id: &str, path: &Path, url: &str, token: Option<&str>) -> Result<
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(&bytes))
-        .map_err(|err| format!("sending the component to {url} failed: {err}"))?;
+    let sending = |err: std::io::Error| format!("sending the component to {url} failed: {err}");
+    stream.write_all(head.as_bytes()).map_err(sending)?;
+    // The runner refuses an upgrade (no token, no such component, another one compiling)
+    // before it reads the body, and then closes: a body sent regardless would meet a reset
+    // connection and hide the refusal. So the body goes only once the runner says
+    // `100 Continue` (or after a few seconds of silence, as RFC 9110 asks of a client).
     let mut answer = Vec::new();
     stream
-        .take(ANSWER_LIMIT)
+        .set_read_timeout(Some(CONTINUE_WAIT))
+        .map_err(|err| format!("cannot set a timeout: {err}"))?;
+    let interim = read_head(&mut stream, &mut answer);
+    stream
+        .set_read_timeout(Some(UPGRADE_TIMEOUT))
+        .map_err(|err| format!("cannot set a timeout: {err}"))?;
+    let go_on = match interim {
+        Ok(Some(end)) if answer.starts_with(b"HTTP/1.1 100") => {
+            answer.drain(..end);
+            true
+        }
+        // A final answer: the refusal.
+        Ok(Some(_)) => false,
+        Ok(None) => return Err("the runner closed the connection without an answer".into()),
+        Err(err) if answer.is_empty() && is_timeout(&err) => true,
+        Err(err) => return Err(format!("reading the runner's answer failed: {err}")),
+    };
+    if go_on {
+        stream.write_all(&bytes).map_err(sending)?;
+    }
+    let room = ANSWER_LIMIT.saturating_sub(answer.len() as u64);
+    (&mut stream)
+        .take(room)
         .read_to_end(&mut answer)
         .map_err(|err| format!("reading the runner's answer failed: {err}"))?;
     let answer = String::from_utf8_lossy(&answer);
