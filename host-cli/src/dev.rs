@@ -3,9 +3,14 @@
 //! `courier run --watch` does, and rebuilds whenever a source changes; the rebuilt
 //! component is then upgraded in place by the watch. A build that fails is printed, and the
 //! running version keeps serving.
+//!
+//! The component is taken from where cargo says it put it (its `compiler-artifact` messages),
+//! not from where `courier.toml` expects it: with `CARGO_TARGET_DIR` set, in a workspace, or
+//! with `build.target-dir` in a cargo config, that is not the crate's own `target/` folder.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 
 use anyhow::Context;
@@ -26,8 +31,24 @@ pub fn dev(dir: &Path, mut options: RunOptions) -> anyhow::Result<ExitCode> {
         "{} is not a component crate with a courier.toml (as `courier new` makes)",
         dir.display()
     );
-    if !build(&dir) {
+    let Some(artifacts) = build(&dir) else {
         anyhow::bail!("the first build failed: nothing to run");
+    };
+    // `courier new` names the component by where a plain `cargo build` in the crate would
+    // put it; cargo may have put it elsewhere.
+    let expected = dir.join("target").join("wasm32-wasip2").join("release");
+    for artifact in artifacts {
+        if let Some(name) = artifact.file_name() {
+            let written = expected.join(name);
+            if written != artifact {
+                println!(
+                    "courier dev: cargo put {} at {}",
+                    name.to_string_lossy(),
+                    artifact.display()
+                );
+                options.redirects.insert(written, artifact);
+            }
+        }
     }
     let sources = [dir.join("src"), dir.join("Cargo.toml")];
     let (changed, changes) = mpsc::channel();
@@ -61,27 +82,70 @@ fn rebuild_on_change(dir: &Path, changes: &mpsc::Receiver<()>) {
     }
 }
 
-/// `cargo build --release --target wasm32-wasip2` in `dir`, its output on the terminal;
-/// whether it succeeded.
-fn build(dir: &Path) -> bool {
+/// The components among cargo's JSON messages: the `.wasm` files of `cdylib` artifacts.
+fn wasm_artifacts(message: &serde_json::Value) -> Vec<PathBuf> {
+    let is_cdylib = message["target"]["kind"]
+        .as_array()
+        .is_some_and(|kinds| kinds.iter().any(|kind| kind == "cdylib"));
+    if message["reason"] != "compiler-artifact" || !is_cdylib {
+        return Vec::new();
+    }
+    message["filenames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|file| file.as_str())
+        .filter(|file| file.ends_with(".wasm"))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// `cargo build --release --target wasm32-wasip2` in `dir`, its diagnostics and progress on
+/// the terminal; the components it built, where cargo put them, if it succeeded.
+fn build(dir: &Path) -> Option<Vec<PathBuf>> {
     println!("courier dev: building {}", dir.display());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
+    let child = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(dir)
-        .status();
-    match status {
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(err) => {
+            println!("courier dev: cannot run cargo: {err}");
+            return None;
+        }
+    };
+    let mut artifacts = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            // A build script may print what it likes: what is not cargo's JSON is passed on.
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(message) => artifacts.extend(wasm_artifacts(&message)),
+                Err(_) => println!("{line}"),
+            }
+        }
+    }
+    match child.wait() {
         Ok(status) if status.success() => {
             println!("courier dev: built");
-            true
+            Some(artifacts)
         }
         Ok(status) => {
             println!("courier dev: the build failed ({status}); the running version keeps serving");
-            false
+            None
         }
         Err(err) => {
             println!("courier dev: cannot run cargo: {err}");
-            false
+            None
         }
     }
 }

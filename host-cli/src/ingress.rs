@@ -8,8 +8,8 @@
 //! | `GET /components` | every component with its state and counters (JSON) |
 //! | `GET /metrics` | metrics in the Prometheus text format |
 //! | `GET /dead-letters` | the recent dead letters (JSON) |
-//! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200` |
-//! | `POST /components/{id}/upgrade` | the body is a new version of the component (`.wasm`, at most 64 MiB): it replaces the running one between two messages, `200 {"status":"upgraded","previous":"…","version":"…","took_ms":N}`; `400 invalid-component` if it does not load, `409 upgrade-refused` if it cannot run (the running version stays) |
+//! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200`; `409 restart-in-progress` while another restart of it runs |
+//! | `POST /components/{id}/upgrade` | the body is a new version of the component (`.wasm`, at most 64 MiB): it replaces the running one between two messages, `200 {"status":"upgraded","previous":"…","version":"…","took_ms":N}`; `400 invalid-component` if it does not load, `409 upgrade-refused` if it cannot run (the running version stays), `429 upgrade-busy` while another upgrade is read or compiled, `503 compile-timeout` past the compile's time bound |
 //! | `GET /lattice` | this host's lattice, the other hosts heard from and what each serves, and the remote counters (JSON); `404` when the host joined none |
 //!
 //! A message or request for an id that runs on another host of the lattice takes the same
@@ -29,9 +29,16 @@
 //! from the ingress's own origin (a cross-site page's `fetch` or form post carries its own),
 //! and when a token is set every route but `/metrics` asks for `Authorization: Bearer
 //! <token>`: 421, 403 and 401 otherwise.
+//!
+//! The routes that change what runs (`restart`, `upgrade`) always ask for a token: with a
+//! token made for the run ([`crate::token`]) they are the only ones that do, so that the
+//! data routes stay as open as a loopback service without a configured token always was,
+//! and with no token at all they are refused.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
@@ -44,6 +51,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::collections::HashMap;
+use tokio::sync::Semaphore;
 
 use courier_host_broker::{
     Broker, BrokerError, ComponentError, ComponentSpec, ComponentState, MessagingError,
@@ -64,6 +72,11 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// compile gigabytes.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
+/// The longest an upgrade waits for its component to compile: minutes for the largest
+/// component wasmtime would take, far past any real one (tens of milliseconds to a few
+/// seconds), so that a component built to compile for ever cannot hold the route.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What the ingress's handlers share.
 #[derive(Clone)]
 struct Ingress {
@@ -73,6 +86,11 @@ struct Ingress {
     /// What each component was started from, to start it again.
     specs: Arc<HashMap<String, ComponentSpec>>,
     lattice: Option<Arc<Lattice>>,
+    /// The one compile an upgrade may run at a time (shared with `--watch`).
+    compiles: Arc<Semaphore>,
+    compile_timeout: Duration,
+    /// Components being restarted, so that a second restart of one is told so.
+    restarting: Arc<Mutex<HashSet<String>>>,
 }
 
 /// How the ingress answers and whom it answers: a builder over the address it listens on.
@@ -92,21 +110,30 @@ pub struct IngressConfig {
     request_timeout: Duration,
     max_payload: usize,
     token: Option<String>,
+    /// Where a token made for the run is kept; such a token guards only the routes that
+    /// change what runs.
+    made_token_file: Option<PathBuf>,
     specs: Arc<HashMap<String, ComponentSpec>>,
     lattice: Option<Arc<Lattice>>,
+    compiles: Arc<Semaphore>,
+    compile_timeout: Duration,
 }
 
 impl IngressConfig {
     /// The ingress listening on `address` (the bound one, with its real port), with the
-    /// broker's default payload limit, a 5 s request timeout and no token.
+    /// broker's default payload limit, a 5 s request timeout and no token (so no
+    /// management: restarts and upgrades are refused).
     pub fn new(address: SocketAddr) -> Self {
         IngressConfig {
             address,
             request_timeout: crate::manifest::DEFAULT_REQUEST_TIMEOUT,
             max_payload: courier_host_broker::DEFAULT_MAX_PAYLOAD_BYTES,
             token: None,
+            made_token_file: None,
             specs: Arc::default(),
             lattice: None,
+            compiles: Arc::new(Semaphore::new(1)),
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
         }
     }
 
@@ -139,9 +166,33 @@ impl IngressConfig {
         self
     }
 
-    /// The bearer token every route but `/metrics` asks for; `None` asks for none.
+    /// The bearer token every route but `/metrics` asks for; `None` asks for none on the
+    /// data routes, and refuses the management ones.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self.made_token_file = None;
+        self
+    }
+
+    /// A token made for this run and kept in `file`: only the routes that change what runs
+    /// (`restart`, `upgrade`) ask for it; messages, requests and reads stay open.
+    pub fn made_token(mut self, token: String, file: PathBuf) -> Self {
+        self.token = Some(token);
+        self.made_token_file = Some(file);
+        self
+    }
+
+    /// The permits for compiling a component; an upgrade holds one from before it reads its
+    /// body until its compile ends, and one that finds none taken is refused with 429. One
+    /// by default; share it with whatever else compiles in the runner.
+    pub fn compile_slot(mut self, compiles: Arc<Semaphore>) -> Self {
+        self.compiles = compiles;
+        self
+    }
+
+    /// How long an upgrade waits for its compile before answering `503 compile-timeout`.
+    pub fn compile_timeout(mut self, timeout: Duration) -> Self {
+        self.compile_timeout = timeout;
         self
     }
 
@@ -158,6 +209,8 @@ impl std::fmt::Debug for IngressConfig {
             .field("request_timeout", &self.request_timeout)
             .field("max_payload", &self.max_payload)
             .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("made_token_file", &self.made_token_file)
+            .field("compile_timeout", &self.compile_timeout)
             .finish()
     }
 }
@@ -170,16 +223,27 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         max_payload: config.max_payload,
         specs: config.specs,
         lattice: config.lattice,
+        compiles: config.compiles,
+        compile_timeout: config.compile_timeout,
+        restarting: Arc::default(),
     };
-    let guard = Arc::new(Guard::new(config.address, config.token));
+    let guard = Arc::new(Guard::new(
+        config.address,
+        config.token,
+        config.made_token_file,
+    ));
+    let management = || axum::middleware::from_fn_with_state(guard.clone(), check_manager);
     Router::new()
         .route("/components", get(list_components))
         .route("/components/{id}/messages", post(post_message))
         .route("/components/{id}/requests", post(post_request))
-        .route("/components/{id}/restart", post(restart))
+        .route(
+            "/components/{id}/restart",
+            post(restart).route_layer(management()),
+        )
         .route(
             "/components/{id}/upgrade",
-            post(upgrade).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+            post(upgrade).route_layer(management()),
         )
         .route("/metrics", get(metrics))
         .route("/dead-letters", get(dead_letters))
@@ -197,10 +261,12 @@ struct Guard {
     /// `Origin` values of pages served from the listening address.
     origins: Vec<String>,
     token: Option<String>,
+    /// Set when the token was made for the run: it then guards management alone.
+    made_token_file: Option<PathBuf>,
 }
 
 impl Guard {
-    fn new(address: SocketAddr, token: Option<String>) -> Guard {
+    fn new(address: SocketAddr, token: Option<String>, made_token_file: Option<PathBuf>) -> Guard {
         let port = address.port();
         let mut hosts = vec![format!("{address}"), format!("localhost:{port}")];
         if port == 80 {
@@ -212,7 +278,20 @@ impl Guard {
             hosts,
             origins,
             token,
+            made_token_file,
         }
+    }
+
+    /// Whether the request carries the token (false when there is none).
+    fn carries_token(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes()))
     }
 }
 
@@ -247,22 +326,44 @@ async fn check_caller(
             ));
         }
     }
-    if let Some(token) = &guard.token
+    if guard.token.is_some()
+        && guard.made_token_file.is_none()
         && request.uri().path() != "/metrics"
+        && !guard.carries_token(headers)
     {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "));
-        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this ingress asks for `Authorization: Bearer <token>`",
-            ));
-        }
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this ingress asks for `Authorization: Bearer <token>`",
+        ));
     }
     Ok(next.run(request).await)
+}
+
+/// Refuses a request to change what runs (restart, upgrade) that lacks the token, whether
+/// it was configured or made for the run; with no token at all, every such request.
+async fn check_manager(
+    State(guard): State<Arc<Guard>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if guard.carries_token(request.headers()) {
+        return Ok(next.run(request).await);
+    }
+    let message = match (&guard.token, &guard.made_token_file) {
+        (None, _) => "this ingress was given no token, so it takes no restarts or upgrades".into(),
+        (Some(_), Some(file)) => format!(
+            "restarts and upgrades ask for `Authorization: Bearer <token>`, with the token \
+             `courier run` wrote to {}",
+            file.display()
+        ),
+        (Some(_), None) => "this ingress asks for `Authorization: Bearer <token>`".into(),
+    };
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        message,
+    ))
 }
 
 /// Compares two secrets in time that depends on their lengths only, so a caller cannot
@@ -468,6 +569,15 @@ async fn restart(
             format!("no component `{id}` is declared"),
         ));
     };
+    // One restart of a component at a time: two that both saw it failed would each remove
+    // and spawn it: the second spawn fails, or its removal ends the instance the first started.
+    let Some(claim) = RestartClaim::take(&ingress.restarting, &id) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "restart-in-progress",
+            format!("component `{id}` is being restarted by another request"),
+        ));
+    };
     let previous = ingress.broker.state(&id);
     if previous == Some(ComponentState::Running) || previous == Some(ComponentState::Restarting) {
         return Err(ApiError::new(
@@ -481,9 +591,26 @@ async fn restart(
         Some(component) => spec.clone().replace_component(component),
         None => spec.clone(),
     };
-    // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
-    let _ = ingress.broker.remove(&id).await;
-    ingress.broker.spawn(spec).await.map_err(|err| {
+    // On a task of its own, so that a client that leaves half-way cannot leave the
+    // component removed and not started again.
+    let broker = ingress.broker.clone();
+    let restarted = tokio::spawn(async move {
+        // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
+        let id = spec.id().to_string();
+        let _ = broker.remove(&id).await;
+        let started = broker.spawn(spec).await;
+        drop(claim);
+        started
+    })
+    .await
+    .map_err(|err| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "restart-failed",
+            err.to_string(),
+        )
+    })?;
+    restarted.map_err(|err| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "restart-failed",
@@ -495,49 +622,141 @@ async fn restart(
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
+/// The id of a component being restarted, in the set of those, until dropped.
+struct RestartClaim {
+    restarting: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl RestartClaim {
+    fn take(restarting: &Arc<Mutex<HashSet<String>>>, id: &str) -> Option<RestartClaim> {
+        let mut set = restarting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.insert(id.to_string()).then(|| RestartClaim {
+            restarting: restarting.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for RestartClaim {
+    fn drop(&mut self) {
+        let mut set = self
+            .restarting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.remove(&self.id);
+    }
+}
+
 /// Loads the body as a new version of the component and swaps it in (`Broker::upgrade`).
+///
+/// Compiling is the expensive part, so everything that can refuse the upgrade is checked
+/// before the body is read: the token (by [`check_manager`]), the declared length, that the
+/// component exists and runs, and that no other upgrade is being read or compiled (one at a
+/// time per runner, the rest refused with 429 rather than queued, so that waiting clients
+/// hold nothing). The compile runs on a blocking thread, which wasmtime cannot interrupt:
+/// a client that leaves, or a compile past the time bound, stops the handler's wait and the
+/// compile runs to its end, keeping the slot until then, and is dropped without a swap.
 async fn upgrade(
     State(ingress): State<Ingress>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let bytes = body.map_err(|rejection| {
+    let too_large = || {
         ApiError::new(
-            rejection.status(),
-            "bad-request",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
             format!(
-                "the body is not a component of at most {}: {}",
-                format_bytes(MAX_COMPONENT_BYTES as u64),
-                rejection.body_text()
+                "a component may be at most {}",
+                format_bytes(MAX_COMPONENT_BYTES as u64)
             ),
         )
-    })?;
-    if ingress.broker.state(&id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "target-not-found",
-            format!("no component `{id}` is running"),
-        ));
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_COMPONENT_BYTES as u64) {
+        return Err(too_large());
     }
-    // Compiling is seconds of CPU for a large component: off the runtime's workers.
-    let engine = ingress.broker.engine().clone();
-    let name = id.clone();
-    let loaded = tokio::task::spawn_blocking(move || engine.load_component(&name, &bytes))
+    match ingress.broker.state(&id) {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "target-not-found",
+                format!("no component `{id}` is running"),
+            ));
+        }
+        Some(ComponentState::Running | ComponentState::Restarting) => {}
+        Some(state) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "upgrade-refused",
+                format!(
+                    "component `{id}` is {}: only a running component is upgraded",
+                    state.name()
+                ),
+            ));
+        }
+    }
+    let Ok(slot) = ingress.compiles.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "upgrade-busy",
+            "another upgrade is being received or compiled: try again once it is done",
+        ));
+    };
+    let bytes = axum::body::to_bytes(request.into_body(), MAX_COMPONENT_BYTES)
         .await
         .map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!(
+                    "the body is not a component of at most {}: {err}",
+                    format_bytes(MAX_COMPONENT_BYTES as u64)
+                ),
+            )
+        })?;
+    let mut waiting = CompileWait::new(&id);
+    let engine = ingress.broker.engine().clone();
+    let name = id.clone();
+    let compile = tokio::task::spawn_blocking(move || {
+        let loaded = engine.load_component(&name, &bytes);
+        drop(slot);
+        loaded
+    });
+    let loaded = match tokio::time::timeout(ingress.compile_timeout, compile).await {
+        Ok(joined) => joined.map_err(|err| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 format!("loading the component failed: {err}"),
             )
-        })?;
-    let component = loaded.map_err(|err| {
+        }),
+        Err(_) => {
+            tracing::warn!(component = %id, timeout = ?ingress.compile_timeout, "upgrade abandoned: its compile took too long, and is dropped when it ends");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "compile-timeout",
+                format!(
+                    "the component did not compile within {}; the running version stays",
+                    format_duration(ingress.compile_timeout)
+                ),
+            ))
+        }
+    };
+    waiting.done();
+    let component = loaded?.map_err(|err| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid-component",
             err.to_string(),
         )
     })?;
+    // Once ordered, the swap is the actor's to finish, whether or not the client stays.
     let upgraded = ingress
         .broker
         .upgrade(&id, component)
@@ -556,6 +775,33 @@ async fn upgrade(
         "took_ms": upgraded.took.as_secs_f64() * 1000.0,
     });
     Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// An upgrade's wait for its compile. hyper drops the handler when its client goes away
+/// (it reads the connection while the answer is pending), which drops this: that is logged,
+/// since the compile it leaves behind still holds the compile slot until it ends.
+struct CompileWait {
+    id: Option<String>,
+}
+
+impl CompileWait {
+    fn new(id: &str) -> CompileWait {
+        CompileWait {
+            id: Some(id.to_string()),
+        }
+    }
+
+    fn done(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for CompileWait {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            tracing::warn!(component = %id, "upgrade abandoned: the client left during the compile, which runs to its end and is dropped");
+        }
+    }
 }
 
 async fn unknown_route() -> ApiError {

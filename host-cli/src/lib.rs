@@ -11,7 +11,8 @@
 //! compiles the components; [`check`] and [`run`] are the commands of those names;
 //! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`upgrade`] is
 //! `courier upgrade`, a client of the ingress; [`watch`] is `courier run --watch`; [`dev`] is
-//! `courier dev`; [`scaffold`] is `courier new`.
+//! `courier dev`; [`scaffold`] is `courier new`; [`token`] is the management token a run
+//! makes when none is set, and where `courier upgrade` finds it.
 //!
 //! [`Broker`]: courier_host_broker::Broker
 
@@ -25,6 +26,7 @@ pub mod prometheus;
 pub mod run;
 pub mod scaffold;
 pub mod server;
+pub mod token;
 pub mod units;
 pub mod upgrade;
 pub mod watch;

@@ -70,7 +70,8 @@ enum Command {
         /// The runner's ingress.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// The ingress's bearer token, if it asks for one (default: `COURIER_TOKEN`).
+        /// The ingress's bearer token (default: `COURIER_TOKEN`, or else the token the runner
+        /// made for its run, which it keeps in `$XDG_RUNTIME_DIR/courier/`).
         #[arg(long, env = "COURIER_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
                 listen,
                 drain,
                 watch,
+                ..run::RunOptions::default()
             },
         ) {
             Ok(code) => code,

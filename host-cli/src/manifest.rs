@@ -9,7 +9,8 @@
 //! drain = "5s"                   # how long shutdown waits for mailboxes to empty
 //! request_timeout = "5s"         # default wait for a reply to an HTTP request
 //! scheduler = "multi-thread"     # or "current-thread": every actor on one thread
-//! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN)
+//! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN;
+//!                                # without one, restarts and upgrades ask for one made per run)
 //!
 //! [lattice]                      # optional: join other hosts over NATS
 //! name = "shop"                  # the lattice (one subject prefix per lattice)
@@ -34,6 +35,7 @@
 //! pattern that would not match what its author meant, a limit that makes no sense. Each
 //! problem carries its line and names its field.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -212,8 +214,28 @@ impl Manifest {
     /// problems, beside every problem found, so that `courier check` can go on to check
     /// those components too.
     pub fn load_lenient(file: &Path) -> (Option<Manifest>, Diagnostics) {
+        Manifest::load_lenient_redirected(file, &HashMap::new())
+    }
+
+    /// Like [`Manifest::load`], but a component path that resolves to a key of `redirects`
+    /// is read at its value instead: `courier dev` points the path `courier new` wrote
+    /// (`target/wasm32-wasip2/release/NAME.wasm`) at wherever cargo put the artifact.
+    pub fn load_redirected(
+        file: &Path,
+        redirects: &HashMap<PathBuf, PathBuf>,
+    ) -> Result<Manifest, Diagnostics> {
+        match Manifest::load_lenient_redirected(file, redirects) {
+            (Some(manifest), diagnostics) if diagnostics.is_empty() => Ok(manifest),
+            (_, diagnostics) => Err(diagnostics),
+        }
+    }
+
+    fn load_lenient_redirected(
+        file: &Path,
+        redirects: &HashMap<PathBuf, PathBuf>,
+    ) -> (Option<Manifest>, Diagnostics) {
         match std::fs::read_to_string(file) {
-            Ok(text) => Manifest::parse_lenient(&text, file),
+            Ok(text) => Manifest::parse_redirected(&text, file, redirects),
             Err(err) => {
                 let mut diagnostics = Diagnostics::new(file);
                 diagnostics.push(Problem::new(format!("cannot read the manifest: {err}")));
@@ -224,6 +246,14 @@ impl Manifest {
 
     /// Like [`Manifest::parse`], but keeps what it can, as [`Manifest::load_lenient`] does.
     pub fn parse_lenient(source: &str, file: &Path) -> (Option<Manifest>, Diagnostics) {
+        Manifest::parse_redirected(source, file, &HashMap::new())
+    }
+
+    fn parse_redirected(
+        source: &str,
+        file: &Path,
+        redirects: &HashMap<PathBuf, PathBuf>,
+    ) -> (Option<Manifest>, Diagnostics) {
         let mut diagnostics = Diagnostics::new(file);
         let raw: RawManifest = match toml::from_str(source) {
             Ok(raw) => raw,
@@ -236,6 +266,7 @@ impl Manifest {
         let mut check = Checker {
             source,
             diagnostics,
+            redirects,
         };
         let runtime = check.runtime(raw.runtime, &dir);
         let mut components: Vec<ComponentEntry> = Vec::new();
@@ -327,6 +358,7 @@ fn resolve(dir: &Path, path: &Path) -> PathBuf {
 struct Checker<'a> {
     source: &'a str,
     diagnostics: Diagnostics,
+    redirects: &'a HashMap<PathBuf, PathBuf>,
 }
 
 impl Checker<'_> {
@@ -403,6 +435,7 @@ impl Checker<'_> {
         }
 
         let path = resolve(dir, raw.path.get_ref());
+        let path = self.redirects.get(&path).cloned().unwrap_or(path);
         if !path.is_file() {
             let mut msg = if path.exists() {
                 format!("{} is not a file", path.display())

@@ -1,8 +1,9 @@
 //! `courier run`: start every component of a manifest, serve the ingress, and on Ctrl-C or
 //! SIGTERM drain the mailboxes, stop, and say what was left.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::diagnostics::Diagnostics;
 use crate::manifest::{Manifest, Scheduler, check_listen};
 use crate::server::{self, ServerLimits};
+use crate::token::MadeToken;
 use crate::units::format_duration;
 use crate::{ingress, load};
 
@@ -32,6 +34,9 @@ pub struct RunOptions {
     pub drain: Option<Duration>,
     /// Upgrade a component in place when its `.wasm` file changes.
     pub watch: bool,
+    /// Component paths read elsewhere: a path of the manifest that resolves to a key is
+    /// read at its value (see [`Manifest::load_redirected`]).
+    pub redirects: HashMap<PathBuf, PathBuf>,
 }
 
 /// Run the manifest at `file` until a signal stops it. Problems with the manifest or its
@@ -39,7 +44,7 @@ pub struct RunOptions {
 /// stopped by a signal ends with success once it has drained (or status 130 if a second
 /// signal cut the drain short).
 pub fn run(file: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
-    let mut manifest = match Manifest::load(file) {
+    let mut manifest = match Manifest::load_redirected(file, &options.redirects) {
         Ok(manifest) => manifest,
         Err(diagnostics) => return Ok(report_problems(&diagnostics)),
     };
@@ -159,13 +164,16 @@ async fn serve(
             .join(", ")
     );
 
+    // One compile at a time in the runner, whether an upgrade through the ingress or the
+    // watch asked for it.
+    let compiles = Arc::new(tokio::sync::Semaphore::new(1));
     let _watch = if watch {
         let files: Vec<(String, std::path::PathBuf)> = manifest
             .components
             .iter()
             .map(|c| (c.id.clone(), c.path.clone()))
             .collect();
-        let watching = crate::watch::watch(broker.clone(), &files)
+        let watching = crate::watch::watch(broker.clone(), &files, compiles.clone())
             .context("cannot watch the component files")?;
         println!(
             "courier: watching {} for changes",
@@ -183,9 +191,38 @@ async fn serve(
     let config = ingress::IngressConfig::new(address)
         .request_timeout(runtime.request_timeout)
         .max_payload(runtime.max_payload)
-        .token(token)
         .lattice(lattice.clone())
-        .specs(specs);
+        .specs(specs)
+        .compile_slot(compiles);
+    // Kept until the run ends, when its file is removed.
+    let mut _made_token = None;
+    let config = match token {
+        Some(token) => config.token(Some(token)),
+        None => {
+            match MadeToken::make(address) {
+                Ok(made) => {
+                    println!(
+                        "courier: restarts and upgrades ask for the token in {} (made for \
+                         this run; `courier upgrade` reads it from there)",
+                        made.file().display()
+                    );
+                    let config =
+                        config.made_token(made.token().to_string(), made.file().to_path_buf());
+                    _made_token = Some(made);
+                    config
+                }
+                // Messages and requests are served all the same; without a token nobody
+                // may restart or upgrade.
+                Err(reason) => {
+                    println!(
+                        "courier: cannot keep a token for restarts and upgrades, so they are \
+                         refused: {reason}"
+                    );
+                    config
+                }
+            }
+        }
+    };
     let app = ingress::router(broker.clone(), config);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(

@@ -163,3 +163,50 @@ fn courier_dev_rebuilds_and_upgrades_after_an_edit_and_keeps_serving_through_a_b
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success(), "{}", courier.stderr());
 }
+
+#[test]
+fn courier_dev_finds_the_component_where_cargo_put_it() {
+    use crate::run::{Courier, STOP_TIMEOUT, client, post};
+    use std::time::Duration;
+
+    let work = repo().join("target").join("new-component-test");
+    let shared_target = work.join("target");
+    std::fs::create_dir_all(&shared_target).unwrap();
+    let scratch = tempfile::tempdir_in(&work).unwrap();
+    let crate_dir = scratch.path().join("elsewhere-dev");
+    let made = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["new", crate_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+
+    // Cargo builds into CARGO_TARGET_DIR, not the crate's `target/` that courier.toml names.
+    let mut courier = Courier::start_with_env(
+        &[
+            "dev",
+            crate_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("CARGO_TARGET_DIR", &shared_target)],
+    );
+    let address = courier.address_within(Duration::from_secs(600));
+    let artifact = shared_target.join("wasm32-wasip2/release/elsewhere_dev.wasm");
+    assert!(
+        courier.stdout().contains(&format!(
+            "cargo put elsewhere_dev.wasm at {}",
+            artifact.display()
+        )),
+        "{}",
+        courier.stdout()
+    );
+    assert!(!crate_dir.join("target").exists());
+    let url = format!("http://{address}/components/elsewhere-dev/requests");
+    assert_eq!(
+        post(&client(), &url, b"world"),
+        (200, b"hello, world".to_vec())
+    );
+
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success(), "{}", courier.stderr());
+}

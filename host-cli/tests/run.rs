@@ -19,6 +19,9 @@ pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `courier`, killed if the test ends without stopping it.
 pub(crate) struct Courier {
     child: Child,
+    /// `XDG_RUNTIME_DIR` of the run, where it keeps the token it makes, unless the test
+    /// gave one.
+    runtime_dir: Option<tempfile::TempDir>,
     lines: Receiver<String>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
@@ -26,8 +29,21 @@ pub(crate) struct Courier {
 
 impl Courier {
     pub(crate) fn start(args: &[&str]) -> Courier {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        Courier::start_with_env(args, &[])
+    }
+
+    /// [`start`](Self::start) with more environment variables.
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Courier {
+        let runtime_dir = (!env.iter().any(|(name, _)| *name == "XDG_RUNTIME_DIR"))
+            .then(|| tempfile::tempdir().unwrap());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        if let Some(dir) = &runtime_dir {
+            command.env("XDG_RUNTIME_DIR", dir.path());
+        }
+        let mut child = command
             .args(args)
+            .envs(env.iter().copied())
+            .env_remove("COURIER_TOKEN")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -59,6 +75,7 @@ impl Courier {
         });
         Courier {
             child,
+            runtime_dir,
             lines,
             stdout,
             stderr,
@@ -88,6 +105,14 @@ impl Courier {
                 ),
             }
         }
+    }
+
+    /// The `XDG_RUNTIME_DIR` it was started with, when the test gave none.
+    pub(crate) fn runtime_dir(&self) -> &Path {
+        self.runtime_dir
+            .as_ref()
+            .expect("a runtime folder of its own")
+            .path()
     }
 
     pub(crate) fn stdout(&self) -> String {
@@ -209,6 +234,37 @@ pub(crate) fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> (u16, Vec<u8>
     let mut response = agent.post(url).send(body).expect("the ingress answers");
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_vec().unwrap())
+}
+
+/// Status and body of a POST with `Authorization: Bearer TOKEN`.
+pub(crate) fn post_with_token(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &[u8],
+    token: &str,
+) -> (u16, Vec<u8>) {
+    let mut response = agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body)
+        .expect("the ingress answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_vec().unwrap())
+}
+
+/// The token file a run without a configured token names in its startup lines.
+fn made_token_file(courier: &Courier) -> PathBuf {
+    let stdout = courier.stdout();
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("courier: restarts and upgrades ask for the token in "))
+        .unwrap_or_else(|| panic!("no token file named in\n{stdout}"));
+    PathBuf::from(line.split(" (").next().unwrap())
+}
+
+/// The token a run without a configured token made.
+fn made_token(courier: &Courier) -> String {
+    std::fs::read_to_string(made_token_file(courier)).unwrap()
 }
 
 /// Status and body of a GET, as text.
@@ -748,12 +804,10 @@ restart = { policy = "temporary" }
             .to_string()
     };
     let restart = format!("{base}/components/panicker/restart");
+    let token = made_token(&courier);
+    let manage = |url: &str| post_with_token(&agent, url, b"", &token);
 
-    assert_eq!(
-        post(&agent, &restart, b"").0,
-        409,
-        "a running one is left alone"
-    );
+    assert_eq!(manage(&restart).0, 409, "a running one is left alone");
     let (status, _) = post(
         &agent,
         &format!("{base}/components/panicker/messages"),
@@ -776,7 +830,7 @@ restart = { policy = "temporary" }
         courier.stderr()
     );
 
-    let (status, body) = post(&agent, &restart, b"");
+    let (status, body) = manage(&restart);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["status"], "restarted");
     assert_eq!(state(&agent), "running");
@@ -788,7 +842,7 @@ restart = { policy = "temporary" }
     );
     assert_eq!(status, 202);
     let unknown = format!("{base}/components/nobody/restart");
-    assert_eq!(post(&agent, &unknown, b"").0, 404);
+    assert_eq!(manage(&unknown).0, 404);
 }
 
 #[test]
@@ -1081,6 +1135,486 @@ fn courier_run_watch_upgrades_a_component_when_its_file_changes() {
     }
     // The counter answers now: no message counted yet.
     assert_eq!(post(&agent, &url, b""), (200, 0u64.to_le_bytes().to_vec()));
+
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
+
+/// What a request written by hand got back: its status and the rest of the answer, within
+/// five seconds of sending its head (and `body`, if any).
+fn raw_answer(address: &str, head: &str, body: &[u8]) -> (Option<u16>, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address).expect("the ingress accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok());
+    (status, answer)
+}
+
+/// `courier upgrade ID PATH --url URL`, with `XDG_RUNTIME_DIR` set to `runtime_dir` and no
+/// `COURIER_TOKEN`, and `token` as `--token` if given.
+fn courier_upgrade(
+    id: &str,
+    path: &Path,
+    url: &str,
+    runtime_dir: &Path,
+    token: Option<&str>,
+) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+    command
+        .args(["upgrade", id])
+        .arg(path)
+        .args(["--url", url])
+        .env("XDG_RUNTIME_DIR", runtime_dir)
+        .env_remove("COURIER_TOKEN");
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command.output().expect("the courier binary starts")
+}
+
+#[test]
+fn without_a_configured_token_management_asks_for_the_one_the_run_made() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+
+[[component]]
+id = "svc"
+path = "{echo}"
+
+[[component]]
+id = "panicker"
+path = "{panicker}"
+restart = { policy = "temporary" }
+"#,
+    );
+    let mut courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let address = courier.address();
+    let base = format!("http://{address}");
+    let agent = client();
+
+    // Made for the run, in a file of the user's alone, at the place the address names.
+    let token_file = made_token_file(&courier);
+    let port = address.rsplit(':').next().unwrap();
+    assert_eq!(
+        token_file,
+        courier
+            .runtime_dir()
+            .join(format!("courier/ingress-127.0.0.1-{port}.token"))
+    );
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(token_file.parent().unwrap()), 0o700);
+    let token = made_token(&courier);
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+
+    // Messages, requests and reads stay open, as in the quick start.
+    let (status, reply) = post(&agent, &format!("{base}/components/svc/requests"), b"hi");
+    assert_eq!((status, reply.as_slice()), (200, &b"hi"[..]));
+    let (status, _) = post(&agent, &format!("{base}/components/svc/messages"), b"hi");
+    assert_eq!(status, 202);
+    assert_eq!(get(&agent, &format!("{base}/components")).0, 200);
+
+    // Restarts and upgrades ask for it, and the refusal says where it is.
+    // (A body the runner does not read is kept short: one it refuses before reading is
+    // left unread, and a long one would meet a reset connection.)
+    let counter = guest_path("counter");
+    let component = b"\0asm, never read";
+    let upgrade_url = format!("{base}/components/svc/upgrade");
+    let (status, body) = post(&agent, &upgrade_url, component);
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains(&token_file.display().to_string()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _) = post_with_token(&agent, &upgrade_url, component, "not-the-token");
+    assert_eq!(status, 401);
+    let restart_url = format!("{base}/components/panicker/restart");
+    assert_eq!(post(&agent, &restart_url, b"").0, 401);
+    assert_eq!(post_with_token(&agent, &restart_url, b"", &token).0, 409);
+    let (status, reply) = post(&agent, &format!("{base}/components/svc/requests"), b"still");
+    assert_eq!(
+        (status, reply.as_slice()),
+        (200, &b"still"[..]),
+        "not upgraded"
+    );
+
+    // `courier upgrade` finds it by itself.
+    let done = courier_upgrade("svc", &counter, &base, courier.runtime_dir(), None);
+    assert!(
+        done.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let (status, count) = post(&agent, &format!("{base}/components/svc/requests"), b"");
+    assert_eq!((status, count), (200, 0u64.to_le_bytes().to_vec()));
+
+    // Gone with the run.
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success(), "{}", courier.stderr());
+    assert!(!token_file.exists(), "{} left behind", token_file.display());
+}
+
+#[test]
+fn an_upgrade_is_refused_before_its_body_is_read_and_one_compiles_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+token = "s3cret"
+
+[[component]]
+id = "svc"
+path = "{echo}"
+
+[[component]]
+id = "panicker"
+path = "{panicker}"
+restart = { policy = "temporary" }
+"#,
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let address = courier.address();
+    let url = format!("http://{address}");
+    // A head announcing 10 MB of component, without the body: every refusal below comes
+    // at once, before any of it is read (the body timeout would be 30 s).
+    let head = |id: &str, token: &str, length: u64| {
+        format!(
+            "POST /components/{id}/upgrade HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let refused = |id: &str, token: &str, length: u64| {
+        let (status, answer) = raw_answer(&address, &head(id, token, length), b"");
+        (
+            status.unwrap_or_else(|| panic!("no answer: {answer:?}")),
+            answer,
+        )
+    };
+    assert_eq!(refused("svc", "wrong", 10_000_000).0, 401);
+    let (status, answer) = refused("nobody", "s3cret", 10_000_000);
+    assert_eq!(status, 404, "{answer}");
+    let (status, answer) = refused("svc", "s3cret", 100 << 20);
+    assert_eq!(status, 413, "{answer}");
+    let agent = client();
+    let (status, _) = post_with_token(
+        &agent,
+        &format!("{url}/components/panicker/messages"),
+        b"boom",
+        "s3cret",
+    );
+    assert_eq!(status, 202);
+    let failed_by = Instant::now() + STOP_TIMEOUT;
+    loop {
+        let mut response = agent
+            .get(&format!("{url}/components"))
+            .header("Authorization", "Bearer s3cret")
+            .call()
+            .unwrap();
+        let listing = json(&response.body_mut().read_to_vec().unwrap());
+        let panicker = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "panicker")
+            .cloned()
+            .unwrap();
+        if panicker["state"] == "failed" {
+            break;
+        }
+        assert!(
+            Instant::now() < failed_by,
+            "panicker did not fail: {listing}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (status, answer) = refused("panicker", "s3cret", 10_000_000);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.contains("upgrade-refused") && answer.contains("failed"),
+        "{answer}"
+    );
+
+    // An upgrade whose body is on its way holds the one compile slot: another is refused
+    // with 429 until it is gone.
+    let mut uploading = std::net::TcpStream::connect(&address).unwrap();
+    {
+        use std::io::Write;
+        uploading
+            .write_all(head("svc", "s3cret", 10_000).as_bytes())
+            .unwrap();
+        uploading.write_all(b"\0asm").unwrap();
+    }
+    let counter = guest_path("counter");
+    let busy_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy = courier_upgrade("svc", &counter, &url, dir.path(), Some("s3cret"));
+        let said = String::from_utf8_lossy(&busy.stderr);
+        assert!(
+            !busy.status.success(),
+            "upgraded while another was received"
+        );
+        if said.contains("(429)") {
+            assert!(said.contains("upgrade-busy"), "{said}");
+            break;
+        }
+        // The server may not have read the other's head yet.
+        assert!(Instant::now() < busy_by, "{said}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(uploading);
+    let done_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let done = courier_upgrade("svc", &counter, &url, dir.path(), Some("s3cret"));
+        if done.status.success() {
+            break;
+        }
+        let said = String::from_utf8_lossy(&done.stderr);
+        assert!(said.contains("(429)"), "{said}");
+        assert!(
+            Instant::now() < done_by,
+            "the slot was not given back: {said}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_upgrade_whose_client_leaves_stops_waiting_for_its_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cache of its own, so that the component below is compiled, not found.
+    let cache = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            r#"
+[runtime]
+cache_dir = {:?}
+token = "s3cret"
+
+[[component]]
+id = "svc"
+path = "{{echo}}"
+"#,
+            cache.path().display().to_string()
+        ),
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let address = courier.address();
+    let url = format!("http://{address}");
+    let slow = crate::slow_to_compile_component();
+    let head = format!(
+        "POST /components/svc/upgrade HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer s3cret\r\nContent-Length: {}\r\n\r\n",
+        slow.len()
+    );
+    {
+        use std::io::Write;
+        let mut leaving = std::net::TcpStream::connect(&address).unwrap();
+        leaving.write_all(head.as_bytes()).unwrap();
+        leaving.write_all(&slow).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        // Gone while it compiles.
+    }
+    let noticed_by = Instant::now() + Duration::from_secs(10);
+    while !courier
+        .stderr()
+        .contains("upgrade abandoned: the client left")
+    {
+        assert!(
+            Instant::now() < noticed_by,
+            "the handler did not notice\nstdout:\n{}\nstderr:\n{}",
+            courier.stdout(),
+            courier.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The compile runs to its end and is dropped; then the next upgrade has the slot.
+    let counter = guest_path("counter");
+    let done_by = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = courier_upgrade("svc", &counter, &url, dir.path(), Some("s3cret"));
+        if done.status.success() {
+            break;
+        }
+        let said = String::from_utf8_lossy(&done.stderr);
+        assert!(said.contains("(429)"), "{said}");
+        assert!(Instant::now() < done_by, "the compile never ended: {said}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (status, count) = post_with_token(
+        &client(),
+        &format!("{url}/components/svc/requests"),
+        b"",
+        "s3cret",
+    );
+    assert_eq!((status, count), (200, 0u64.to_le_bytes().to_vec()));
+}
+
+#[test]
+fn concurrent_restarts_of_one_component_start_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        r#"
+[runtime]
+cache_dir = "{cache}"
+token = "s3cret"
+
+[[component]]
+id = "panicker"
+path = "{panicker}"
+restart = { policy = "temporary" }
+"#,
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    let state = || {
+        let mut response = agent
+            .get(&format!("{base}/components"))
+            .header("Authorization", "Bearer s3cret")
+            .call()
+            .unwrap();
+        json(&response.body_mut().read_to_vec().unwrap())
+    };
+    // The race needs two restarts between the state check and the spawn: rare in one round.
+    for round in 0..20 {
+        let (status, _) = post_with_token(
+            &agent,
+            &format!("{base}/components/panicker/messages"),
+            b"boom",
+            "s3cret",
+        );
+        assert_eq!(status, 202);
+        let failed_by = Instant::now() + STOP_TIMEOUT;
+        while state()[0]["state"] != "failed" {
+            assert!(Instant::now() < failed_by, "panicker did not fail");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let restarts: Vec<_> = (0..8)
+            .map(|_| {
+                let start = start.clone();
+                let url = format!("{base}/components/panicker/restart");
+                thread::spawn(move || {
+                    let agent = client();
+                    start.wait();
+                    let (status, body) = post_with_token(&agent, &url, b"", "s3cret");
+                    (status, String::from_utf8_lossy(&body).into_owned())
+                })
+            })
+            .collect();
+        let answers: Vec<(u16, String)> = restarts.into_iter().map(|t| t.join().unwrap()).collect();
+        let won = answers.iter().filter(|(status, _)| *status == 200).count();
+        assert_eq!(won, 1, "round {round}: {answers:?}");
+        for (status, body) in &answers {
+            assert!(
+                *status == 200
+                    || (*status == 409
+                        && (body.contains("restart-in-progress") || body.contains("\"running\""))),
+                "round {round}: {answers:?}"
+            );
+        }
+        let listing = state();
+        assert_eq!(listing.as_array().unwrap().len(), 1, "{listing}");
+        assert_eq!(listing[0]["state"], "running", "{listing}");
+    }
+}
+
+/// Waits until `courier` has printed `line`, failing with what it printed.
+fn wait_for_line(courier: &Courier, line: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !courier.stdout().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no `{line}`\nstdout:\n{}\nstderr:\n{}",
+            courier.stdout(),
+            courier.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replaces `file` as a build does: the new version written beside it and renamed over it.
+fn replace_with(file: &Path, new: &Path) {
+    let next = file.with_extension("wasm.new");
+    std::fs::copy(new, &next).unwrap();
+    std::fs::rename(&next, file).unwrap();
+}
+
+#[test]
+fn courier_run_watch_follows_links_and_folders_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // `svc` is a link to a file in another folder, where the rebuild writes.
+    let build = dir.path().join("build");
+    std::fs::create_dir(&build).unwrap();
+    std::fs::copy(guest_path("echo"), build.join("svc.wasm")).unwrap();
+    let link = dir.path().join("svc.wasm");
+    std::os::unix::fs::symlink(build.join("svc.wasm"), &link).unwrap();
+    // `other` is in a folder that is removed and made again, as by `cargo clean`.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::copy(guest_path("echo"), out.join("other.wasm")).unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            "[runtime]\ncache_dir = \"{{cache}}\"\n\n[[component]]\nid = \"svc\"\npath = {:?}\n\n[[component]]\nid = \"other\"\npath = {:?}\n",
+            link.display().to_string(),
+            out.join("other.wasm").display().to_string()
+        ),
+    );
+    let mut courier = Courier::start(&[
+        "run",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--watch",
+    ]);
+    let address = courier.address();
+    let agent = client();
+    let svc = format!("http://{address}/components/svc/requests");
+    let other = format!("http://{address}/components/other/requests");
+    assert_eq!(post(&agent, &svc, b"hi"), (200, b"hi".to_vec()));
+    assert_eq!(post(&agent, &other, b"hi"), (200, b"hi".to_vec()));
+
+    replace_with(&build.join("svc.wasm"), &guest_path("counter"));
+    wait_for_line(
+        &courier,
+        "courier: upgraded `svc` from ",
+        Duration::from_secs(30),
+    );
+    assert_eq!(post(&agent, &svc, b""), (200, 0u64.to_le_bytes().to_vec()));
+
+    std::fs::remove_dir_all(&out).unwrap();
+    // Long enough for the watch to find the folder gone.
+    thread::sleep(Duration::from_millis(1500));
+    std::fs::create_dir(&out).unwrap();
+    std::fs::copy(guest_path("counter"), out.join("other.wasm")).unwrap();
+    wait_for_line(
+        &courier,
+        "courier: upgraded `other` from ",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        post(&agent, &other, b""),
+        (200, 0u64.to_le_bytes().to_vec())
+    );
 
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
