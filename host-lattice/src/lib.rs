@@ -35,11 +35,15 @@
 //!   by then, so a refusal (`mailbox-full`, say) ends the message as a dead letter on the
 //!   sending host with the serving host's reason; NATS's "no responders" ends it as
 //!   `no-host`; no acknowledgement within the ack timeout ends it as `unconfirmed` (it may
-//!   have arrived). At most once: nothing is sent twice.
-//! - **send-request**: carries the guest's timeout; the serving host dead-letters a request
-//!   still queued when that time has passed instead of handling it; the reply goes to the
-//!   requesting host's own reply subject, and only the requester gets it. A request takes
-//!   the same ordered path as messages, so it does not overtake them.
+//!   have arrived). A message still queued when it could no longer be acknowledged in time
+//!   (NATS unreachable, say) is never sent: it ends as a dead letter `not sent`. At most
+//!   once: nothing is sent twice.
+//! - **send-request**: carries the time the requester has left when it goes on the wire
+//!   (a request whose requester stopped waiting is not sent); the serving host
+//!   dead-letters a request still queued when that time has passed instead of handling
+//!   it; the reply goes to the requesting host's own reply subject, and only the requester
+//!   gets it. A request takes the same ordered path as messages, so it does not overtake
+//!   them.
 //! - **publish**: delivered to this host's subscribers at once (the count returned to the
 //!   publisher is theirs), and offered once to the other hosts, each of which subscribes
 //!   once per topic its components hear and delivers to its own subscribers. At most
@@ -52,12 +56,22 @@
 //! - **Payload size**: a payload larger than the server's `max_payload` less
 //!   [`HEADER_ROOM`] is refused with `payload-too-large` and that limit; payloads are
 //!   not split into chunks.
-//! - **Ids**: one host serves an id at a time: a host refuses to serve an exposed id that
-//!   another host already answers for. An id spawned with
-//!   [`Exposure::Replicated`](courier_host_broker::Exposure::Replicated) may be served by
-//!   several hosts (a NATS queue group); each message goes to one of them, and per-sender
-//!   order is not kept across them.
-//!
+//! - **Ids**: every exposed id is a NATS queue group, so even two hosts that start serving
+//!   one id at the same moment never both get a message: each message goes to one of
+//!   them. A host refuses to serve an exposed id that another host already answers for,
+//!   and when two hosts claim one exclusive id anyway, every host's directory reports it
+//!   ([`Lattice::conflicts`], a log line, [`LatticeMetrics::conflicts`]). An id spawned
+//!   with [`Exposure::Replicated`](courier_host_broker::Exposure::Replicated) is meant to
+//!   be served by several hosts; per-sender order is not kept across them.
+//! - **Restarts**: every join has a random incarnation, in the subject replies and
+//!   acknowledgements come back on, so a host started again under its name never takes
+//!   its previous run's replies for its own. A host refuses to join while another live
+//!   host answers for its name ([`LatticeError::HostNameTaken`]).
+//! - **Outages**: every wait on NATS is bounded (a second, or the drain given to
+//!   [`Lattice::leave`]), so leaving with every server down still ends in time; what the
+//!   lattice still owed then, and what a dropped [`Lattice`] owed, ends as dead letters
+//!   with the reason, and the broker can join again.
+
 //! ## Trust
 //!
 //! Guests never touch NATS: a guest chooses a target and a payload, and its host stamps
@@ -67,7 +81,9 @@
 //! A host takes the sender header of what arrives as true, so anyone who may
 //! publish on the lattice's subjects can claim any sender id: the NATS credentials
 //! ([`Auth`]) are what make a host a host. Give each host credentials whose permissions
-//! are limited to `courier.<lattice>.>`, and give nothing else those permissions.
+//! are limited to `courier.<lattice>.>`, and give nothing else those permissions;
+//! [`LatticeConfig::trust_warnings`] names what in a configuration leaves that open (a server on
+//! another machine with no credentials, or credentials sent to it in plaintext).
 
 mod config;
 mod directory;
