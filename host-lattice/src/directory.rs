@@ -335,8 +335,12 @@ mod tests {
     fn two_hosts_claiming_one_id_are_a_conflict_until_one_stops() {
         let directory = Directory::default();
         directory.heard("b", beat("b", &["pong", "echo"]));
-        assert!(directory.conflicts("a", ["echo"]).iter().any(|c| c.id == "echo"
-            && c.hosts == ["a", "b"]));
+        assert!(
+            directory
+                .conflicts("a", ["echo"])
+                .iter()
+                .any(|c| c.id == "echo" && c.hosts == ["a", "b"])
+        );
         directory.heard("c", beat("c", &["pong"]));
         let conflicts = directory.conflicts("a", []);
         assert_eq!(
@@ -355,7 +359,9 @@ mod tests {
     fn the_directory_is_bounded_in_bytes_and_updated_host_by_host() {
         let directory = Directory::default();
         let big = "x".repeat(200);
-        let many: Vec<String> = (0..MAX_ENTRIES_PER_HOST).map(|i| format!("{big}{i}")).collect();
+        let many: Vec<String> = (0..MAX_ENTRIES_PER_HOST)
+            .map(|i| format!("{big}{i}"))
+            .collect();
         let mut hosts_taken = 0;
         for host in 0..10 {
             let name = format!("h{host}");
@@ -374,7 +380,10 @@ mod tests {
         directory.heard("h0", beat("h0", &["pong"]));
         assert!(directory.serves("pong"));
         directory.expire(Duration::ZERO);
-        assert_eq!(directory.bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            directory.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
         assert!(!directory.serves("pong"));
     }
 }

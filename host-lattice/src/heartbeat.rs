@@ -121,7 +121,6 @@ impl Inner {
         }
     }
 
-
     /// The ids more than one host claims to serve alone, this host included.
     pub(crate) fn conflicts(&self) -> Vec<Conflict> {
         let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());

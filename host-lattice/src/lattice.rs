@@ -488,9 +488,7 @@ async fn connect(
                         // The client dropped a message for a full subscription: what
                         // another host sent never reaches this one (its sender ends it
                         // as unconfirmed).
-                        counters
-                            .slow_consumer_drops
-                            .fetch_add(1, Ordering::Relaxed);
+                        counters.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
                     }
                     other => tracing::debug!(%host, event = %other, "NATS event"),
                 }
@@ -528,15 +526,18 @@ async fn answers_for(client: &async_nats::Client, subjects: &Subjects) -> Option
     let request = async_nats::Request::new().timeout(Some(PROBE_TIMEOUT));
     let asked = client.send_request(subjects.who(), request);
     match tokio::time::timeout(PROBE_TIMEOUT * 2, asked).await {
-        Ok(Ok(answer)) => Some(
-            wire::header_text(wire::get(answer.headers.as_ref(), wire::INCARNATION).unwrap_or("?")),
-        ),
+        Ok(Ok(answer)) => Some(wire::header_text(
+            wire::get(answer.headers.as_ref(), wire::INCARNATION).unwrap_or("?"),
+        )),
         _ => None,
     }
 }
 
 /// `future`'s output, unless it takes longer than `limit`.
-pub(crate) async fn bounded<F: std::future::Future>(limit: Duration, future: F) -> Option<F::Output> {
+pub(crate) async fn bounded<F: std::future::Future>(
+    limit: Duration,
+    future: F,
+) -> Option<F::Output> {
     tokio::time::timeout(limit, future).await.ok()
 }
 
@@ -580,18 +581,18 @@ impl Inner {
                 .fetch_add(unacked.len() as u64, Ordering::Relaxed);
             let left: Vec<Unacked> = std::mem::take(&mut *unacked).into_values().collect();
             for unacked in &left {
-                self.outbound_bytes.fetch_sub(unacked.len, Ordering::Relaxed);
+                self.outbound_bytes
+                    .fetch_sub(unacked.len, Ordering::Relaxed);
             }
             left
         };
         for unacked in left {
             unacked.message.dead_letter(reason);
         }
-        let waiting: Vec<Waiter> = std::mem::take(
-            &mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()),
-        )
-        .into_values()
-        .collect();
+        let waiting: Vec<Waiter> =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
         for waiter in waiting {
             let _ = waiter.send(Err(MessagingError::ShuttingDown));
         }

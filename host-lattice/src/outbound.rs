@@ -112,7 +112,11 @@ impl Inner {
                         }
                         let left = due.saturating_duration_since(Instant::now());
                         if !connected || left.is_zero() {
-                            self.not_sent(seq, request, "no NATS server could be reached before it was due");
+                            self.not_sent(
+                                seq,
+                                request,
+                                "no NATS server could be reached before it was due",
+                            );
                             continue;
                         }
                         if request {
@@ -155,7 +159,9 @@ impl Inner {
                             self.counters
                                 .publications_dropped
                                 .fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!("publication not sent to other hosts: the NATS client did not take it");
+                            tracing::warn!(
+                                "publication not sent to other hosts: the NATS client did not take it"
+                            );
                         }
                     }
                 }

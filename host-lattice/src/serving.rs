@@ -148,7 +148,10 @@ impl Inner {
             .headers(headers)
             .timeout(Some(timeout));
         let asked = self.client.send_request(subject.to_string(), request);
-        match bounded(timeout + NATS_WAIT, asked).await.and_then(Result::ok) {
+        match bounded(timeout + NATS_WAIT, asked)
+            .await
+            .and_then(Result::ok)
+        {
             Some(answer) => Some(
                 wire::get(answer.headers.as_ref(), wire::HOST)
                     .unwrap_or("?")
@@ -157,7 +160,6 @@ impl Inner {
             None => None,
         }
     }
-
 
     /// Read `id`'s subject until told to stop (this component's stop, or the whole
     /// host's); then unsubscribe and handle what had already come, so nothing this host
@@ -221,11 +223,14 @@ impl Inner {
             let subject = format!("{replies}.{}", wire::ACKS);
             let sent = bounded(
                 NATS_WAIT,
-                self.client.publish(subject, wire::encode_seqs(&seqs).into()),
+                self.client
+                    .publish(subject, wire::encode_seqs(&seqs).into()),
             )
             .await;
             if !matches!(sent, Some(Ok(()))) {
-                tracing::warn!("acknowledgements to another host not sent: the NATS client did not take them");
+                tracing::warn!(
+                    "acknowledgements to another host not sent: the NATS client did not take them"
+                );
             }
         }
     }
@@ -247,7 +252,8 @@ impl Inner {
                 answer.insert(wire::HOST, self.config.host.as_str());
                 let _ = bounded(
                     NATS_WAIT,
-                    self.client.publish_with_headers(reply, answer, Bytes::new()),
+                    self.client
+                        .publish_with_headers(reply, answer, Bytes::new()),
                 )
                 .await;
             }
@@ -302,7 +308,11 @@ impl Inner {
     }
 
     /// Answer on `reply`: the reply's bytes (empty for an acknowledgement) or the error.
-    pub(crate) async fn reply(&self, reply: async_nats::Subject, answer: Result<Vec<u8>, MessagingError>) {
+    pub(crate) async fn reply(
+        &self,
+        reply: async_nats::Subject,
+        answer: Result<Vec<u8>, MessagingError>,
+    ) {
         let mut headers = HeaderMap::new();
         let payload = match answer {
             Ok(bytes) if bytes.len() > self.max_payload() => {

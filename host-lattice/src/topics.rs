@@ -57,7 +57,9 @@ impl Inner {
                         .insert(subject, task);
                 }
                 Some(Err(err)) => tracing::error!(%subject, error = %err, "cannot hear topic"),
-                None => tracing::error!(%subject, "cannot hear topic: the NATS client did not take the subscription"),
+                None => {
+                    tracing::error!(%subject, "cannot hear topic: the NATS client did not take the subscription")
+                }
             }
         }
         let _ = bounded(NATS_WAIT, self.client.flush()).await;

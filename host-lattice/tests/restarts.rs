@@ -83,9 +83,12 @@ async fn a_second_host_under_a_live_hosts_name_is_refused_naming_it() {
     let engine =
         courier_host_core::Engine::new(courier_host_core::EngineConfig::default()).unwrap();
     let broker = courier_host_broker::Broker::new(engine);
-    let refused = Lattice::join(&broker, LatticeConfig::new(LATTICE, "a").server(server.url()))
-        .await
-        .unwrap_err();
+    let refused = Lattice::join(
+        &broker,
+        LatticeConfig::new(LATTICE, "a").server(server.url()),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&refused, LatticeError::HostNameTaken { host, .. } if host == "a"),
         "{refused}"
@@ -269,12 +272,8 @@ async fn nothing_given_up_on_during_an_outage_is_sent_after_it() {
         &[server.url()],
     )
     .await;
-    a.spawn(
-        a.spec("ping", "ping")
-            .may_send("pong")
-            .may_request("slow"),
-    )
-    .await;
+    a.spawn(a.spec("ping", "ping").may_send("pong").may_request("slow"))
+        .await;
     a.sees("pong").await;
     a.sees("slow").await;
     a.broker.send("ping", b"100".to_vec()).unwrap();
@@ -363,7 +362,10 @@ async fn an_exclusive_id_started_on_two_hosts_at_once_is_never_delivered_twice()
                 .metrics(&id)
                 .map_or(0, |metrics| metrics.delivered)
         };
-        eventually("every message to be handled", || count(&a) + count(&b) == 50).await;
+        eventually("every message to be handled", || {
+            count(&a) + count(&b) == 50
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(count(&a) + count(&b), 50, "{id} delivered twice");
     }
@@ -390,7 +392,8 @@ async fn components_that_hear_one_topic_spawned_together_hear_each_publication_o
     .await;
     a.broker.publish("news", b"1".to_vec()).unwrap();
     eventually("both to hear it", || {
-        b.broker.metrics("x").unwrap().delivered >= 1 && b.broker.metrics("y").unwrap().delivered >= 1
+        b.broker.metrics("x").unwrap().delivered >= 1
+            && b.broker.metrics("y").unwrap().delivered >= 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
