@@ -922,6 +922,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             "requests": m.arrived_requests,
             "publications": m.arrived_publications,
             "malformed": m.malformed,
+            "forged": m.forged,
             "slow_consumer_drops": m.slow_consumer_drops,
         },
     }))

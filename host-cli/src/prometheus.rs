@@ -237,12 +237,14 @@ pub fn render_lattice(out: &mut String, metrics: &LatticeMetrics) {
         out,
         "courier_lattice_arrivals_total",
         "counter",
-        "What arrived from other hosts, by kind; malformed ones were refused.",
+        "What arrived from other hosts, by kind; malformed ones were refused, and so were \
+         forged ones (a sender id or an acknowledgement that another host owns).",
         [
             ("message", metrics.arrived_messages),
             ("request", metrics.arrived_requests),
             ("publication", metrics.arrived_publications),
             ("malformed", metrics.malformed),
+            ("forged", metrics.forged),
         ]
         .into_iter()
         .map(|(kind, value)| (vec![("kind", kind.to_string())], value as f64))

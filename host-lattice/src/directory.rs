@@ -86,8 +86,13 @@ struct Index {
 #[derive(Default)]
 struct Claims {
     exclusive: Vec<String>,
-    replicas: usize,
+    replicas: Vec<String>,
 }
+
+/// How long a host that stopped serving an id may still acknowledge messages to it: a
+/// serving task sends the acknowledgements it gathered as it stops, and they can arrive
+/// after the heartbeat that no longer lists the id.
+pub(crate) const WITHDRAWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Index {
     fn add(&mut self, heartbeat: &Heartbeat) {
@@ -98,7 +103,10 @@ impl Index {
             }
         }
         for id in &heartbeat.replicated {
-            self.ids.entry(id.clone()).or_default().replicas += 1;
+            let claims = self.ids.entry(id.clone()).or_default();
+            if !claims.replicas.contains(&heartbeat.host) {
+                claims.replicas.push(heartbeat.host.clone());
+            }
         }
     }
 
@@ -110,14 +118,14 @@ impl Index {
         }
         for id in &heartbeat.replicated {
             if let Some(claims) = self.ids.get_mut(id) {
-                claims.replicas = claims.replicas.saturating_sub(1);
+                claims.replicas.retain(|host| *host != heartbeat.host);
             }
         }
         for id in heartbeat.served.iter().chain(&heartbeat.replicated) {
             if self
                 .ids
                 .get(id)
-                .is_some_and(|c| c.exclusive.is_empty() && c.replicas == 0)
+                .is_some_and(|c| c.exclusive.is_empty() && c.replicas.is_empty())
             {
                 self.ids.remove(id);
             }
@@ -129,6 +137,10 @@ impl Index {
 pub(crate) struct Directory {
     hosts: RwLock<HashMap<String, Seen>>,
     index: RwLock<Index>,
+    /// (host, id) pairs a host stopped serving, and when: within [`WITHDRAWN_GRACE`] its
+    /// late acknowledgements still count. Bounded like the index: at most one entry per id
+    /// a host ever listed, and each lives only for the grace.
+    withdrawn: std::sync::Mutex<HashMap<(String, String), Instant>>,
     /// The bytes of every host's ids and topics together.
     bytes: std::sync::atomic::AtomicUsize,
 }
@@ -154,6 +166,54 @@ impl Directory {
             .contains_key(id)
     }
 
+    /// Whether `host` serves `id` (alone or as a replica), or stopped within
+    /// [`WITHDRAWN_GRACE`]: whether an acknowledgement from it for a message to `id` can be
+    /// true.
+    pub(crate) fn may_answer_for(&self, host: &str, id: &str) -> bool {
+        let serves = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(id)
+            .is_some_and(|c| c.exclusive.iter().chain(&c.replicas).any(|h| h == host));
+        serves || {
+            let mut withdrawn = self.withdrawn.lock().unwrap_or_else(|e| e.into_inner());
+            withdrawn.retain(|_, at| at.elapsed() < WITHDRAWN_GRACE);
+            withdrawn.contains_key(&(host.to_string(), id.to_string()))
+        }
+    }
+
+    /// The host other than `from` that serves `sender` alone, if one does: a message from
+    /// `from` that names `sender` as its sender speaks for a component `from` does not run.
+    pub(crate) fn runs_elsewhere(&self, from: &str, sender: &str) -> Option<String> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let claims = index.ids.get(sender)?;
+        if claims
+            .exclusive
+            .iter()
+            .chain(&claims.replicas)
+            .any(|h| h == from)
+        {
+            return None;
+        }
+        claims.exclusive.first().cloned()
+    }
+
+    /// Note that `host` no longer serves what `heartbeat` listed and `now` does not.
+    fn note_withdrawn(&self, old: &Heartbeat, now: Option<&Heartbeat>) {
+        let still = |id: &String| {
+            now.is_some_and(|now| now.served.contains(id) || now.replicated.contains(id))
+        };
+        let mut withdrawn = self.withdrawn.lock().unwrap_or_else(|e| e.into_inner());
+        withdrawn.retain(|_, at| at.elapsed() < WITHDRAWN_GRACE);
+        for id in old.served.iter().chain(&old.replicated) {
+            if !still(id) && withdrawn.len() < MAX_ENTRIES_PER_HOST {
+                withdrawn.insert((old.host.clone(), id.clone()), Instant::now());
+            }
+        }
+    }
+
     /// Take in a heartbeat that came on `from`'s subject. One that names another host than
     /// the subject's is ignored: a host speaks only for itself. Returns whether what the
     /// directory knows changed.
@@ -169,6 +229,7 @@ impl Directory {
         if heartbeat.leaving {
             if let Some(seen) = hosts.remove(from) {
                 tracing::info!(host = from, "host left the lattice");
+                self.note_withdrawn(&seen.heartbeat, None);
                 self.forget(&seen);
             }
             return true;
@@ -197,7 +258,10 @@ impl Directory {
         };
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         match hosts.get(from) {
-            Some(old) => index.remove(&old.heartbeat),
+            Some(old) => {
+                self.note_withdrawn(&old.heartbeat, Some(&seen.heartbeat));
+                index.remove(&old.heartbeat);
+            }
             None => tracing::info!(host = from, "host joined the lattice"),
         }
         index.add(&seen.heartbeat);
@@ -230,6 +294,7 @@ impl Directory {
             .map(|(_, seen)| seen)
             .collect();
         for seen in &gone {
+            self.note_withdrawn(&seen.heartbeat, None);
             self.forget(seen);
         }
     }
@@ -329,6 +394,51 @@ mod tests {
         let directory = Directory::default();
         directory.heard("mallory", beat("b", &["pong"]));
         assert!(!directory.serves("pong"));
+    }
+
+    #[test]
+    fn only_a_host_that_serves_an_id_may_answer_for_it() {
+        let directory = Directory::default();
+        directory.heard("b", beat("b", &["pong"]));
+        directory.heard(
+            "c",
+            Heartbeat {
+                replicated: vec!["echo".into()],
+                ..beat("c", &[])
+            },
+        );
+        assert!(directory.may_answer_for("b", "pong"));
+        assert!(directory.may_answer_for("c", "echo"));
+        assert!(
+            !directory.may_answer_for("c", "pong"),
+            "c does not serve pong"
+        );
+        assert!(!directory.may_answer_for("mallory", "pong"));
+        // A host that stops still answers for what it gathered, for a while.
+        directory.heard("b", beat("b", &[]));
+        assert!(directory.may_answer_for("b", "pong"));
+        directory
+            .withdrawn
+            .lock()
+            .unwrap()
+            .values_mut()
+            .for_each(|at| *at = at.checked_sub(WITHDRAWN_GRACE).unwrap());
+        assert!(!directory.may_answer_for("b", "pong"), "the grace is over");
+
+        // A sender id that one host runs alone is that host's to use.
+        directory.heard("b", beat("b", &["pong"]));
+        assert_eq!(directory.runs_elsewhere("c", "pong").as_deref(), Some("b"));
+        assert_eq!(directory.runs_elsewhere("b", "pong"), None);
+        assert_eq!(
+            directory.runs_elsewhere("c", "echo"),
+            None,
+            "c's own replica"
+        );
+        assert_eq!(
+            directory.runs_elsewhere("b", "ping"),
+            None,
+            "nobody serves ping"
+        );
     }
 
     #[test]

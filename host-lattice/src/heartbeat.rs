@@ -85,6 +85,7 @@ impl Inner {
                 Ok(heartbeat) => {
                     if self.directory.heard(from, heartbeat) {
                         self.report_conflicts();
+                        self.recheck_doubtful(from);
                     }
                 }
                 Err(err) => {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::{HeaderMap, Subscriber};
+use async_nats::Subscriber;
 use bytes::Bytes;
 use courier_host_broker::{
     Broker, ComponentId, Exposure, HOST_SENDER, MAX_NAME_BYTES, MessagingError, Remote,
@@ -20,9 +20,9 @@ use crate::metrics::{Counters, LatticeMetrics};
 use crate::subject::{Subjects, is_plain_token};
 use crate::wire;
 
-/// Room kept for the headers within the server's largest message: the largest headers a
-/// host writes (two names of at most 255 bytes, a host name, an id, a kind, a timeout)
-/// take well under this.
+/// Room kept within the server's largest message for what a host adds to a payload: the
+/// envelope (at most [`wire::MAX_ENVELOPE`] bytes) and the headers of an answer (a host
+/// name and an error's text of at most 1 KiB) take less than this.
 pub const HEADER_ROOM: usize = 2048;
 
 /// How long a host asks whether another host already serves an id before it serves it.
@@ -119,13 +119,13 @@ pub(crate) enum Outbound {
         seq: u64,
         request: bool,
         subject: String,
-        headers: HeaderMap,
+        sender: ComponentId,
         payload: Bytes,
         expires: Instant,
     },
     Publication {
         subject: String,
-        headers: HeaderMap,
+        sender: ComponentId,
         payload: Bytes,
     },
 }
@@ -154,6 +154,9 @@ pub(crate) struct Inner {
     /// Numbers messages and requests in the order they are queued.
     pub(crate) seq: AtomicU64,
     pub(crate) unacked: Mutex<BTreeMap<u64, Unacked>>,
+    /// Acknowledgements, by the host that sent them, for messages to ids that host is not
+    /// yet known to serve.
+    pub(crate) doubtful: Mutex<HashMap<String, Vec<u64>>>,
     pub(crate) waiting: Mutex<HashMap<u64, Waiter>>,
     pub(crate) serving: Mutex<HashMap<ComponentId, Serving>>,
     /// Ids being made ready to serve, so two calls for one id (a spawn racing the join
@@ -248,6 +251,7 @@ impl Lattice {
             outbound_bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             unacked: Mutex::new(BTreeMap::new()),
+            doubtful: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             serving: Mutex::new(HashMap::new()),
             claiming: Mutex::new(HashSet::new()),
@@ -265,12 +269,14 @@ impl Lattice {
         let replies = inner
             .subscribe(format!("{}.*", inner.subjects.replies()))
             .await?;
+        let acks = inner.subscribe(inner.subjects.acks()).await?;
         let heartbeats = inner.subscribe(inner.subjects.heartbeats()).await?;
         let hellos = inner.subscribe(inner.subjects.hellos()).await?;
         let mut tasks = vec![
             tokio::spawn(inner.clone().answer_who(who)),
             tokio::spawn(inner.clone().send_queued(queue)),
             tokio::spawn(inner.clone().hear_replies(replies)),
+            tokio::spawn(inner.clone().hear_acks(acks)),
             tokio::spawn(inner.clone().hear_heartbeats(heartbeats)),
             tokio::spawn(inner.clone().hear_hellos(hellos)),
             tokio::spawn(inner.clone().beat()),

@@ -74,14 +74,16 @@
 
 //! ## Trust
 //!
-//! Guests never touch NATS: a guest chooses a target and a payload, and its host stamps
-//! the sender id and every other header: `Courier-Sender`, `Courier-Kind`,
-//! `Courier-Timeout-Ms`, `Courier-Host` on what it sends, `Courier-Error`,
-//! `Courier-Detail` and `Courier-Host` on its refusals (the subjects are in [`subject`]).
-//! A host takes the sender header of what arrives as true, so anyone who may
-//! publish on the lattice's subjects can claim any sender id: the NATS credentials
-//! ([`Auth`]) are what make a host a host. Give each host credentials whose permissions
-//! are limited to `courier.<lattice>.>`, and give nothing else those permissions;
+//! Guests never touch NATS: a guest chooses a target and a payload, and its host writes
+//! the rest: the envelope before the payload (kind, sender id, a request's time left) and
+//! the headers of its answers (the wire format is described in [`subject`]'s table and in
+//! ARCHITECTURE.md). Between hosts, the NATS credentials ([`Auth`]) make a host a host,
+//! and every subject a host publishes on carries its own name, so per-host permissions
+//! (`publish: courier.<lattice>.*.<host>.>`, `subscribe: courier.<lattice>.>`,
+//! `allow_responses: true`; see [`subject`]) pin it to speaking for itself. A receiving
+//! host also refuses a sender id that another host serves alone and acknowledgements for
+//! ids the acknowledging host does not serve ([`LatticeMetrics::forged`]). Any member can
+//! read everything under `courier.<lattice>.>`: give those permissions to hosts only.
 //! [`LatticeConfig::trust_warnings`] names what in a configuration leaves that open (a server on
 //! another machine with no credentials, or credentials sent to it in plaintext).
 

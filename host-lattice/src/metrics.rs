@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub(crate) arrived_requests: AtomicU64,
     pub(crate) arrived_publications: AtomicU64,
     pub(crate) malformed: AtomicU64,
+    pub(crate) forged: AtomicU64,
 }
 
 impl Counters {
@@ -43,6 +44,7 @@ impl Counters {
             arrived_requests: read(&self.arrived_requests),
             arrived_publications: read(&self.arrived_publications),
             malformed: read(&self.malformed),
+            forged: read(&self.forged),
             conflicts: 0,
         }
     }
@@ -96,6 +98,10 @@ pub struct LatticeMetrics {
     pub arrived_publications: u64,
     /// Arrivals without a valid kind, sender or topic, refused.
     pub malformed: u64,
+    /// What another host sent speaking for a third, refused: a message or publication
+    /// whose sender id another host runs (or this one does), and acknowledgements for
+    /// messages to ids the acknowledging host does not serve.
+    pub forged: u64,
     /// Ids that more than one host claims to serve alone, this host included
     /// ([`Lattice::conflicts`](crate::Lattice::conflicts)).
     pub conflicts: u64,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use courier_host_broker::{
     ComponentId, MessagingError, Remote, RemoteMessage, RemoteRefusal, Served,
@@ -14,22 +13,9 @@ use courier_host_core::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lattice::{Gateway, Inner, NATS_WAIT, Outbound, Unacked, bounded};
-use crate::wire::{self, Kind};
+use crate::wire::{self, Envelope, Kind};
 
 impl Inner {
-    /// The headers of what this host sends: what it is and who sent it. The target is the
-    /// subject, the sending host and sequence number are the reply subject; a publication
-    /// also names its host, so the host does not take its own back.
-    pub(crate) fn headers(&self, kind: Kind, sender: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(wire::KIND, kind.as_str());
-        headers.insert(wire::SENDER, sender);
-        if kind == Kind::Publication {
-            headers.insert(wire::HOST, self.config.host.as_str());
-        }
-        headers
-    }
-
     /// The refusal of a send to `target` before anything goes on the wire, if it must be
     /// refused: this host is leaving, no host serves the target, or the payload is too
     /// large for the wire.
@@ -95,7 +81,7 @@ impl Inner {
                         seq,
                         request,
                         subject,
-                        mut headers,
+                        sender,
                         payload,
                         expires,
                     } => {
@@ -119,15 +105,25 @@ impl Inner {
                             );
                             continue;
                         }
-                        if request {
+                        let envelope = if request {
                             let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
-                            headers.insert(wire::TIMEOUT_MS, ms.to_string());
-                        }
+                            Envelope {
+                                kind: Kind::Request,
+                                sender: &sender,
+                                timeout_ms: ms,
+                            }
+                        } else {
+                            Envelope {
+                                kind: Kind::Message,
+                                sender: &sender,
+                                timeout_ms: 0,
+                            }
+                        };
+                        let payload = envelope.wrap(&payload);
                         let reply = format!("{replies}.{seq}");
                         let published = bounded(
                             left,
-                            self.client
-                                .publish_with_reply_and_headers(subject, reply, headers, payload),
+                            self.client.publish_with_reply(subject, reply, payload),
                         )
                         .await;
                         match published {
@@ -146,15 +142,18 @@ impl Inner {
                     }
                     Outbound::Publication {
                         subject,
-                        headers,
+                        sender,
                         payload,
                     } => {
                         self.release(payload.len() as u64);
-                        let published = bounded(
-                            NATS_WAIT,
-                            self.client.publish_with_headers(subject, headers, payload),
-                        )
-                        .await;
+                        let payload = Envelope {
+                            kind: Kind::Publication,
+                            sender: &sender,
+                            timeout_ms: 0,
+                        }
+                        .wrap(&payload);
+                        let published =
+                            bounded(NATS_WAIT, self.client.publish(subject, payload)).await;
                         if !matches!(published, Some(Ok(()))) {
                             self.counters
                                 .publications_dropped
@@ -217,13 +216,12 @@ impl Remote for Gateway {
             inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
             return Err(RemoteRefusal { error, message });
         }
-        let headers = inner.headers(Kind::Message, message.sender());
         let queued = Instant::now();
         let item = Outbound::Addressed {
             seq,
             request: false,
             subject: inner.subjects.actor(message.target()),
-            headers,
+            sender: message.sender().clone(),
             payload: message.payload().clone(),
             expires: queued + inner.config.ack_timeout,
         };
@@ -280,8 +278,6 @@ impl Remote for Gateway {
             return Box::pin(async move { Err(error) });
         }
         let seq = inner.next_seq();
-        // The time left goes into the headers as the request goes on the wire.
-        let headers = inner.headers(Kind::Request, sender);
         let (answer, answered) = oneshot::channel();
         inner
             .waiting
@@ -293,7 +289,8 @@ impl Remote for Gateway {
             seq,
             request: true,
             subject: inner.subjects.actor(target),
-            headers,
+            // The time left goes into the envelope as the request goes on the wire.
+            sender: sender.clone(),
             payload,
             expires: Instant::now() + timeout,
         };
@@ -341,11 +338,10 @@ impl Remote for Gateway {
             );
             return;
         }
-        let headers = inner.headers(Kind::Publication, sender);
         let len = payload.len() as u64;
         let item = Outbound::Publication {
             subject: inner.subjects.topic(topic),
-            headers,
+            sender: sender.clone(),
             payload,
         };
         let queued = inner

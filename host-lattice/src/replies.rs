@@ -10,6 +10,10 @@ use courier_host_broker::MessagingError;
 use futures_util::StreamExt;
 
 use crate::lattice::{Inner, Unacked};
+
+/// The most acknowledgements kept while their host is not yet known to serve their
+/// target: a host's first acknowledgements can arrive before its heartbeat does.
+const MAX_DOUBTFUL: usize = 65_536;
 use crate::wire;
 
 impl Inner {
@@ -37,16 +41,12 @@ impl Inner {
         }
     }
 
-    /// Acknowledgements and replies: `<replies>.<seq>`, an empty message for a message
-    /// queued, a refusal in the headers, NATS's "no responders" when nobody serves the
-    /// target, or a request's reply.
+    /// Answers on `<replies>.<seq>`: an empty message for a message queued, a refusal in
+    /// the headers, NATS's "no responders" when nobody serves the target, or a request's
+    /// reply.
     pub(crate) async fn hear_replies(self: Arc<Self>, mut replies: Subscriber) {
         while let Some(reply) = replies.next().await {
             let last = reply.subject.rsplit('.').next().unwrap_or_default();
-            if last == wire::ACKS {
-                self.acknowledged(&reply.payload);
-                continue;
-            }
             let Ok(seq) = last.parse::<u64>() else {
                 continue;
             };
@@ -88,15 +88,43 @@ impl Inner {
         }
     }
 
-    /// A batch of acknowledgements: each message it names was queued on the serving host.
-    pub(crate) fn acknowledged(&self, payload: &[u8]) {
+    /// Batches of acknowledgements from the hosts this run sent to, on
+    /// `k.<serving host>.<this host>.<incarnation>`.
+    pub(crate) async fn hear_acks(self: Arc<Self>, mut acks: Subscriber) {
+        while let Some(batch) = acks.next().await {
+            match self.subjects.sending_host(&batch.subject) {
+                Some(host) => self.acknowledged(host, &batch.payload),
+                None => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A batch of acknowledgements from `host`: each message it names was queued there. A
+    /// host speaks only for the ids it serves: a sequence number whose message went to an
+    /// id the directory does not (yet) list for `host` waits in `doubtful` until a
+    /// heartbeat says it does; an acknowledgement that never becomes true leaves its
+    /// message to end as `unconfirmed`.
+    pub(crate) fn acknowledged(&self, host: &str, payload: &[u8]) {
         let Some(seqs) = wire::decode_seqs(payload) else {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        let mut doubtful = Vec::new();
         let acked: Vec<Unacked> = {
             let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
-            let acked: Vec<Unacked> = seqs.iter().filter_map(|seq| unacked.remove(seq)).collect();
+            let mut acked = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                let Some(entry) = unacked.get(&seq) else {
+                    continue;
+                };
+                if self.directory.may_answer_for(host, entry.message.target()) {
+                    acked.extend(unacked.remove(&seq));
+                } else {
+                    doubtful.push(seq);
+                }
+            }
             self.release(acked.iter().map(|a| a.len).sum());
             self.counters
                 .acked
@@ -106,6 +134,61 @@ impl Inner {
         for unacked in acked {
             unacked.message.delivered();
         }
+        if !doubtful.is_empty() {
+            let mut waiting = self.doubtful.lock().unwrap_or_else(|e| e.into_inner());
+            let room = MAX_DOUBTFUL.saturating_sub(waiting.values().map(Vec::len).sum());
+            if doubtful.len() > room {
+                self.counters
+                    .forged
+                    .fetch_add((doubtful.len() - room) as u64, Ordering::Relaxed);
+                doubtful.truncate(room);
+            }
+            waiting
+                .entry(host.to_string())
+                .or_default()
+                .extend(doubtful);
+        }
+    }
+
+    /// Look again at what `host` acknowledged before the directory listed what it serves:
+    /// called when its heartbeat changed. What is still doubtful stays, unless its message
+    /// ended meanwhile; what it acknowledged falsely is counted as forged once its message
+    /// ends.
+    pub(crate) fn recheck_doubtful(&self, host: &str) {
+        let Some(seqs) = self
+            .doubtful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host)
+        else {
+            return;
+        };
+        let payload = wire::encode_seqs(&seqs[..seqs.len().min(wire::MAX_ACKS)]);
+        let rest = seqs.get(wire::MAX_ACKS..).unwrap_or_default().to_vec();
+        self.acknowledged(host, &payload);
+        if !rest.is_empty() {
+            self.doubtful
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(host.to_string())
+                .or_default()
+                .extend(rest);
+        }
+    }
+
+    /// Drop doubtful acknowledgements whose messages already ended, counting them as
+    /// forged: no heartbeat of their host ever made them true.
+    pub(crate) fn prune_doubtful(&self) {
+        let unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut doubtful = self.doubtful.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = 0u64;
+        doubtful.retain(|_, seqs| {
+            let before = seqs.len();
+            seqs.retain(|seq| unacked.contains_key(seq));
+            dropped += (before - seqs.len()) as u64;
+            !seqs.is_empty()
+        });
+        self.counters.forged.fetch_add(dropped, Ordering::Relaxed);
     }
 
     /// Dead-letter messages whose acknowledgement is overdue: the serving host may have
@@ -131,6 +214,7 @@ impl Inner {
                     .fetch_add(overdue.len() as u64, Ordering::Relaxed);
                 overdue
             };
+            self.prune_doubtful();
             for unacked in overdue {
                 unacked.message.dead_letter(&format!(
                     "unconfirmed: no acknowledgement within {}; it may have arrived",

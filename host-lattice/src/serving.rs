@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
-use courier_host_broker::{ComponentId, Exposure, MessagingError, Served};
+use courier_host_broker::{ComponentId, Exposure, HOST_SENDER, MessagingError, Served};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::lattice::{
     CONFIRM_TIMEOUT, Inner, NATS_WAIT, PROBE_TIMEOUT, Serving, bounded, stopped, valid_sender,
 };
-use crate::wire::{self, Kind};
+use crate::wire::{self, Envelope, Kind};
 
 impl Inner {
     /// Serve `served` to the other hosts: subscribe to its subject if it is exposed (once
@@ -71,7 +71,9 @@ impl Inner {
         if exposure == Exposure::Local {
             return Ok(None);
         }
+        // Probes go where this host sends; the subscription hears every host's sends.
         let subject = self.subjects.actor(id);
+        let from_any = self.subjects.actor_from_any(id);
         let taken = |host: &str| {
             format!(
                 "host `{}` already serves `{id}` in the lattice `{}`",
@@ -88,11 +90,13 @@ impl Inner {
         let subscriber = bounded(
             CONFIRM_TIMEOUT,
             self.client
-                .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string()),
+                .queue_subscribe(from_any.clone(), QUEUE_GROUP.to_string()),
         )
         .await
-        .ok_or_else(|| format!("cannot subscribe to `{subject}`: the NATS client did not take it"))?
-        .map_err(|err| format!("cannot subscribe to `{subject}`: {err}"))?;
+        .ok_or_else(|| {
+            format!("cannot subscribe to `{from_any}`: the NATS client did not take it")
+        })?
+        .map_err(|err| format!("cannot subscribe to `{from_any}`: {err}"))?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(self.clone().serve_actor(id.clone(), subscriber, stopped));
         // A flush does not prove the server has the subscription; an answer to a probe on
@@ -111,7 +115,7 @@ impl Inner {
             if Instant::now() >= deadline {
                 let _ = stop.send(true);
                 return Err(format!(
-                    "the subscription to `{subject}` was not confirmed within {}",
+                    "the subscription to `{from_any}` was not confirmed within {}",
                     courier_host_core::units::format_duration(CONFIRM_TIMEOUT)
                 ));
             }
@@ -141,11 +145,13 @@ impl Inner {
 
     /// Which host answers a probe on `subject`, if any does within `timeout`.
     pub(crate) async fn probe(&self, subject: &str, timeout: Duration) -> Option<String> {
-        let mut headers = HeaderMap::new();
-        headers.insert(wire::KIND, Kind::Probe.as_str());
-        headers.insert(wire::HOST, self.config.host.as_str());
+        let probe = Envelope {
+            kind: Kind::Probe,
+            sender: HOST_SENDER,
+            timeout_ms: 0,
+        };
         let request = async_nats::Request::new()
-            .headers(headers)
+            .payload(probe.wrap(&[]))
             .timeout(Some(timeout));
         let asked = self.client.send_request(subject.to_string(), request);
         match bounded(timeout + NATS_WAIT, asked)
@@ -217,10 +223,13 @@ impl Inner {
         self.send_acks(&mut acks).await;
     }
 
-    /// Send the acknowledgements gathered in `acks`: one message per host that sent.
+    /// Send the acknowledgements gathered in `acks`: one message per host that sent, on a
+    /// subject that names this host as their sender.
     pub(crate) async fn send_acks(&self, acks: &mut Acks) {
         for (replies, seqs) in acks.take() {
-            let subject = format!("{replies}.{}", wire::ACKS);
+            let Some(subject) = self.subjects.acks_for(&replies) else {
+                continue;
+            };
             let sent = bounded(
                 NATS_WAIT,
                 self.client
@@ -243,10 +252,15 @@ impl Inner {
         id: &ComponentId,
         message: async_nats::Message,
     ) -> Option<async_nats::Subject> {
-        let headers = message.headers.as_ref();
         let reply = message.reply.clone();
-        let kind = wire::get(headers, wire::KIND).and_then(Kind::parse);
-        if kind == Some(Kind::Probe) {
+        let opened = Envelope::open(&message.payload);
+        if let Some((
+            Envelope {
+                kind: Kind::Probe, ..
+            },
+            _,
+        )) = opened
+        {
             if let Some(reply) = reply {
                 let mut answer = HeaderMap::new();
                 answer.insert(wire::HOST, self.config.host.as_str());
@@ -260,40 +274,57 @@ impl Inner {
             return None;
         }
         let broker = self.broker.upgrade()?;
-        let sender = wire::get(headers, wire::SENDER).and_then(valid_sender);
-        let outcome = match (kind, sender) {
-            (Some(Kind::Message), Some(sender)) => {
-                self.counters
-                    .arrived_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                broker.accept_message(sender, id, message.payload)
+        let from = self.subjects.sending_host(&message.subject);
+        let sender = opened
+            .as_ref()
+            .and_then(|(envelope, _)| valid_sender(envelope.sender));
+        let outcome = match (opened, sender, from) {
+            (Some(_), Some(sender), Some(from)) if self.forged(from, &sender) => {
+                self.counters.forged.fetch_add(1, Ordering::Relaxed);
+                Err(MessagingError::AccessDenied(format!(
+                    "host `{from}` cannot send as `{sender}`, which another host runs"
+                )))
             }
-            (Some(Kind::Request), Some(sender)) => {
-                self.counters
-                    .arrived_requests
-                    .fetch_add(1, Ordering::Relaxed);
-                let timeout = wire::get(headers, wire::TIMEOUT_MS)
-                    .and_then(|ms| ms.parse::<u32>().ok())
-                    .map(|ms| Duration::from_millis(ms.into()))
-                    .unwrap_or(Duration::ZERO);
-                match broker.accept_request(sender, id, message.payload, timeout) {
-                    Ok(answer) => {
-                        let inner = self.clone();
-                        tokio::spawn(async move {
-                            let answer = answer.await;
-                            if let Some(reply) = reply {
-                                inner.reply(reply, answer).await;
-                            }
-                        });
-                        return None;
+            (Some((envelope, at)), Some(sender), Some(_)) => {
+                let payload = message.payload.slice(at..);
+                match envelope.kind {
+                    Kind::Message => {
+                        self.counters
+                            .arrived_messages
+                            .fetch_add(1, Ordering::Relaxed);
+                        broker.accept_message(sender, id, payload)
                     }
-                    Err(error) => Err(error),
+                    Kind::Request => {
+                        self.counters
+                            .arrived_requests
+                            .fetch_add(1, Ordering::Relaxed);
+                        let timeout = Duration::from_millis(envelope.timeout_ms.into());
+                        match broker.accept_request(sender, id, payload, timeout) {
+                            Ok(answer) => {
+                                let inner = self.clone();
+                                tokio::spawn(async move {
+                                    let answer = answer.await;
+                                    if let Some(reply) = reply {
+                                        inner.reply(reply, answer).await;
+                                    }
+                                });
+                                return None;
+                            }
+                            Err(error) => Err(error),
+                        }
+                    }
+                    Kind::Publication | Kind::Probe => {
+                        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        Err(MessagingError::AccessDenied(
+                            "a publication sent to a component's subject".into(),
+                        ))
+                    }
                 }
             }
             _ => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 Err(MessagingError::AccessDenied(
-                    "a message without a valid kind and sender".into(),
+                    "a message without a valid envelope and sender".into(),
                 ))
             }
         };
@@ -305,6 +336,22 @@ impl Inner {
             }
             (_, None) => None,
         }
+    }
+
+    /// Whether host `from` speaks for a component it does not run by sending as `sender`:
+    /// one this host serves to the lattice alone, or one the directory says another host
+    /// serves alone. `host` (a host's own sends) is any host's to use.
+    pub(crate) fn forged(&self, from: &str, sender: &str) -> bool {
+        if sender == HOST_SENDER || from == self.config.host {
+            return false;
+        }
+        let ours = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sender)
+            .is_some_and(|s| s.exposure == Exposure::Lattice);
+        ours || self.directory.runs_elsewhere(from, sender).is_some()
     }
 
     /// Answer on `reply`: the reply's bytes (empty for an acknowledgement) or the error.

@@ -1,15 +1,33 @@
 //! The subjects a lattice uses, and how ids and topics become subject tokens.
 //!
-//! Everything lives under one prefix per lattice, `courier.<lattice>`:
+//! Everything lives under one prefix per lattice, `courier.<lattice>`, and every subject a
+//! host publishes on carries its own name in the token after the kind letter, so NATS
+//! permissions can pin a host to speaking for itself:
 //!
-//! | subject | what goes on it |
-//! |---|---|
-//! | `courier.<lattice>.a.<id>` | messages and requests for the component `<id>`; its host subscribes |
-//! | `courier.<lattice>.t.<topic>` | publications on `<topic>`; each host with subscribers subscribes once |
-//! | `courier.<lattice>.h.<host>.r.<incarnation>.<seq>` | refusals and replies for one run of host `<host>`; `.r.<incarnation>.acks`: batches of acknowledgements |
-//! | `courier.<lattice>.h.<host>.who` | asks whether a live host answers for `<host>`; it answers with its incarnation |
-//! | `courier.<lattice>.h.<host>.hb` | host `<host>`'s heartbeat: what it serves |
-//! | `courier.<lattice>.h.<host>.hello` | a host that joined, asking the others for their heartbeats |
+//! | subject | published by | what goes on it |
+//! |---|---|---|
+//! | `courier.<lattice>.a.<from>.<id>` | host `<from>` | messages, requests and probes for the component `<id>`; its host subscribes to `a.*.<id>` |
+//! | `courier.<lattice>.t.<from>.<topic>` | host `<from>` | publications on `<topic>`; each host with subscribers subscribes once to `t.*.<pattern>` |
+//! | `courier.<lattice>.k.<from>.<host>.<incarnation>` | host `<from>` | batches of acknowledgements for what one run of `<host>` sent to `<from>` |
+//! | `courier.<lattice>.h.<host>.r.<incarnation>.<seq>` | the host answering, as a NATS response | refusals and replies for one run of host `<host>` |
+//! | `courier.<lattice>.h.<host>.who` | host `<host>` | asks whether a live host answers for `<host>`; it answers with its incarnation |
+//! | `courier.<lattice>.h.<host>.hb` | host `<host>` | its heartbeat: what it serves |
+//! | `courier.<lattice>.h.<host>.hello` | host `<host>` | a host that joined, asking the others for their heartbeats |
+//! | `courier.<lattice>.h.<host>.inbox.…` | the host answering, as a NATS response | answers to its probes and questions |
+//!
+//! So the permissions of host `<host>` in lattice `<lattice>` can be (nats-server's
+//! configuration):
+//!
+//! ```text
+//! permissions: {
+//!   publish: { allow: ["courier.<lattice>.*.<host>.>"] }
+//!   subscribe: { allow: ["courier.<lattice>.>"] }
+//!   allow_responses: true
+//! }
+//! ```
+//!
+//! With these the server refuses a host that publishes as another; `allow_responses` lets a
+//! host answer on the reply subject of a message it received (once), and nowhere else.
 //!
 //! NATS tokens cannot hold `.`, `*`, `>` or white space. An id or topic's `/`-separated
 //! parts become tokens (so `orders/*` is the subject wildcard `orders.>`), and in each
@@ -93,6 +111,8 @@ pub(crate) struct Subjects {
     prefix: String,
     /// `courier.<lattice>.h.<host>`
     me: String,
+    /// This host's name.
+    host: String,
     /// This run's random token.
     incarnation: String,
 }
@@ -104,39 +124,87 @@ impl Subjects {
         Subjects {
             prefix,
             me,
+            host: host.to_string(),
             incarnation: incarnation.to_string(),
         }
     }
 
-    /// Where messages and requests for `id` go.
+    /// Where this host sends messages, requests and probes for `id`.
     pub(crate) fn actor(&self, id: &str) -> String {
-        format!("{}.a.{}", self.prefix, encode(id))
+        format!("{}.a.{}.{}", self.prefix, self.host, encode(id))
     }
 
-    /// Where publications on `topic` go.
+    /// What the host serving `id` subscribes to: what any host sends it.
+    pub(crate) fn actor_from_any(&self, id: &str) -> String {
+        format!("{}.a.*.{}", self.prefix, encode(id))
+    }
+
+    /// Where this host sends publications on `topic`.
     pub(crate) fn topic(&self, topic: &str) -> String {
-        format!("{}.t.{}", self.prefix, encode(topic))
+        format!("{}.t.{}.{}", self.prefix, self.host, encode(topic))
     }
 
     /// The subscription that hears the topics of `pattern` (`*` or `prefix/*` as the
-    /// subject wildcard `>`).
+    /// subject wildcard `>`) from any host.
     pub(crate) fn topic_pattern(&self, pattern: &courier_host_broker::Pattern) -> String {
         use courier_host_broker::Pattern;
         match pattern {
-            Pattern::Any => format!("{}.t.>", self.prefix),
-            Pattern::Exact(topic) => self.topic(topic),
+            Pattern::Any => format!("{}.t.*.>", self.prefix),
+            Pattern::Exact(topic) => format!("{}.t.*.{}", self.prefix, encode(topic)),
             Pattern::Prefix(prefix) => {
                 // `orders/` is the part `orders` followed by anything.
                 let parts = prefix.trim_end_matches('/');
-                format!("{}.t.{}.>", self.prefix, encode(parts))
+                format!("{}.t.*.{}.>", self.prefix, encode(parts))
             }
         }
     }
 
-    /// Where this run of this host hears acknowledgements and replies: `<this>.<seq>`.
-    /// The incarnation in it keeps a later run under the same name from hearing them.
+    /// The sending host and the topic of a publication's subject, if it is one hosts write.
+    pub(crate) fn publication<'a>(&self, subject: &'a str) -> Option<(&'a str, String)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".t.")?;
+        let (from, topic) = rest.split_once('.')?;
+        Some((from, decode(topic)?))
+    }
+
+    /// Where this run of this host hears refusals and replies: `<this>.<seq>`. The
+    /// incarnation in it keeps a later run under the same name from hearing them.
     pub(crate) fn replies(&self) -> String {
         format!("{}.r.{}", self.me, self.incarnation)
+    }
+
+    /// Where this host acknowledges what one run of another host sent it: that host's
+    /// [`replies`](Subjects::replies) subject, `<prefix>.h.<host>.r.<incarnation>`.
+    /// `None` for a reply subject hosts do not write.
+    pub(crate) fn acks_for(&self, replies: &str) -> Option<String> {
+        let rest = replies
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".h.")?;
+        let (host, incarnation) = rest.split_once(".r.")?;
+        if !is_plain_token(host) || !is_plain_token(incarnation) {
+            return None;
+        }
+        Some(format!(
+            "{}.k.{}.{host}.{incarnation}",
+            self.prefix, self.host
+        ))
+    }
+
+    /// What this run of this host subscribes to for its acknowledgements, from any host.
+    pub(crate) fn acks(&self) -> String {
+        format!("{}.k.*.{}.{}", self.prefix, self.host, self.incarnation)
+    }
+
+    /// The host that published on `subject`, for the subjects whose first token after the
+    /// kind letter is the sender's name (`a`, `t`, `k`, `h`).
+    pub(crate) fn sending_host<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let (_kind, rest) = rest.split_once('.')?;
+        let host = rest.split('.').next()?;
+        is_plain_token(host).then_some(host)
     }
 
     /// Where a live host answers for its name.
@@ -206,19 +274,56 @@ mod tests {
     fn topic_patterns_become_subject_wildcards() {
         let subjects = Subjects::new("lab", "h1", "0123");
         assert_eq!(subjects.replies(), "courier.lab.h.h1.r.0123");
-        assert_eq!(subjects.topic_pattern(&Pattern::Any), "courier.lab.t.>");
+        assert_eq!(subjects.topic_pattern(&Pattern::Any), "courier.lab.t.*.>");
         assert_eq!(
             subjects.topic_pattern(&Pattern::parse("scores/*")),
-            "courier.lab.t.scores.>"
+            "courier.lab.t.*.scores.>"
         );
         assert_eq!(
             subjects.topic_pattern(&Pattern::parse("news")),
-            "courier.lab.t.news"
+            "courier.lab.t.*.news"
         );
-        assert_eq!(subjects.topic("scores/eu"), "courier.lab.t.scores.eu");
+        assert_eq!(subjects.topic("scores/eu"), "courier.lab.t.h1.scores.eu");
+        assert_eq!(
+            subjects.publication("courier.lab.t.h2.scores.eu"),
+            Some(("h2", "scores/eu".to_string()))
+        );
+        assert_eq!(subjects.publication("courier.lab.t.h2"), None);
         assert_eq!(
             subjects.actor("orders/billing"),
-            "courier.lab.a.orders.billing"
+            "courier.lab.a.h1.orders.billing"
         );
+        assert_eq!(
+            subjects.actor_from_any("orders/billing"),
+            "courier.lab.a.*.orders.billing"
+        );
+    }
+
+    #[test]
+    fn what_a_host_publishes_carries_its_name() {
+        let h1 = Subjects::new("lab", "h1", "0123");
+        let h2 = Subjects::new("lab", "h2", "4567");
+        let published = [
+            h1.actor("pong"),
+            h1.topic("news"),
+            h1.heartbeat(),
+            h1.hello(),
+            h1.who(),
+            h1.acks_for(&h2.replies()).unwrap(),
+        ];
+        for subject in published {
+            assert_eq!(h2.sending_host(&subject), Some("h1"), "{subject}");
+            // What the documented permission `courier.lab.*.h1.>` allows.
+            let tokens: Vec<&str> = subject.split('.').collect();
+            assert_eq!(tokens[..2], ["courier", "lab"]);
+            assert_eq!(tokens[3], "h1", "{subject}");
+        }
+        assert_eq!(
+            h1.acks_for(&h2.replies()).unwrap(),
+            "courier.lab.k.h1.h2.4567"
+        );
+        assert_eq!(h2.acks(), "courier.lab.k.*.h2.4567");
+        assert_eq!(h1.acks_for("courier.lab.h.h2.r.*"), None);
+        assert_eq!(h1.acks_for("courier.other.h.h2.r.4567"), None);
     }
 }

@@ -10,8 +10,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::lattice::{Inner, NATS_WAIT, bounded, stopped, valid_sender};
-use crate::subject;
-use crate::wire;
+use crate::wire::{Envelope, Kind};
 
 impl Inner {
     /// Subscribe to the topics this host's components hear, once each: the fewest
@@ -67,8 +66,6 @@ impl Inner {
 
     /// A publication from another host on a topic this host hears.
     pub(crate) async fn hear_topic(self: Arc<Self>, mut subscriber: Subscriber) {
-        let prefix = format!("{}.", self.subjects.topic(""));
-        let prefix = prefix.trim_end_matches("%.").to_string();
         let mut stop = self.stop.subscribe();
         loop {
             let message = tokio::select! {
@@ -79,27 +76,34 @@ impl Inner {
                 },
                 _ = stopped(&mut stop) => return,
             };
-            let headers = message.headers.as_ref();
-            if wire::get(headers, wire::HOST) == Some(self.config.host.as_str()) {
-                // Its own publication, already delivered here.
-                continue;
-            }
-            let topic = message
-                .subject
-                .strip_prefix(prefix.as_str())
-                .and_then(subject::decode);
-            let sender = wire::get(headers, wire::SENDER).and_then(valid_sender);
-            let (Some(topic), Some(sender)) = (topic, sender) else {
+            let Some((from, topic)) = self.subjects.publication(&message.subject) else {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            if from == self.config.host {
+                // Its own publication, already delivered here.
+                continue;
+            }
+            let opened = Envelope::open(&message.payload)
+                .filter(|(envelope, _)| envelope.kind == Kind::Publication);
+            let sender = opened
+                .as_ref()
+                .and_then(|(envelope, _)| valid_sender(envelope.sender));
+            let (Some((_, at)), Some(sender)) = (opened, sender) else {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if self.forged(from, &sender) {
+                self.counters.forged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let Some(broker) = self.broker.upgrade() else {
                 return;
             };
             self.counters
                 .arrived_publications
                 .fetch_add(1, Ordering::Relaxed);
-            broker.accept_publication(&sender, &topic, message.payload);
+            broker.accept_publication(&sender, &topic, message.payload.slice(at..));
         }
     }
 }

@@ -1,43 +1,103 @@
-//! What travels between hosts besides the payload: the headers a host stamps, and errors
-//! as header values.
+//! What travels between hosts besides the payload: the envelope a host puts before each
+//! message's payload, and the headers of answers.
 //!
-//! | header | set by | meaning |
-//! |---|---|---|
-//! | `Courier-Sender` | the sending host | the id of the component (or `host`) that sent it |
-//! | `Courier-Kind` | the sending host | `message`, `request`, `publication` or `probe` |
-//! | `Courier-Timeout-Ms` | the sending host | how long a request's sender waits |
-//! | `Courier-Host` | the sending host of a publication; the answering host of a refusal | which host it is |
-//! | `Courier-Error` | the answering host | why it refused (an error code, below) |
-//! | `Courier-Detail` | the answering host | the error's text (a name, a limit, a handler's message) |
-//! | `Courier-Incarnation` | a host answering for its name | the random token of its run |
+//! A message, request, publication or probe is its payload after a short envelope the
+//! sending host writes ([`Envelope`]): a tag byte, the kind, the sender id and, for a
+//! request, how long its sender waits. Nothing else: the target is the subject, the
+//! sending host is the subject's token after the kind letter (so NATS permissions can pin
+//! it), and the sending host's run and the message's sequence number are the reply
+//! subject (`courier.<lattice>.h.<host>.r.<incarnation>.<seq>`).
 //!
-//! The target is the subject; the sending host, its run's incarnation and the message's
-//! sequence number are its reply subject (`courier.<lattice>.h.<host>.r.<incarnation>.<seq>`). A message queued on the serving
-//! host is acknowledged without headers, in batches: one message on
-//! `courier.<lattice>.h.<host>.r.<incarnation>.acks` whose payload is the sequence numbers it
-//! acknowledges ([`encode_seqs`]). A refusal is answered on the message's own reply
-//! subject, with the error in the headers.
+//! A message queued on the serving host is acknowledged in batches: one NATS message on
+//! `courier.<lattice>.k.<serving host>.<host>.<incarnation>` whose payload is the sequence
+//! numbers it acknowledges ([`encode_seqs`]). Answers (a refusal, a request's reply, a
+//! probe's answer) go to the message's own reply subject, with these headers:
+//!
+//! | header | meaning |
+//! |---|---|
+//! | `Courier-Host` | which host answered (a probe, a refusal) |
+//! | `Courier-Error` | why it refused (an error code, below) |
+//! | `Courier-Detail` | the error's text (a name, a limit, a handler's message) |
+//! | `Courier-Incarnation` | a host answering for its name: the random token of its run |
 //!
 //! Guests never see NATS and cannot set any of these: a guest chooses only a target and a
 //! payload, and the host writes the rest.
 
 use async_nats::HeaderMap;
+use bytes::{BufMut, Bytes, BytesMut};
 use courier_host_broker::{ComponentError, MessagingError};
 
-pub(crate) const SENDER: &str = "Courier-Sender";
-pub(crate) const KIND: &str = "Courier-Kind";
 pub(crate) const HOST: &str = "Courier-Host";
-pub(crate) const TIMEOUT_MS: &str = "Courier-Timeout-Ms";
 pub(crate) const ERROR: &str = "Courier-Error";
 pub(crate) const DETAIL: &str = "Courier-Detail";
 pub(crate) const INCARNATION: &str = "Courier-Incarnation";
 
+/// The first byte of every envelope: anything else is not from a host of this version.
+const TAG: u8 = 0xC1;
+
+/// The most bytes an envelope takes: tag, kind, sender length, a sender of at most 255
+/// bytes, a timeout.
+pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 4;
+
+/// What a host writes before the payload of what it sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) kind: Kind,
+    /// The id of the component (or `host`) that sent it; at most 255 bytes.
+    pub(crate) sender: &'a str,
+    /// How long a request's sender waits, in milliseconds; 0 for the other kinds.
+    pub(crate) timeout_ms: u32,
+}
+
+impl<'a> Envelope<'a> {
+    /// `payload` after this envelope, as one buffer for the wire. A sender longer than 255
+    /// bytes (never a valid id) is cut, and refused by the receiver as invalid.
+    pub(crate) fn wrap(&self, payload: &[u8]) -> Bytes {
+        let sender = &self.sender.as_bytes()[..self.sender.len().min(255)];
+        let mut out = BytesMut::with_capacity(MAX_ENVELOPE + payload.len());
+        out.put_u8(TAG);
+        out.put_u8(self.kind.code());
+        out.put_u8(sender.len() as u8);
+        out.put_slice(sender);
+        if self.kind == Kind::Request {
+            out.put_u32_le(self.timeout_ms);
+        }
+        out.put_slice(payload);
+        out.freeze()
+    }
+
+    /// The envelope at the start of `bytes` and where the payload starts, or `None` for
+    /// bytes a host of this version did not write.
+    pub(crate) fn open(bytes: &'a [u8]) -> Option<(Envelope<'a>, usize)> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&kind, rest) = rest.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        if tag != TAG {
+            return None;
+        }
+        let kind = Kind::from_code(kind)?;
+        let sender = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
+        let mut at = 3 + usize::from(len);
+        let mut timeout_ms = 0;
+        if kind == Kind::Request {
+            let raw = bytes.get(at..at + 4)?;
+            timeout_ms = u32::from_le_bytes(raw.try_into().ok()?);
+            at += 4;
+        }
+        Some((
+            Envelope {
+                kind,
+                sender,
+                timeout_ms,
+            },
+            at,
+        ))
+    }
+}
+
 /// The most of an error's text that goes into a header: header values share the server's
 /// payload limit, and a handler's error text is the guest's choice.
 pub(crate) const DETAIL_LIMIT: usize = 1024;
-
-/// The last token of the subject a batch of acknowledgements goes to.
-pub(crate) const ACKS: &str = "acks";
 
 /// The most acknowledgements in one batch: a batch is sent when no message is ready, or
 /// when it holds this many.
@@ -106,21 +166,21 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn as_str(self) -> &'static str {
+    fn code(self) -> u8 {
         match self {
-            Kind::Message => "message",
-            Kind::Request => "request",
-            Kind::Publication => "publication",
-            Kind::Probe => "probe",
+            Kind::Message => 1,
+            Kind::Request => 2,
+            Kind::Publication => 3,
+            Kind::Probe => 4,
         }
     }
 
-    pub(crate) fn parse(text: &str) -> Option<Kind> {
-        Some(match text {
-            "message" => Kind::Message,
-            "request" => Kind::Request,
-            "publication" => Kind::Publication,
-            "probe" => Kind::Probe,
+    fn from_code(code: u8) -> Option<Kind> {
+        Some(match code {
+            1 => Kind::Message,
+            2 => Kind::Request,
+            3 => Kind::Publication,
+            4 => Kind::Probe,
             _ => return None,
         })
     }
@@ -255,6 +315,48 @@ mod tests {
         assert_eq!(decode_seqs(&[0x80]), None, "a varint cut short");
         assert_eq!(decode_seqs(&[0xff; 11]), None, "a varint too long");
         assert_eq!(decode_seqs(&vec![1; MAX_ACKS + 1]), None, "too many");
+    }
+
+    #[test]
+    fn envelopes_survive_the_trip_and_garbage_is_refused() {
+        for (kind, sender, timeout_ms) in [
+            (Kind::Message, "ping", 0),
+            (Kind::Request, "orders/billing", 2500),
+            (Kind::Publication, "host", 0),
+            (Kind::Probe, "", 0),
+        ] {
+            let envelope = Envelope {
+                kind,
+                sender,
+                timeout_ms,
+            };
+            let bytes = envelope.wrap(b"payload");
+            let (opened, at) = Envelope::open(&bytes).expect("it opens");
+            assert_eq!(opened, envelope);
+            assert_eq!(&bytes[at..], b"payload");
+        }
+        let message = Envelope {
+            kind: Kind::Message,
+            sender: "ping",
+            timeout_ms: 0,
+        }
+        .wrap(b"");
+        assert_eq!(
+            Envelope::open(&message).map(|(_, at)| at),
+            Some(message.len())
+        );
+        for garbage in [
+            &b""[..],
+            &[TAG],
+            &[TAG, 1],
+            &[0x00, 1, 0],
+            &[TAG, 9, 0],
+            &[TAG, 1, 5, b'p'],
+            &[TAG, 1, 2, 0xff, 0xfe],
+            &[TAG, 2, 1, b'p', 1, 2],
+        ] {
+            assert_eq!(Envelope::open(garbage), None, "{garbage:?}");
+        }
     }
 
     #[test]

@@ -8,3 +8,4 @@ mod crossing;
 mod faults;
 mod refusals;
 mod restarts;
+mod speaking;

@@ -52,15 +52,23 @@ async fn denied_and_unexposed_targets_are_refused_before_anything_goes_on_the_wi
         .await
         .expect("the allowed send is on the wire")
         .unwrap();
-    let header = |name: &str| {
-        crossed
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    assert_eq!(header("Courier-Sender").as_deref(), Some("insider"));
-    assert_eq!(header("Courier-Kind").as_deref(), Some("message"));
+    assert_eq!(
+        crossed.subject.as_str(),
+        format!("courier.{LATTICE}.a.a.pong"),
+        "sent by host A to pong"
+    );
+    assert!(
+        crossed.headers.is_none(),
+        "no headers: the envelope says it"
+    );
+    // The envelope: tag, kind 1 (a message), the sender's length and name, the payload.
+    let mut envelope = vec![0xC1, 1, 7];
+    envelope.extend_from_slice(b"insider");
+    assert!(
+        crossed.payload.starts_with(&envelope),
+        "{:?}",
+        crossed.payload
+    );
     let reply = crossed.reply.as_deref().unwrap_or_default();
     assert!(
         reply.starts_with(&format!("courier.{LATTICE}.h.a.r.")),
@@ -214,33 +222,40 @@ async fn an_arrival_without_a_valid_kind_and_sender_is_refused_not_delivered() {
     let b = Host::join("b", &[server.url()]).await;
     b.spawn(b.spec("pong", "pong").expose(Exposure::Lattice))
         .await;
-    // A client with the server's (here: no) credentials, writing its own headers.
+    // A client with the server's (here: no) credentials, writing its own envelopes.
     let client = async_nats::connect(server.url()).await.unwrap();
-    let subject = format!("courier.{LATTICE}.a.pong");
-    for (kind, sender) in [
-        (Some("message"), None),
-        (Some("message"), Some("not an id!")),
-        (None, Some("ping")),
-        (Some("gossip"), Some("ping")),
-    ] {
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(kind) = kind {
-            headers.insert("Courier-Kind", kind);
-        }
-        if let Some(sender) = sender {
-            headers.insert("Courier-Sender", sender);
-        }
+    let subject = format!("courier.{LATTICE}.a.a.pong");
+    let garbage: [&[u8]; 6] = [
+        b"",
+        b"no envelope at all",
+        &[
+            0xC1, 1, 10, b'n', b'o', b't', b' ', b'a', b'n', b' ', b'i', b'd', b'!',
+        ],
+        &[0xC1, 9, 4, b'p', b'i', b'n', b'g'],
+        &[0xC1, 1, 200, b'p'],
+        &[0xC1, 3, 4, b'p', b'i', b'n', b'g'],
+    ];
+    // A valid envelope on a subject whose host token is not a host name.
+    let nameless = format!("courier.{LATTICE}.a.%25.pong");
+    let valid: &[u8] = &[0xC1, 1, 4, b'p', b'i', b'n', b'g'];
+    let cases = garbage
+        .iter()
+        .map(|payload| (subject.as_str(), *payload))
+        .chain([(nameless.as_str(), valid)]);
+    let mut refused = 0;
+    for (subject, payload) in cases {
         let answer = client
-            .request_with_headers(subject.clone(), headers, vec![0; 8].into())
+            .request(subject.to_string(), payload.to_vec().into())
             .await
             .unwrap();
         let error = answer.headers.as_ref().and_then(|h| h.get("Courier-Error"));
         assert_eq!(
             error.map(|e| e.as_str()),
             Some("access-denied"),
-            "{kind:?} {sender:?}"
+            "{subject} {payload:?}"
         );
+        refused += 1;
     }
-    assert_eq!(b.lattice().metrics().malformed, 4);
+    assert_eq!(b.lattice().metrics().malformed, refused);
     assert_eq!(b.broker.metrics("pong").unwrap().delivered, 0);
 }

@@ -124,7 +124,7 @@ async fn a_zero_ack_timeout_or_heartbeat_is_refused_at_join() {
 async fn black_hole(server: &NatsServer) -> BlackHole {
     let peer = async_nats::connect(server.url()).await.unwrap();
     let swallowed = peer
-        .subscribe(format!("courier.{LATTICE}.a.pong"))
+        .subscribe(format!("courier.{LATTICE}.a.*.pong"))
         .await
         .unwrap();
     let announcing = tokio::spawn(async move {

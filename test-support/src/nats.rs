@@ -113,6 +113,8 @@ pub struct NatsServerBuilder {
     max_payload: Option<usize>,
     /// The cluster name (`--cluster_name`).
     cluster_name: Option<String>,
+    /// More configuration-file text (accounts, users and their permissions, say).
+    config: Option<String>,
 }
 
 /// Everything one server was started with: enough to start it again the same way.
@@ -254,10 +256,18 @@ impl NatsServer {
             "-m".into(),
             config.monitor_port.to_string(),
         ];
+        // `max_payload` and what `config` holds have no command-line flags.
+        let mut text = String::new();
         if let Some(bytes) = options.max_payload {
-            // `max_payload` has no command-line flag.
+            text.push_str(&format!("max_payload: {bytes}\n"));
+        }
+        if let Some(extra) = &options.config {
+            text.push_str(extra);
+            text.push('\n');
+        }
+        if !text.is_empty() {
             let file = self.dir.join("nats-server.conf");
-            fs::write(&file, format!("max_payload: {bytes}\n"))
+            fs::write(&file, text)
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
             args.extend(["-c".into(), file.display().to_string()]);
         }
@@ -414,7 +424,11 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
-        let _ = fs::remove_dir_all(&self.dir);
+        // `COURIER_KEEP_NATS_LOGS=1` keeps the server's folder (its log and configuration)
+        // for a look after a failed test.
+        if env::var_os("COURIER_KEEP_NATS_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -435,6 +449,23 @@ impl NatsServerBuilder {
     /// 1 MiB); the server announces it in its `INFO`.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = Some(bytes);
+        self
+    }
+
+    /// More text for the server's configuration file, for what has no command-line flag:
+    /// `authorization { users = [...] }` with per-user permissions, say. The flags the
+    /// harness passes (address, ports, cluster) take precedence over the file.
+    ///
+    /// ```no_run
+    /// use courier_test_support::nats::NatsServer;
+    ///
+    /// let server = NatsServer::builder()
+    ///     .config(r#"authorization { users = [ { user: "a", password: "pw" } ] }"#)
+    ///     .start();
+    /// # drop(server);
+    /// ```
+    pub fn config(mut self, text: impl Into<String>) -> Self {
+        self.config = Some(text.into());
         self
     }
 
