@@ -227,10 +227,12 @@ fn main() {
             let started = Instant::now();
             rt.spawn(async move {
                 for seq in first..first + BATCH {
-                    // The envelope: tag, kind (a message), the sender's length and name.
-                    let mut payload = Vec::with_capacity(7 + 8);
+                    // The envelope: tag, kind (a message), the sender's length and name,
+                    // and the message's stream numbers (two varints, short ones here).
+                    let mut payload = Vec::with_capacity(9 + 8);
                     payload.extend_from_slice(&[0xC1, 1, 4]);
                     payload.extend_from_slice(b"ping");
+                    payload.extend_from_slice(&[0x01, 0x00]);
                     payload.extend_from_slice(&seq.to_le_bytes());
                     client
                         .publish_with_reply(

@@ -913,6 +913,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             "unconfirmed": m.unconfirmed,
             "unsent": m.unsent,
             "awaiting_ack": m.awaiting_ack,
+            "resent": m.resent,
             "requests": m.requests,
             "publications": m.publications,
             "publications_dropped": m.publications_dropped,
@@ -923,6 +924,9 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             "publications": m.arrived_publications,
             "malformed": m.malformed,
             "forged": m.forged,
+            "duplicates": m.duplicates,
+            "out_of_order": m.out_of_order,
+            "dropped_out_of_order": m.dropped_out_of_order,
             "slow_consumer_drops": m.slow_consumer_drops,
         },
     }))

@@ -211,6 +211,32 @@ pub fn render_lattice(out: &mut String, metrics: &LatticeMetrics) {
     );
     family(
         out,
+        "courier_lattice_messages_resent_total",
+        "counter",
+        "Messages to other hosts put on the wire again (after a reconnect, a missing \
+         acknowledgement or no responders); the serving host drops duplicates.",
+        one(metrics.resent),
+    );
+    family(
+        out,
+        "courier_lattice_duplicates_total",
+        "counter",
+        "Messages from other hosts that arrived again and were not delivered twice.",
+        one(metrics.duplicates),
+    );
+    family(
+        out,
+        "courier_lattice_out_of_order_total",
+        "counter",
+        "Messages from other hosts that came before their turn: held for it (held), or \
+         dropped for their sender to send again when there was no room (dropped).",
+        vec![
+            outcome("held", metrics.out_of_order),
+            outcome("dropped", metrics.dropped_out_of_order),
+        ],
+    );
+    family(
+        out,
         "courier_lattice_messages_awaiting_ack",
         "gauge",
         "Messages sent to other hosts and not yet acknowledged.",

@@ -166,6 +166,18 @@ impl Directory {
             .contains_key(id)
     }
 
+    /// Whether exactly one host serves `id`, alone: messages to it are numbered so they can
+    /// be sent again (`pending.rs`). Sent again to a replicated id (or one two hosts claim)
+    /// a message could reach another host than the first time, which could not know it.
+    pub(crate) fn serves_alone(&self, id: &str) -> bool {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(id)
+            .is_some_and(|c| c.exclusive.len() == 1 && c.replicas.is_empty())
+    }
+
     /// Whether `host` serves `id` (alone or as a replica), or stopped within
     /// [`WITHDRAWN_GRACE`]: whether an acknowledgement from it for a message to `id` can be
     /// true.

@@ -1,6 +1,6 @@
 //! A host in a lattice: the NATS connection, what goes out, what comes in.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 use async_nats::Subscriber;
 use bytes::Bytes;
 use courier_host_broker::{
-    Broker, ComponentId, Exposure, HOST_SENDER, MAX_NAME_BYTES, MessagingError, Remote,
-    RemoteMessage, WeakBroker, check_id,
+    Broker, ComponentId, Exposure, HOST_SENDER, MAX_NAME_BYTES, MessagingError, Remote, WeakBroker,
+    check_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Auth, LatticeConfig};
 use crate::directory::{Conflict, Directory, HostInfo};
+use crate::inbound::Streams;
 use crate::metrics::{Counters, LatticeMetrics};
+use crate::pending::{Pending, Unacked};
 use crate::subject::{Subjects, is_plain_token};
 use crate::wire;
 
@@ -102,14 +104,6 @@ pub struct Lattice {
 /// Where a request's answer goes.
 pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
 
-/// A message waiting for its acknowledgement.
-pub(crate) struct Unacked {
-    pub(crate) queued: Instant,
-    /// Its payload's bytes, counted in the outbound window until it ends.
-    pub(crate) len: u64,
-    pub(crate) message: RemoteMessage,
-}
-
 /// What the outbound task puts on the wire, in the order it was queued.
 pub(crate) enum Outbound {
     /// A message or request for one component, answered on the reply subject of `seq`;
@@ -118,6 +112,8 @@ pub(crate) enum Outbound {
     Addressed {
         seq: u64,
         request: bool,
+        /// A message's number in its stream to the target (0: not numbered).
+        stream_seq: u64,
         subject: String,
         sender: ComponentId,
         payload: Bytes,
@@ -153,7 +149,13 @@ pub(crate) struct Inner {
     pub(crate) outbound_bytes: AtomicU64,
     /// Numbers messages and requests in the order they are queued.
     pub(crate) seq: AtomicU64,
-    pub(crate) unacked: Mutex<BTreeMap<u64, Unacked>>,
+    pub(crate) unacked: Mutex<Pending>,
+    /// The numbered streams other hosts send to this host's components.
+    pub(crate) inbound: Mutex<Streams>,
+    /// Wakes the outbound task to send again what is marked for it.
+    pub(crate) resend_wake: Arc<tokio::sync::Notify>,
+    /// How long after going on the wire an unacknowledged numbered message is sent again.
+    pub(crate) resend_after: Duration,
     /// Acknowledgements, by the host that sent them, for messages to ids that host is not
     /// yet known to serve.
     pub(crate) doubtful: Mutex<HashMap<String, Vec<u64>>>,
@@ -229,7 +231,8 @@ impl Lattice {
         let incarnation = new_incarnation();
         let subjects = Subjects::new(&config.name, &config.host, &incarnation);
         let counters = Arc::new(Counters::default());
-        let client = connect(&config, &subjects, counters.clone()).await?;
+        let resend_wake = Arc::new(tokio::sync::Notify::new());
+        let client = connect(&config, &subjects, counters.clone(), resend_wake.clone()).await?;
         if let Some(other) = answers_for(&client, &subjects).await {
             return Err(LatticeError::HostNameTaken {
                 host: config.host.clone(),
@@ -250,7 +253,10 @@ impl Lattice {
             outbound,
             outbound_bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
-            unacked: Mutex::new(BTreeMap::new()),
+            unacked: Mutex::new(Pending::default()),
+            inbound: Mutex::new(Streams::default()),
+            resend_wake,
+            resend_after: config.ack_timeout / 5,
             doubtful: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             serving: Mutex::new(HashMap::new()),
@@ -453,6 +459,7 @@ async fn connect(
     config: &LatticeConfig,
     subjects: &Subjects,
     counters: Arc<Counters>,
+    resend_wake: Arc<tokio::sync::Notify>,
 ) -> Result<async_nats::Client, LatticeError> {
     let mut options = match &config.auth {
         Auth::None => async_nats::ConnectOptions::new(),
@@ -479,12 +486,20 @@ async fn connect(
         .connection_timeout(Duration::from_secs(5))
         // A host outlives its server: it keeps trying the others.
         .max_reconnects(None)
+        // Quick to try again: each attempt picks a server at random, the dead one among
+        // them, and what this host sent waits (and its deadlines run) until it is back.
+        // The client's own default doubles up to seconds, longer than the ack timeout.
+        .reconnect_delay_callback(|attempts| Duration::from_millis(50 * attempts.min(20) as u64))
         .event_callback(move |event| {
             let host = host.clone();
             let counters = counters.clone();
+            let resend_wake = resend_wake.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
+                        // The outbound task sends again, on the new connection, what went
+                        // out on the old one and was not acknowledged.
+                        resend_wake.notify_one();
                         tracing::info!(%host, "connected to NATS")
                     }
                     async_nats::Event::Disconnected => {
@@ -548,6 +563,12 @@ pub(crate) async fn bounded<F: std::future::Future>(
 }
 
 impl Inner {
+    /// Connections the client made to a server so far (it counts them before it says it is
+    /// connected).
+    pub(crate) fn connections(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn max_payload(&self) -> usize {
         self.client.max_payload().saturating_sub(HEADER_ROOM)
     }
@@ -585,7 +606,7 @@ impl Inner {
             self.counters
                 .unconfirmed
                 .fetch_add(unacked.len() as u64, Ordering::Relaxed);
-            let left: Vec<Unacked> = std::mem::take(&mut *unacked).into_values().collect();
+            let left: Vec<Unacked> = unacked.take_all();
             for unacked in &left {
                 self.outbound_bytes
                     .fetch_sub(unacked.len, Ordering::Relaxed);

@@ -33,11 +33,17 @@
 //!   messages to each target arrive in order. The serving host queues the message in the
 //!   real mailbox and acknowledges it (in batches), or answers a typed refusal. The sender has moved on
 //!   by then, so a refusal (`mailbox-full`, say) ends the message as a dead letter on the
-//!   sending host with the serving host's reason; NATS's "no responders" ends it as
-//!   `no-host`; no acknowledgement within the ack timeout ends it as `unconfirmed` (it may
-//!   have arrived). A message still queued when it could no longer be acknowledged in time
-//!   (NATS unreachable, say) is never sent: it ends as a dead letter `not sent`. At most
-//!   once: nothing is sent twice.
+//!   sending host with the serving host's reason. A message to an id one host serves
+//!   alone is numbered in its stream and, while the directory still hears that host, sent
+//!   again when it is not acknowledged: after the client reconnects (a server died with
+//!   it), a fifth of the ack timeout after it went out, or when NATS said nobody listened
+//!   (a failover under way). The serving host handles each number once and in order,
+//!   holding one that comes before its turn for up to a second, so a server failover
+//!   loses and repeats nothing while both hosts live. What is still unacknowledged at the
+//!   ack timeout ends as `unconfirmed` (it may have arrived), or `no-host` when the last
+//!   answer was that nobody listened. A message still queued when it could no longer be
+//!   acknowledged in time (NATS unreachable, say) is never sent: it ends as a dead letter
+//!   `not sent`. Messages to a replicated id are not numbered and go out once.
 //! - **send-request**: carries the time the requester has left when it goes on the wire
 //!   (a request whose requester stopped waiting is not sent); the serving host
 //!   dead-letters a request still queued when that time has passed instead of handling
@@ -90,9 +96,11 @@
 mod config;
 mod directory;
 mod heartbeat;
+mod inbound;
 mod lattice;
 mod metrics;
 mod outbound;
+mod pending;
 mod replies;
 mod serving;
 pub mod subject;

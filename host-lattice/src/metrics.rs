@@ -21,6 +21,10 @@ pub(crate) struct Counters {
     pub(crate) arrived_publications: AtomicU64,
     pub(crate) malformed: AtomicU64,
     pub(crate) forged: AtomicU64,
+    pub(crate) resent: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) out_of_order: AtomicU64,
+    pub(crate) dropped_out_of_order: AtomicU64,
 }
 
 impl Counters {
@@ -45,6 +49,10 @@ impl Counters {
             arrived_publications: read(&self.arrived_publications),
             malformed: read(&self.malformed),
             forged: read(&self.forged),
+            resent: read(&self.resent),
+            duplicates: read(&self.duplicates),
+            out_of_order: read(&self.out_of_order),
+            dropped_out_of_order: read(&self.dropped_out_of_order),
             conflicts: 0,
         }
     }
@@ -102,6 +110,19 @@ pub struct LatticeMetrics {
     /// whose sender id another host runs (or this one does), and acknowledgements for
     /// messages to ids the acknowledging host does not serve.
     pub forged: u64,
+    /// Messages put on the wire again: unacknowledged after a new connection to a server,
+    /// or `resend_after` (a fifth of the ack timeout) after they went out, or answered "no
+    /// responders" while the directory still heard their target's host. Counted each time.
+    pub resent: u64,
+    /// Messages from other hosts that this host already had (sent again), acknowledged or
+    /// refused again and not delivered twice.
+    pub duplicates: u64,
+    /// Messages from other hosts that came before their turn (something before them was
+    /// lost on the way) and were held for it, up to a second.
+    pub out_of_order: u64,
+    /// Messages from other hosts that came before their turn with no room to hold them
+    /// (4,096 per stream, 16 MiB in all), dropped for their sender to send again.
+    pub dropped_out_of_order: u64,
     /// Ids that more than one host claims to serve alone, this host included
     /// ([`Lattice::conflicts`](crate::Lattice::conflicts)).
     pub conflicts: u64,

@@ -12,7 +12,8 @@ use courier_host_broker::{
 use courier_host_core::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lattice::{Gateway, Inner, NATS_WAIT, Outbound, Unacked, bounded};
+use crate::lattice::{Gateway, Inner, NATS_WAIT, Outbound, bounded};
+use crate::pending::Unacked;
 use crate::wire::{self, Envelope, Kind};
 
 impl Inner {
@@ -74,12 +75,26 @@ impl Inner {
     pub(crate) async fn send_queued(self: Arc<Self>, mut queue: mpsc::Receiver<Outbound>) {
         let replies = self.subjects.replies();
         let mut batch = Vec::with_capacity(256);
-        while queue.recv_many(&mut batch, 256).await > 0 {
+        let mut connection = self.connections();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.resend_wake.notified() => {}
+                received = queue.recv_many(&mut batch, 256) => {
+                    if received == 0 {
+                        return;
+                    }
+                }
+            }
+            // What is to go again goes before anything newer, so each stream stays in
+            // order on the wire.
+            self.send_again(&replies, &mut connection).await;
             for item in batch.drain(..) {
                 match item {
                     Outbound::Addressed {
                         seq,
                         request,
+                        stream_seq,
                         subject,
                         sender,
                         payload,
@@ -105,18 +120,24 @@ impl Inner {
                             );
                             continue;
                         }
+                        self.send_again(&replies, &mut connection).await;
                         let envelope = if request {
                             let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
                             Envelope {
                                 kind: Kind::Request,
                                 sender: &sender,
                                 timeout_ms: ms,
+                                stream_seq: 0,
+                                low: 0,
                             }
                         } else {
+                            let low = self.going_out(seq, stream_seq, connection);
                             Envelope {
                                 kind: Kind::Message,
                                 sender: &sender,
                                 timeout_ms: 0,
+                                stream_seq,
+                                low,
                             }
                         };
                         let payload = envelope.wrap(&payload);
@@ -150,6 +171,8 @@ impl Inner {
                             kind: Kind::Publication,
                             sender: &sender,
                             timeout_ms: 0,
+                            stream_seq: 0,
+                            low: 0,
                         }
                         .wrap(&payload);
                         let published =
@@ -164,6 +187,75 @@ impl Inner {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Note that message `seq` goes on the wire now, on connection `connection`; the lowest
+    /// number still open in its stream, for its envelope.
+    fn going_out(&self, seq: u64, stream_seq: u64, connection: u64) -> u64 {
+        let mut pending = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = pending.get_mut(seq) else {
+            return stream_seq;
+        };
+        entry.published = Some(Instant::now());
+        entry.connection = connection;
+        let target = entry.message.target().clone();
+        pending.low(&target, stream_seq)
+    }
+
+    /// Put on the wire again, in the order they were first queued, the numbered messages
+    /// marked for it, and after a new connection every one that went out on an earlier
+    /// one: the server that had them may have died with them, or with their
+    /// acknowledgements. The serving host drops what it already has (`inbound.rs`).
+    pub(crate) async fn send_again(&self, replies: &str, connection: &mut u64) {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
+        let now_connection = self.connections();
+        let margin = self.margin();
+        let timeout = self.config.ack_timeout;
+        let resends = {
+            let mut pending = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+            if now_connection != *connection {
+                *connection = now_connection;
+                pending.mark(|entry| entry.connection != now_connection);
+            }
+            if pending.marked() == 0 {
+                return;
+            }
+            // Only what can still be acknowledged before it is given up on goes again.
+            pending.take_marked(now_connection, |entry| {
+                entry.queued.elapsed() + margin < timeout
+            })
+        };
+        if resends.is_empty() {
+            return;
+        }
+        self.counters
+            .resent
+            .fetch_add(resends.len() as u64, Ordering::Relaxed);
+        for resend in resends {
+            let payload = Envelope {
+                kind: Kind::Message,
+                sender: &resend.sender,
+                timeout_ms: 0,
+                stream_seq: resend.stream_seq,
+                low: resend.low,
+            }
+            .wrap(&resend.payload);
+            let published = bounded(
+                NATS_WAIT,
+                self.client.publish_with_reply(
+                    self.subjects.actor(&resend.target),
+                    format!("{replies}.{}", resend.seq),
+                    payload,
+                ),
+            )
+            .await;
+            if !matches!(published, Some(Ok(()))) {
+                // It stays unacknowledged: the next round or its expiry ends it.
+                tracing::debug!(seq = resend.seq, "a message sent again was not taken");
             }
         }
     }
@@ -217,34 +309,45 @@ impl Remote for Gateway {
             return Err(RemoteRefusal { error, message });
         }
         let queued = Instant::now();
+        // Numbered, so it can be sent again, when one host serves the target alone.
+        let numbered = inner.directory.serves_alone(&target);
+        let mut pending = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        let stream_seq = if numbered { pending.number(&target) } else { 0 };
         let item = Outbound::Addressed {
             seq,
             request: false,
+            stream_seq,
             subject: inner.subjects.actor(message.target()),
             sender: message.sender().clone(),
             payload: message.payload().clone(),
             expires: queued + inner.config.ack_timeout,
         };
-        // On record, and counted sent, before it can be acknowledged.
-        {
-            let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
-            unacked.insert(
-                seq,
-                Unacked {
-                    queued,
-                    len,
-                    message,
-                },
-            );
-            inner.counters.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(error) = inner.push(item, &target) {
+        // On record, and counted sent, before it can be acknowledged; queued under the
+        // same lock that numbered it, so the numbers of a stream go on the wire in order.
+        pending.insert(
+            seq,
+            Unacked {
+                queued,
+                len,
+                message,
+                stream_seq,
+                published: None,
+                connection: 0,
+                resend: false,
+                no_responders: false,
+            },
+        );
+        inner.counters.sent.fetch_add(1, Ordering::Relaxed);
+        let pushed = inner.push(item, &target);
+        drop(pending);
+        if let Err(error) = pushed {
             // Never queued, so never acknowledged: it comes back as it went in, unless the
             // lattice ended it meanwhile (dropped), which accounted for it.
             let taken = {
-                let mut unacked = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
-                let taken = unacked.remove(&seq);
+                let mut pending = inner.unacked.lock().unwrap_or_else(|e| e.into_inner());
+                let taken = pending.remove(seq);
                 if taken.is_some() {
+                    pending.unnumber(&target, stream_seq);
                     inner.counters.sent.fetch_sub(1, Ordering::Relaxed);
                     inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
                 }
@@ -288,6 +391,7 @@ impl Remote for Gateway {
         let item = Outbound::Addressed {
             seq,
             request: true,
+            stream_seq: 0,
             subject: inner.subjects.actor(target),
             // The time left goes into the envelope as the request goes on the wire.
             sender: sender.clone(),

@@ -9,7 +9,8 @@ use async_nats::Subscriber;
 use courier_host_broker::MessagingError;
 use futures_util::StreamExt;
 
-use crate::lattice::{Inner, Unacked};
+use crate::lattice::Inner;
+use crate::pending::Unacked;
 
 /// The most acknowledgements kept while their host is not yet known to serve their
 /// target: a host's first acknowledgements can arrive before its heartbeat does.
@@ -21,7 +22,7 @@ impl Inner {
     /// `outcome` under the same lock, so a snapshot of the counters always balances.
     pub(crate) fn take_unacked(&self, seq: u64, outcome: &AtomicU64) -> Option<Unacked> {
         let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = unacked.remove(&seq);
+        let taken = unacked.remove(seq);
         if let Some(taken) = &taken {
             outcome.fetch_add(1, Ordering::Relaxed);
             self.release(taken.len);
@@ -51,6 +52,13 @@ impl Inner {
                 continue;
             };
             let no_responders = reply.status == Some(async_nats::StatusCode::NO_RESPONDERS);
+            if no_responders && self.may_go_again(seq) {
+                // Nobody listened, but the directory still hears the target's host: a
+                // server failing over, or the host reconnecting. It goes again after
+                // `resend_after`, and ends as `no-host` if it is still unheard by its
+                // deadline.
+                continue;
+            }
             let error = wire::take_error(reply.headers.as_ref());
             let outcome = match (no_responders, &error) {
                 (true, _) => &self.counters.no_host,
@@ -116,11 +124,11 @@ impl Inner {
             let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
             let mut acked = Vec::with_capacity(seqs.len());
             for seq in seqs {
-                let Some(entry) = unacked.get(&seq) else {
+                let Some(entry) = unacked.get(seq) else {
                     continue;
                 };
                 if self.directory.may_answer_for(host, entry.message.target()) {
-                    acked.extend(unacked.remove(&seq));
+                    acked.extend(unacked.remove(seq));
                 } else {
                     doubtful.push(seq);
                 }
@@ -184,42 +192,76 @@ impl Inner {
         let mut dropped = 0u64;
         doubtful.retain(|_, seqs| {
             let before = seqs.len();
-            seqs.retain(|seq| unacked.contains_key(seq));
+            seqs.retain(|seq| unacked.contains(*seq));
             dropped += (before - seqs.len()) as u64;
             !seqs.is_empty()
         });
         self.counters.forged.fetch_add(dropped, Ordering::Relaxed);
     }
 
-    /// Dead-letter messages whose acknowledgement is overdue: the serving host may have
-    /// queued them (and crashed, or its acknowledgement was lost) or not.
+    /// Whether message `seq`, just answered "no responders", is numbered and may go
+    /// again: the directory still hears a host that serves its target alone. Marks it so.
+    fn may_go_again(&self, seq: u64) -> bool {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = unacked.get_mut(seq) else {
+            return false;
+        };
+        if entry.stream_seq == 0 || !self.directory.serves_alone(entry.message.target()) {
+            return false;
+        }
+        entry.no_responders = true;
+        true
+    }
+
+    /// Send again the numbered messages unacknowledged `resend_after` after they went
+    /// out, while the directory still hears their target's host; dead-letter messages whose
+    /// acknowledgement is overdue: `unconfirmed` (the serving host may have queued them
+    /// and crashed, or its acknowledgement was lost, or not), or `no-host` when the last
+    /// answer was that nobody listened.
     pub(crate) async fn expire_unacked(self: Arc<Self>) {
         let timeout = self.config.ack_timeout;
-        let mut ticks = tokio::time::interval((timeout / 4).max(Duration::from_millis(10)));
+        let resend_after = self.resend_after;
+        let mut ticks = tokio::time::interval((resend_after / 2).max(Duration::from_millis(10)));
         loop {
             ticks.tick().await;
-            let overdue: Vec<Unacked> = {
+            let (overdue, marked) = {
                 let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
-                let mut overdue = Vec::new();
-                while let Some(entry) = unacked.first_entry() {
-                    if entry.get().queued.elapsed() < timeout {
-                        break;
-                    }
-                    let entry = entry.remove();
+                let overdue = unacked.pop_overdue(timeout);
+                for entry in &overdue {
                     self.release(entry.len);
-                    overdue.push(entry);
+                    let outcome = if entry.no_responders {
+                        &self.counters.no_host
+                    } else {
+                        &self.counters.unconfirmed
+                    };
+                    outcome.fetch_add(1, Ordering::Relaxed);
                 }
-                self.counters
-                    .unconfirmed
-                    .fetch_add(overdue.len() as u64, Ordering::Relaxed);
-                overdue
+                let marked = unacked.mark(|entry| {
+                    entry
+                        .published
+                        .is_some_and(|at| at.elapsed() >= resend_after)
+                        && self.directory.serves_alone(entry.message.target())
+                });
+                (overdue, marked)
             };
+            if marked > 0 {
+                self.resend_wake.notify_one();
+            }
             self.prune_doubtful();
             for unacked in overdue {
-                unacked.message.dead_letter(&format!(
-                    "unconfirmed: no acknowledgement within {}; it may have arrived",
-                    courier_host_core::units::format_duration(timeout)
-                ));
+                let reason = if unacked.no_responders {
+                    format!(
+                        "no-host: no host took it for `{}` within {}, though one was heard from",
+                        unacked.message.target(),
+                        courier_host_core::units::format_duration(timeout)
+                    )
+                } else {
+                    format!(
+                        "unconfirmed: no acknowledgement within {}; it may have arrived",
+                        courier_host_core::units::format_duration(timeout)
+                    )
+                };
+                unacked.message.dead_letter(&reason);
             }
         }
     }

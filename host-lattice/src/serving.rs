@@ -12,6 +12,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::inbound::{Held, StreamKey, Verdict};
 use crate::lattice::{
     CONFIRM_TIMEOUT, Inner, NATS_WAIT, PROBE_TIMEOUT, Serving, bounded, stopped, valid_sender,
 };
@@ -101,12 +102,17 @@ impl Inner {
         let task = tokio::spawn(self.clone().serve_actor(id.clone(), subscriber, stopped));
         // A flush does not prove the server has the subscription; an answer to a probe on
         // the subject from this host does. Another host's answer to an exclusive id means
-        // both subscribed at once: this one steps back.
+        // both subscribed at once: the one whose name sorts later steps back, so the two
+        // never both step back (each can hear the other, the queue group answering at
+        // random), and the other probes on until its own subscription answers.
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
         loop {
             match self.probe(&subject, PROBE_TIMEOUT).await {
                 Some(host) if host == self.config.host => return Ok(Some((task, stop))),
-                Some(host) if exposure == Exposure::Lattice => {
+                Some(host)
+                    if exposure == Exposure::Lattice
+                        && host.as_str() < self.config.host.as_str() =>
+                {
                     let _ = stop.send(true);
                     return Err(taken(&host));
                 }
@@ -149,6 +155,8 @@ impl Inner {
             kind: Kind::Probe,
             sender: HOST_SENDER,
             timeout_ms: 0,
+            stream_seq: 0,
+            low: 0,
         };
         let request = async_nats::Request::new()
             .payload(probe.wrap(&[]))
@@ -187,21 +195,35 @@ impl Inner {
                 Some(next) => next,
                 None => {
                     self.send_acks(&mut acks).await;
+                    let overdue = self
+                        .inbound
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .next_overdue(&id);
+                    let hold_ends = async {
+                        match overdue {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         biased;
                         next = subscriber.next() => next,
                         _ = stopped(&mut stop) => break,
                         _ = stopped(&mut own_stop) => break,
+                        () = hold_ends => {
+                            self.release_held(&id, false, &mut acks).await;
+                            continue;
+                        }
                     }
                 }
             };
             let Some(message) = next else {
+                self.release_held(&id, true, &mut acks).await;
                 self.send_acks(&mut acks).await;
                 return;
             };
-            if let Some(reply) = self.arrival(&id, message).await {
-                acks.add(reply);
-            }
+            self.arrival(&id, message, &mut acks).await;
             if acks.due() {
                 self.send_acks(&mut acks).await;
             }
@@ -211,16 +233,59 @@ impl Inner {
         // with no server to take it the stream would not end.
         let rest = async {
             while let Some(message) = subscriber.next().await {
-                if let Some(reply) = self.arrival(&id, message).await {
-                    acks.add(reply);
-                }
+                self.arrival(&id, message, &mut acks).await;
                 if acks.due() {
                     self.send_acks(&mut acks).await;
                 }
             }
         };
         let _ = bounded(NATS_WAIT, rest).await;
+        // What waited for its turn is delivered now: nothing more will come here.
+        self.release_held(&id, true, &mut acks).await;
         self.send_acks(&mut acks).await;
+    }
+
+    /// Deliver, in their order, the messages to `id` held for a turn that did not come
+    /// within `HOLD_FOR` (or all of them).
+    async fn release_held(self: &Arc<Self>, id: &ComponentId, all: bool, acks: &mut Acks) {
+        let overdue = self
+            .inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .overdue(id, all);
+        for (stream, held) in overdue {
+            self.deliver_in_turn(id, &stream, held, acks).await;
+        }
+    }
+
+    /// Deliver message `held` of `stream` to `id`, then every held one whose turn that
+    /// makes it; each is acknowledged in the batch, or refused on its own reply subject.
+    async fn deliver_in_turn(
+        self: &Arc<Self>,
+        id: &ComponentId,
+        stream: &StreamKey,
+        held: Held,
+        acks: &mut Acks,
+    ) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let mut next = Some(held);
+        while let Some(held) = next.take() {
+            self.counters
+                .arrived_messages
+                .fetch_add(1, Ordering::Relaxed);
+            let outcome = broker.accept_message(held.sender, id, held.payload);
+            next = {
+                let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+                inbound.settled(stream, held.seq, &outcome);
+                inbound.next_in_turn(stream)
+            };
+            match outcome {
+                Ok(()) => acks.add(held.reply),
+                Err(error) => self.reply(held.reply, Err(error)).await,
+            }
+        }
     }
 
     /// Send the acknowledgements gathered in `acks`: one message per host that sent, on a
@@ -251,7 +316,8 @@ impl Inner {
         self: &Arc<Self>,
         id: &ComponentId,
         message: async_nats::Message,
-    ) -> Option<async_nats::Subject> {
+        acks: &mut Acks,
+    ) {
         let reply = message.reply.clone();
         let opened = Envelope::open(&message.payload);
         if let Some((
@@ -271,9 +337,11 @@ impl Inner {
                 )
                 .await;
             }
-            return None;
+            return;
         }
-        let broker = self.broker.upgrade()?;
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
         let from = self.subjects.sending_host(&message.subject);
         let sender = opened
             .as_ref()
@@ -285,9 +353,47 @@ impl Inner {
                     "host `{from}` cannot send as `{sender}`, which another host runs"
                 )))
             }
-            (Some((envelope, at)), Some(sender), Some(_)) => {
+            (Some((envelope, at)), Some(sender), Some(from)) => {
                 let payload = message.payload.slice(at..);
                 match envelope.kind {
+                    Kind::Message if envelope.stream_seq > 0 => {
+                        let stream = self.stream_of(reply.as_deref(), from, id);
+                        let (Some(stream), Some(reply)) = (stream, reply.clone()) else {
+                            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        };
+                        let held = Held::new(envelope.stream_seq, sender, payload, reply);
+                        let verdict = self
+                            .inbound
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .check(&stream, envelope.low, held);
+                        match verdict {
+                            Verdict::New(held) => {
+                                self.deliver_in_turn(id, &stream, held, acks).await;
+                                return;
+                            }
+                            Verdict::Duplicate => {
+                                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                                Ok(())
+                            }
+                            Verdict::Refused(error) => {
+                                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                                Err(error)
+                            }
+                            Verdict::Held => {
+                                self.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            Verdict::Dropped => {
+                                // Its sender sends it again.
+                                self.counters
+                                    .dropped_out_of_order
+                                    .fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
                     Kind::Message => {
                         self.counters
                             .arrived_messages
@@ -308,7 +414,7 @@ impl Inner {
                                         inner.reply(reply, answer).await;
                                     }
                                 });
-                                return None;
+                                return;
                             }
                             Err(error) => Err(error),
                         }
@@ -329,13 +435,19 @@ impl Inner {
             }
         };
         match (outcome, reply) {
-            (Ok(()), Some(reply)) if Acks::batchable(&reply) => Some(reply),
-            (outcome, Some(reply)) => {
-                self.reply(reply, outcome.map(|()| Vec::new())).await;
-                None
-            }
-            (_, None) => None,
+            (Ok(()), Some(reply)) if Acks::batchable(&reply) => acks.add(reply),
+            (outcome, Some(reply)) => self.reply(reply, outcome.map(|()| Vec::new())).await,
+            (_, None) => {}
         }
+    }
+
+    /// The stream a numbered message belongs to: its sending run (the reply subject less
+    /// its sequence number) and its target. `None` unless the reply subject is one the
+    /// sending host `from` writes for itself, so no host can advance another's stream.
+    fn stream_of(&self, reply: Option<&str>, from: &str, id: &ComponentId) -> Option<StreamKey> {
+        let (prefix, _seq) = reply?.rsplit_once('.')?;
+        let (host, _incarnation) = self.subjects.replies_of(prefix)?;
+        (host == from).then(|| (prefix.to_string(), id.clone()))
     }
 
     /// Whether host `from` speaks for a component it does not run by sending as `sender`:

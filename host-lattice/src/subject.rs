@@ -178,17 +178,21 @@ impl Subjects {
     /// [`replies`](Subjects::replies) subject, `<prefix>.h.<host>.r.<incarnation>`.
     /// `None` for a reply subject hosts do not write.
     pub(crate) fn acks_for(&self, replies: &str) -> Option<String> {
-        let rest = replies
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".h.")?;
-        let (host, incarnation) = rest.split_once(".r.")?;
-        if !is_plain_token(host) || !is_plain_token(incarnation) {
-            return None;
-        }
+        let (host, incarnation) = self.replies_of(replies)?;
         Some(format!(
             "{}.k.{}.{host}.{incarnation}",
             self.prefix, self.host
         ))
+    }
+
+    /// The host and incarnation of a [`replies`](Subjects::replies) subject, if it is one
+    /// hosts write.
+    pub(crate) fn replies_of<'a>(&self, replies: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = replies
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".h.")?;
+        let (host, incarnation) = rest.split_once(".r.")?;
+        (is_plain_token(host) && is_plain_token(incarnation)).then_some((host, incarnation))
     }
 
     /// What this run of this host subscribes to for its acknowledgements, from any host.

@@ -36,8 +36,8 @@ pub(crate) const INCARNATION: &str = "Courier-Incarnation";
 const TAG: u8 = 0xC1;
 
 /// The most bytes an envelope takes: tag, kind, sender length, a sender of at most 255
-/// bytes, a timeout.
-pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 4;
+/// bytes, then a request's timeout or a message's two stream numbers (varints).
+pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 2 * 10;
 
 /// What a host writes before the payload of what it sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,11 @@ pub(crate) struct Envelope<'a> {
     pub(crate) sender: &'a str,
     /// How long a request's sender waits, in milliseconds; 0 for the other kinds.
     pub(crate) timeout_ms: u32,
+    /// A message's number in its stream (`pending.rs`); 0 for a message that is not
+    /// numbered and for the other kinds.
+    pub(crate) stream_seq: u64,
+    /// The lowest number in that stream its sender still waits for (at most `stream_seq`).
+    pub(crate) low: u64,
 }
 
 impl<'a> Envelope<'a> {
@@ -59,8 +64,15 @@ impl<'a> Envelope<'a> {
         out.put_u8(self.kind.code());
         out.put_u8(sender.len() as u8);
         out.put_slice(sender);
-        if self.kind == Kind::Request {
-            out.put_u32_le(self.timeout_ms);
+        match self.kind {
+            Kind::Request => out.put_u32_le(self.timeout_ms),
+            Kind::Message => {
+                put_varint(&mut out, self.stream_seq);
+                if self.stream_seq > 0 {
+                    put_varint(&mut out, self.stream_seq - self.low.min(self.stream_seq));
+                }
+            }
+            Kind::Publication | Kind::Probe => {}
         }
         out.put_slice(payload);
         out.freeze()
@@ -78,17 +90,32 @@ impl<'a> Envelope<'a> {
         let kind = Kind::from_code(kind)?;
         let sender = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
         let mut at = 3 + usize::from(len);
-        let mut timeout_ms = 0;
-        if kind == Kind::Request {
-            let raw = bytes.get(at..at + 4)?;
-            timeout_ms = u32::from_le_bytes(raw.try_into().ok()?);
-            at += 4;
+        let (mut timeout_ms, mut stream_seq, mut low) = (0, 0, 0);
+        match kind {
+            Kind::Request => {
+                let raw = bytes.get(at..at + 4)?;
+                timeout_ms = u32::from_le_bytes(raw.try_into().ok()?);
+                at += 4;
+            }
+            Kind::Message => {
+                stream_seq = take_varint(bytes, &mut at)?;
+                if stream_seq > 0 {
+                    let behind = take_varint(bytes, &mut at)?;
+                    if behind >= stream_seq {
+                        return None;
+                    }
+                    low = stream_seq - behind;
+                }
+            }
+            Kind::Publication | Kind::Probe => {}
         }
         Some((
             Envelope {
                 kind,
                 sender,
                 timeout_ms,
+                stream_seq,
+                low,
             },
             at,
         ))
@@ -103,6 +130,38 @@ pub(crate) const DETAIL_LIMIT: usize = 1024;
 /// when it holds this many.
 pub(crate) const MAX_ACKS: usize = 1024;
 
+/// `value` as an LEB128 varint: seven bits a byte, low bits first.
+fn put_varint(out: &mut impl BufMut, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.put_u8(byte);
+            return;
+        }
+        out.put_u8(byte | 0x80);
+    }
+}
+
+/// The varint at `bytes[*at..]`, moving `at` past it; `None` if it is cut short or longer
+/// than a u64.
+fn take_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        if shift > 63 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+}
+
 /// Sequence numbers as a batch of acknowledgements: each as the LEB128 varint of its
 /// difference from the one before (zigzag-free: a batch is written in arrival order, which
 /// for one sending host is increasing, but any order decodes).
@@ -110,41 +169,20 @@ pub(crate) fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(seqs.len() * 2);
     let mut previous = 0u64;
     for &seq in seqs {
-        let mut delta = seq.wrapping_sub(previous);
+        put_varint(&mut out, seq.wrapping_sub(previous));
         previous = seq;
-        loop {
-            let byte = (delta & 0x7f) as u8;
-            delta >>= 7;
-            if delta == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
     }
     out
 }
 
 /// The sequence numbers [`encode_seqs`] wrote, or `None` for bytes it cannot have written
 /// (or more than [`MAX_ACKS`] of them).
-pub(crate) fn decode_seqs(mut bytes: &[u8]) -> Option<Vec<u64>> {
+pub(crate) fn decode_seqs(bytes: &[u8]) -> Option<Vec<u64>> {
     let mut seqs = Vec::new();
     let mut previous = 0u64;
-    while !bytes.is_empty() {
-        let mut delta = 0u64;
-        let mut shift = 0;
-        loop {
-            let (&byte, rest) = bytes.split_first()?;
-            bytes = rest;
-            if shift > 63 {
-                return None;
-            }
-            delta |= u64::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
+    let mut at = 0;
+    while at < bytes.len() {
+        let delta = take_varint(bytes, &mut at)?;
         previous = previous.wrapping_add(delta);
         seqs.push(previous);
         if seqs.len() > MAX_ACKS {
@@ -319,16 +357,21 @@ mod tests {
 
     #[test]
     fn envelopes_survive_the_trip_and_garbage_is_refused() {
-        for (kind, sender, timeout_ms) in [
-            (Kind::Message, "ping", 0),
-            (Kind::Request, "orders/billing", 2500),
-            (Kind::Publication, "host", 0),
-            (Kind::Probe, "", 0),
+        for (kind, sender, timeout_ms, stream_seq, low) in [
+            (Kind::Message, "ping", 0, 0, 0),
+            (Kind::Message, "ping", 0, 1, 1),
+            (Kind::Message, "ping", 0, 300_000, 299_000),
+            (Kind::Message, "ping", 0, u64::MAX, 1),
+            (Kind::Request, "orders/billing", 2500, 0, 0),
+            (Kind::Publication, "host", 0, 0, 0),
+            (Kind::Probe, "", 0, 0, 0),
         ] {
             let envelope = Envelope {
                 kind,
                 sender,
                 timeout_ms,
+                stream_seq,
+                low,
             };
             let bytes = envelope.wrap(b"payload");
             let (opened, at) = Envelope::open(&bytes).expect("it opens");
@@ -339,6 +382,8 @@ mod tests {
             kind: Kind::Message,
             sender: "ping",
             timeout_ms: 0,
+            stream_seq: 7,
+            low: 5,
         }
         .wrap(b"");
         assert_eq!(
@@ -354,6 +399,9 @@ mod tests {
             &[TAG, 1, 5, b'p'],
             &[TAG, 1, 2, 0xff, 0xfe],
             &[TAG, 2, 1, b'p', 1, 2],
+            &[TAG, 1, 1, b'p'],
+            &[TAG, 1, 1, b'p', 0x80],
+            &[TAG, 1, 1, b'p', 3, 3],
         ] {
             assert_eq!(Envelope::open(garbage), None, "{garbage:?}");
         }

@@ -136,3 +136,53 @@ async fn when_a_hosts_server_dies_it_fails_over_and_every_message_is_accounted_f
     assert_eq!(b.counts("pong").await[0], before + 500);
     assert_every_message_ended(&a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_failover_while_both_hosts_live_loses_and_repeats_nothing() {
+    let mut servers = start_cluster(2);
+    // Host A on the server about to die (it learns the other from the cluster), host B
+    // on the other; the default ack timeout of 5 s.
+    let a = Host::join("a", &[servers[0].url()]).await;
+    a.spawn(a.spec("ping", "ping").may_send("pong")).await;
+    let b = receiver("b", &servers[1].url()).await;
+    a.sees("pong").await;
+
+    // Bursts of 5,000; A's server is killed with the fourth still on its way.
+    const BURSTS: u64 = 10;
+    const BURST: u64 = 5_000;
+    for burst in 0..BURSTS {
+        a.broker
+            .send("ping", BURST.to_string().into_bytes())
+            .unwrap();
+        if burst == 3 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            servers[0].kill();
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    a.settles().await;
+    assert!(b.broker.quiesce(10 * SECOND).await);
+
+    let books = a.broker.accounting();
+    let remote = a.lattice().metrics();
+    assert_eq!(
+        books.dead_lettered,
+        0,
+        "nothing dead-lettered: {:?}\n{remote:?}",
+        a.broker.dead_letters().first()
+    );
+    assert_eq!(
+        (remote.sent, remote.acked),
+        (BURSTS * BURST, BURSTS * BURST),
+        "{remote:?}"
+    );
+    // Pong counts what it handled and how many came out of order (a duplicate among
+    // them): each message once, in order.
+    assert_eq!(b.counts("pong").await, [BURSTS * BURST, 0]);
+    assert!(
+        remote.resent > 0,
+        "the failover had messages on the dead server to send again: {remote:?}"
+    );
+    assert_every_message_ended(&a);
+}
