@@ -278,3 +278,62 @@ async fn only_the_serving_hosts_acknowledgements_count() {
     let books = a.broker.accounting();
     assert_eq!(books.dead_lettered, 0, "{books:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cannot_feed_another_hosts_stream() {
+    let server = NatsServer::start();
+    let a = Host::join("a", &[server.url()]).await;
+    let b = Host::join("b", &[server.url()]).await;
+    a.spawn(a.spec("ping", "probe").may_send("pong")).await;
+    b.spawn(b.spec("pong", "pong").expose(Exposure::Lattice))
+        .await;
+    a.sees("pong").await;
+
+    assert_eq!(a.probe("ping", "send:pong").await, "ok");
+    a.settles().await;
+    // Mallory learns host a's reply prefix, as any member can: from the wire, or by asking
+    // whether a host answers for `a`.
+    let mallory = async_nats::connect(server.url()).await.unwrap();
+    let answer = mallory
+        .request(format!("courier.{LATTICE}.h.a.who"), Bytes::new())
+        .await
+        .unwrap();
+    let incarnation = answer
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Courier-Incarnation"))
+        .expect("a answers with its incarnation")
+        .to_string();
+    let prefix = format!("courier.{LATTICE}.h.a.r.{incarnation}");
+
+    // Numbers 2 to 10 of a's stream to pong, sent by mallory with a's reply prefix: were
+    // they taken, a's own number 2 would be dropped as a duplicate.
+    for seq in 2u8..=10 {
+        let mut payload = vec![0xC1, 1, 4];
+        payload.extend_from_slice(b"ping");
+        payload.extend_from_slice(&[seq, seq - 1]);
+        payload.extend_from_slice(&u64::from(seq).to_le_bytes());
+        mallory
+            .publish_with_reply(
+                format!("courier.{LATTICE}.a.mallory.pong"),
+                format!("{prefix}.{}", 1000 + u64::from(seq)),
+                payload.into(),
+            )
+            .await
+            .unwrap();
+    }
+    mallory.flush().await.unwrap();
+    eventually("b to refuse mallory's nine", || {
+        b.lattice().metrics().malformed == 9
+    })
+    .await;
+    assert_eq!(a.probe("ping", "send:pong").await, "ok");
+    a.settles().await;
+    assert!(b.broker.quiesce(10 * SECOND).await);
+    assert_eq!(
+        b.broker.metrics("pong").unwrap().delivered,
+        2,
+        "a's two messages, none of mallory's"
+    );
+    assert_eq!(b.lattice().metrics().duplicates, 0);
+}
