@@ -147,7 +147,7 @@ pub(crate) fn encode_timer(timer: &Timer) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + timer.payload.len());
     out.extend_from_slice(&millis(timer.due).to_le_bytes());
     out.push(u8::from(timer.period.is_some()));
-    let period = timer.period.map_or(0, |p| saturating_millis(p));
+    let period = timer.period.map_or(0, saturating_millis);
     out.extend_from_slice(&period.to_le_bytes());
     out.extend_from_slice(&timer.payload);
     out

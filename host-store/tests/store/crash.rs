@@ -81,7 +81,7 @@ async fn write_until_killed(store: Arc<RedbStore>, actor: String) {
             say(format!("ack {actor} {seq}"));
         }
         next += count;
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             let take = held.len() / 2;
             let consumed: Vec<(u64, u64)> = held.drain(..take).collect();
             let Some(&(_, highest)) = consumed.last() else {

@@ -28,7 +28,8 @@ async fn appended_entries_come_back_in_order_after_reopen() {
 
     let store = RedbStore::open_in_dir(dir.path()).unwrap();
     let a = store.load("a").await.unwrap();
-    let got: Vec<(u64, &str, Option<u64>, Kind, &[u8])> = a
+    type Row<'a> = (u64, &'a str, Option<u64>, Kind, &'a [u8]);
+    let got: Vec<Row> = a
         .mailbox
         .iter()
         .map(|e| (e.position, e.sender.as_str(), e.seq, e.kind, &e.payload[..]))
