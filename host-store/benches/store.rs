@@ -86,12 +86,7 @@ fn measure(
         return None;
     }
     let calls = calls.lock().unwrap();
-    let mut last: Vec<f64> = calls[calls.len().saturating_sub(settings.sample_size)..].to_vec();
-    if last.is_empty() {
-        return None;
-    }
-    last.sort_by(f64::total_cmp);
-    Some(last[last.len() / 2])
+    median(calls[calls.len().saturating_sub(settings.sample_size)..].to_vec())
 }
 
 /// The workspace's target folder, where the figures go and where the files are made: on the
@@ -158,31 +153,36 @@ fn main() {
     });
 
     // Raw redb: the same records, the same batches, no Courier code.
-    let db = redb::Database::create(work.path().join("raw.redb")).unwrap();
+    let db = raw_database(&work.path().join("raw.redb"));
     let mut next = 1u64;
     for batch in BATCHES {
-        let raw = measure(&mut c, &format!("store/raw-redb/{batch}"), &settings, |iters| {
-            let mut elapsed = Duration::ZERO;
-            for _ in 0..iters {
-                let values: Vec<(u64, Vec<u8>)> = (0..batch)
-                    .map(|_| {
-                        next += 1;
-                        (next, record_value(next, &payload))
-                    })
-                    .collect();
-                let start = Instant::now();
-                let txn = db.begin_write().unwrap();
-                {
-                    let mut table = txn.open_table(MAILBOX).unwrap();
-                    for (position, value) in &values {
-                        table.insert((ACTOR, *position), value.as_slice()).unwrap();
+        let raw = measure(
+            &mut c,
+            &format!("store/raw-redb/{batch}"),
+            &settings,
+            |iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let values: Vec<(u64, Vec<u8>)> = (0..batch)
+                        .map(|_| {
+                            next += 1;
+                            (next, record_value(next, &payload))
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    let txn = db.begin_write().unwrap();
+                    {
+                        let mut table = txn.open_table(MAILBOX).unwrap();
+                        for (position, value) in &values {
+                            table.insert((ACTOR, *position), value.as_slice()).unwrap();
+                        }
                     }
+                    txn.commit().unwrap();
+                    elapsed += start.elapsed();
                 }
-                txn.commit().unwrap();
-                elapsed += start.elapsed();
-            }
-            elapsed
-        });
+                elapsed
+            },
+        );
         figures.push(Figure {
             key: format!("raw-{batch}"),
             label: format!("raw redb, {batch} records of {PAYLOAD} B per commit"),
@@ -200,22 +200,27 @@ fn main() {
     let payload = Bytes::from(payload);
     let mut seq = 0u64;
     for batch in BATCHES {
-        let courier = measure(&mut c, &format!("store/append/{batch}"), &settings, |iters| {
-            let mut elapsed = Duration::ZERO;
-            for _ in 0..iters {
-                let entries: Vec<Entry> = (0..batch)
-                    .map(|_| {
-                        seq += 1;
-                        Entry::new(ACTOR, SENDER, Kind::Message, payload.clone()).with_seq(seq)
-                    })
-                    .collect();
-                let start = Instant::now();
-                let appended = runtime.block_on(store.append(entries)).unwrap();
-                elapsed += start.elapsed();
-                assert_eq!(appended.len(), batch);
-            }
-            elapsed
-        });
+        let courier = measure(
+            &mut c,
+            &format!("store/append/{batch}"),
+            &settings,
+            |iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let entries: Vec<Entry> = (0..batch)
+                        .map(|_| {
+                            seq += 1;
+                            Entry::new(ACTOR, SENDER, Kind::Message, payload.clone()).with_seq(seq)
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    let appended = runtime.block_on(store.append(entries)).unwrap();
+                    elapsed += start.elapsed();
+                    assert_eq!(appended.len(), batch);
+                }
+                elapsed
+            },
+        );
         figures.push(Figure {
             key: format!("append-{batch}"),
             label: format!("RedbStore::append, {batch} entries of {PAYLOAD} B per call"),
@@ -224,7 +229,96 @@ fn main() {
         });
     }
     c.final_summary();
+
+    // The same three, interleaved: each round times one fsync, then each batch size raw and
+    // through the store back to back, so a disk that slows down for a while (other work on
+    // a shared machine) slows both sides of each ratio alike. The ratio reported is the
+    // median of the rounds' ratios.
+    if settings.recording {
+        let rounds = if settings.quick { 40 } else { 300 };
+        let db = raw_database(&work.path().join("paired.redb"));
+        let mut fsyncs = Vec::new();
+        let mut raw: Vec<Vec<f64>> = vec![Vec::new(); BATCHES.len()];
+        let mut courier: Vec<Vec<f64>> = vec![Vec::new(); BATCHES.len()];
+        for _ in 0..rounds {
+            let start = Instant::now();
+            file.seek(SeekFrom::Start(0)).unwrap();
+            file.write_all(&page).unwrap();
+            file.sync_data().unwrap();
+            fsyncs.push(start.elapsed().as_nanos() as f64);
+            for (i, batch) in BATCHES.into_iter().enumerate() {
+                let values: Vec<(u64, Vec<u8>)> = (0..batch)
+                    .map(|_| {
+                        next += 1;
+                        (next, record_value(next, &payload))
+                    })
+                    .collect();
+                let start = Instant::now();
+                let txn = db.begin_write().unwrap();
+                {
+                    let mut table = txn.open_table(MAILBOX).unwrap();
+                    for (position, value) in &values {
+                        table.insert((ACTOR, *position), value.as_slice()).unwrap();
+                    }
+                }
+                txn.commit().unwrap();
+                raw[i].push(start.elapsed().as_nanos() as f64);
+
+                let entries: Vec<Entry> = (0..batch)
+                    .map(|_| {
+                        seq += 1;
+                        Entry::new(ACTOR, SENDER, Kind::Message, payload.clone()).with_seq(seq)
+                    })
+                    .collect();
+                let start = Instant::now();
+                runtime.block_on(store.append(entries)).unwrap();
+                courier[i].push(start.elapsed().as_nanos() as f64);
+            }
+        }
+        figures.push(Figure {
+            key: "paired-fsync".into(),
+            label: format!("interleaved ({rounds} rounds): fsync floor"),
+            nanos: median(fsyncs.clone()),
+            vs: None,
+        });
+        for (i, batch) in BATCHES.into_iter().enumerate() {
+            figures.push(Figure {
+                key: format!("paired-raw-{batch}"),
+                label: format!("interleaved: raw redb, {batch} per commit"),
+                nanos: median(raw[i].clone()),
+                vs: Some("paired-fsync".into()),
+            });
+            figures.push(Figure {
+                key: format!("paired-append-{batch}"),
+                label: format!("interleaved: RedbStore::append, {batch} per call"),
+                nanos: median(courier[i].clone()),
+                vs: Some(format!("paired-raw-{batch}")),
+            });
+            let ratios: Vec<f64> = courier[i].iter().zip(&raw[i]).map(|(c, r)| c / r).collect();
+            println!(
+                "interleaved, {batch} per batch: median of the rounds' ratios RedbStore / raw = {:.2}x",
+                median(ratios).unwrap_or(f64::NAN)
+            );
+        }
+    }
     report(&settings, &figures);
+}
+
+/// A redb database configured as `RedbStore` configures its own (the cache size is the one
+/// setting that differs from redb's defaults and matters to a commit).
+fn raw_database(path: &Path) -> redb::Database {
+    redb::Database::builder()
+        .set_cache_size(64 * 1024 * 1024)
+        .create(path)
+        .unwrap()
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
 }
 
 /// Print the figures with their ratios, and write them for `bench-report`.
