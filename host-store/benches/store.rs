@@ -232,76 +232,106 @@ fn main() {
 
     // The same three, interleaved: each round times one fsync, then each batch size raw and
     // through the store back to back, so a disk that slows down for a while (other work on
-    // a shared machine) slows both sides of each ratio alike. The ratio reported is the
-    // median of the rounds' ratios.
+    // a shared machine) slows both sides of each ratio alike. Then the same in memory
+    // (tmpfs, where an fsync costs nothing): what is left is the code's own cost.
     if settings.recording {
         let rounds = if settings.quick { 40 } else { 300 };
-        let db = raw_database(&work.path().join("paired.redb"));
-        let mut fsyncs = Vec::new();
-        let mut raw: Vec<Vec<f64>> = vec![Vec::new(); BATCHES.len()];
-        let mut courier: Vec<Vec<f64>> = vec![Vec::new(); BATCHES.len()];
-        for _ in 0..rounds {
-            let start = Instant::now();
-            file.seek(SeekFrom::Start(0)).unwrap();
-            file.write_all(&page).unwrap();
-            file.sync_data().unwrap();
-            fsyncs.push(start.elapsed().as_nanos() as f64);
-            for (i, batch) in BATCHES.into_iter().enumerate() {
-                let values: Vec<(u64, Vec<u8>)> = (0..batch)
-                    .map(|_| {
-                        next += 1;
-                        (next, record_value(next, &payload))
-                    })
-                    .collect();
-                let start = Instant::now();
-                let txn = db.begin_write().unwrap();
-                {
-                    let mut table = txn.open_table(MAILBOX).unwrap();
-                    for (position, value) in &values {
-                        table.insert((ACTOR, *position), value.as_slice()).unwrap();
-                    }
-                }
-                txn.commit().unwrap();
-                raw[i].push(start.elapsed().as_nanos() as f64);
-
-                let entries: Vec<Entry> = (0..batch)
-                    .map(|_| {
-                        seq += 1;
-                        Entry::new(ACTOR, SENDER, Kind::Message, payload.clone()).with_seq(seq)
-                    })
-                    .collect();
-                let start = Instant::now();
-                runtime.block_on(store.append(entries)).unwrap();
-                courier[i].push(start.elapsed().as_nanos() as f64);
-            }
-        }
-        figures.push(Figure {
-            key: "paired-fsync".into(),
-            label: format!("interleaved ({rounds} rounds): fsync floor"),
-            nanos: median(fsyncs.clone()),
-            vs: None,
-        });
-        for (i, batch) in BATCHES.into_iter().enumerate() {
-            figures.push(Figure {
-                key: format!("paired-raw-{batch}"),
-                label: format!("interleaved: raw redb, {batch} per commit"),
-                nanos: median(raw[i].clone()),
-                vs: Some("paired-fsync".into()),
-            });
-            figures.push(Figure {
-                key: format!("paired-append-{batch}"),
-                label: format!("interleaved: RedbStore::append, {batch} per call"),
-                nanos: median(courier[i].clone()),
-                vs: Some(format!("paired-raw-{batch}")),
-            });
-            let ratios: Vec<f64> = courier[i].iter().zip(&raw[i]).map(|(c, r)| c / r).collect();
-            println!(
-                "interleaved, {batch} per batch: median of the rounds' ratios RedbStore / raw = {:.2}x",
-                median(ratios).unwrap_or(f64::NAN)
+        let on_disk = tempfile::tempdir_in(work.path()).unwrap();
+        interleaved(&mut figures, on_disk.path(), "disk", rounds, &runtime);
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            let in_memory = tempfile::tempdir_in(shm).unwrap();
+            interleaved(
+                &mut figures,
+                in_memory.path(),
+                "tmpfs",
+                rounds * 10,
+                &runtime,
             );
         }
     }
     report(&settings, &figures);
+}
+
+/// Time `rounds` rounds of: one fsync, then each batch size through raw redb and through the
+/// store, in files under `dir`.
+fn interleaved(
+    figures: &mut Vec<Figure>,
+    dir: &Path,
+    name: &str,
+    rounds: usize,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join("fsync"))
+        .unwrap();
+    let page = vec![1u8; 4096];
+    let db = raw_database(&dir.join("raw.redb"));
+    let store = RedbStore::open_in_dir(dir.join("courier")).unwrap();
+    let payload = Bytes::from(vec![b'p'; PAYLOAD]);
+    let mut next = 0u64;
+    let mut fsyncs = Vec::new();
+    let mut raw: Vec<Vec<f64>> = vec![Vec::new(); BATCHES.len()];
+    let mut courier: Vec<Vec<f64>> = vec![Vec::new(); BATCHES.len()];
+    for _ in 0..rounds {
+        let start = Instant::now();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.write_all(&page).unwrap();
+        file.sync_data().unwrap();
+        fsyncs.push(start.elapsed().as_nanos() as f64);
+        for (i, batch) in BATCHES.into_iter().enumerate() {
+            let first = next;
+            let values: Vec<(u64, Vec<u8>)> = (first..first + batch as u64)
+                .map(|n| (n, record_value(n, &payload)))
+                .collect();
+            let start = Instant::now();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(MAILBOX).unwrap();
+                for (position, value) in &values {
+                    table.insert((ACTOR, *position), value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            raw[i].push(start.elapsed().as_nanos() as f64);
+
+            let entries: Vec<Entry> = (first..first + batch as u64)
+                .map(|n| Entry::new(ACTOR, SENDER, Kind::Message, payload.clone()).with_seq(n + 1))
+                .collect();
+            let start = Instant::now();
+            runtime.block_on(store.append(entries)).unwrap();
+            courier[i].push(start.elapsed().as_nanos() as f64);
+            next += batch as u64;
+        }
+    }
+    let fsync_key = format!("{name}-fsync");
+    figures.push(Figure {
+        key: fsync_key.clone(),
+        label: format!("{name}, interleaved ({rounds} rounds): fsync"),
+        nanos: median(fsyncs),
+        vs: None,
+    });
+    for (i, batch) in BATCHES.into_iter().enumerate() {
+        let ratios: Vec<f64> = courier[i].iter().zip(&raw[i]).map(|(c, r)| c / r).collect();
+        let ratio = median(ratios).unwrap_or(f64::NAN);
+        figures.push(Figure {
+            key: format!("{name}-raw-{batch}"),
+            label: format!("{name}, interleaved: raw redb, {batch} per commit"),
+            nanos: median(raw[i].clone()),
+            vs: Some(fsync_key.clone()),
+        });
+        figures.push(Figure {
+            key: format!("{name}-append-{batch}"),
+            label: format!(
+                "{name}, interleaved: RedbStore::append, {batch} per call (median ratio of rounds {ratio:.2}x)"
+            ),
+            nanos: median(courier[i].clone()),
+            vs: Some(format!("{name}-raw-{batch}")),
+        });
+    }
 }
 
 /// A redb database configured as `RedbStore` configures its own (the cache size is the one
@@ -340,7 +370,7 @@ fn report(settings: &Settings, figures: &[Figure]) {
         };
         let _ = writeln!(
             table,
-            "  {:<55} {:>10} {}",
+            "  {:<100} {:>10} {}",
             figure.label,
             figure
                 .nanos
