@@ -44,6 +44,12 @@ async fn appended_entries_come_back_in_order_after_reopen() {
     );
     assert_eq!(store.load("b").await.unwrap().mailbox.len(), 1);
     assert_eq!(store.stats().mailbox_entries, 4);
+
+    // Positions keep growing after a reopen: a later entry never sorts before an earlier one.
+    let later = store.append(vec![entry("a", "s", 3)]).await.unwrap();
+    assert!(later[0].position().unwrap() > positions[3]);
+    let a = store.load("a").await.unwrap();
+    assert_eq!(a.mailbox.last().unwrap().seq, Some(3));
 }
 
 #[tokio::test]

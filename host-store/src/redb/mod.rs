@@ -19,7 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use self::errors::{database_error, storage_error, table_error, transaction_error};
 use self::tables::{
     DEAD_LETTERS, DROPPED_DEAD_LETTERS_KEY, FORMAT_KEY, FORMAT_VERSION, MAILBOX, MARKS, META,
-    NEXT_DEAD_LETTER_KEY, NEXT_POSITION_KEY, OUTBOX, STATE, TIMERS,
+    NEXT_DEAD_LETTER_KEY, OUTBOX, POSITION_CEILING_KEY, STATE, TIMERS,
 };
 use self::writer::{Counters, Counts, Op, Outcome, Queue, Writer};
 use crate::error::{Bound, StoreError};
@@ -282,9 +282,12 @@ fn prepare(db: &Database, path: &Path) -> Result<(Counters, Counts), StoreError>
         let get = |key| -> Result<u64, StoreError> {
             Ok(meta.get(key).map_err(read)?.map_or(0, |v| v.value()))
         };
+        // Numbering resumes above everything reserved before; position 0 is never given, so
+        // a reader can use it as "none".
+        let ceiling = get(POSITION_CEILING_KEY)?.max(1);
         counters = Counters {
-            // Position 0 is never given, so a reader can use it as "none".
-            next_position: get(NEXT_POSITION_KEY)?.max(1),
+            next_position: ceiling,
+            position_ceiling: ceiling,
             next_dead_letter: get(NEXT_DEAD_LETTER_KEY)?,
             dropped_dead_letters: get(DROPPED_DEAD_LETTERS_KEY)?,
             dead_letters: 0,

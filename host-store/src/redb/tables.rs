@@ -19,9 +19,13 @@ pub(crate) const FORMAT_VERSION: u64 = 1;
 /// Store-wide numbers: the format version and the counters below.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const FORMAT_KEY: &str = "format";
-/// The next mailbox position or outbox sequence number: one counter for the whole store, so
-/// both only grow, per actor and across an actor forgotten and made again.
-pub(crate) const NEXT_POSITION_KEY: &str = "next-position";
+/// Above every mailbox position and outbox sequence number given so far: one counter for the
+/// whole store, so both only grow, per actor and across an actor forgotten and made again.
+/// The writer reserves [`POSITION_BLOCK`] numbers at a time and records only the top of the
+/// reservation, so most commits do not write it; after a restart numbering resumes from the
+/// top, skipping what was reserved and not given.
+pub(crate) const POSITION_CEILING_KEY: &str = "position-ceiling";
+pub(crate) const POSITION_BLOCK: u64 = 1 << 16;
 /// The id the next dead letter gets.
 pub(crate) const NEXT_DEAD_LETTER_KEY: &str = "next-dead-letter";
 /// How many dead letters were dropped to keep within the bound.

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::errors::{commit_error, storage_error, table_error, transaction_error};
 use super::tables::{
     self, DEAD_LETTERS, DROPPED_DEAD_LETTERS_KEY, MAILBOX, MARKS, META, NEXT_DEAD_LETTER_KEY,
-    NEXT_POSITION_KEY, OUTBOX, STATE, TIMERS,
+    OUTBOX, POSITION_BLOCK, POSITION_CEILING_KEY, STATE, TIMERS,
 };
 use crate::error::{Bound, StoreError};
 use crate::limits::{MAX_DEAD_LETTERS, MAX_QUEUED_BYTES, MAX_QUEUED_WRITES, MAX_TIMERS_PER_ACTOR};
@@ -164,6 +164,8 @@ pub(crate) struct Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counters {
     pub(crate) next_position: u64,
+    /// The top of the positions reserved in [`META`]: `next_position` stays below it.
+    pub(crate) position_ceiling: u64,
     pub(crate) next_dead_letter: u64,
     pub(crate) dropped_dead_letters: u64,
     pub(crate) dead_letters: u64,
@@ -558,7 +560,17 @@ impl<'t> Tx<'t> {
                 table.insert((actor, sender), seq).map_err(write)?;
             }
         }
-        if self.counters != self.start {
+        if self.counters.next_position > self.counters.position_ceiling {
+            self.counters.position_ceiling = self.counters.next_position + POSITION_BLOCK;
+        }
+        let recorded = |c: Counters| {
+            (
+                c.position_ceiling,
+                c.next_dead_letter,
+                c.dropped_dead_letters,
+            )
+        };
+        if recorded(self.counters) != recorded(self.start) {
             let meta = self
                 .txn
                 .open_table(META)
@@ -566,7 +578,11 @@ impl<'t> Tx<'t> {
             let mut meta = meta;
             let (now, then) = (self.counters, self.start);
             for (key, new, old) in [
-                (NEXT_POSITION_KEY, now.next_position, then.next_position),
+                (
+                    POSITION_CEILING_KEY,
+                    now.position_ceiling,
+                    then.position_ceiling,
+                ),
                 (
                     NEXT_DEAD_LETTER_KEY,
                     now.next_dead_letter,
