@@ -571,11 +571,10 @@ impl<'t> Tx<'t> {
             )
         };
         if recorded(self.counters) != recorded(self.start) {
-            let meta = self
+            let mut meta = self
                 .txn
                 .open_table(META)
                 .map_err(|e| table_error(path, e))?;
-            let mut meta = meta;
             let (now, then) = (self.counters, self.start);
             for (key, new, old) in [
                 (
