@@ -395,14 +395,14 @@ fn wasm_files_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// The environment variable that makes the benchmarks take their short run; read by
-/// `courier-benches`.
+/// `courier-benches` and the store's benchmark.
 const BENCH_QUICK_ENV: &str = "COURIER_BENCH_QUICK";
 
 /// Where the benchmarks write their figures, relative to the repository root.
 const BENCH_RESULTS_DIR: &str = "target/bench-results";
 
-/// Builds the guests, runs every benchmark of `courier-benches` (each measures its own
-/// baselines), then prints the table of figures and ratios that `bench-report` assembles from
+/// Builds the guests, runs every benchmark of `courier-benches` and the store's (each
+/// measures its own baselines), then prints the table of figures and ratios that `bench-report` assembles from
 /// what they wrote. `--quick` shortens every benchmark (see `benches/README.md`); arguments
 /// after `--` go to criterion. A slow figure fails nothing; a benchmark that breaks does.
 fn bench(args: &[String]) -> TaskResult {
@@ -445,6 +445,20 @@ fn bench(args: &[String]) -> TaskResult {
         },
         benches,
     )?;
+    // The store's benchmark lives in its crate, which needs nothing of wasmtime.
+    let mut store = cargo([
+        "bench",
+        "-p",
+        "courier-host-store",
+        "--bench",
+        "store",
+        "--",
+    ]);
+    store.args(criterion_args);
+    if quick {
+        store.env(BENCH_QUICK_ENV, "1");
+    }
+    run("cargo bench (courier-host-store)", store)?;
     // The bench profile, so the report reuses what `cargo bench` just built.
     run(
         "bench-report",
