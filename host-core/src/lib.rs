@@ -13,7 +13,9 @@
 //! - host services: `current-time-millis`, `log` into `tracing`, guest stdout/stderr into
 //!   `tracing`, and WASI with no directories, network or environment;
 //! - the [`Messaging`] trait behind a guest's `messaging` imports, which the broker
-//!   implements; alone, host-core answers those calls with `target-not-found`.
+//!   implements; alone, host-core answers those calls with `target-not-found`;
+//! - the [`Timers`] trait behind a guest's `timers` imports, which the broker implements;
+//!   alone, host-core refuses every timer with `disabled`.
 //!
 //! ```no_run
 //! # async fn run() -> courier_host_core::Result<()> {
@@ -46,6 +48,7 @@ pub mod guest_log;
 mod host;
 mod instance;
 pub mod text;
+mod timers;
 pub mod units;
 
 use std::sync::Arc;
@@ -54,6 +57,7 @@ pub use component::Component;
 pub use engine::{Allocation, DEFAULT_EPOCH_TICK, Engine, EngineBuilder, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use host::{BoxFuture, HostState, Messaging, NoMessaging};
+pub use timers::{NoTimers, TimerStart, Timers};
 pub use instance::{
     CallResult, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES, Instance, InstanceOptions,
 };
@@ -64,6 +68,8 @@ pub use bindings::courier::actor::types::ComponentError;
 pub use bindings::courier::actor::types::LogLevel;
 /// Why the host could not deliver a guest's message: the WIT `messaging-error`.
 pub use bindings::courier::actor::types::MessagingError;
+/// Why the host refused to schedule a guest's timer: the WIT `timer-error`.
+pub use bindings::courier::actor::timers::TimerError;
 
 /// The wasmtime this crate is built on, for embedders that link host interfaces of their
 /// own ([`EngineBuilder::link`]) and must name its types in the same version.
