@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::metrics::LatencySummary;
 
-pub(crate) use table::{ActorTimers, Firing, TimerLimits};
+pub(crate) use table::{ActorTimers, TimerLimits};
 pub(crate) use wheel::TimerWheel;
 
 /// How many timers one component may have pending unless its spec says otherwise

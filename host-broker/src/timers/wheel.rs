@@ -67,12 +67,6 @@ impl TimerWheel {
         self.lock().remove(&key);
     }
 
-    /// Timers armed, of every component.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Start the task on the runtime of the first arming: a timer is armed by a guest's
     /// handler or by the actor that delivers a timer's message, both of which run on the
     /// broker's runtime.
