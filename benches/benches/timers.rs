@@ -64,7 +64,9 @@ fn main() {
     let ping_pong = measure(&mut group, "broker/ping_pong", &settings, |iters| {
         let started = Instant::now();
         for _ in 0..iters {
-            broker.send("ping", count.clone()).expect("ping takes its count");
+            broker
+                .send("ping", count.clone())
+                .expect("ping takes its count");
             settle(&broker, BATCH_TIMEOUT);
         }
         started.elapsed()
@@ -175,7 +177,11 @@ fn memory(rt: &Runtime, broker: &Broker, engine: &Engine, figures: &mut Figures)
     let scheduled = command(rt, broker, "memory", &format!("many:m:{PENDING}:3600000"));
     assert_eq!(scheduled, "ok");
     let after = resident_bytes();
-    let pending = broker.metrics("memory").expect("memory runs").timers.pending;
+    let pending = broker
+        .metrics("memory")
+        .expect("memory runs")
+        .timers
+        .pending;
     assert_eq!(pending as u64, PENDING);
     let per_timer = grown(before, after);
 
@@ -228,7 +234,10 @@ fn command(rt: &Runtime, broker: &Broker, id: &str, command: &str) -> String {
 fn wait_for(done: impl Fn() -> bool) {
     let deadline = Instant::now() + BATCH_TIMEOUT;
     while !done() {
-        assert!(Instant::now() < deadline, "not done after {BATCH_TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not done after {BATCH_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_micros(20));
     }
 }

@@ -105,7 +105,12 @@ pub fn send_after(
     delay: Duration,
     payload: impl AsRef<[u8]>,
 ) -> Result<(), TimerError> {
-    schedule(name, Start::AfterNanos(nanos(delay)), None, payload.as_ref())
+    schedule(
+        name,
+        Start::AfterNanos(nanos(delay)),
+        None,
+        payload.as_ref(),
+    )
 }
 
 /// Sends `payload` to this component every `period`, first one `period` from now, from the
@@ -171,9 +176,9 @@ pub fn send_at(
     period: Option<Duration>,
     payload: impl AsRef<[u8]>,
 ) -> Result<(), TimerError> {
-    let millis = at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let millis = at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    });
     schedule(
         name,
         Start::AtMillis(millis),

@@ -205,11 +205,13 @@ impl Actor {
                 continue;
             }
             let (envelope, timer) = match envelope {
-                Envelope::Timer { name, firing } => match self.core().timer_message(&name, firing) {
-                    Some(message) => (message, true),
-                    // Cancelled or replaced since it was rung.
-                    None => continue,
-                },
+                Envelope::Timer { name, firing } => {
+                    match self.core().timer_message(&name, firing) {
+                        Some(message) => (message, true),
+                        // Cancelled or replaced since it was rung.
+                        None => continue,
+                    }
+                }
                 envelope => (envelope, false),
             };
             let core = self.core();

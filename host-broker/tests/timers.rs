@@ -82,14 +82,18 @@ async fn a_timer_never_fires_before_its_time() {
     let setup = Setup::new();
     timekeeper(&setup, "tk").await;
     for (name, millis) in [("zero", 0), ("one", 1), ("short", 15), ("long", 60)] {
-        let scheduled = setup.command("tk", &format!("after:{name}:{millis}:x")).await;
+        let scheduled = setup
+            .command("tk", &format!("after:{name}:{millis}:x"))
+            .await;
         assert_eq!(scheduled, "ok");
     }
     assert_eq!(setup.command("tk", "every:tick:10:y").await, "ok");
     let fired = setup
         .fired_until("tk", |fired| {
             let seen = |name: &str| fired.iter().filter(|r| r.name == name).count();
-            ["zero", "one", "short", "long"].iter().all(|name| seen(name) == 1)
+            ["zero", "one", "short", "long"]
+                .iter()
+                .all(|name| seen(name) == 1)
                 && seen("tick") >= 3
         })
         .await;
@@ -163,7 +167,10 @@ async fn ticks_missed_while_busy_arrive_as_one_message_that_counts_them() {
     // Not a flood: far fewer messages than ticks.
     let messages = fired.len() as u64;
     let ticks: u64 = fired.iter().map(|r| 1 + r.missed).sum();
-    assert!(messages + 10 <= ticks, "{messages} messages for {ticks} ticks");
+    assert!(
+        messages + 10 <= ticks,
+        "{messages} messages for {ticks} ticks"
+    );
     let timers = setup.broker.metrics("tk").unwrap().timers;
     assert!(timers.missed_ticks >= folded.missed, "{timers:?}");
     assert_eq!(timers.fired, messages);
@@ -176,12 +183,19 @@ async fn a_cancel_racing_a_firing_gives_exactly_one_of_the_two() {
     let mut cancelled = Vec::new();
     for i in 0..150u64 {
         let name = format!("r{i}");
-        assert_eq!(setup.command("tk", &format!("after:{name}:1:x")).await, "ok");
+        assert_eq!(
+            setup.command("tk", &format!("after:{name}:1:x")).await,
+            "ok"
+        );
         // Spread the cancels around the deadline: before it, at it, after it.
         if i % 3 != 0 {
             tokio::time::sleep(Duration::from_micros(400 * (i % 5))).await;
         }
-        match setup.command("tk", &format!("cancel:{name}")).await.as_str() {
+        match setup
+            .command("tk", &format!("cancel:{name}"))
+            .await
+            .as_str()
+        {
             "true" => cancelled.push(name),
             "false" => {}
             other => panic!("cancel answered {other}"),
@@ -228,9 +242,15 @@ async fn scheduling_a_pending_name_again_replaces_its_timer() {
         .map(|r| (r.name.as_str(), r.payload.as_str()))
         .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.contains(&("x", "new")) && seen.contains(&("p", "once")), "{seen:?}");
+    assert!(
+        seen.contains(&("x", "new")) && seen.contains(&("p", "once")),
+        "{seen:?}"
+    );
     let x = fired_later.iter().find(|r| r.name == "x").unwrap();
-    assert!(x.elapsed >= Duration::from_millis(60), "the new deadline holds");
+    assert!(
+        x.elapsed >= Duration::from_millis(60),
+        "the new deadline holds"
+    );
     let timers = setup.broker.metrics("tk").unwrap().timers;
     assert_eq!((timers.replaced, timers.pending), (2, 0), "{timers:?}");
 }
@@ -238,7 +258,10 @@ async fn scheduling_a_pending_name_again_replaces_its_timer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_beyond_the_limits_are_refused_with_a_typed_error() {
     let engine = engine();
-    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().max_payload_bytes(1024));
+    let broker = Broker::with_config(
+        engine.clone(),
+        BrokerConfig::default().max_payload_bytes(1024),
+    );
     let setup = Setup { engine, broker };
     setup
         .spawn(setup.spec("tk", "timekeeper").max_timers(3))
@@ -247,17 +270,26 @@ async fn timers_beyond_the_limits_are_refused_with_a_typed_error() {
         let scheduled = setup.command("tk", &format!("after:t{i}:3600000:x")).await;
         assert_eq!(scheduled, "ok");
     }
-    assert_eq!(setup.command("tk", "after:t3:3600000:x").await, "LimitReached(3)");
+    assert_eq!(
+        setup.command("tk", "after:t3:3600000:x").await,
+        "LimitReached(3)"
+    );
     // Replacing one needs no room.
     assert_eq!(setup.command("tk", "after:t0:3600000:y").await, "ok");
     assert_eq!(setup.command("tk", "cancel:t1").await, "true");
-    assert_eq!(setup.command("tk", "every:p:9:x").await, "PeriodTooShort(10ms)");
+    assert_eq!(
+        setup.command("tk", "every:p:9:x").await,
+        "PeriodTooShort(10ms)"
+    );
     let long = "n".repeat(256);
     assert_eq!(
         setup.command("tk", &format!("after:{long}:10:x")).await,
         "NameTooLong(255)"
     );
-    assert_eq!(setup.command("tk", "big:b:1025").await, "PayloadTooLarge(1024)");
+    assert_eq!(
+        setup.command("tk", "big:b:1025").await,
+        "PayloadTooLarge(1024)"
+    );
     assert_eq!(setup.command("tk", "big:b:1024").await, "ok");
     let timers = setup.broker.metrics("tk").unwrap().timers;
     assert_eq!(timers.pending, 3, "{timers:?}");
@@ -286,7 +318,10 @@ async fn timers_keep_firing_across_a_live_upgrade() {
         .await;
     let deadline = std::time::Instant::now() + 10 * SECOND;
     while setup.count("svc").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the new version got no tick");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new version got no tick"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(setup.broker.metrics("svc").unwrap().timers.pending, 1);
@@ -300,13 +335,19 @@ async fn a_trap_in_a_timer_messages_handler_restarts_the_component_like_any_othe
     setup
         .wait_until(|broker| broker.metrics("tk").unwrap().restarts == 1)
         .await;
-    let state = setup.state_becomes("tk", |s| *s == ComponentState::Running).await;
+    let state = setup
+        .state_becomes("tk", |s| *s == ComponentState::Running)
+        .await;
     assert_eq!(state, ComponentState::Running);
     let letters = setup.broker.dead_letters();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(&*letters[0].sender, "timer:boom");
     assert_eq!(letters[0].payload, b"panic");
-    assert!(letters[0].reason.contains("asked for a panic"), "{}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("asked for a panic"),
+        "{}",
+        letters[0].reason
+    );
     // The fresh instance takes timers as before.
     assert_eq!(setup.command("tk", "after:calm:1:ok").await, "ok");
     let fired = setup.fired_at_least("tk", 1).await;
@@ -326,7 +367,10 @@ async fn timers_end_with_their_component_and_do_not_come_back_with_it() {
     setup.broker.stop("tk").await.unwrap();
     timekeeper(&setup, "tk").await;
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert!(setup.fired("tk").await.is_empty(), "volatile timers do not outlive their component");
+    assert!(
+        setup.fired("tk").await.is_empty(),
+        "volatile timers do not outlive their component"
+    );
     assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 0);
 }
 
@@ -336,7 +380,10 @@ async fn a_component_that_does_not_import_timers_loads_and_runs_as_before() {
     let needle = b"courier:actor/timers";
     let imports = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(!imports(&guest_bytes("echo")), "echo imports timers");
-    assert!(imports(&guest_bytes("ticker")), "ticker does not import timers");
+    assert!(
+        imports(&guest_bytes("ticker")),
+        "ticker does not import timers"
+    );
     let setup = Setup::new();
     setup.spawn(setup.spec("echo", "echo")).await;
     let reply = setup.broker.request("echo", b"hi".to_vec(), SECOND).await;
@@ -356,7 +403,10 @@ async fn the_ticker_counts_ticks_once_its_first_message_starts_them() {
     // The first tick is a second away; the test waits for it, not for a speed.
     let deadline = std::time::Instant::now() + 10 * SECOND;
     while setup.count("ticker").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "no tick in ten seconds");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tick in ten seconds"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

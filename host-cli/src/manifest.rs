@@ -44,8 +44,8 @@ use std::time::Duration;
 use courier_host_broker::Exposure;
 use courier_host_broker::{
     BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY,
-    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_TIMERS, DEFAULT_MAX_QUEUED_BYTES, MAX_MAILBOX_CAPACITY, Pattern,
-    RestartPolicy, Supervision, check_id,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_TIMERS, MAX_MAILBOX_CAPACITY,
+    Pattern, RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use courier_host_lattice::{Auth, LatticeConfig};

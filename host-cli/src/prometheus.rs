@@ -359,8 +359,18 @@ fn timers(out: &mut String, components: &[MetricsSnapshot]) {
             }
         }
         let labels = [component];
-        sample(out, &format!("{NAME}_sum"), &labels, lateness.total.as_secs_f64());
-        sample(out, &format!("{NAME}_count"), &labels, lateness.count as f64);
+        sample(
+            out,
+            &format!("{NAME}_sum"),
+            &labels,
+            lateness.total.as_secs_f64(),
+        );
+        sample(
+            out,
+            &format!("{NAME}_count"),
+            &labels,
+            lateness.count as f64,
+        );
     }
 }
 

@@ -57,19 +57,19 @@ pub use component::Component;
 pub use engine::{Allocation, DEFAULT_EPOCH_TICK, Engine, EngineBuilder, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use host::{BoxFuture, HostState, Messaging, NoMessaging};
-pub use timers::{NoTimers, TimerStart, Timers};
 pub use instance::{
     CallResult, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES, Instance, InstanceOptions,
 };
+pub use timers::{NoTimers, TimerStart, Timers};
 
+/// Why the host refused to schedule a guest's timer: the WIT `timer-error`.
+pub use bindings::courier::actor::timers::TimerError;
 /// Why a handler refused or failed a message: the WIT `component-error`.
 pub use bindings::courier::actor::types::ComponentError;
 /// Severity of a guest log line: the WIT `log-level`.
 pub use bindings::courier::actor::types::LogLevel;
 /// Why the host could not deliver a guest's message: the WIT `messaging-error`.
 pub use bindings::courier::actor::types::MessagingError;
-/// Why the host refused to schedule a guest's timer: the WIT `timer-error`.
-pub use bindings::courier::actor::timers::TimerError;
 
 /// The wasmtime this crate is built on, for embedders that link host interfaces of their
 /// own ([`EngineBuilder::link`]) and must name its types in the same version.

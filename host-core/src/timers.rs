@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::TimerError;
 use crate::bindings::courier::actor::timers;
 use crate::host::HostState;
-use crate::TimerError;
 
 /// When a timer first fires, as the guest asked: the WIT `start`, in host types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

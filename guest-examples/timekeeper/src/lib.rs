@@ -139,7 +139,11 @@ impl Timekeeper {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis())
                 .to_string(),
-            _ => return Err(HandlerError::invalid(format!("unknown command `{command}`"))),
+            _ => {
+                return Err(HandlerError::invalid(format!(
+                    "unknown command `{command}`"
+                )));
+            }
         };
         Ok(reply)
     }

@@ -223,7 +223,9 @@ impl Timers for ActorTimers {
             return Err(TimerError::PayloadTooLarge(limits.max_payload_bytes as u64));
         }
         if period.is_some_and(|period| period < MIN_TIMER_PERIOD) {
-            return Err(TimerError::PeriodTooShort(MIN_TIMER_PERIOD.as_nanos() as u64));
+            return Err(TimerError::PeriodTooShort(
+                MIN_TIMER_PERIOD.as_nanos() as u64
+            ));
         }
         let now = Instant::now();
         let due = now

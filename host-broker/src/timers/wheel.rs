@@ -52,7 +52,9 @@ impl TimerWheel {
         let earliest = {
             let mut deadlines = self.lock();
             deadlines.insert(key, Armed { owner, name });
-            deadlines.first_key_value().is_some_and(|(first, _)| *first == key)
+            deadlines
+                .first_key_value()
+                .is_some_and(|(first, _)| *first == key)
         };
         self.start();
         if earliest {
@@ -80,7 +82,9 @@ impl TimerWheel {
             }
             Err(_) => {
                 self.started.store(false, Ordering::Release);
-                tracing::error!("a timer was armed outside a tokio runtime; it fires once the next timer is armed on one");
+                tracing::error!(
+                    "a timer was armed outside a tokio runtime; it fires once the next timer is armed on one"
+                );
             }
         }
     }
