@@ -188,7 +188,7 @@ fn memory(rt: &Runtime, broker: &Broker, engine: &Engine, figures: &mut Figures)
     let before = resident_bytes();
     let sleepers: Vec<_> = rt.block_on(async {
         (0..PENDING)
-            .map(|_| tokio::spawn(tokio::time::sleep(Duration::from_secs(3600))))
+            .map(|_| tokio::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await }))
             .collect()
     });
     // Every task has been polled once (and so has registered its timer) by now.
