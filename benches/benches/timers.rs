@@ -192,7 +192,7 @@ fn memory(rt: &Runtime, broker: &Broker, engine: &Engine, figures: &mut Figures)
             .collect()
     });
     // Every task has been polled once (and so has registered its timer) by now.
-    rt.block_on(tokio::time::sleep(Duration::from_millis(100)));
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
     let after = resident_bytes();
     let per_task = grown(before, after);
     for sleeper in sleepers {
