@@ -36,7 +36,7 @@ mod bindings {
     });
 }
 
-use bindings::courier::actor::{host_services, messaging, types};
+use bindings::courier::actor::{host_services, messaging, timers, types};
 use bindings::{Actor, ActorPre};
 
 /// Both exports take `(sender, payload)` and return the guest's answer or its error.
@@ -264,6 +264,28 @@ impl WasiView for BareState {
 }
 
 impl types::Host for BareState {}
+
+/// No guest on the bare path schedules timers; the stub refuses them as a host without
+/// timers would.
+impl timers::Host for BareState {
+    fn schedule(
+        &mut self,
+        _name: String,
+        _start: timers::Start,
+        _period_nanos: Option<u64>,
+        _payload: Vec<u8>,
+    ) -> Result<(), timers::TimerError> {
+        Err(timers::TimerError::Disabled)
+    }
+
+    fn cancel(&mut self, _name: String) -> bool {
+        false
+    }
+
+    fn missed_ticks(&mut self) -> u64 {
+        0
+    }
+}
 
 impl messaging::Host for BareState {
     fn self_id(&mut self) -> String {

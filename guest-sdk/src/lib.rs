@@ -7,12 +7,14 @@ extern crate self as courier_sdk;
 mod error;
 mod message;
 mod messaging;
+mod timers;
 
 pub use courier_codec as codec;
 pub use courier_codec::{Codec, CodecError};
 pub use error::{HandlerError, MessagingError};
 pub use message::Message;
 pub use messaging::{Level, log, now_millis, publish, request, self_id, send};
+pub use timers::{TimerError, cancel_timer, missed_ticks, send_after, send_at, send_every};
 
 /// Generates the component's exports from a handler function or a handler `impl` block.
 ///

@@ -1,5 +1,8 @@
 //! What a handler receives.
 
+/// The sender id of a timer's message is this and the timer's name.
+const TIMER_SENDER_PREFIX: &str = "timer:";
+
 /// One message or request delivered to this component: who sent it, and its payload.
 ///
 /// The sender is stamped by the host; another component cannot forge it. The payload is the
@@ -32,6 +35,20 @@ impl Message {
     /// The id of the component (or `host`) that sent the message, as the host stamped it.
     pub fn sender(&self) -> &str {
         &self.sender
+    }
+
+    /// The name of the timer that sent this message, if a timer of this component did
+    /// (its sender is `timer:<name>`, which no component can take as its id); `None` for a
+    /// message from a component or the host.
+    ///
+    /// ```
+    /// use courier_sdk::Message;
+    ///
+    /// assert_eq!(Message::new("timer:tick", vec![]).timer(), Some("tick"));
+    /// assert_eq!(Message::new("orders/billing", vec![]).timer(), None);
+    /// ```
+    pub fn timer(&self) -> Option<&str> {
+        self.sender.strip_prefix(TIMER_SENDER_PREFIX)
     }
 
     /// The payload, exactly as sent.

@@ -23,6 +23,7 @@ use crate::registry::{ActorShared, ComponentState};
 use crate::routing::release;
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
 use crate::text::bounded_text;
+use crate::timers::TIMER_SENDER_PREFIX;
 
 /// How many ready messages an actor takes from its mailbox at once. Taking a batch costs
 /// one synchronisation instead of one per message; the bound keeps a busy actor from
@@ -203,13 +204,27 @@ impl Actor {
                 stopping = true;
                 continue;
             }
+            let (envelope, timer) = match envelope {
+                Envelope::Timer { name, firing } => {
+                    match self.core().timer_message(&name, firing) {
+                        Some(message) => (message, true),
+                        // Cancelled or replaced since it was rung.
+                        None => continue,
+                    }
+                }
+                envelope => (envelope, false),
+            };
             let core = self.core();
             if core.shared.past_drain_deadline() {
                 core.dead_letter(envelope, "the shutdown deadline passed before delivery");
                 continue;
             }
             core.current = Some(envelope);
-            if let Some(aftermath) = core.handle().await
+            let aftermath = core.handle().await;
+            if timer {
+                core.shared.timers.set_missed(0);
+            }
+            if let Some(aftermath) = aftermath
                 && let Some(end) = core.settle(aftermath).await
             {
                 return end;
@@ -320,6 +335,8 @@ impl Actor {
             self.core = Some(core);
         }
         self.shared.handoff.close();
+        // Volatile timers end with the component: none fires for it again.
+        self.shared.timers.end();
         if let Some(order) = self.shared.take_upgrade_order() {
             let _ = order
                 .reply
@@ -354,6 +371,7 @@ impl Drop for Actor {
     /// left at the hand-off point.
     fn drop(&mut self) {
         self.shared.handoff.close();
+        self.shared.timers.end();
     }
 }
 
@@ -420,7 +438,9 @@ impl Core {
                     Envelope::Message { sender, payload } => {
                         Call::Message(instance.call_handle_message(sender, payload).await)
                     }
-                    Envelope::Stop | Envelope::Wake => Call::Message(Ok(Ok(()))),
+                    Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => {
+                        Call::Message(Ok(Ok(())))
+                    }
                 }
             });
             unless_drained(&self.shared, Some(&span), call).await
@@ -588,6 +608,20 @@ impl Core {
         }
     }
 
+    /// The message of the timer `name`'s firing `firing`, if it is still due: sent by
+    /// `timer:<name>`, and counted as a message the host sent now, so it ends in the books
+    /// like any other (delivered, or dead-lettered if its handler traps). Until the handler
+    /// returns, the guest's `missed-ticks` answers the ticks it stands for.
+    fn timer_message(&mut self, name: &str, firing: u64) -> Option<Envelope> {
+        let firing = self.shared.timers.take(name, firing)?;
+        self.shared.timers.set_missed(firing.missed);
+        bump(&self.counters.sent);
+        Some(Envelope::Message {
+            sender: format!("{TIMER_SENDER_PREFIX}{name}").into(),
+            payload: firing.payload,
+        })
+    }
+
     fn delivered(&self, started: Instant) {
         self.shared.metrics.latency.record(started.elapsed());
         bump(&self.shared.metrics.delivered);
@@ -703,7 +737,8 @@ impl Core {
                 reply,
                 ..
             } => (sender, MessageKind::Request, payload, Some(reply)),
-            Envelope::Stop | Envelope::Wake => return,
+            // A timer's firing that was never taken ends with the component's timers.
+            Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => return,
         };
         bump(&self.shared.metrics.dead_lettered);
         bump(&self.counters.dead_lettered);
@@ -823,6 +858,15 @@ mod tests {
             crate::remote::Exposure::Local,
             1 << 20,
             hostile.clone(),
+            crate::timers::ActorTimers::new(
+                "bad".into(),
+                crate::timers::TimerLimits {
+                    max_timers: 0,
+                    max_name_bytes: 255,
+                    max_payload_bytes: 1 << 20,
+                },
+                crate::timers::TimerWheel::new(),
+            ),
         ));
         // The bytes the three messages would have been charged on their way in.
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;

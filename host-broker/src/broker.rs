@@ -20,6 +20,7 @@ use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::remote::{Remote, RemoteAnswer, Served};
 use crate::routing::{Access, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
+use crate::timers::{ActorTimers, TimerLimits, TimerMetrics, TimerWheel};
 
 /// The sender id of messages the host sends without naming another. No component may
 /// take it as its id.
@@ -150,6 +151,8 @@ pub(crate) struct BrokerInner {
     /// Whether [`keep_timer_armed`] runs for this broker; it starts with the first spawn,
     /// the first moment the broker is sure to be on a runtime.
     keepalive_started: AtomicBool,
+    /// The deadlines of every component's timers, and the one task that fires them.
+    timer_wheel: Arc<TimerWheel>,
 }
 
 /// How often the broker's keep-alive timer fires; see [`keep_timer_armed`].
@@ -201,6 +204,8 @@ pub struct MetricsSnapshot {
     pub version: String,
     /// Handler latency percentiles.
     pub latency: LatencySummary,
+    /// Its timers: pending, fired, cancelled, and how late they fired.
+    pub timers: TimerMetrics,
 }
 
 /// What [`Broker::shutdown`] or [`Broker::stop`] could not deliver.
@@ -227,6 +232,7 @@ impl Broker {
                 engine,
                 router: Router::new(config),
                 keepalive_started: AtomicBool::new(false),
+                timer_wheel: TimerWheel::new(),
             }),
         }
     }
@@ -267,6 +273,7 @@ impl Broker {
             fuel,
             max_state_bytes,
             supervision,
+            max_timers,
         } = spec;
         check_id(&id).map_err(|reason| BrokerError::InvalidId {
             id: id.to_string(),
@@ -291,18 +298,29 @@ impl Broker {
         if router.registry.contains(&id) {
             return Err(BrokerError::DuplicateId(id));
         }
+        let timers = ActorTimers::new(
+            id.clone(),
+            TimerLimits {
+                max_timers,
+                max_name_bytes: crate::routing::MAX_NAME_BYTES,
+                max_payload_bytes: router.config.max_payload_bytes,
+            },
+            self.inner.timer_wheel.clone(),
+        );
         let shared = Arc::new(ActorShared::new(
             id.clone(),
             capabilities.clone(),
             exposure,
             mailbox_bytes,
             component.clone(),
+            timers.clone(),
         ));
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
         let mut options = InstanceOptions::new(id.clone())
             .deadline(deadline)
             .max_state_bytes(max_state_bytes)
-            .messaging(messaging);
+            .messaging(messaging)
+            .timers(timers);
         if let Some(bytes) = memory_limit {
             options = options.memory_limit(bytes);
         }
@@ -326,6 +344,8 @@ impl Broker {
             mailbox_capacity,
             tokio::runtime::Handle::current(),
         ));
+        let doorbell: Arc<dyn crate::timers::Doorbell> = entry.clone();
+        shared.timers.ring_at(Arc::downgrade(&doorbell));
         match router.registry.insert(entry, || router.is_shutting_down()) {
             Insert::Done => {}
             Insert::Taken => return Err(BrokerError::DuplicateId(id)),
@@ -671,6 +691,7 @@ impl MetricsSnapshot {
             mailbox_depth,
             version: shared.component().version().to_string(),
             latency: m.latency.summary(),
+            timers: shared.timers.metrics(),
         }
     }
 }

@@ -52,6 +52,7 @@ mod routing;
 mod spec;
 mod supervisor;
 mod text;
+mod timers;
 mod upgrade;
 
 pub use broker::{
@@ -72,9 +73,10 @@ pub use spec::{
     ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY,
 };
 pub use supervisor::{RestartPolicy, Supervision};
+pub use timers::{DEFAULT_MAX_TIMERS, MIN_TIMER_PERIOD, TIMER_SENDER_PREFIX, TimerMetrics};
 pub use upgrade::Upgraded;
 
-pub use courier_host_core::{ComponentError, ComponentId, MessagingError};
+pub use courier_host_core::{ComponentError, ComponentId, MessagingError, TimerError};
 
 /// The payload type of the host's sends: cheap to clone and to share, so a payload is
 /// copied once, into the target.

@@ -1,5 +1,6 @@
 //! What travels through an actor's bounded mailbox.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,15 +27,18 @@ pub(crate) enum Envelope {
     Stop,
     /// Nothing to handle: wakes an idle actor to look for an upgrade.
     Wake,
+    /// The timer `name` came due: the actor takes the firing `firing` from the component's
+    /// timers, unless it was cancelled or replaced since, and delivers it as a message.
+    Timer { name: Arc<str>, firing: u64 },
 }
 
 impl Envelope {
-    /// Who sent it; empty for [`Envelope::Stop`] and [`Envelope::Wake`], which only the
-    /// broker sends.
+    /// Who sent it; empty for [`Envelope::Stop`], [`Envelope::Wake`] and
+    /// [`Envelope::Timer`], which only the broker sends.
     pub(crate) fn sender(&self) -> &str {
         match self {
             Envelope::Message { sender, .. } | Envelope::Request { sender, .. } => sender,
-            Envelope::Stop | Envelope::Wake => "",
+            Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => "",
         }
     }
 
@@ -42,12 +46,13 @@ impl Envelope {
     pub(crate) fn payload(&self) -> &[u8] {
         match self {
             Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
-            Envelope::Stop | Envelope::Wake => &[],
+            Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => &[],
         }
     }
 
     /// Whether it was routed, and so counted in its mailbox's queued messages and bytes:
-    /// [`Envelope::Stop`] and [`Envelope::Wake`] come from the broker itself.
+    /// [`Envelope::Stop`], [`Envelope::Wake`] and [`Envelope::Timer`] come from the broker
+    /// itself (a timer's message is counted when the actor takes it).
     pub(crate) fn is_counted(&self) -> bool {
         matches!(self, Envelope::Message { .. } | Envelope::Request { .. })
     }
@@ -56,7 +61,7 @@ impl Envelope {
     pub(crate) fn into_payload(self) -> Bytes {
         match self {
             Envelope::Message { payload, .. } | Envelope::Request { payload, .. } => payload,
-            Envelope::Stop | Envelope::Wake => Bytes::new(),
+            Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => Bytes::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::handoff::HandOff;
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, Metrics};
 use crate::remote::Exposure;
+use crate::timers::{ActorTimers, Doorbell, Ring};
 use crate::upgrade::UpgradeOrder;
 
 /// Where a component is in its life.
@@ -80,6 +81,8 @@ pub(crate) struct ActorShared {
     retired: AtomicBool,
     /// Set while an upgrade waits for the actor, which looks before each message.
     pub(crate) upgrade_pending: AtomicBool,
+    /// Its timers, which outlive its instances and end with it.
+    pub(crate) timers: Arc<ActorTimers>,
     /// Where its core waits while the actor is idle, for a request to borrow.
     pub(crate) handoff: HandOff,
     /// Set by the first request for it, after which the actor leaves its core at the
@@ -102,8 +105,10 @@ impl ActorShared {
         exposure: Exposure,
         mailbox_bytes: u64,
         component: Component,
+        timers: Arc<ActorTimers>,
     ) -> Self {
         ActorShared {
+            timers,
             upgrade_pending: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             component: Mutex::new(component),
@@ -317,6 +322,19 @@ impl Entry {
         match std::mem::replace(&mut *task, Task::Taken) {
             Task::Running(handle) => Some(handle),
             Task::Waiting { .. } | Task::Taken => None,
+        }
+    }
+}
+
+impl Doorbell for Entry {
+    fn ring(&self, name: Arc<str>, firing: u64) -> Ring {
+        if self.shared.is_closed() {
+            return Ring::Closed;
+        }
+        match self.try_send(Envelope::Timer { name, firing }) {
+            Ok(()) => Ring::Queued,
+            Err(TrySendError::Full(_)) => Ring::Full,
+            Err(TrySendError::Closed(_)) => Ring::Closed,
         }
     }
 }

@@ -7,6 +7,7 @@ use courier_host_core::{Component, ComponentId, DEFAULT_DEADLINE, DEFAULT_MAX_ST
 use crate::capabilities::{Capabilities, Pattern};
 use crate::remote::Exposure;
 use crate::supervisor::Supervision;
+use crate::timers::DEFAULT_MAX_TIMERS;
 
 /// Default mailbox capacity: deep enough to absorb bursts, shallow enough that a stuck
 /// component pushes back on its senders quickly.
@@ -51,6 +52,7 @@ pub struct ComponentSpec {
     pub(crate) fuel: Option<u64>,
     pub(crate) max_state_bytes: usize,
     pub(crate) supervision: Supervision,
+    pub(crate) max_timers: u32,
 }
 
 impl ComponentSpec {
@@ -70,6 +72,7 @@ impl ComponentSpec {
             fuel: None,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             supervision: Supervision::default(),
+            max_timers: DEFAULT_MAX_TIMERS,
         }
     }
 
@@ -161,6 +164,14 @@ impl ComponentSpec {
         self
     }
 
+    /// How many timers it may have pending at once ([`DEFAULT_MAX_TIMERS`] by default); a
+    /// schedule beyond that is refused with `limit-reached`. 0 turns its timers off: every
+    /// schedule is refused with `disabled`.
+    pub fn max_timers(mut self, max_timers: u32) -> Self {
+        self.max_timers = max_timers;
+        self
+    }
+
     /// The same spec for another component: a new version of it, say.
     pub fn replace_component(mut self, component: Component) -> Self {
         self.component = component;
@@ -215,6 +226,11 @@ impl ComponentSpec {
     /// The largest state its `save-state` may return.
     pub fn get_max_state_bytes(&self) -> usize {
         self.max_state_bytes
+    }
+
+    /// How many timers it may have pending at once; 0 if its timers are off.
+    pub fn get_max_timers(&self) -> u32 {
+        self.max_timers
     }
 
     /// Its supervision.

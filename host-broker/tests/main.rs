@@ -14,5 +14,6 @@ mod properties;
 mod remote;
 mod soak;
 mod supervision;
+mod timers;
 mod upgrade;
 mod wasm_to_wasm;

@@ -827,6 +827,8 @@ struct ComponentView {
     refused: u64,
     restarts: u64,
     version: String,
+    timers_pending: usize,
+    timers_fired: u64,
 }
 
 async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<ComponentView>> {
@@ -850,6 +852,8 @@ async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<Compo
             refused: m.refused,
             restarts: m.restarts,
             version: m.version,
+            timers_pending: m.timers.pending,
+            timers_fired: m.timers.fired,
         })
         .collect();
     axum::Json(views)

@@ -24,6 +24,7 @@
 //! path = "../target/guests/ping.wasm"   # relative to this file
 //! capabilities = { send = ["pong"] }    # also request, publish, subscribe
 //! limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64, mailbox_bytes = "8 MiB" }
+//!                                       # also `timers = 64`: timers pending at once; 0 turns them off
 //! restart = { policy = "transient", max_restarts = 3, window = "10s" }
 //! expose = true                         # reachable from other hosts of the lattice
 //! ```
@@ -43,8 +44,8 @@ use std::time::Duration;
 use courier_host_broker::Exposure;
 use courier_host_broker::{
     BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY,
-    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, MAX_MAILBOX_CAPACITY, Pattern,
-    RestartPolicy, Supervision, check_id,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_TIMERS, MAX_MAILBOX_CAPACITY,
+    Pattern, RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use courier_host_lattice::{Auth, LatticeConfig};
@@ -165,6 +166,8 @@ pub struct ComponentEntry {
     pub memory: Option<usize>,
     /// Fuel per handler call.
     pub fuel: Option<u64>,
+    /// Timers it may have pending at once; 0 turns its timers off.
+    pub timers: u32,
     /// What happens when its instance traps or exits.
     pub supervision: Supervision,
     /// Whether other hosts of the lattice may reach it (`expose`, `replicas`).
@@ -180,7 +183,8 @@ impl ComponentEntry {
             .mailbox_bytes(self.mailbox_bytes)
             .deadline(self.deadline)
             .supervision(self.supervision)
-            .expose(self.exposure);
+            .expose(self.exposure)
+            .max_timers(self.timers);
         if let Some(memory) = self.memory {
             spec = spec.memory_limit(memory);
         }
@@ -592,6 +596,7 @@ impl Checker<'_> {
             deadline,
             memory,
             fuel,
+            timers: limits.timers.unwrap_or(DEFAULT_MAX_TIMERS),
             supervision,
             exposure,
         })
@@ -746,6 +751,7 @@ struct RawLimits {
     mailbox: Option<Spanned<u64>>,
     mailbox_bytes: Option<ByteSize>,
     fuel: Option<Spanned<u64>>,
+    timers: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -802,7 +808,7 @@ drain = "2s"
 id = "ping"
 path = "ping.wasm"
 capabilities = { send = ["pong"], publish = ["scores/*"] }
-limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64, fuel = 1000000 }
+limits = { memory = "16 MiB", deadline = "100ms", mailbox = 64, fuel = 1000000, timers = 0 }
 restart = { policy = "transient", max_restarts = 3, window = "10s", backoff_min = "10ms", backoff_max = "1s" }
 
 [[component]]
@@ -856,6 +862,7 @@ mailbox = 10000
         assert_eq!(ping.deadline, Duration::from_millis(100));
         assert_eq!(ping.mailbox, 64);
         assert_eq!(ping.fuel, Some(1_000_000));
+        assert_eq!(ping.timers, 0, "timers turned off");
         assert_eq!(ping.supervision.get_policy(), RestartPolicy::Transient);
         assert_eq!(ping.supervision.get_max_restarts(), 3);
         assert_eq!(ping.supervision.get_backoff().0, Duration::from_millis(10));
@@ -866,6 +873,7 @@ mailbox = 10000
         );
         assert_eq!(pong.mailbox, 10_000);
         assert_eq!(pong.deadline, DEFAULT_DEADLINE);
+        assert_eq!(pong.timers, DEFAULT_MAX_TIMERS);
         assert_eq!(pong.supervision, Supervision::default());
 
         let engine = manifest.engine_config();
@@ -880,7 +888,7 @@ mailbox = 10000
         assert_eq!(
             problem(&source),
             "23: component `pong`: `limits.mailbox_size`: unknown field `mailbox_size`, \
-             expected one of `memory`, `deadline`, `mailbox`, `mailbox_bytes`, `fuel`"
+             expected one of `memory`, `deadline`, `mailbox`, `mailbox_bytes`, `fuel`, `timers`"
         );
         let source = format!("verbose = true\n{GOOD}");
         assert!(problem(&source).starts_with("1: `verbose`: unknown field `verbose`"));

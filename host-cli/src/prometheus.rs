@@ -29,7 +29,9 @@ type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> f64);
 /// `courier_handler_latency_max_seconds`; the summary `courier_handler_latency_seconds`
 /// (label `quantile`: 0.5, 0.9, 0.99, with `_sum` and `_count`). Broker-wide:
 /// `courier_broker_messages_{sent,arrived,delivered,refused,dead_lettered}_total` and the
-/// gauge `courier_broker_messages_in_flight`.
+/// gauge `courier_broker_messages_in_flight`. Timers, per component:
+/// `courier_timers_pending`, `courier_timers_{fired,cancelled,replaced,missed_ticks}_total`
+/// and the summary `courier_timer_lateness_seconds` (quantiles 0.5 and 0.99).
 pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String {
     let mut out = String::new();
     let per = |value: fn(&MetricsSnapshot) -> f64| -> Vec<Sample> {
@@ -114,6 +116,7 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
             .collect(),
     );
     latency_summary(&mut out, components);
+    timers(&mut out, components);
     family(
         &mut out,
         "courier_handler_latency_max_seconds",
@@ -319,6 +322,86 @@ fn latency_summary(out: &mut String, components: &[MetricsSnapshot]) {
     }
 }
 
+/// Writes the timer families: how many are pending, how many fired, were cancelled or
+/// replaced, how many periodic ticks were folded into one message, and how late they fired.
+fn timers(out: &mut String, components: &[MetricsSnapshot]) {
+    let per = |value: fn(&MetricsSnapshot) -> f64| -> Vec<Sample> {
+        components
+            .iter()
+            .map(|m| (vec![("component", m.id.to_string())], value(m)))
+            .collect()
+    };
+    family(
+        out,
+        "courier_timers_pending",
+        "gauge",
+        "Timers the component has scheduled that have not fired or been cancelled.",
+        per(|m| m.timers.pending as f64),
+    );
+    let counters: [Counter; 4] = [
+        (
+            "courier_timers_fired_total",
+            "Timer messages handed to the component's handler.",
+            |m| m.timers.fired as f64,
+        ),
+        (
+            "courier_timers_cancelled_total",
+            "Timers cancelled while pending.",
+            |m| m.timers.cancelled as f64,
+        ),
+        (
+            "courier_timers_replaced_total",
+            "Timers replaced while pending by one of the same name.",
+            |m| m.timers.replaced as f64,
+        ),
+        (
+            "courier_timers_missed_ticks_total",
+            "Ticks of periodic timers folded into a later message while the component was busy.",
+            |m| m.timers.missed_ticks as f64,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(out, name, "counter", help, per(value));
+    }
+    const NAME: &str = "courier_timer_lateness_seconds";
+    let fired: Vec<&MetricsSnapshot> = components
+        .iter()
+        .filter(|m| m.timers.lateness.count > 0)
+        .collect();
+    if fired.is_empty() {
+        return;
+    }
+    header(
+        out,
+        NAME,
+        "summary",
+        "From a timer's deadline to its handler's start; quantiles approximate (within about 19%).",
+    );
+    for m in fired {
+        let lateness = &m.timers.lateness;
+        let component = ("component", m.id.to_string());
+        for (quantile, value) in [("0.5", lateness.p50), ("0.99", lateness.p99)] {
+            if let Some(value) = value {
+                let labels = [component.clone(), ("quantile", quantile.to_string())];
+                sample(out, NAME, &labels, value.as_secs_f64());
+            }
+        }
+        let labels = [component];
+        sample(
+            out,
+            &format!("{NAME}_sum"),
+            &labels,
+            lateness.total.as_secs_f64(),
+        );
+        sample(
+            out,
+            &format!("{NAME}_count"),
+            &labels,
+            lateness.count as f64,
+        );
+    }
+}
+
 /// Writes one metric family: its help, its type and its samples. A family with no samples
 /// is left out, as the format asks.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<Sample>) {
@@ -376,7 +459,7 @@ fn format_value(value: f64) -> String {
 mod tests {
     use std::time::Duration;
 
-    use courier_host_broker::{ComponentState, LatencySummary};
+    use courier_host_broker::{ComponentState, LatencySummary, TimerMetrics};
 
     use super::*;
 
@@ -399,6 +482,21 @@ mod tests {
                 p90: Some(Duration::from_micros(40)),
                 p99: None,
                 max: Some(Duration::from_millis(2)),
+            },
+            timers: TimerMetrics {
+                pending: 2,
+                fired: 5,
+                cancelled: 1,
+                replaced: 0,
+                missed_ticks: 3,
+                lateness: LatencySummary {
+                    count: 5,
+                    total: Duration::from_millis(5),
+                    p50: Some(Duration::from_millis(1)),
+                    p90: Some(Duration::from_millis(1)),
+                    p99: None,
+                    max: Some(Duration::from_millis(1)),
+                },
             },
         }
     }
@@ -433,6 +531,14 @@ mod tests {
         assert!(text.contains("courier_handler_latency_seconds_count{component=\"echo\"} 8\n"));
         assert!(text.contains("courier_component_state{component=\"echo\",state=\"running\"} 1\n"));
         assert!(text.contains("courier_broker_messages_sent_total 10\n"));
+        assert!(text.contains("courier_timers_pending{component=\"echo\"} 2\n"));
+        assert!(text.contains("courier_timers_fired_total{component=\"echo\"} 5\n"));
+        assert!(text.contains("courier_timers_cancelled_total{component=\"echo\"} 1\n"));
+        assert!(text.contains("courier_timers_missed_ticks_total{component=\"echo\"} 3\n"));
+        assert!(text.contains(
+            "courier_timer_lateness_seconds{component=\"echo\",quantile=\"0.5\"} 0.001\n"
+        ));
+        assert!(text.contains("courier_timer_lateness_seconds_count{component=\"echo\"} 5\n"));
         assert!(text.contains("courier_broker_messages_in_flight 0\n"));
     }
 

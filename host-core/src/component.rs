@@ -13,10 +13,11 @@ use crate::host::HostState;
 use wasmtime::component::ComponentExportIndex;
 
 /// The interfaces of world `courier:actor/actor` that the host provides besides WASI.
-const COURIER_IMPORTS: [&str; 3] = [
+const COURIER_IMPORTS: [&str; 4] = [
     "courier:actor/types@0.1.0",
     "courier:actor/messaging@0.1.0",
     "courier:actor/host-services@0.1.0",
+    "courier:actor/timers@0.1.0",
 ];
 
 const COMPONENT_ERROR: &str =

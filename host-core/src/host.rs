@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::courier::actor::{host_services, messaging, types};
 use crate::guest_log::GuestLog;
+use crate::timers::Timers;
 use crate::{ComponentId, LogLevel, MessagingError};
 
 /// A boxed future, as returned by [`Messaging::send_request`].
@@ -110,6 +111,7 @@ pub struct HostState {
     /// Where its `log` calls and output lines go, at a bounded rate.
     log: GuestLog,
     messaging: Arc<dyn Messaging>,
+    pub(crate) timers: Arc<dyn Timers>,
     pub(crate) stderr: GuestOutput,
     /// When the call in progress must end; host calls that wait are cut short by it too.
     pub(crate) call_deadline: Option<Instant>,
@@ -126,6 +128,7 @@ impl HostState {
         id: ComponentId,
         memory_limit: usize,
         messaging: Arc<dyn Messaging>,
+        timers: Arc<dyn Timers>,
         extensions: Extensions,
     ) -> Self {
         let log = GuestLog::new(id.clone());
@@ -147,6 +150,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
             messaging,
+            timers,
             log,
             stderr,
             call_deadline: None,

@@ -12,6 +12,7 @@ use crate::bindings::Actor;
 use crate::component::Component;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::{Extensions, HostState, MemoryCapExceeded, Messaging, NoMessaging};
+use crate::timers::{NoTimers, Timers};
 use crate::units::format_bytes;
 use crate::{ComponentError, ComponentId};
 
@@ -26,7 +27,7 @@ pub const DEFAULT_MAX_STATE_BYTES: usize = 64 << 20;
 
 /// How an instance is identified, limited and connected: a builder whose defaults are the
 /// engine's memory maximum, [`DEFAULT_DEADLINE`], no fuel budget,
-/// [`DEFAULT_MAX_STATE_BYTES`] and [`NoMessaging`].
+/// [`DEFAULT_MAX_STATE_BYTES`], [`NoMessaging`] and [`NoTimers`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -46,6 +47,7 @@ pub struct InstanceOptions {
     pub(crate) fuel: Option<u64>,
     pub(crate) max_state_bytes: usize,
     pub(crate) messaging: Arc<dyn Messaging>,
+    pub(crate) timers: Arc<dyn Timers>,
     pub(crate) extensions: Extensions,
 }
 
@@ -60,6 +62,7 @@ impl InstanceOptions {
             fuel: None,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             messaging: Arc::new(NoMessaging),
+            timers: Arc::new(NoTimers),
             extensions: Extensions::default(),
         }
     }
@@ -99,6 +102,14 @@ impl InstanceOptions {
     /// Route the guest's `messaging` imports to `messaging`.
     pub fn messaging(mut self, messaging: Arc<dyn Messaging>) -> Self {
         self.messaging = messaging;
+        self
+    }
+
+    /// Serve the guest's `timers` imports with `timers` ([`NoTimers`], which refuses every
+    /// timer, by default). Instances made with these options share it, so a component's
+    /// timers outlive any one of its instances.
+    pub fn timers(mut self, timers: Arc<dyn Timers>) -> Self {
+        self.timers = timers;
         self
     }
 
@@ -219,6 +230,7 @@ impl Component {
             id.clone(),
             memory_limit,
             options.messaging,
+            options.timers,
             options.extensions,
         );
         let mut store = Store::new(engine.wasmtime(), state);

@@ -13,7 +13,9 @@
 //! - host services: `current-time-millis`, `log` into `tracing`, guest stdout/stderr into
 //!   `tracing`, and WASI with no directories, network or environment;
 //! - the [`Messaging`] trait behind a guest's `messaging` imports, which the broker
-//!   implements; alone, host-core answers those calls with `target-not-found`.
+//!   implements; alone, host-core answers those calls with `target-not-found`;
+//! - the [`Timers`] trait behind a guest's `timers` imports, which the broker implements;
+//!   alone, host-core refuses every timer with `disabled`.
 //!
 //! ```no_run
 //! # async fn run() -> courier_host_core::Result<()> {
@@ -46,6 +48,7 @@ pub mod guest_log;
 mod host;
 mod instance;
 pub mod text;
+mod timers;
 pub mod units;
 
 use std::sync::Arc;
@@ -57,7 +60,10 @@ pub use host::{BoxFuture, HostState, Messaging, NoMessaging};
 pub use instance::{
     CallResult, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES, Instance, InstanceOptions,
 };
+pub use timers::{NoTimers, TimerStart, Timers};
 
+/// Why the host refused to schedule a guest's timer: the WIT `timer-error`.
+pub use bindings::courier::actor::timers::TimerError;
 /// Why a handler refused or failed a message: the WIT `component-error`.
 pub use bindings::courier::actor::types::ComponentError;
 /// Severity of a guest log line: the WIT `log-level`.

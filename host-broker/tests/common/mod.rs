@@ -77,7 +77,7 @@ impl Setup {
     }
 
     /// Poll `done` every millisecond for up to ten seconds.
-    async fn wait_until(&self, done: impl Fn(&Broker) -> bool) {
+    pub async fn wait_until(&self, done: impl Fn(&Broker) -> bool) {
         let deadline = std::time::Instant::now() + 10 * SECOND;
         while !done(&self.broker) {
             assert!(
