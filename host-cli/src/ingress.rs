@@ -906,6 +906,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
         "lattice": lattice.name(),
         "host": lattice.host(),
         "max_payload": lattice.max_payload(),
+        "subscription_capacity": lattice.subscription_capacity(),
         "hosts": hosts,
         "conflicts": conflicts,
         "sent": {

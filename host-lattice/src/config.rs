@@ -19,6 +19,17 @@ pub const DEFAULT_OUTBOUND_CAPACITY: usize = 65_536;
 /// How many payload bytes may wait to go on the wire (by default), with the same refusal.
 pub const DEFAULT_OUTBOUND_BYTES: u64 = 64 << 20;
 
+/// How many payload bytes each of a host's subscriptions may hold unread (by default):
+/// with the server's largest message this sets how many messages the NATS client buffers
+/// per subscription before it drops them as a slow consumer (counted, and ended by their
+/// senders).
+pub const DEFAULT_INBOUND_BYTES: u64 = 1 << 30;
+
+/// The fewest and the most messages a subscription buffers, whatever the byte budget and
+/// the server's largest message: fewer would drop bursts of small messages, more is the
+/// client's own default.
+pub const SUBSCRIPTION_CAPACITY: std::ops::RangeInclusive<usize> = 64..=65_536;
+
 /// How a host proves to the NATS servers that it is one of the lattice's hosts.
 ///
 /// Anyone who can publish on the lattice's subjects can claim any sender id, so these
@@ -76,6 +87,7 @@ pub struct LatticeConfig {
     pub(crate) heartbeat: Duration,
     pub(crate) outbound_capacity: usize,
     pub(crate) outbound_bytes: u64,
+    pub(crate) inbound_bytes: u64,
 }
 
 impl LatticeConfig {
@@ -91,6 +103,7 @@ impl LatticeConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
             outbound_bytes: DEFAULT_OUTBOUND_BYTES,
+            inbound_bytes: DEFAULT_INBOUND_BYTES,
         }
     }
 
@@ -129,6 +142,34 @@ impl LatticeConfig {
     pub fn outbound_bytes(mut self, bytes: u64) -> Self {
         self.outbound_bytes = bytes;
         self
+    }
+
+    /// How many payload bytes each subscription may hold unread
+    /// ([`DEFAULT_INBOUND_BYTES`]); see [`LatticeConfig::subscription_capacity`].
+    pub fn inbound_bytes(mut self, bytes: u64) -> Self {
+        self.inbound_bytes = bytes;
+        self
+    }
+
+    /// How many messages each subscription buffers when the server's largest message is
+    /// `max_payload` bytes: the inbound byte budget over that, within
+    /// [`SUBSCRIPTION_CAPACITY`].
+    ///
+    /// ```
+    /// use courier_host_lattice::LatticeConfig;
+    ///
+    /// let config = LatticeConfig::new("shop", "eu-1").inbound_bytes(64 << 20);
+    /// assert_eq!(config.subscription_capacity(1 << 20), 64);
+    /// assert_eq!(config.subscription_capacity(4 << 10), 16_384);
+    /// assert_eq!(config.subscription_capacity(64), 65_536);
+    /// // The default budget, 1 GiB: 1,024 messages of a server's usual 1 MiB limit.
+    /// assert_eq!(LatticeConfig::new("shop", "eu-1").subscription_capacity(1 << 20), 1024);
+    /// ```
+    pub fn subscription_capacity(&self, max_payload: usize) -> usize {
+        let fits = self.inbound_bytes / max_payload.max(1) as u64;
+        usize::try_from(fits)
+            .unwrap_or(usize::MAX)
+            .clamp(*SUBSCRIPTION_CAPACITY.start(), *SUBSCRIPTION_CAPACITY.end())
     }
 
     /// The lattice's name.

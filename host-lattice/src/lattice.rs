@@ -156,6 +156,8 @@ pub(crate) struct Inner {
     pub(crate) resend_wake: Arc<tokio::sync::Notify>,
     /// How long after going on the wire an unacknowledged numbered message is sent again.
     pub(crate) resend_after: Duration,
+    /// How many messages each subscription buffers (`LatticeConfig::subscription_capacity`).
+    pub(crate) subscription_capacity: usize,
     /// Acknowledgements, by the host that sent them, for messages to ids that host is not
     /// yet known to serve.
     pub(crate) doubtful: Mutex<HashMap<String, Vec<u64>>>,
@@ -232,7 +234,8 @@ impl Lattice {
         let subjects = Subjects::new(&config.name, &config.host, &incarnation);
         let counters = Arc::new(Counters::default());
         let resend_wake = Arc::new(tokio::sync::Notify::new());
-        let client = connect(&config, &subjects, counters.clone(), resend_wake.clone()).await?;
+        let (client, subscription_capacity) =
+            connect(&config, &subjects, counters.clone(), resend_wake.clone()).await?;
         if let Some(other) = answers_for(&client, &subjects).await {
             return Err(LatticeError::HostNameTaken {
                 host: config.host.clone(),
@@ -257,6 +260,7 @@ impl Lattice {
             inbound: Mutex::new(Streams::default()),
             resend_wake,
             resend_after: config.ack_timeout / 5,
+            subscription_capacity,
             doubtful: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             serving: Mutex::new(HashMap::new()),
@@ -386,6 +390,13 @@ impl Lattice {
         metrics
     }
 
+    /// How many messages each of this host's subscriptions buffers before the client drops
+    /// them as a slow consumer: the inbound byte budget over the server's largest message
+    /// ([`LatticeConfig::subscription_capacity`]).
+    pub fn subscription_capacity(&self) -> usize {
+        self.inner.subscription_capacity
+    }
+
     /// The largest payload a message to another host may carry: the server's limit less
     /// the room kept for headers.
     pub fn max_payload(&self) -> usize {
@@ -455,12 +466,39 @@ impl std::fmt::Debug for Lattice {
     }
 }
 
+/// The largest message a NATS server takes unless configured otherwise: what the first
+/// connection's subscription capacity is sized for.
+const USUAL_MAX_PAYLOAD: usize = 1 << 20;
+
+/// Connect to the lattice's servers with each subscription's buffer sized from the inbound
+/// byte budget and the server's largest message. The client takes the capacity before it
+/// connects, so a server with another limit than the usual one is connected to twice.
 async fn connect(
     config: &LatticeConfig,
     subjects: &Subjects,
     counters: Arc<Counters>,
     resend_wake: Arc<tokio::sync::Notify>,
+) -> Result<(async_nats::Client, usize), LatticeError> {
+    let capacity = config.subscription_capacity(USUAL_MAX_PAYLOAD);
+    let client = connect_with(config, subjects, &counters, &resend_wake, capacity).await?;
+    let sized = config.subscription_capacity(client.server_info().max_payload);
+    if sized == capacity {
+        return Ok((client, capacity));
+    }
+    // No subscription exists yet: nothing is lost by starting over.
+    drop(client);
+    let client = connect_with(config, subjects, &counters, &resend_wake, sized).await?;
+    Ok((client, sized))
+}
+
+async fn connect_with(
+    config: &LatticeConfig,
+    subjects: &Subjects,
+    counters: &Arc<Counters>,
+    resend_wake: &Arc<tokio::sync::Notify>,
+    capacity: usize,
 ) -> Result<async_nats::Client, LatticeError> {
+    let (counters, resend_wake) = (counters.clone(), resend_wake.clone());
     let mut options = match &config.auth {
         Auth::None => async_nats::ConnectOptions::new(),
         Auth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
@@ -484,6 +522,7 @@ async fn connect(
         // limited to `courier.<lattice>.>`.
         .custom_inbox_prefix(subjects.inbox())
         .connection_timeout(Duration::from_secs(5))
+        .subscription_capacity(capacity)
         // A host outlives its server: it keeps trying the others.
         .max_reconnects(None)
         // Quick to try again: each attempt picks a server at random, the dead one among
