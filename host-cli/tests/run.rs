@@ -1619,3 +1619,53 @@ fn courier_run_watch_follows_links_and_folders_made_again() {
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
 }
+
+#[test]
+fn a_runner_whose_nats_servers_are_all_gone_still_drains_and_reports_in_time() {
+    let mut nats = courier_test_support::nats::NatsServer::start();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let file_a = manifest(dir_a.path(), &LATTICE_A.replace("{nats}", &nats.url()));
+    let file_b = manifest(dir_b.path(), &LATTICE_B.replace("{nats}", &nats.url()));
+    let listen = ["--listen", "127.0.0.1:0"];
+    let mut b = Courier::start(&[&["run", file_b.to_str().unwrap()][..], &listen[..]].concat());
+    let _ = b.address();
+    let mut a = Courier::start(&[&["run", file_a.to_str().unwrap()][..], &listen[..]].concat());
+    let address_a = a.address();
+    let agent = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&agent, &format!("http://{address_a}/lattice"));
+        if json(body.as_bytes())["hosts"][0]["served"] == serde_json::json!(["echo", "pong"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host A never heard of host B");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Traffic on its way, then every server gone, then SIGTERM: the drain (1 s in the
+    // manifest) bounds every wait on NATS, so the runner ends and reports in time.
+    let (status, _) = post(
+        &agent,
+        &format!("http://{address_a}/components/ping/messages"),
+        b"1000",
+    );
+    assert_eq!(status, 202);
+    nats.kill();
+    let began = Instant::now();
+    a.terminate();
+    let status = a.wait(STOP_TIMEOUT);
+    let took = began.elapsed();
+    assert!(status.success(), "{status}\n{}", a.stderr());
+    assert!(
+        took < Duration::from_secs(4),
+        "a 1 s drain with no server took {took:?}\n{}",
+        a.stdout()
+    );
+    assert!(
+        a.stdout().contains("courier: to other hosts 1000 sent"),
+        "the report, with every message to other hosts in it:\n{}",
+        a.stdout()
+    );
+    b.terminate();
+    assert!(b.wait(STOP_TIMEOUT).success(), "{}", b.stderr());
+}
