@@ -21,9 +21,12 @@ pub const DEFAULT_OUTBOUND_BYTES: u64 = 64 << 20;
 
 /// How many payload bytes each of a host's subscriptions may hold unread (by default):
 /// with the server's largest message this sets how many messages the NATS client buffers
-/// per subscription before it drops them as a slow consumer (counted, and ended by their
-/// senders).
-pub const DEFAULT_INBOUND_BYTES: u64 = 1 << 30;
+/// per subscription before it drops them as a slow consumer (counted, and sent again by
+/// their senders when numbered). The default keeps the client's own 65,536 messages for a
+/// server's usual 1 MiB limit: a tighter budget bounds memory against a peer that sends
+/// large messages faster than this host reads them, at the price of drops (and resends)
+/// when a burst of small ones meets a host busy elsewhere.
+pub const DEFAULT_INBOUND_BYTES: u64 = 64 << 30;
 
 /// The fewest and the most messages a subscription buffers, whatever the byte budget and
 /// the server's largest message: fewer would drop bursts of small messages, more is the
@@ -162,8 +165,8 @@ impl LatticeConfig {
     /// assert_eq!(config.subscription_capacity(1 << 20), 64);
     /// assert_eq!(config.subscription_capacity(4 << 10), 16_384);
     /// assert_eq!(config.subscription_capacity(64), 65_536);
-    /// // The default budget, 1 GiB: 1,024 messages of a server's usual 1 MiB limit.
-    /// assert_eq!(LatticeConfig::new("shop", "eu-1").subscription_capacity(1 << 20), 1024);
+    /// // The default budget, 64 GiB: the client's own 65,536 of a server's usual 1 MiB.
+    /// assert_eq!(LatticeConfig::new("shop", "eu-1").subscription_capacity(1 << 20), 65_536);
     /// ```
     pub fn subscription_capacity(&self, max_payload: usize) -> usize {
         let fits = self.inbound_bytes / max_payload.max(1) as u64;

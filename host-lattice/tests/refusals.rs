@@ -113,16 +113,30 @@ async fn a_payload_over_the_servers_limit_is_refused_naming_the_limit() {
     a.sees("pong").await;
     let limit = 48 * 1024 - HEADER_ROOM;
     assert_eq!(a.lattice().max_payload(), limit);
-    // Each subscription buffers what the inbound byte budget (1 GiB) holds of the server's
-    // largest message, at most the client's own 65,536: sized from the server, not from a
-    // guess of 1 MiB.
-    assert_eq!(a.lattice().subscription_capacity(), 21_845);
-    let tight = Host::join_with(
-        LatticeConfig::new(LATTICE, "c").inbound_bytes(1 << 20),
+    // Each subscription buffers what the inbound byte budget holds of the server's largest
+    // message, from 64 to the client's own 65,536: sized from the server's 48 KiB, not
+    // from a guess of 1 MiB (which would make 96 here).
+    assert_eq!(
+        a.lattice().subscription_capacity(),
+        65_536,
+        "the default budget"
+    );
+    let sized = Host::join_with(
+        LatticeConfig::new(LATTICE, "c").inbound_bytes(96 << 20),
         &[server.url()],
     )
     .await;
-    assert_eq!(tight.lattice().subscription_capacity(), 64, "the least it takes");
+    assert_eq!(sized.lattice().subscription_capacity(), 2048);
+    let tight = Host::join_with(
+        LatticeConfig::new(LATTICE, "d").inbound_bytes(1 << 20),
+        &[server.url()],
+    )
+    .await;
+    assert_eq!(
+        tight.lattice().subscription_capacity(),
+        64,
+        "the least it takes"
+    );
     // `send-big:` sends 64 KiB.
     assert_eq!(
         a.probe("big", "send-big:pong").await,
