@@ -48,7 +48,6 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Create a component crate in the new folder NAME, ready to build for wasm32-wasip2.
     /// In a component crate (as `courier new` makes): build it for wasm32-wasip2, run it
     /// with its courier.toml, and rebuild and upgrade it in place whenever a source changes.
     /// A failed build is printed and the running version keeps serving.
@@ -75,6 +74,7 @@ enum Command {
         #[arg(long, env = "COURIER_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Create a component crate in the new folder NAME, ready to build for wasm32-wasip2.
     New {
         /// The folder to create; its last part is the crate's name and the component's id.
         name: PathBuf,

@@ -142,6 +142,7 @@ pub fn new_component(dir: &Path) -> Result<Created, String> {
         ("Cargo.toml", cargo_toml(&name, &sdk)),
         ("src/lib.rs", lib_rs(&name, &artifact)),
         ("courier.toml", manifest(&name, &artifact)),
+        ("rust-toolchain.toml", toolchain()),
         (".gitignore", "/target\n".to_string()),
     ];
 
@@ -167,6 +168,31 @@ pub fn new_component(dir: &Path) -> Result<Created, String> {
         files: written,
         sdk,
     })
+}
+
+/// This repository's toolchain file, whose compiler a new crate is pinned to.
+const REPO_TOOLCHAIN: &str = include_str!("../../rust-toolchain.toml");
+
+/// The new crate's `rust-toolchain.toml`: the compiler Courier is built with, and the
+/// wasm32-wasip2 target, so rustup installs what the crate needs on a machine whose default
+/// toolchain lacks the target.
+fn toolchain() -> String {
+    let channel = REPO_TOOLCHAIN
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|table| {
+            let channel = table.get("toolchain")?.get("channel")?.as_str()?;
+            Some(channel.to_string())
+        })
+        .unwrap_or_else(|| "stable".to_string());
+    format!(
+        "[toolchain]\n\
+         # rustup installs this compiler and the target components are built for on first\n\
+         # use, whatever the machine's default toolchain has.\n\
+         channel = \"{channel}\"\n\
+         targets = [\"wasm32-wasip2\"]\n\
+         profile = \"minimal\"\n"
+    )
 }
 
 /// The `courier-sdk` dependency: by path to this repository's SDK if it is still where it
@@ -308,5 +334,17 @@ mod tests {
         let manifest = fs::read_to_string(created.dir.join("courier.toml")).unwrap();
         assert!(manifest.contains("release/order_billing.wasm"));
         assert!(cargo.parse::<toml::Table>().is_ok(), "Cargo.toml is TOML");
+        // Its own toolchain file lists the target, so rustup installs it by itself.
+        let toolchain = fs::read_to_string(created.dir.join("rust-toolchain.toml")).unwrap();
+        let toolchain = toolchain.parse::<toml::Table>().unwrap();
+        let ours = REPO_TOOLCHAIN.parse::<toml::Table>().unwrap();
+        assert_eq!(
+            toolchain["toolchain"]["targets"],
+            toml::Value::Array(vec!["wasm32-wasip2".into()])
+        );
+        assert_eq!(
+            toolchain["toolchain"]["channel"],
+            ours["toolchain"]["channel"]
+        );
     }
 }

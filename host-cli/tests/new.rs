@@ -210,3 +210,25 @@ fn courier_dev_finds_the_component_where_cargo_put_it() {
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success(), "{}", courier.stderr());
 }
+
+#[test]
+fn the_help_text_describes_each_command_under_its_own_name() {
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let line = |command: &str| {
+        help.lines()
+            .find(|line| line.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("no line for `{command}` in:\n{help}"))
+            .to_string()
+    };
+    assert!(line("new").contains("Create a component crate"), "{help}");
+    assert!(line("dev").contains("In a component crate"), "{help}");
+    assert!(!line("dev").contains("Create a component crate"), "{help}");
+    for command in ["check", "run", "upgrade"] {
+        assert!(line(command).split_whitespace().count() > 2, "{help}");
+    }
+}
