@@ -126,16 +126,25 @@ impl Streams {
     /// The verdict on message `held.seq` of the stream `key`, whose sender still waits for
     /// nothing below `low`; it is kept when the verdict is [`Verdict::Held`].
     pub(crate) fn check(&mut self, key: &StreamKey, low: u64, held: Held) -> Verdict {
-        if !self.streams.contains_key(key) && self.streams.len() >= MAX_STREAMS {
-            self.forget_oldest();
+        if !self.streams.contains_key(key) {
+            if self.streams.len() >= MAX_STREAMS {
+                self.forget_oldest();
+            }
+            // The key is copied once per stream, not once per message.
+            self.streams.insert(
+                key.clone(),
+                Stream {
+                    below: 0,
+                    seen: BTreeSet::new(),
+                    held: BTreeMap::new(),
+                    heard: Instant::now(),
+                    refused: VecDeque::new(),
+                },
+            );
         }
-        let stream = self.streams.entry(key.clone()).or_insert(Stream {
-            below: 0,
-            seen: BTreeSet::new(),
-            held: BTreeMap::new(),
-            heard: Instant::now(),
-            refused: VecDeque::new(),
-        });
+        let Some(stream) = self.streams.get_mut(key) else {
+            return Verdict::Dropped;
+        };
         stream.heard = Instant::now();
         stream.advance(low.saturating_sub(1));
         let seq = held.seq;

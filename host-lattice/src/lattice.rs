@@ -158,6 +158,11 @@ pub(crate) struct Inner {
     pub(crate) resend_after: Duration,
     /// How many messages each subscription buffers (`LatticeConfig::subscription_capacity`).
     pub(crate) subscription_capacity: usize,
+    /// The client's counters, of which the outbound task reads the connections made.
+    pub(crate) statistics: Arc<async_nats::Statistics>,
+    /// Whether some message is marked to go on the wire again: read without the lock on
+    /// every message put on the wire.
+    pub(crate) resend_marked: AtomicBool,
     /// Acknowledgements, by the host that sent them, for messages to ids that host is not
     /// yet known to serve.
     pub(crate) doubtful: Mutex<HashMap<String, Vec<u64>>>,
@@ -246,6 +251,7 @@ impl Lattice {
 
         let (outbound, queue) = mpsc::channel(config.outbound_capacity);
         let (stop, _) = watch::channel(false);
+        let statistics = client.statistics();
         let inner = Arc::new(Inner {
             subjects,
             incarnation,
@@ -261,6 +267,8 @@ impl Lattice {
             resend_wake,
             resend_after: config.ack_timeout / 5,
             subscription_capacity,
+            statistics,
+            resend_marked: AtomicBool::new(false),
             doubtful: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             serving: Mutex::new(HashMap::new()),
@@ -605,7 +613,7 @@ impl Inner {
     /// Connections the client made to a server so far (it counts them before it says it is
     /// connected).
     pub(crate) fn connections(&self) -> u64 {
-        self.client.statistics().connects.load(Ordering::Relaxed)
+        self.statistics.connects.load(Ordering::Relaxed)
     }
 
     pub(crate) fn max_payload(&self) -> usize {

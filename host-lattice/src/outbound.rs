@@ -213,6 +213,9 @@ impl Inner {
             return;
         }
         let now_connection = self.connections();
+        if now_connection == *connection && !self.resend_marked.load(Ordering::Acquire) {
+            return;
+        }
         let margin = self.margin();
         let timeout = self.config.ack_timeout;
         let resends = {
@@ -222,12 +225,15 @@ impl Inner {
                 pending.mark(|entry| entry.connection != now_connection);
             }
             if pending.marked() == 0 {
+                self.resend_marked.store(false, Ordering::Release);
                 return;
             }
             // Only what can still be acknowledged before it is given up on goes again.
-            pending.take_marked(now_connection, |entry| {
+            let taken = pending.take_marked(now_connection, |entry| {
                 entry.queued.elapsed() + margin < timeout
-            })
+            });
+            self.resend_marked.store(false, Ordering::Release);
+            taken
         };
         if resends.is_empty() {
             return;

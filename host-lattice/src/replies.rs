@@ -242,6 +242,9 @@ impl Inner {
                         .is_some_and(|at| at.elapsed() >= resend_after)
                         && self.directory.serves_alone(entry.message.target())
                 });
+                if marked > 0 {
+                    self.resend_marked.store(true, Ordering::Release);
+                }
                 (overdue, marked)
             };
             if marked > 0 {
