@@ -559,3 +559,30 @@ impl Acks {
         std::mem::take(&mut self.pending)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serving loop asks `due` after every arrival, so a batch goes out when it is
+    /// full or its oldest acknowledgement has waited `ACK_DELAY`, even while more messages
+    /// keep coming (a steady stream of requests never lets the subscription run dry).
+    #[test]
+    fn a_batch_is_due_when_full_or_when_its_oldest_has_waited() {
+        let mut acks = Acks::default();
+        assert!(!acks.due(), "nothing gathered");
+        acks.add("courier.l.h.a.r.1.7".into());
+        assert!(!acks.due(), "just gathered");
+        std::thread::sleep(ACK_DELAY);
+        assert!(acks.due(), "the oldest has waited");
+        assert_eq!(acks.take(), [("courier.l.h.a.r.1".to_string(), vec![7])]);
+        assert!(!acks.due(), "taken");
+        for seq in 0..wire::MAX_ACKS as u64 {
+            acks.add(format!("courier.l.h.b.r.2.{seq}").into());
+        }
+        assert!(acks.due(), "full");
+        let batches = acks.take();
+        assert_eq!(batches.len(), 1, "one batch per sending run");
+        assert_eq!(batches[0].1.len(), wire::MAX_ACKS);
+    }
+}
