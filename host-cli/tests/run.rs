@@ -132,6 +132,12 @@ impl Courier {
         assert!(sent.success(), "SIGTERM was sent");
     }
 
+    /// SIGKILL: no drain, no shutdown, nothing flushed that was not already.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is sent");
+        self.child.wait().expect("the killed run is reaped");
+    }
+
     pub(crate) fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
