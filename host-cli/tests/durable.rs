@@ -111,6 +111,35 @@ fn a_durable_counter_counts_every_202_across_a_sigkill() {
         "counted {counted}: every one of the {accepted} 202s once, and at most the \
          {unanswered} posts the kill left unanswered besides"
     );
+    // The store's figures and the component's commits are reported.
+    let agent = client();
+    let metrics = agent
+        .get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for name in [
+        "courier_store_messages ",
+        "courier_store_commits_total ",
+        "courier_store_file_bytes ",
+        "courier_store_commit_seconds{stat=\"mean\"} ",
+        "courier_durable_commits_total{component=\"counter\"} ",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
+    let components = agent
+        .get(&format!("{base}/components"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        components.contains("\"durable\":{\"commits\":"),
+        "{components}"
+    );
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
 }
