@@ -350,10 +350,11 @@ impl Actor {
         if !self.handled_since_commit && self.consumed.is_empty() {
             return;
         }
-        let core = self
-            .core
-            .as_ref()
-            .expect("the actor holds its core between batches");
+        // A durable actor never lends its core, so it holds it here; were it away, the
+        // state would be unknown, and the positions wait for a commit that has it.
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
         let state = core
             .checkpoint
             .as_ref()

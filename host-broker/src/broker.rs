@@ -426,34 +426,36 @@ impl Broker {
         ));
         let doorbell: Arc<dyn crate::timers::Doorbell> = entry.clone();
         shared.timers.ring_at(Arc::downgrade(&doorbell));
-        match router
+        // Recovered messages were accepted in an earlier run and counted there: here they
+        // are sent anew, queued (and charged to the budgets) like any message before anyone
+        // can reach the actor, which takes them first.
+        let charge_recovered = |apply: fn(&std::sync::atomic::AtomicU64, u64)| {
+            if recovered_count > 0 {
+                apply(&router.counters.sent, recovered_count);
+                apply(&shared.queued.messages, recovered_count);
+                apply(&shared.queued.bytes, recovered_bytes);
+                apply(&router.counters.queued_bytes, recovered_bytes);
+            }
+        };
+        charge_recovered(|counter, n| {
+            counter.fetch_add(n, Ordering::Relaxed);
+        });
+        let refused = match router
             .registry
             .insert(entry.clone(), || router.is_shutting_down())
         {
-            Insert::Done => {}
-            Insert::Taken => return Err(BrokerError::DuplicateId(id)),
+            Insert::Done => None,
+            Insert::Taken => Some(BrokerError::DuplicateId(id.clone())),
             // Shutdown began while the instance was being made: it must not start.
-            Insert::Closed => return Err(BrokerError::ShuttingDown),
+            Insert::Closed => Some(BrokerError::ShuttingDown),
+        };
+        if let Some(err) = refused {
+            charge_recovered(|counter, n| {
+                counter.fetch_sub(n, Ordering::Relaxed);
+            });
+            return Err(err);
         }
         if recovered_count > 0 {
-            // Accepted in an earlier run and counted there: here they are sent anew, queued
-            // (and charged to the budgets) like any message, and the actor takes them first.
-            router
-                .counters
-                .sent
-                .fetch_add(recovered_count, Ordering::Relaxed);
-            shared
-                .queued
-                .messages
-                .fetch_add(recovered_count, Ordering::Relaxed);
-            shared
-                .queued
-                .bytes
-                .fetch_add(recovered_bytes, Ordering::Relaxed);
-            router
-                .counters
-                .queued_bytes
-                .fetch_add(recovered_bytes, Ordering::Relaxed);
             tracing::info!(component = %id, messages = recovered_count, "recovered stored messages");
             entry.start();
         }
