@@ -123,6 +123,36 @@ async fn accepted_messages_and_committed_state_survive_the_broker() {
 }
 
 #[tokio::test]
+async fn a_handled_batch_is_one_commit_of_its_messages_and_the_state_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    let setup = durable_setup(&store);
+    setup
+        .spawn(setup.spec("counter", "counter").durable(true))
+        .await;
+    let sends = (0..200).map(|_| setup.broker.send_durable("counter", &b"+1"[..]));
+    assert!(futures_join_all(sends).await.iter().all(Result::is_ok));
+    assert!(setup.broker.quiesce(10 * SECOND).await);
+    let durable = setup.broker.metrics("counter").unwrap().durable.unwrap();
+    assert!(
+        durable.commits >= 1 && durable.commits < 200 && durable.failed_commits == 0,
+        "messages stored together are handled and committed together: {durable:?}"
+    );
+    // Delivered is counted per message, the commit comes when the batch is done: soon after.
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while store.stats().mailbox_entries > 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", store.stats());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // What a crash now would find: every message consumed, and the count in the state.
+    let stored = store.load("counter").await.unwrap();
+    assert!(stored.mailbox.is_empty());
+    assert!(stored.state.is_some());
+    let stats = setup.broker.store_stats().unwrap();
+    assert_eq!(stats.mailbox_entries, 0, "{stats:?}");
+}
+
+#[tokio::test]
 async fn stored_messages_are_handled_at_spawn_in_their_order_before_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);

@@ -906,6 +906,24 @@ mailbox = 10000
     }
 
     #[test]
+    fn durable_components_are_kept_beside_the_manifest_unless_data_dir_says_otherwise() {
+        let (dir, file) = folder();
+        let manifest = Manifest::parse(GOOD, &file).unwrap();
+        assert_eq!(manifest.runtime.data_dir, dir.path().join(DEFAULT_DATA_DIR));
+        assert!(
+            manifest.components.iter().all(|c| !c.durable),
+            "off by default"
+        );
+
+        let source = good_but("drain = \"2s\"", "drain = \"2s\"\ndata_dir = \"state\"");
+        let source = source.replacen("id = \"ping\"", "id = \"ping\"\ndurable = true", 1);
+        let manifest = Manifest::parse(&source, &file).unwrap();
+        assert_eq!(manifest.runtime.data_dir, dir.path().join("state"));
+        assert!(manifest.components[0].durable);
+        assert!(!manifest.components[1].durable);
+    }
+
+    #[test]
     fn an_unknown_field_is_named_with_its_line() {
         let source = good_but("mailbox = 10000", "mailbox = 10000\nmailbox_size = 3");
         assert_eq!(
