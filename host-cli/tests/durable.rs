@@ -144,6 +144,72 @@ fn a_durable_counter_counts_every_202_across_a_sigkill() {
     assert!(courier.wait(STOP_TIMEOUT).success());
 }
 
+/// `courier run` under a limit on the size of the files it writes, with SIGXFSZ ignored, so
+/// a write past it fails with EFBIG as on a full disk.
+fn start_with_file_limit(manifest: &Path, bytes: u64) -> Courier {
+    let limit = format!("--fsize={bytes}");
+    Courier::start_wrapped(
+        &[
+            "sh",
+            "-c",
+            "trap '' XFSZ; exec prlimit \"$0\" \"$@\"",
+            &limit,
+        ],
+        &["run", manifest.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[],
+    )
+}
+
+#[test]
+fn a_full_disk_refuses_messages_with_a_storage_error_and_loses_no_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = counter_manifest(dir.path(), true);
+    // A first run makes the store, so the limit can be set at its size.
+    let mut courier = start(&manifest);
+    courier.address();
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+    let file = dir.path().join(".courier-data").join("courier.redb");
+    let size = std::fs::metadata(&file).unwrap().len();
+
+    // Handled messages are consumed and their pages reused, so the file grows only with
+    // what is in flight; with little room to grow, large payloads soon find none.
+    let mut courier = start_with_file_limit(&manifest, size + 1024 * 1024);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    let payload = vec![b'x'; 256 * 1024];
+    let mut accepted = 0u64;
+    let (status, refusal) = loop {
+        let (status, body) = crate::run::post(
+            &agent,
+            &format!("{base}/components/counter/messages"),
+            &payload,
+        );
+        match status {
+            202 => accepted += 1,
+            _ => break (status, String::from_utf8_lossy(&body).into_owned()),
+        }
+        assert!(accepted < 2_000, "the store never filled");
+    };
+    println!("accepted {accepted}, then {status} {refusal}");
+    assert_eq!(status, 503, "{refusal}");
+    for part in [
+        "target-crashed",
+        "storage:",
+        "is full",
+        &file.display().to_string(),
+    ] {
+        assert!(refusal.contains(part), "no {part:?} in {refusal}");
+    }
+    courier.kill();
+
+    let mut courier = start(&manifest);
+    let base = format!("http://{}", courier.address());
+    assert_eq!(count(&client(), &base), accepted, "every 202, once");
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
+
 #[test]
 fn a_store_held_by_another_run_is_refused_naming_its_file() {
     let dir = tempfile::tempdir().unwrap();

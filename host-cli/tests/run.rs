@@ -34,9 +34,24 @@ impl Courier {
 
     /// [`start`](Self::start) with more environment variables.
     pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Courier {
+        Courier::start_wrapped(&[], args, env)
+    }
+
+    /// [`start_with_env`](Self::start_with_env), with the binary run by `wrapper` (a
+    /// program and its arguments, the binary and `args` after them): `sh -c …` to set a
+    /// limit, say.
+    pub(crate) fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &Path)]) -> Courier {
         let runtime_dir = (!env.iter().any(|(name, _)| *name == "XDG_RUNTIME_DIR"))
             .then(|| tempfile::tempdir().unwrap());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        let binary = env!("CARGO_BIN_EXE_courier");
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, rest @ ..] => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+        };
         if let Some(dir) = &runtime_dir {
             command.env("XDG_RUNTIME_DIR", dir.path());
         }
