@@ -42,6 +42,10 @@ pub(crate) struct Actor {
     /// The messages of this batch taken so far and their payload bytes, still counted as
     /// queued (and charged to the budgets) until the batch is done.
     taken: Taken,
+    /// For a durable component: the store positions of the messages handled since the last
+    /// commit, and whether anything (a request, a timer) was handled since then.
+    consumed: Vec<u64>,
+    handled_since_commit: bool,
 }
 
 /// What handles a message: the instance and what supervising it needs. It is in one place
@@ -114,6 +118,7 @@ pub(crate) fn park_core(
     options: InstanceOptions,
     supervision: Supervision,
     instance: Instance,
+    checkpoint: Option<Vec<u8>>,
 ) {
     let core = Core {
         shared: shared.clone(),
@@ -125,7 +130,7 @@ pub(crate) fn park_core(
         instance: Some(instance),
         history: RestartHistory::new(),
         current: None,
-        checkpoint: None,
+        checkpoint: checkpoint.map(|state| (state, Instant::now())),
     };
     shared.handoff.park(Box::new(core));
 }
@@ -138,13 +143,23 @@ impl Actor {
         counters: Arc<BrokerCounters>,
         mailbox: mpsc::Receiver<Envelope>,
     ) -> Actor {
+        // A durable component's recovered messages are its first batch, ahead of anything
+        // sent since its spawn; handled from the end, like every batch.
+        let mut batch = shared
+            .durable
+            .as_ref()
+            .map(|durable| durable.take_recovered())
+            .unwrap_or_default();
+        batch.reverse();
         Actor {
             core: None,
             shared,
             counters,
             mailbox,
-            batch: Vec::new(),
+            batch,
             taken: Taken::default(),
+            consumed: Vec::new(),
+            handled_since_commit: false,
         }
     }
 
@@ -180,6 +195,12 @@ impl Actor {
     /// the end of the broker.
     async fn serve(&mut self) -> End {
         let mut stopping = false;
+        if self.core.is_none()
+            && !self.batch.is_empty()
+            && let Err(end) = self.unpark().await
+        {
+            return end;
+        }
         loop {
             let envelope = match self.next(stopping).await {
                 Ok(Some(envelope)) => envelope,
@@ -219,11 +240,19 @@ impl Actor {
                 core.dead_letter(envelope, "the shutdown deadline passed before delivery");
                 continue;
             }
+            let position = envelope.position();
             core.current = Some(envelope);
             let aftermath = core.handle().await;
             if timer {
                 core.shared.timers.set_missed(0);
             }
+            // A message whose handling the shutdown cut is not consumed: its effects are not
+            // in any state, so the next start handles it again.
+            if !matches!(aftermath, Some(Aftermath::Ended(_))) {
+                self.handled_since_commit = true;
+                self.consumed.extend(position);
+            }
+            let core = self.core();
             if let Some(aftermath) = aftermath
                 && let Some(end) = core.settle(aftermath).await
             {
@@ -237,6 +266,9 @@ impl Actor {
     /// handle; an end if what a requester gave back with the core ended the actor.
     async fn next(&mut self, stopping: bool) -> Result<Option<Envelope>, End> {
         if self.batch.is_empty() {
+            // Committed before its messages leave the counts, so a broker that is quiet has
+            // committed what it handled.
+            self.commit().await;
             // The batch is handled: it leaves the counts together, one atomic update (on
             // counters the senders share) per batch rather than per message.
             let taken = std::mem::take(&mut self.taken);
@@ -308,6 +340,31 @@ impl Actor {
         }
     }
 
+    /// For a durable component that handled anything since its last commit: commit the
+    /// positions of the stored messages it handled and its state after them, in one
+    /// transaction.
+    async fn commit(&mut self) {
+        let Some(durable) = &self.shared.durable else {
+            return;
+        };
+        if !self.handled_since_commit && self.consumed.is_empty() {
+            return;
+        }
+        // A durable actor never lends its core, so it holds it here; were it away, the
+        // state would be unknown, and the positions wait for a commit that has it.
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        let state = core
+            .checkpoint
+            .as_ref()
+            .map(|(state, _)| bytes::Bytes::copy_from_slice(state));
+        durable
+            .commit(&self.shared.id, &mut self.consumed, state)
+            .await;
+        self.handled_since_commit = false;
+    }
+
     /// Give back what `envelope` held of the counts of queued messages and bytes.
     fn release(&self, envelope: &Envelope) {
         if envelope.is_counted() {
@@ -334,6 +391,8 @@ impl Actor {
             let (core, _) = self.shared.handoff.reclaim().await;
             self.core = Some(core);
         }
+        // What it handled is kept; what it did not stays stored for the next start.
+        self.commit().await;
         self.shared.handoff.close();
         // Volatile timers end with the component: none fires for it again.
         self.shared.timers.end();
@@ -393,6 +452,12 @@ impl Core {
         if let Some(aftermath) = self.deliver().await {
             return Some(aftermath);
         }
+        // A durable component's state after every message is what its batch commits, and
+        // what an instance that traps later in the batch is replaced from, so the messages
+        // handled before the trap keep their effects.
+        if self.shared.durable.is_some() {
+            return self.save_state_now().await;
+        }
         if self.supervision.checkpoint.is_some() {
             return self.save_checkpoint().await;
         }
@@ -435,9 +500,9 @@ impl Core {
                     Envelope::Request {
                         sender, payload, ..
                     } => Call::Request(instance.call_handle_request(sender, payload).await),
-                    Envelope::Message { sender, payload } => {
-                        Call::Message(instance.call_handle_message(sender, payload).await)
-                    }
+                    Envelope::Message {
+                        sender, payload, ..
+                    } => Call::Message(instance.call_handle_message(sender, payload).await),
                     Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => {
                         Call::Message(Ok(Ok(())))
                     }
@@ -516,6 +581,14 @@ impl Core {
         {
             return None;
         }
+        self.save_state_now().await
+    }
+
+    /// Save the instance's state, if it keeps one, as the state a restart starts from.
+    /// A trap while saving leaves the last saved state as it was and the instance to be
+    /// replaced from it ([`Aftermath::SaveFailed`]); a save the drain deadline cuts ends
+    /// the actor.
+    async fn save_state_now(&mut self) -> Option<Aftermath> {
         let instance = self.instance.as_mut().filter(|i| i.keeps_state())?;
         let saved = {
             let saving = std::pin::pin!(instance.save_state());
@@ -616,10 +689,10 @@ impl Core {
         let firing = self.shared.timers.take(name, firing)?;
         self.shared.timers.set_missed(firing.missed);
         bump(&self.counters.sent);
-        Some(Envelope::Message {
-            sender: format!("{TIMER_SENDER_PREFIX}{name}").into(),
-            payload: firing.payload,
-        })
+        Some(Envelope::message(
+            format!("{TIMER_SENDER_PREFIX}{name}").into(),
+            firing.payload,
+        ))
     }
 
     fn delivered(&self, started: Instant) {
@@ -723,6 +796,12 @@ impl Core {
             End::Stopped(r) => format!("component stopped: {r}"),
             End::Failed(r) => format!("component failed: {r}"),
         };
+        let reason = match envelope.position() {
+            Some(_) => format!(
+                "{reason}; it stays stored and is handled when the component is spawned again on the same store"
+            ),
+            None => reason,
+        };
         self.dead_letter(envelope, &reason);
     }
 
@@ -730,7 +809,9 @@ impl Core {
     /// as `target-crashed`.
     fn dead_letter(&self, envelope: Envelope, reason: &str) {
         let (sender, kind, payload, reply) = match envelope {
-            Envelope::Message { sender, payload } => (sender, MessageKind::Message, payload, None),
+            Envelope::Message {
+                sender, payload, ..
+            } => (sender, MessageKind::Message, payload, None),
             Envelope::Request {
                 sender,
                 payload,
@@ -822,10 +903,7 @@ mod tests {
     use crate::supervisor::RestartPolicy;
 
     fn message(payload: &[u8]) -> Envelope {
-        Envelope::Message {
-            sender: "host".into(),
-            payload: payload.to_vec().into(),
-        }
+        Envelope::message("host".into(), payload.to_vec().into())
     }
 
     /// A stop queued ahead of messages that came in after it, in the one batch, where the
@@ -885,6 +963,7 @@ mod tests {
             options,
             Supervision::new(RestartPolicy::Temporary),
             instance,
+            None,
         );
         Actor::new(shared.clone(), router.counters.clone(), receiver)
             .run()

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
+use courier_host_store::Store;
 
 use crate::actor::park_core;
 use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::durable::{Durable, recover};
 use crate::error::{BrokerError, SendError, check_id};
 use crate::handle::ComponentHandle;
 use crate::mailbox::Envelope;
@@ -18,7 +20,7 @@ use crate::messaging::ActorMessaging;
 use crate::metrics::{Accounting, LatencySummary};
 use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::remote::{Remote, RemoteAnswer, Served};
-use crate::routing::{Access, Router};
+use crate::routing::{Access, Refused, Routed, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
 use crate::timers::{ActorTimers, TimerLimits, TimerMetrics, TimerWheel};
 
@@ -42,11 +44,12 @@ pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
 /// let config = BrokerConfig::default().max_payload_bytes(1 << 20);
 /// assert_eq!(config.get_max_payload_bytes(), 1 << 20);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrokerConfig {
     pub(crate) max_payload_bytes: usize,
     pub(crate) dead_letter_capacity: usize,
     pub(crate) max_queued_bytes: u64,
+    pub(crate) store: Option<Arc<dyn Store>>,
 }
 
 impl Default for BrokerConfig {
@@ -55,7 +58,19 @@ impl Default for BrokerConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            store: None,
         }
+    }
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("dead_letter_capacity", &self.dead_letter_capacity)
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("store", &self.store.as_ref().map(|_| "Store"))
+            .finish()
     }
 }
 
@@ -82,6 +97,31 @@ impl BrokerConfig {
     pub fn max_queued_bytes(mut self, bytes: u64) -> Self {
         self.max_queued_bytes = bytes;
         self
+    }
+
+    /// Keep durable components in `store` ([`ComponentSpec::durable`]): their messages are
+    /// stored before their senders hear `Ok`, and their state and the messages they handled
+    /// are committed after every batch. Without a store a durable component is refused at
+    /// spawn; components that are not durable never touch it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use courier_host_broker::BrokerConfig;
+    /// use courier_host_store::RedbStore;
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = RedbStore::open_in_dir(dir.path()).expect("the store opens");
+    /// let config = BrokerConfig::default().store(Arc::new(store));
+    /// assert!(config.get_store().is_some());
+    /// ```
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The store durable components are kept in, if there is one.
+    pub fn get_store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
     }
 
     /// The most payload bytes queued in all mailboxes together.
@@ -206,6 +246,19 @@ pub struct MetricsSnapshot {
     pub latency: LatencySummary,
     /// Its timers: pending, fired, cancelled, and how late they fired.
     pub timers: TimerMetrics,
+    /// Its commits to the store, if it is durable.
+    pub durable: Option<DurableMetrics>,
+}
+
+/// A durable component's commits: one per handled batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DurableMetrics {
+    /// Batches committed.
+    pub commits: u64,
+    /// Commits the store refused (their messages go again with the next batch).
+    pub failed_commits: u64,
+    /// The mean time of its commits, fsync included.
+    pub mean_commit: Duration,
 }
 
 /// What [`Broker::shutdown`] or [`Broker::stop`] could not deliver.
@@ -274,6 +327,7 @@ impl Broker {
             max_state_bytes,
             supervision,
             max_timers,
+            durable,
         } = spec;
         check_id(&id).map_err(|reason| BrokerError::InvalidId {
             id: id.to_string(),
@@ -298,6 +352,24 @@ impl Broker {
         if router.registry.contains(&id) {
             return Err(BrokerError::DuplicateId(id));
         }
+        let store = match durable {
+            true => Some(durable_store(
+                &id,
+                router.config.store.as_ref(),
+                exposure,
+                &capabilities,
+            )?),
+            false => None,
+        };
+        let (state, recovered) = match &store {
+            Some(store) => recover(&**store, &id)
+                .await
+                .map_err(|source| BrokerError::Store {
+                    component: id.clone(),
+                    source,
+                })?,
+            None => (None, Vec::new()),
+        };
         let timers = ActorTimers::new(
             id.clone(),
             TimerLimits {
@@ -307,14 +379,18 @@ impl Broker {
             },
             self.inner.timer_wheel.clone(),
         );
-        let shared = Arc::new(ActorShared::new(
+        let mut shared = ActorShared::new(
             id.clone(),
             capabilities.clone(),
             exposure,
             mailbox_bytes,
             component.clone(),
             timers.clone(),
-        ));
+        );
+        let recovered_count = recovered.len() as u64;
+        let recovered_bytes: u64 = recovered.iter().map(|e| e.payload().len() as u64).sum();
+        shared.durable = store.map(|store| Durable::new(store, recovered));
+        let shared = Arc::new(shared);
         let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
         let mut options = InstanceOptions::new(id.clone())
             .deadline(deadline)
@@ -327,7 +403,10 @@ impl Broker {
         if let Some(fuel) = fuel {
             options = options.fuel(fuel);
         }
-        let instance = component.instantiate(options.clone()).await?;
+        let mut instance = component.instantiate(options.clone()).await?;
+        if let Some(state) = &state {
+            load_committed_state(&id, &mut instance, state).await?;
+        }
 
         park_core(
             &shared,
@@ -337,6 +416,7 @@ impl Broker {
             options,
             supervision,
             instance,
+            state.map(Vec::from),
         );
         let entry = Arc::new(Entry::new(
             shared.clone(),
@@ -346,11 +426,38 @@ impl Broker {
         ));
         let doorbell: Arc<dyn crate::timers::Doorbell> = entry.clone();
         shared.timers.ring_at(Arc::downgrade(&doorbell));
-        match router.registry.insert(entry, || router.is_shutting_down()) {
-            Insert::Done => {}
-            Insert::Taken => return Err(BrokerError::DuplicateId(id)),
+        // Recovered messages were accepted in an earlier run and counted there: here they
+        // are sent anew, queued (and charged to the budgets) like any message before anyone
+        // can reach the actor, which takes them first.
+        let charge_recovered = |apply: fn(&std::sync::atomic::AtomicU64, u64)| {
+            if recovered_count > 0 {
+                apply(&router.counters.sent, recovered_count);
+                apply(&shared.queued.messages, recovered_count);
+                apply(&shared.queued.bytes, recovered_bytes);
+                apply(&router.counters.queued_bytes, recovered_bytes);
+            }
+        };
+        charge_recovered(|counter, n| {
+            counter.fetch_add(n, Ordering::Relaxed);
+        });
+        let refused = match router
+            .registry
+            .insert(entry.clone(), || router.is_shutting_down())
+        {
+            Insert::Done => None,
+            Insert::Taken => Some(BrokerError::DuplicateId(id.clone())),
             // Shutdown began while the instance was being made: it must not start.
-            Insert::Closed => return Err(BrokerError::ShuttingDown),
+            Insert::Closed => Some(BrokerError::ShuttingDown),
+        };
+        if let Some(err) = refused {
+            charge_recovered(|counter, n| {
+                counter.fetch_sub(n, Ordering::Relaxed);
+            });
+            return Err(err);
+        }
+        if recovered_count > 0 {
+            tracing::info!(component = %id, messages = recovered_count, "recovered stored messages");
+            entry.start();
         }
         if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(keep_timer_armed(Arc::downgrade(&self.inner)));
@@ -459,6 +566,10 @@ impl Broker {
     /// Send a fire-and-forget message from the host (sender [`HOST_SENDER`]). A message
     /// the broker does not queue comes back in the error, so the caller can retry it.
     ///
+    /// A durable component ([`ComponentSpec::durable`]) takes a message only once it is
+    /// stored, which this call does not wait for: it is refused with `target-crashed`, whose
+    /// text starts with `storage:` and points to [`send_durable`](Self::send_durable).
+    ///
     /// The payload is anything that becomes [`Bytes`] (a `Vec<u8>`, a `String`, `Bytes`
     /// itself) without a copy: it is copied once, into the target's memory.
     pub fn send(&self, target: &str, payload: impl Into<Bytes>) -> Result<(), SendError> {
@@ -473,31 +584,71 @@ impl Broker {
         target: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), SendError> {
-        let envelope = Envelope::Message {
-            sender: sender.clone(),
-            payload: payload.into(),
-        };
+        let envelope = Envelope::message(sender.clone(), payload.into());
         self.router()
             .route(target, envelope, Access::Host, None)
             .map_err(SendError::from)
     }
 
     /// Send a message, waiting up to `wait` for room in a full mailbox instead of failing
-    /// at once. A message not queued by then comes back in the error.
+    /// at once. A message not queued by then comes back in the error. A message to a
+    /// durable component is queued once it is stored, as with
+    /// [`send_durable`](Self::send_durable).
     pub async fn send_waiting(
         &self,
         target: &str,
         payload: impl Into<Bytes>,
         wait: Duration,
     ) -> Result<(), SendError> {
-        let envelope = Envelope::Message {
-            sender: ComponentId::from(HOST_SENDER),
-            payload: payload.into(),
-        };
-        self.router()
+        let envelope = Envelope::message(ComponentId::from(HOST_SENDER), payload.into());
+        let router = &self.inner.router;
+        if router
+            .registry
+            .get(target)
+            .is_some_and(|entry| entry.shared.durable.is_some())
+        {
+            return Self::stored(router.route_or_store(
+                target,
+                envelope,
+                Access::Host,
+                None,
+                Some(wait),
+            ))
+            .await;
+        }
+        router
             .route_waiting(target, envelope, wait)
             .await
             .map_err(SendError::from)
+    }
+
+    /// Send a fire-and-forget message from the host to any component, durable or not: to a
+    /// durable one ([`ComponentSpec::durable`]) it resolves once the message is stored, so
+    /// `Ok` means a crash from then on does not lose it (the store groups the messages that
+    /// arrive while it commits into one transaction, so concurrent sends share an fsync). To
+    /// another component it is [`send`](Self::send). A store that fails (a full disk, say)
+    /// refuses the message with `target-crashed`, whose text starts with `storage:` and names
+    /// the store's file; nothing was stored.
+    pub async fn send_durable(
+        &self,
+        target: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        let envelope = Envelope::message(ComponentId::from(HOST_SENDER), payload.into());
+        Self::stored(
+            self.inner
+                .router
+                .route_or_store(target, envelope, Access::Host, None, None),
+        )
+        .await
+    }
+
+    /// The answer of a message routed by [`Router::route_or_store`].
+    async fn stored(routed: Result<Routed, Refused>) -> Result<(), SendError> {
+        match routed.map_err(SendError::from)? {
+            Routed::Queued => Ok(()),
+            Routed::Storing(storing) => storing.await.map_err(SendError::from),
+        }
     }
 
     /// Send a request from the host and wait up to `timeout` for the reply.
@@ -586,6 +737,16 @@ impl Broker {
         self.router().dead_letters.recent()
     }
 
+    /// What the store of durable components holds and how its commits go, if the broker
+    /// has one ([`BrokerConfig::store`]).
+    pub fn store_stats(&self) -> Option<courier_host_store::StoreStats> {
+        self.router()
+            .config
+            .store
+            .as_ref()
+            .map(|store| store.stats())
+    }
+
     /// The broker-wide accounting of every message sent so far.
     pub fn accounting(&self) -> Accounting {
         self.router().counters.snapshot()
@@ -656,6 +817,71 @@ impl Broker {
     }
 }
 
+/// The store a durable component `id` is kept in, or why it cannot be durable: no store, or
+/// a spec that would take messages the store does not keep yet.
+fn durable_store(
+    id: &ComponentId,
+    store: Option<&Arc<dyn Store>>,
+    exposure: crate::Exposure,
+    capabilities: &crate::Capabilities,
+) -> Result<Arc<dyn Store>, BrokerError> {
+    let invalid = |reason: &str| BrokerError::InvalidSpec {
+        component: id.clone(),
+        field: "durable",
+        reason: reason.to_string(),
+    };
+    let Some(store) = store else {
+        return Err(invalid(
+            "is set, but the broker has no store to keep it in (`BrokerConfig::store`)",
+        ));
+    };
+    if exposure != crate::Exposure::Local {
+        return Err(invalid(
+            "is set with `expose`: messages from other hosts are not stored yet, so a durable component takes messages from this host only",
+        ));
+    }
+    if !capabilities.subscribe_patterns().is_empty() {
+        return Err(invalid(
+            "is set with `subscribe`: publications are not stored yet, so a durable component subscribes to no topic",
+        ));
+    }
+    Ok(store.clone())
+}
+
+/// Load the state a durable component last committed into its new `instance`. A state it
+/// cannot take is an error, never a silent fresh start: the stored messages after it would
+/// be handled on the wrong state.
+async fn load_committed_state(
+    id: &ComponentId,
+    instance: &mut courier_host_core::Instance,
+    state: &[u8],
+) -> Result<(), BrokerError> {
+    let recovery = |reason: String| BrokerError::Recovery {
+        component: id.clone(),
+        reason,
+    };
+    if !instance.keeps_state() {
+        return Err(recovery(format!(
+            "the store holds a state of {} bytes for it, but it exports no `state` interface to load it",
+            state.len()
+        )));
+    }
+    match instance.load_state(state).await {
+        Ok(Ok(())) => {
+            tracing::info!(component = %id, bytes = state.len(), "loaded its committed state");
+            Ok(())
+        }
+        Ok(Err(refusal)) => Err(recovery(format!(
+            "its `load-state` refused its committed state of {} bytes: {refusal:?}",
+            state.len()
+        ))),
+        Err(err) => Err(recovery(format!(
+            "its `load-state` trapped on its committed state of {} bytes: {err}",
+            state.len()
+        ))),
+    }
+}
+
 /// What a remote needs to know of a component, if anything: one that is exposed or
 /// subscribes to topics.
 fn served_of(shared: &ActorShared) -> Option<Served> {
@@ -692,6 +918,11 @@ impl MetricsSnapshot {
             version: shared.component().version().to_string(),
             latency: m.latency.summary(),
             timers: shared.timers.metrics(),
+            durable: shared.durable.as_ref().map(|durable| DurableMetrics {
+                commits: durable.commits.load(Ordering::Relaxed),
+                failed_commits: durable.failed_commits.load(Ordering::Relaxed),
+                mean_commit: durable.mean_commit(),
+            }),
         }
     }
 }

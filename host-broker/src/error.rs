@@ -66,6 +66,22 @@ pub enum BrokerError {
         /// The remote's reason.
         reason: String,
     },
+    /// The store of a durable component failed it: it could not be loaded, say.
+    #[error("component `{component}`: {source}")]
+    Store {
+        /// The component.
+        component: ComponentId,
+        /// The store's error, which names its file.
+        source: courier_host_store::StoreError,
+    },
+    /// A durable component could not be brought back to its committed state.
+    #[error("component `{component}` cannot be recovered: {reason}")]
+    Recovery {
+        /// The component.
+        component: ComponentId,
+        /// Why.
+        reason: String,
+    },
     /// The first instance could not be created.
     #[error(transparent)]
     Instantiate(#[from] courier_host_core::Error),

@@ -39,6 +39,7 @@ mod actor;
 mod broker;
 mod capabilities;
 mod dead_letter;
+mod durable;
 mod error;
 mod handle;
 mod handoff;
@@ -56,8 +57,8 @@ mod timers;
 mod upgrade;
 
 pub use broker::{
-    Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, HOST_SENDER,
-    MetricsSnapshot, ShutdownReport, WeakBroker,
+    Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, DurableMetrics,
+    HOST_SENDER, MetricsSnapshot, ShutdownReport, WeakBroker,
 };
 pub use capabilities::{Capabilities, Pattern, PatternError};
 pub use dead_letter::{

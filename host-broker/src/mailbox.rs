@@ -14,8 +14,13 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
 /// it is never copied between the sender's memory and the target's, and a publication's
 /// subscribers share one payload.
 pub(crate) enum Envelope {
-    /// A fire-and-forget message.
-    Message { sender: ComponentId, payload: Bytes },
+    /// A fire-and-forget message; `position` is where the store keeps it, for a message
+    /// to a durable component (its actor names it as consumed once it is handled).
+    Message {
+        sender: ComponentId,
+        payload: Bytes,
+        position: Option<u64>,
+    },
     /// A request; `expires` is when its sender stops waiting.
     Request {
         sender: ComponentId,
@@ -33,6 +38,23 @@ pub(crate) enum Envelope {
 }
 
 impl Envelope {
+    /// A message that is not stored.
+    pub(crate) fn message(sender: ComponentId, payload: Bytes) -> Envelope {
+        Envelope::Message {
+            sender,
+            payload,
+            position: None,
+        }
+    }
+
+    /// Where the store keeps it, if it is a stored message.
+    pub(crate) fn position(&self) -> Option<u64> {
+        match self {
+            Envelope::Message { position, .. } => *position,
+            _ => None,
+        }
+    }
+
     /// Who sent it; empty for [`Envelope::Stop`], [`Envelope::Wake`] and
     /// [`Envelope::Timer`], which only the broker sends.
     pub(crate) fn sender(&self) -> &str {

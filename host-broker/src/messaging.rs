@@ -4,11 +4,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use courier_host_core::guest_log::{LineBudget, escape};
-use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError};
+use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError, Sending};
 
 use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
-use crate::routing::{Access, RouteCache, Router};
+use crate::routing::{Access, RouteCache, Routed, Router};
 
 /// The messaging of one spawned component: its capabilities, and a way back to the
 /// broker's router that does not keep it alive, so dropping the broker ends every actor.
@@ -64,6 +64,23 @@ fn log_denial<T>(
 }
 
 impl Messaging for ActorMessaging {
+    fn start_send_message(&self, sender: &ComponentId, target: &str, message: Vec<u8>) -> Sending {
+        let access = Access::of_component(self.capabilities.may_send(target));
+        let envelope = Envelope::message(sender.clone(), message.into());
+        let router = match self.router() {
+            Ok(router) => router,
+            Err(err) => return Sending::Done(Err(err)),
+        };
+        let routed = router.route_or_store(target, envelope, access, Some(&self.last_target), None);
+        match self.denied(sender, "send to", routed.map_err(|refused| refused.error)) {
+            Ok(Routed::Queued) => Sending::Done(Ok(())),
+            Ok(Routed::Storing(storing)) => Sending::Waiting(Box::pin(async move {
+                storing.await.map_err(|refused| refused.error)
+            })),
+            Err(err) => Sending::Done(Err(err)),
+        }
+    }
+
     fn send_message(
         &self,
         sender: &ComponentId,
@@ -71,10 +88,7 @@ impl Messaging for ActorMessaging {
         message: Vec<u8>,
     ) -> Result<(), MessagingError> {
         let access = Access::of_component(self.capabilities.may_send(target));
-        let envelope = Envelope::Message {
-            sender: sender.clone(),
-            payload: message.into(),
-        };
+        let envelope = Envelope::message(sender.clone(), message.into());
         let routed = self
             .router()?
             .route(target, envelope, access, Some(&self.last_target))

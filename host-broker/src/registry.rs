@@ -83,6 +83,8 @@ pub(crate) struct ActorShared {
     pub(crate) upgrade_pending: AtomicBool,
     /// Its timers, which outlive its instances and end with it.
     pub(crate) timers: Arc<ActorTimers>,
+    /// The store it is kept in, if it is durable.
+    pub(crate) durable: Option<crate::durable::Durable>,
     /// Where its core waits while the actor is idle, for a request to borrow.
     pub(crate) handoff: HandOff,
     /// Set by the first request for it, after which the actor leaves its core at the
@@ -109,6 +111,7 @@ impl ActorShared {
     ) -> Self {
         ActorShared {
             timers,
+            durable: None,
             upgrade_pending: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             component: Mutex::new(component),
@@ -281,6 +284,21 @@ impl Entry {
     /// Put `envelope` in the mailbox, waiting for room.
     pub(crate) async fn send(&self, envelope: Envelope) -> Result<(), SendError<Envelope>> {
         self.mailbox().send(envelope).await
+    }
+
+    /// Hold room in the mailbox for one envelope if there is some now; `Err(true)` if it is
+    /// full, `Err(false)` if it is closed.
+    pub(crate) fn try_reserve(&self) -> Result<mpsc::Permit<'_, Envelope>, bool> {
+        self.mailbox().try_reserve().map_err(|err| match err {
+            TrySendError::Full(()) => true,
+            TrySendError::Closed(()) => false,
+        })
+    }
+
+    /// Start the actor's task now, for a component that has messages before anyone sends
+    /// it one (a durable one's recovered messages).
+    pub(crate) fn start(&self) {
+        self.mailbox();
     }
 
     /// Wait for room in the mailbox, and hold it for one envelope.

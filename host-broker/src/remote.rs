@@ -317,7 +317,7 @@ impl Router {
         payload: Bytes,
     ) -> Result<(), MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
-        self.enqueue_arrival(&entry, Envelope::Message { sender, payload })
+        self.enqueue_arrival(&entry, Envelope::message(sender, payload))
     }
 
     pub(crate) fn accept_request(

@@ -119,11 +119,18 @@ impl Router {
             reply,
             expires,
         };
-        if !entry.shared.requested.load(Ordering::Relaxed) {
+        // A durable target answers from its own task, which commits what the request
+        // changed with its batch; it never lends its core.
+        let durable = entry.shared.durable.is_some();
+        if !durable && !entry.shared.requested.load(Ordering::Relaxed) {
             entry.shared.requested.store(true, Ordering::Relaxed);
         }
         // An idle target answers on this task; a busy one gets the request in its mailbox.
-        let envelope = match try_deliver_here(&entry, envelope, expires).await {
+        let handed = match durable {
+            true => Err(envelope),
+            false => try_deliver_here(&entry, envelope, expires).await,
+        };
+        let envelope = match handed {
             Ok(()) => {
                 // Usually answered by now. Taken without a wait, which would count against
                 // the task's cooperative budget and, every so many requests, make it yield

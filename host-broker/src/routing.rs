@@ -5,6 +5,8 @@
 //! [`Router::enqueue`] (the mailbox's room). A message refused on the way is counted once,
 //! as refused, and handed back to its sender with the reason.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -79,6 +81,14 @@ impl RouteCache {
     fn put(&self, entry: &Arc<Entry>) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(entry);
     }
+}
+
+/// What [`Router::route_or_store`] did with a message it did not refuse.
+pub(crate) enum Routed {
+    /// It is in the target's mailbox (or on its way to another host).
+    Queued,
+    /// Its durable target takes it once it is stored: the answer comes with this future.
+    Storing(Pin<Box<dyn Future<Output = Result<(), Refused>> + Send + 'static>>),
 }
 
 /// Where an admitted send goes.
@@ -184,7 +194,7 @@ impl Router {
     /// Count `envelope` as queued for `entry` and charge its payload to the mailbox's byte
     /// budget and the broker's: a mailbox is full when either its message count or its
     /// bytes would pass the bound.
-    fn charge(&self, entry: &Entry, envelope: Envelope) -> Result<Envelope, Refused> {
+    pub(crate) fn charge(&self, entry: &Entry, envelope: Envelope) -> Result<Envelope, Refused> {
         let shared = &entry.shared;
         // Counted before it is in the mailbox, so a request its sender makes next sees it
         // and is not handed off ahead of it.
@@ -280,7 +290,7 @@ impl Router {
 
     /// Count a send of `envelope` to `target` and run the checks; a refused envelope goes
     /// back with the reason.
-    fn admit_envelope(
+    pub(crate) fn admit_envelope(
         &self,
         target: &str,
         envelope: Envelope,
@@ -295,23 +305,24 @@ impl Router {
 
     /// Hand a message for `target` to the remote, which carries it to the host that serves
     /// it: already counted sent, it ends through the [`RemoteMessage`].
-    fn route_remote(
+    pub(crate) fn route_remote(
         &self,
         remote: &dyn Remote,
         target: &str,
         envelope: Envelope,
     ) -> Result<(), Refused> {
-        let Envelope::Message { sender, payload } = envelope else {
+        let Envelope::Message {
+            sender, payload, ..
+        } = envelope
+        else {
             unreachable!("requests go to the remote through `Router::request`")
         };
         let message = RemoteMessage::new(self.me.clone(), sender, target.into(), payload);
         remote
             .send(message)
             .map_err(|RemoteRefusal { error, message }| {
-                let envelope = Envelope::Message {
-                    sender: message.sender().clone(),
-                    payload: message.payload().clone(),
-                };
+                let envelope =
+                    Envelope::message(message.sender().clone(), message.payload().clone());
                 message.refused();
                 Refused { error, envelope }
             })
@@ -319,6 +330,10 @@ impl Router {
 
     /// Route `envelope` (a message or a request) to `target` if its mailbox has room now:
     /// counted as sent, then queued, or counted refused and handed back.
+    ///
+    /// A durable target takes a message only once it is stored, which this cannot wait for:
+    /// it is refused, pointing the caller to the waiting way in
+    /// ([`route_or_store`](Self::route_or_store)).
     pub(crate) fn route(
         &self,
         target: &str,
@@ -327,10 +342,48 @@ impl Router {
         cache: Option<&RouteCache>,
     ) -> Result<(), Refused> {
         match self.admit_envelope(target, envelope, access, cache)? {
+            (Target::Local(entry), envelope) if entry.shared.durable.is_some() => {
+                self.refused(Some(&entry));
+                Err(Refused {
+                    error: crate::durable::needs_waiting(&entry.shared.id),
+                    envelope,
+                })
+            }
             (Target::Local(entry), envelope) => self
                 .enqueue(&entry, envelope)
                 .inspect_err(|_| self.refused(Some(&entry))),
             (Target::Remote(remote), envelope) => self.route_remote(&*remote, target, envelope),
+        }
+    }
+
+    /// [`route`](Self::route) a message, except that one for a durable target is queued once
+    /// the store holds it: the answer is then the future to await. `wait` is how long to
+    /// wait for room in a full mailbox (none: refused at once).
+    pub(crate) fn route_or_store(
+        self: &Arc<Router>,
+        target: &str,
+        envelope: Envelope,
+        access: Access,
+        cache: Option<&RouteCache>,
+        wait: Option<Duration>,
+    ) -> Result<Routed, Refused> {
+        match self.admit_envelope(target, envelope, access, cache)? {
+            (Target::Local(entry), envelope) => match entry.shared.durable.as_ref() {
+                Some(durable) => {
+                    let store = durable.store.clone();
+                    let storing = self
+                        .clone()
+                        .store_then_enqueue(entry, store, envelope, wait);
+                    Ok(Routed::Storing(Box::pin(storing)))
+                }
+                None => self
+                    .enqueue(&entry, envelope)
+                    .inspect_err(|_| self.refused(Some(&entry)))
+                    .map(|()| Routed::Queued),
+            },
+            (Target::Remote(remote), envelope) => self
+                .route_remote(&*remote, target, envelope)
+                .map(|()| Routed::Queued),
         }
     }
 
@@ -386,10 +439,7 @@ impl Router {
         // bytes once, not a hundred times.
         for entry in &subscribers {
             bump(arrived.unwrap_or(&self.counters.sent));
-            let envelope = Envelope::Message {
-                sender: sender.clone(),
-                payload: payload.clone(),
-            };
+            let envelope = Envelope::message(sender.clone(), payload.clone());
             match self.enqueue(entry, envelope) {
                 Ok(()) => reached += 1,
                 // The publisher learns only a count, so a subscriber it missed is kept on

@@ -53,6 +53,7 @@ pub struct ComponentSpec {
     pub(crate) max_state_bytes: usize,
     pub(crate) supervision: Supervision,
     pub(crate) max_timers: u32,
+    pub(crate) durable: bool,
 }
 
 impl ComponentSpec {
@@ -73,6 +74,7 @@ impl ComponentSpec {
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             supervision: Supervision::default(),
             max_timers: DEFAULT_MAX_TIMERS,
+            durable: false,
         }
     }
 
@@ -170,6 +172,28 @@ impl ComponentSpec {
     pub fn max_timers(mut self, max_timers: u32) -> Self {
         self.max_timers = max_timers;
         self
+    }
+
+    /// Keep it in the broker's store ([`BrokerConfig::store`](crate::BrokerConfig::store)):
+    /// a message for it is stored before its sender hears `Ok`, its state (through the
+    /// `state` interface, if it exports it) and the messages it handled are committed in one
+    /// transaction after every batch, and a spawn on the same store starts from the last
+    /// committed state and handles the stored messages it had not, in order, before anything
+    /// new. Off by default: a component that is not durable never touches the disk.
+    ///
+    /// A durable component takes messages from this host only (it is refused with an
+    /// [`Exposure`] other than [`Exposure::Local`]) and subscribes to no topic, since
+    /// neither what other hosts send nor publications are stored yet. Requests to it are
+    /// answered as for any component and not stored; the state they change is committed with
+    /// the batch.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Whether it is kept in the broker's store.
+    pub fn get_durable(&self) -> bool {
+        self.durable
     }
 
     /// The same spec for another component: a new version of it, say.

@@ -5,6 +5,7 @@
 
 mod bounds;
 mod common;
+mod durable;
 
 mod handoff;
 mod hostile;

@@ -501,9 +501,11 @@ async fn post_message(
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let payload = body(payload, ingress.max_payload)?;
+    // 202 only once a durable component's message is stored; for the others this is `send`.
     ingress
         .broker
-        .send(&id, payload)
+        .send_durable(&id, payload)
+        .await
         .map_err(|err| messaging_error(err.into_error(), &id, Call::Message))?;
     let answer = json!({ "status": "accepted", "target": id });
     Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
@@ -829,6 +831,17 @@ struct ComponentView {
     version: String,
     timers_pending: usize,
     timers_fired: u64,
+    /// A durable component's commits: how many, how many failed, their mean time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable: Option<DurableView>,
+}
+
+/// A durable component's commits as `GET /components` shows them.
+#[derive(Debug, Serialize)]
+struct DurableView {
+    commits: u64,
+    failed_commits: u64,
+    mean_commit_ms: f64,
 }
 
 async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<ComponentView>> {
@@ -854,13 +867,22 @@ async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<Compo
             version: m.version,
             timers_pending: m.timers.pending,
             timers_fired: m.timers.fired,
+            durable: m.durable.map(|d| DurableView {
+                commits: d.commits,
+                failed_commits: d.failed_commits,
+                mean_commit_ms: d.mean_commit.as_secs_f64() * 1000.0,
+            }),
         })
         .collect();
     axum::Json(views)
 }
 
 async fn metrics(State(ingress): State<Ingress>) -> Response {
-    let mut text = prometheus::render(&ingress.broker.all_metrics(), &ingress.broker.accounting());
+    let components = ingress.broker.all_metrics();
+    let mut text = prometheus::render(&components, &ingress.broker.accounting());
+    if let Some(stats) = ingress.broker.store_stats() {
+        prometheus::render_store(&mut text, &stats, &components);
+    }
     if let Some(lattice) = &ingress.lattice {
         prometheus::render_lattice(&mut text, &lattice.metrics());
     }

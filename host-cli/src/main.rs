@@ -47,6 +47,10 @@ enum Command {
         /// changes (a rebuild, say).
         #[arg(long)]
         watch: bool,
+        /// Keep durable components here instead of at the manifest's `runtime.data_dir`
+        /// (default: `.courier-data` beside the manifest).
+        #[arg(long, value_name = "FOLDER")]
+        data_dir: Option<PathBuf>,
     },
     /// In a component crate (as `courier new` makes): build it for wasm32-wasip2, run it
     /// with its courier.toml, and rebuild and upgrade it in place whenever a source changes.
@@ -95,12 +99,14 @@ fn main() -> ExitCode {
             listen,
             drain,
             watch,
+            data_dir,
         } => match run::run(
             &manifest,
             run::RunOptions {
                 listen,
                 drain,
                 watch,
+                data_dir,
                 ..run::RunOptions::default()
             },
         ) {

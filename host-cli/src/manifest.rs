@@ -9,6 +9,8 @@
 //! drain = "5s"                   # how long shutdown waits for mailboxes to empty
 //! request_timeout = "5s"         # default wait for a reply to an HTTP request
 //! scheduler = "multi-thread"     # or "current-thread": every actor on one thread
+//! data_dir = "/var/lib/courier"  # the store of durable components (default: `.courier-data`
+//!                                # beside this file; opened only if a component is durable)
 //! token = "..."                  # bearer token the ingress asks for (or COURIER_TOKEN;
 //!                                # without one, restarts and upgrades ask for one made per run)
 //!
@@ -27,6 +29,8 @@
 //!                                       # also `timers = 64`: timers pending at once; 0 turns them off
 //! restart = { policy = "transient", max_restarts = 3, window = "10s" }
 //! expose = true                         # reachable from other hosts of the lattice
+//! durable = true                        # messages stored before they are accepted, state
+//!                                       # committed per batch, both recovered at start
 //! ```
 //!
 //! [`Manifest::parse`] reads and checks it in two steps. The first is serde's: a TOML
@@ -110,7 +114,14 @@ pub struct Runtime {
     /// The bearer token the ingress asks for on every route but `/metrics`, if any
     /// (`COURIER_TOKEN` in the environment takes precedence).
     pub token: Option<Token>,
+    /// Where the store of durable components is kept (absolute): `.courier-data` beside the
+    /// manifest unless it says otherwise. Opened only when a component is durable.
+    pub data_dir: PathBuf,
 }
+
+/// The folder beside the manifest where durable components are kept unless
+/// `runtime.data_dir` or `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = ".courier-data";
 
 /// A secret that is never printed: its `Debug` shows that it is there, not what it is.
 #[derive(Clone, PartialEq, Eq)]
@@ -172,6 +183,8 @@ pub struct ComponentEntry {
     pub supervision: Supervision,
     /// Whether other hosts of the lattice may reach it (`expose`, `replicas`).
     pub exposure: Exposure,
+    /// Whether it is kept in the store under `runtime.data_dir` (`durable`).
+    pub durable: bool,
 }
 
 impl ComponentEntry {
@@ -184,7 +197,8 @@ impl ComponentEntry {
             .deadline(self.deadline)
             .supervision(self.supervision)
             .expose(self.exposure)
-            .max_timers(self.timers);
+            .max_timers(self.timers)
+            .durable(self.durable);
         if let Some(memory) = self.memory {
             spec = spec.memory_limit(memory);
         }
@@ -427,6 +441,12 @@ impl Checker<'_> {
             request_timeout,
             scheduler,
             token: raw.token.filter(|token| !token.is_empty()).map(Token),
+            data_dir: resolve(
+                dir,
+                raw.data_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_DATA_DIR)),
+            ),
         }
     }
 
@@ -599,6 +619,7 @@ impl Checker<'_> {
             timers: limits.timers.unwrap_or(DEFAULT_MAX_TIMERS),
             supervision,
             exposure,
+            durable: raw.durable.unwrap_or(false),
         })
     }
 
@@ -699,6 +720,7 @@ struct RawRuntime {
     request_timeout: Option<Spanned<Millis>>,
     scheduler: Option<Scheduler>,
     token: Option<String>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -714,6 +736,7 @@ struct RawComponent {
     restart: RawRestart,
     expose: Option<bool>,
     replicas: Option<bool>,
+    durable: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -880,6 +903,24 @@ mailbox = 10000
         assert!(engine.get_fuel(), "a fuel budget turns metering on");
         assert!(engine.get_pooling());
         assert_eq!(manifest.broker_config().get_max_payload_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn durable_components_are_kept_beside_the_manifest_unless_data_dir_says_otherwise() {
+        let (dir, file) = folder();
+        let manifest = Manifest::parse(GOOD, &file).unwrap();
+        assert_eq!(manifest.runtime.data_dir, dir.path().join(DEFAULT_DATA_DIR));
+        assert!(
+            manifest.components.iter().all(|c| !c.durable),
+            "off by default"
+        );
+
+        let source = good_but("drain = \"2s\"", "drain = \"2s\"\ndata_dir = \"state\"");
+        let source = source.replacen("id = \"ping\"", "id = \"ping\"\ndurable = true", 1);
+        let manifest = Manifest::parse(&source, &file).unwrap();
+        assert_eq!(manifest.runtime.data_dir, dir.path().join("state"));
+        assert!(manifest.components[0].durable);
+        assert!(!manifest.components[1].durable);
     }
 
     #[test]

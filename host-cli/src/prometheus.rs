@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use courier_host_broker::{Accounting, MetricsSnapshot};
 use courier_host_lattice::LatticeMetrics;
+use courier_host_store::StoreStats;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -169,6 +170,94 @@ pub fn render(components: &[MetricsSnapshot], accounting: &Accounting) -> String
         broker(accounting.in_flight()),
     );
     out
+}
+
+/// Appends what the store of durable components holds and how its commits go to `out`:
+/// `courier_store_messages` (stored messages not yet consumed), the counters
+/// `courier_store_commits_total` (transactions; each holds every write that arrived while the
+/// one before it committed) and `courier_store_writes_total`, the gauges
+/// `courier_store_commit_seconds` (label `stat`: `last`, `mean`; fsync included) and
+/// `courier_store_file_bytes`; and per durable component (label `component`)
+/// `courier_durable_commits_total`, `courier_durable_commits_failed_total` and
+/// `courier_durable_commit_mean_seconds`.
+pub fn render_store(out: &mut String, stats: &StoreStats, components: &[MetricsSnapshot]) {
+    let one = |value: f64| vec![(Vec::new(), value)];
+    family(
+        out,
+        "courier_store_messages",
+        "gauge",
+        "Messages to durable components stored and not yet consumed.",
+        one(stats.mailbox_entries as f64),
+    );
+    family(
+        out,
+        "courier_store_commits_total",
+        "counter",
+        "Transactions the store committed since the run started.",
+        one(stats.commits as f64),
+    );
+    family(
+        out,
+        "courier_store_writes_total",
+        "counter",
+        "Writes (appends, commits of batches) in those transactions.",
+        one(stats.writes as f64),
+    );
+    family(
+        out,
+        "courier_store_commit_seconds",
+        "gauge",
+        "How long the store's commits take, fsync included: the last one and the mean.",
+        vec![
+            (
+                vec![("stat", "last".to_string())],
+                stats.last_commit.as_secs_f64(),
+            ),
+            (
+                vec![("stat", "mean".to_string())],
+                stats.mean_commit.as_secs_f64(),
+            ),
+        ],
+    );
+    family(
+        out,
+        "courier_store_file_bytes",
+        "gauge",
+        "The size of the store's file.",
+        one(stats.file_bytes as f64),
+    );
+    let durable = |value: fn(&courier_host_broker::DurableMetrics) -> f64| -> Vec<Sample> {
+        components
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    vec![("component", m.id.to_string())],
+                    value(m.durable.as_ref()?),
+                ))
+            })
+            .collect()
+    };
+    family(
+        out,
+        "courier_durable_commits_total",
+        "counter",
+        "Handled batches the durable component committed (consumed messages and state).",
+        durable(|d| d.commits as f64),
+    );
+    family(
+        out,
+        "courier_durable_commits_failed_total",
+        "counter",
+        "Commits the store refused; their messages are committed with the next batch.",
+        durable(|d| d.failed_commits as f64),
+    );
+    family(
+        out,
+        "courier_durable_commit_mean_seconds",
+        "gauge",
+        "The mean time of the durable component's commits, fsync included.",
+        durable(|d| d.mean_commit.as_secs_f64()),
+    );
 }
 
 /// Appends the lattice counters of this host to `out`: what it sent to other hosts and how
@@ -498,6 +587,7 @@ mod tests {
                     max: Some(Duration::from_millis(1)),
                 },
             },
+            durable: None,
         }
     }
 

@@ -11,6 +11,7 @@ use anyhow::Context;
 use courier_host_broker::{Broker, ShutdownReport};
 use courier_host_core::{Component, Engine};
 use courier_host_lattice::Lattice;
+use courier_host_store::RedbStore;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -34,6 +35,8 @@ pub struct RunOptions {
     pub drain: Option<Duration>,
     /// Upgrade a component in place when its `.wasm` file changes.
     pub watch: bool,
+    /// Keep durable components here instead of at the manifest's `runtime.data_dir`.
+    pub data_dir: Option<PathBuf>,
     /// Component paths read elsewhere: a path of the manifest that resolves to a key is
     /// read at its value (see [`Manifest::load_redirected`]).
     pub redirects: HashMap<PathBuf, PathBuf>,
@@ -54,6 +57,9 @@ pub fn run(file: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
     }
     if let Some(drain) = options.drain {
         manifest.runtime.drain = drain;
+    }
+    if let Some(data_dir) = &options.data_dir {
+        manifest.runtime.data_dir = std::path::absolute(data_dir).unwrap_or(data_dir.clone());
     }
     println!(
         "courier: {} declares {} components",
@@ -116,7 +122,23 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", runtime.listen))?;
     let address = listener.local_addr()?;
 
-    let broker = Broker::with_config(engine, manifest.broker_config());
+    let mut config = manifest.broker_config();
+    // Only a manifest with a durable component opens (and locks) a store: the others touch
+    // no disk.
+    if manifest.components.iter().any(|c| c.durable) {
+        let store = RedbStore::open_in_dir(&runtime.data_dir).with_context(|| {
+            format!(
+                "cannot open the store of durable components in {}",
+                runtime.data_dir.display()
+            )
+        })?;
+        println!(
+            "courier: durable components kept in {}",
+            store.path().display()
+        );
+        config = config.store(Arc::new(store));
+    }
+    let broker = Broker::with_config(engine, config);
     // Joined before the components start, so each exposed one is served as it starts and
     // an id another host already serves stops the start with that reason.
     let lattice = match manifest.lattice.clone() {

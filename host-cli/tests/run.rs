@@ -34,9 +34,24 @@ impl Courier {
 
     /// [`start`](Self::start) with more environment variables.
     pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Courier {
+        Courier::start_wrapped(&[], args, env)
+    }
+
+    /// [`start_with_env`](Self::start_with_env), with the binary run by `wrapper` (a
+    /// program and its arguments, the binary and `args` after them): `sh -c …` to set a
+    /// limit, say.
+    pub(crate) fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &Path)]) -> Courier {
         let runtime_dir = (!env.iter().any(|(name, _)| *name == "XDG_RUNTIME_DIR"))
             .then(|| tempfile::tempdir().unwrap());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        let binary = env!("CARGO_BIN_EXE_courier");
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, rest @ ..] => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+        };
         if let Some(dir) = &runtime_dir {
             command.env("XDG_RUNTIME_DIR", dir.path());
         }
@@ -130,6 +145,12 @@ impl Courier {
             .status()
             .expect("kill runs");
         assert!(sent.success(), "SIGTERM was sent");
+    }
+
+    /// SIGKILL: no drain, no shutdown, nothing flushed that was not already.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is sent");
+        self.child.wait().expect("the killed run is reaped");
     }
 
     pub(crate) fn wait(&mut self, timeout: Duration) -> ExitStatus {

@@ -18,6 +18,16 @@ use crate::{ComponentId, LogLevel, MessagingError};
 /// A boxed future, as returned by [`Messaging::send_request`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// How a [`Messaging::start_send_message`] went: done at once (queued or refused), or
+/// waiting for the target to accept it (a durable component accepts a message once it is
+/// stored), with the answer to await.
+pub enum Sending {
+    /// Queued or refused already.
+    Done(Result<(), MessagingError>),
+    /// The answer comes when the future resolves; the guest's call waits for it.
+    Waiting(BoxFuture<'static, Result<(), MessagingError>>),
+}
+
 /// The routing behind a guest's `messaging` imports.
 ///
 /// host-core defines it and the broker implements it; host-core's own default,
@@ -31,6 +41,14 @@ pub trait Messaging: Send + Sync + 'static {
         target: &str,
         message: Vec<u8>,
     ) -> Result<(), MessagingError>;
+
+    /// What a guest's `send-message` calls: [`send_message`](Self::send_message), unless the
+    /// target accepts a message only after something the caller must wait for (a durable
+    /// component stores it first), in which case the call waits for the answer. The default
+    /// never waits.
+    fn start_send_message(&self, sender: &ComponentId, target: &str, message: Vec<u8>) -> Sending {
+        Sending::Done(self.send_message(sender, target, message))
+    }
 
     /// Deliver `request` to `target`'s `handle-request` and wait at most `timeout` for the reply.
     fn send_request(
@@ -193,8 +211,20 @@ impl messaging::Host for HostState {
         self.id.to_string()
     }
 
-    fn send_message(&mut self, target: String, message: Vec<u8>) -> Result<(), MessagingError> {
-        self.messaging.send_message(&self.id, &target, message)
+    async fn send_message(
+        &mut self,
+        target: String,
+        message: Vec<u8>,
+    ) -> Result<(), MessagingError> {
+        // Parked time counts against the call's deadline like any host call's (the call hook
+        // times it), so a slow store cannot hold a guest past its deadline unnoticed.
+        match self
+            .messaging
+            .start_send_message(&self.id, &target, message)
+        {
+            Sending::Done(answer) => answer,
+            Sending::Waiting(answer) => answer.await,
+        }
     }
 
     async fn send_request(

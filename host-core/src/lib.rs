@@ -56,7 +56,7 @@ use std::sync::Arc;
 pub use component::Component;
 pub use engine::{Allocation, DEFAULT_EPOCH_TICK, Engine, EngineBuilder, EngineConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use host::{BoxFuture, HostState, Messaging, NoMessaging};
+pub use host::{BoxFuture, HostState, Messaging, NoMessaging, Sending};
 pub use instance::{
     CallResult, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES, Instance, InstanceOptions,
 };

@@ -1,0 +1,220 @@
+//! Durable components: what of them is kept in the store, and when.
+//!
+//! A durable component's messages are appended to the store before their sender hears `Ok`
+//! ([`Router::store_then_enqueue`]), so "accepted" means "stored". Its actor saves its state
+//! after every message it handles and commits, once per batch, the positions of the stored
+//! messages it handled together with that state, in one transaction
+//! ([`Durable::commit`]). A crash therefore replays, on top of the last committed state,
+//! exactly the stored messages that state does not include. At spawn the broker loads that
+//! state and the unconsumed messages, which the actor handles, in their order, before
+//! anything new ([`recover`]).
+//!
+//! What is not covered yet: the messages a durable handler sends are not held in an outbox
+//! until its commit (they go out at once, so after a crash a replayed message may send them
+//! again), requests and publications are not stored, and timers are volatile.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_host_core::{ComponentId, MessagingError};
+use courier_host_store::{Batch, Kind, Store, StoreError};
+
+use crate::mailbox::Envelope;
+use crate::registry::Entry;
+use crate::routing::{Refused, Router, release};
+
+/// What a durable component's actor and its senders share: the store, and until the actor
+/// first runs, what was recovered from it.
+pub(crate) struct Durable {
+    pub(crate) store: Arc<dyn Store>,
+    /// The stored messages a spawn found unconsumed, in order, for the actor to take before
+    /// its mailbox.
+    recovered: Mutex<Vec<Envelope>>,
+    /// Batches committed, and their total time, for the component's metrics.
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_nanos: AtomicU64,
+    /// Commits the store refused; their positions are retried with the next batch.
+    pub(crate) failed_commits: AtomicU64,
+}
+
+impl Durable {
+    pub(crate) fn new(store: Arc<dyn Store>, recovered: Vec<Envelope>) -> Durable {
+        Durable {
+            store,
+            recovered: Mutex::new(recovered),
+            commits: AtomicU64::new(0),
+            commit_nanos: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+        }
+    }
+
+    /// The recovered messages, once: the actor takes them as its first batch.
+    pub(crate) fn take_recovered(&self) -> Vec<Envelope> {
+        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Commit what the actor of `id` handled since its last commit: the positions in
+    /// `consumed` and its `state`, in one transaction. On success `consumed` is emptied; on
+    /// failure it is kept, to go with the next batch (until then a crash replays those
+    /// messages, which is what their state not being stored calls for).
+    pub(crate) async fn commit(
+        &self,
+        id: &ComponentId,
+        consumed: &mut Vec<u64>,
+        state: Option<Bytes>,
+    ) {
+        let mut batch = Batch::new(id.to_string());
+        batch.consumed = consumed.clone();
+        batch.state = state;
+        let started = Instant::now();
+        match self.store.commit(batch).await {
+            Ok(_) => {
+                consumed.clear();
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+                self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.failed_commits.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(component = %id, error = %err, pending = consumed.len(), "its batch was not committed; a crash before the next commit replays those messages");
+            }
+        }
+    }
+
+    /// The mean time of this component's commits, fsync included.
+    pub(crate) fn mean_commit(&self) -> Duration {
+        let commits = self.commits.load(Ordering::Relaxed);
+        match commits {
+            0 => Duration::ZERO,
+            n => Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed) / n),
+        }
+    }
+}
+
+/// What the store holds of the durable component `id`: its last committed state and its
+/// unconsumed messages, in the order they were stored, as envelopes that name their
+/// positions.
+pub(crate) async fn recover(
+    store: &dyn Store,
+    id: &ComponentId,
+) -> Result<(Option<Bytes>, Vec<Envelope>), StoreError> {
+    let recovered = store.load(id).await?;
+    let mailbox = recovered
+        .mailbox
+        .into_iter()
+        .map(|entry| Envelope::Message {
+            sender: entry.sender.into(),
+            payload: entry.payload,
+            position: Some(entry.position),
+        })
+        .collect();
+    Ok((recovered.state, mailbox))
+}
+
+/// The error of a send that cannot wait (`Broker::send`) to a durable component, which
+/// takes a message only once it is stored; like a store's refusal, `target-crashed` with a
+/// text that starts with `storage:` and says which call waits.
+pub(crate) fn needs_waiting(target: &ComponentId) -> MessagingError {
+    MessagingError::TargetCrashed(format!(
+        "storage: component `{target}` is durable and takes a message only once it is stored, which this call cannot wait for: use `Broker::send_durable`, which does"
+    ))
+}
+
+/// The error a sender gets when the store would not take its message. The WIT's
+/// `messaging-error` has no case for it, and a new case would change the type of every
+/// messaging import, so components built against today's WIT would no longer load: it is
+/// `target-crashed` (the target cannot take it; nothing was stored, nothing will be
+/// delivered), with a text that starts with `storage:` and names the store's file.
+pub(crate) fn storage_error(target: &ComponentId, err: &StoreError) -> MessagingError {
+    MessagingError::TargetCrashed(crate::text::bounded_text(&format!(
+        "storage: component `{target}` could not store the message: {err}"
+    )))
+}
+
+impl Router {
+    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it:
+    /// room in the mailbox is taken first, so nothing is stored that would then be refused;
+    /// the store's answer decides; and only a stored message goes in, naming its position.
+    /// Whatever is refused is counted so and handed back. The message was already counted
+    /// sent and admitted.
+    pub(crate) async fn store_then_enqueue(
+        self: Arc<Router>,
+        entry: Arc<Entry>,
+        store: Arc<dyn Store>,
+        envelope: Envelope,
+        wait: Option<Duration>,
+    ) -> Result<(), Refused> {
+        let reserved = match wait {
+            None => entry.try_reserve(),
+            Some(wait) => match tokio::time::timeout(wait, entry.reserve()).await {
+                Ok(Ok(permit)) => Ok(permit),
+                Ok(Err(_)) => Err(false),
+                Err(_) => Err(true),
+            },
+        };
+        let permit = match reserved {
+            Ok(permit) => permit,
+            Err(full) => {
+                self.refused(Some(&entry));
+                let error = if full {
+                    MessagingError::MailboxFull(entry.shared.id.to_string())
+                } else {
+                    crate::routing::closed_error(&entry)
+                };
+                return Err(Refused { error, envelope });
+            }
+        };
+        let envelope = self
+            .charge(&entry, envelope)
+            .inspect_err(|_| self.refused(Some(&entry)))?;
+        let len = envelope.payload().len() as u64;
+        let Envelope::Message {
+            sender, payload, ..
+        } = envelope
+        else {
+            unreachable!("only messages are stored")
+        };
+        let record = courier_host_store::Entry::new(
+            entry.shared.id.to_string(),
+            sender.to_string(),
+            Kind::Message,
+            payload.clone(),
+        );
+        let stored = store.append(vec![record]).await;
+        let position = match stored.as_deref() {
+            Ok([appended]) => appended.position(),
+            Ok(_) => None,
+            Err(_) => None,
+        };
+        match (stored, position) {
+            (Ok(_), Some(position)) => {
+                permit.send(Envelope::Message {
+                    sender,
+                    payload,
+                    position: Some(position),
+                });
+                Ok(())
+            }
+            (stored, _) => {
+                drop(permit);
+                release(&entry.shared, &self.counters, 1, len);
+                self.refused(Some(&entry));
+                let error = match stored {
+                    Err(err) => storage_error(&entry.shared.id, &err),
+                    // An entry without a sequence number is never a duplicate, and one
+                    // entry in gives one answer out: a store that says otherwise is broken.
+                    Ok(_) => MessagingError::TargetCrashed(format!(
+                        "storage: component `{}`: the store did not say where it kept the message",
+                        entry.shared.id
+                    )),
+                };
+                Err(Refused {
+                    error,
+                    envelope: Envelope::message(sender, payload),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Durable components under `courier run`: messages a run answered 202 for survive a
+//! SIGKILL, and a store another run holds is refused naming its file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use courier_test_support::guest_path;
+
+use crate::run::{Courier, STOP_TIMEOUT, client};
+
+/// A manifest in `dir` running the counter, durable or not, with the store where the
+/// manifest does not say (`.courier-data` beside it).
+fn counter_manifest(dir: &Path, durable: bool) -> PathBuf {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/courier-cli-test-cache");
+    let text = format!(
+        r#"
+[runtime]
+cache_dir = "{cache}"
+drain = "1s"
+
+[[component]]
+id = "counter"
+path = "{counter}"
+durable = {durable}
+"#,
+        cache = cache.display(),
+        counter = guest_path("counter").display(),
+    );
+    let file = dir.join("courier.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn start(manifest: &Path) -> Courier {
+    Courier::start(&["run", manifest.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+}
+
+/// The counter's count, asked over HTTP.
+fn count(agent: &ureq::Agent, base: &str) -> u64 {
+    let (status, body) =
+        crate::run::post(agent, &format!("{base}/components/counter/requests"), b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    u64::from_le_bytes(body.try_into().unwrap())
+}
+
+#[test]
+fn a_durable_counter_counts_every_202_across_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = counter_manifest(dir.path(), true);
+    let mut courier = start(&manifest);
+    let base = format!("http://{}", courier.address());
+    let data = dir.path().join(".courier-data").join("courier.redb");
+    assert!(
+        courier
+            .stdout()
+            .contains(&format!("durable components kept in {}", data.display())),
+        "{}",
+        courier.stdout()
+    );
+
+    // Four senders post until the run is killed under them; a post that got no answer may
+    // or may not have been stored, and is counted apart.
+    let accepted = Arc::new(AtomicU64::new(0));
+    let unanswered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (accepted, unanswered, stop) = (accepted.clone(), unanswered.clone(), stop.clone());
+            let url = format!("{base}/components/counter/messages");
+            thread::spawn(move || {
+                let agent = client();
+                while !stop.load(Ordering::Relaxed) {
+                    match agent.post(&url).send(&b"+1"[..]) {
+                        Ok(response) if response.status().as_u16() == 202 => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(response) => panic!("refused: {}", response.status()),
+                        Err(_) => {
+                            unanswered.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while accepted.load(Ordering::Relaxed) < 200 && started.elapsed() < Duration::from_secs(30) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    courier.kill();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let accepted = accepted.load(Ordering::Relaxed);
+    let unanswered = unanswered.load(Ordering::Relaxed);
+    assert!(accepted >= 200, "only {accepted} accepted in 30 s");
+
+    let mut courier = start(&manifest);
+    let base = format!("http://{}", courier.address());
+    // The recovered messages are handled before anything sent after the start, this
+    // request included.
+    let counted = count(&client(), &base);
+    println!("accepted {accepted}, unanswered {unanswered}, counted {counted}");
+    assert!(
+        counted >= accepted && counted <= accepted + unanswered,
+        "counted {counted}: every one of the {accepted} 202s once, and at most the \
+         {unanswered} posts the kill left unanswered besides"
+    );
+    // The store's figures and the component's commits are reported.
+    let agent = client();
+    let metrics = agent
+        .get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for name in [
+        "courier_store_messages ",
+        "courier_store_commits_total ",
+        "courier_store_file_bytes ",
+        "courier_store_commit_seconds{stat=\"mean\"} ",
+        "courier_durable_commits_total{component=\"counter\"} ",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
+    let components = agent
+        .get(&format!("{base}/components"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        components.contains("\"durable\":{\"commits\":"),
+        "{components}"
+    );
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
+
+/// `courier run` under a limit on the size of the files it writes, with SIGXFSZ ignored, so
+/// a write past it fails with EFBIG as on a full disk.
+fn start_with_file_limit(manifest: &Path, bytes: u64) -> Courier {
+    let limit = format!("--fsize={bytes}");
+    Courier::start_wrapped(
+        &[
+            "sh",
+            "-c",
+            "trap '' XFSZ; exec prlimit \"$0\" \"$@\"",
+            &limit,
+        ],
+        &["run", manifest.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[],
+    )
+}
+
+#[test]
+fn a_full_disk_refuses_messages_with_a_storage_error_and_loses_no_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = counter_manifest(dir.path(), true);
+    // A first run makes the store, so the limit can be set at its size.
+    let mut courier = start(&manifest);
+    courier.address();
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+    let file = dir.path().join(".courier-data").join("courier.redb");
+    let size = std::fs::metadata(&file).unwrap().len();
+
+    // Handled messages are consumed and their pages reused, so the file grows only with
+    // what is in flight; with little room to grow, large payloads soon find none.
+    let mut courier = start_with_file_limit(&manifest, size + 1024 * 1024);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    let payload = vec![b'x'; 256 * 1024];
+    let mut accepted = 0u64;
+    let (status, refusal) = loop {
+        let (status, body) = crate::run::post(
+            &agent,
+            &format!("{base}/components/counter/messages"),
+            &payload,
+        );
+        match status {
+            202 => accepted += 1,
+            _ => break (status, String::from_utf8_lossy(&body).into_owned()),
+        }
+        assert!(accepted < 2_000, "the store never filled");
+    };
+    println!("accepted {accepted}, then {status} {refusal}");
+    assert_eq!(status, 503, "{refusal}");
+    for part in [
+        "target-crashed",
+        "storage:",
+        "is full",
+        &file.display().to_string(),
+    ] {
+        assert!(refusal.contains(part), "no {part:?} in {refusal}");
+    }
+    courier.kill();
+
+    let mut courier = start(&manifest);
+    let base = format!("http://{}", courier.address());
+    assert_eq!(count(&client(), &base), accepted, "every 202, once");
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
+
+#[test]
+fn a_store_held_by_another_run_is_refused_naming_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = counter_manifest(dir.path(), true);
+    let mut first = start(&manifest);
+    first.address();
+    let mut second = start(&manifest);
+    let status = second.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    let file = dir.path().join(".courier-data").join("courier.redb");
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("locked"),
+        "{stderr}"
+    );
+    first.terminate();
+    assert!(first.wait(STOP_TIMEOUT).success());
+}
+
+#[test]
+fn a_run_without_durable_components_opens_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = counter_manifest(dir.path(), false);
+    let mut courier = start(&manifest);
+    courier.address();
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+    assert!(!dir.path().join(".courier-data").exists());
+    assert!(!courier.stdout().contains("durable components kept in"));
+}
