@@ -147,20 +147,24 @@ async fn a_server_failover_while_both_hosts_live_loses_and_repeats_nothing() {
     let b = receiver("b", &servers[1].url()).await;
     a.sees("pong").await;
 
-    // Bursts of 5,000; A's server is killed with the fourth still on its way.
-    const BURSTS: u64 = 10;
-    const BURST: u64 = 5_000;
-    for burst in 0..BURSTS {
-        a.broker
-            .send("ping", BURST.to_string().into_bytes())
-            .unwrap();
-        if burst == 3 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            servers[0].kill();
-        } else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // One burst of 50,000; A's server is killed while at least 200 of them wait for
+    // their acknowledgements, so some are on the dead server (or their acknowledgements
+    // are) and the failover has to send them again.
+    const BURSTS: u64 = 1;
+    const BURST: u64 = 50_000;
+    a.broker
+        .send("ping", BURST.to_string().into_bytes())
+        .unwrap();
+    let deadline = Instant::now() + 10 * SECOND;
+    while a.lattice().metrics().awaiting_ack < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the burst never had 200 messages on their way: {:?}",
+            a.lattice().metrics()
+        );
+        tokio::time::sleep(Duration::from_micros(100)).await;
     }
+    servers[0].kill();
     a.settles().await;
     assert!(b.broker.quiesce(10 * SECOND).await);
 
