@@ -384,31 +384,36 @@ fn latency_summary(out: &mut String, components: &[MetricsSnapshot]) {
         "Handler latency since start; quantiles approximate (within about 19%).",
     );
     for m in components {
-        let component = ("component", m.id.to_string());
-        for (quantile, value) in [
+        let quantiles = [
             ("0.5", m.latency.p50),
             ("0.9", m.latency.p90),
             ("0.99", m.latency.p99),
-        ] {
-            if let Some(value) = value {
-                let labels = [component.clone(), ("quantile", quantile.to_string())];
-                sample(out, NAME, &labels, value.as_secs_f64());
-            }
-        }
-        let labels = [component];
-        sample(
-            out,
-            &format!("{NAME}_sum"),
-            &labels,
-            m.latency.total.as_secs_f64(),
-        );
-        sample(
-            out,
-            &format!("{NAME}_count"),
-            &labels,
-            m.latency.count as f64,
-        );
+        ];
+        let (total, count) = (m.latency.total, m.latency.count);
+        summary_samples(out, NAME, &m.id, &quantiles, total, count);
     }
+}
+
+/// Writes one component's samples of the summary `name`: its quantiles that are known,
+/// then its `_sum` and `_count`.
+fn summary_samples(
+    out: &mut String,
+    name: &str,
+    id: &str,
+    quantiles: &[(&str, Option<std::time::Duration>)],
+    total: std::time::Duration,
+    count: u64,
+) {
+    let component = ("component", id.to_string());
+    for (quantile, value) in quantiles {
+        if let Some(value) = value {
+            let labels = [component.clone(), ("quantile", quantile.to_string())];
+            sample(out, name, &labels, value.as_secs_f64());
+        }
+    }
+    let labels = [component];
+    sample(out, &format!("{name}_sum"), &labels, total.as_secs_f64());
+    sample(out, &format!("{name}_count"), &labels, count as f64);
 }
 
 /// Writes the timer families: how many are pending, how many fired, were cancelled or
@@ -468,26 +473,9 @@ fn timers(out: &mut String, components: &[MetricsSnapshot]) {
     );
     for m in fired {
         let lateness = &m.timers.lateness;
-        let component = ("component", m.id.to_string());
-        for (quantile, value) in [("0.5", lateness.p50), ("0.99", lateness.p99)] {
-            if let Some(value) = value {
-                let labels = [component.clone(), ("quantile", quantile.to_string())];
-                sample(out, NAME, &labels, value.as_secs_f64());
-            }
-        }
-        let labels = [component];
-        sample(
-            out,
-            &format!("{NAME}_sum"),
-            &labels,
-            lateness.total.as_secs_f64(),
-        );
-        sample(
-            out,
-            &format!("{NAME}_count"),
-            &labels,
-            lateness.count as f64,
-        );
+        let quantiles = [("0.5", lateness.p50), ("0.99", lateness.p99)];
+        let (total, count) = (lateness.total, lateness.count);
+        summary_samples(out, NAME, &m.id, &quantiles, total, count);
     }
 }
 
