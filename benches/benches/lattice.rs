@@ -228,10 +228,12 @@ fn main() {
             rt.spawn(async move {
                 for seq in first..first + BATCH {
                     // The envelope: tag, kind (a message), the sender's length and name,
-                    // and the message's stream numbers (two varints, short ones here).
-                    let mut payload = Vec::with_capacity(9 + 8);
-                    payload.extend_from_slice(&[0xC1, 1, 4]);
+                    // the deadline (milliseconds since the epoch: a six-byte varint) and
+                    // the message's stream numbers (two varints, short ones here).
+                    let mut payload = Vec::with_capacity(15 + 8);
+                    payload.extend_from_slice(&[0xC2, 1, 4]);
                     payload.extend_from_slice(b"ping");
+                    payload.extend_from_slice(&[0x80, 0xa0, 0xf1, 0xc2, 0xb1, 0x34]);
                     payload.extend_from_slice(&[0x01, 0x00]);
                     payload.extend_from_slice(&seq.to_le_bytes());
                     client

@@ -954,6 +954,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             "duplicates": m.duplicates,
             "out_of_order": m.out_of_order,
             "dropped_out_of_order": m.dropped_out_of_order,
+            "expired": m.expired,
             "slow_consumer_drops": m.slow_consumer_drops,
         },
     }))

@@ -329,6 +329,14 @@ pub fn render_lattice(out: &mut String, metrics: &LatticeMetrics) {
     );
     family(
         out,
+        "courier_lattice_expired_total",
+        "counter",
+        "Messages and requests from other hosts that arrived after their sender stopped \
+         waiting for them, dropped unhandled (their sender already ended them).",
+        one(metrics.expired),
+    );
+    family(
+        out,
         "courier_lattice_messages_awaiting_ack",
         "gauge",
         "Messages sent to other hosts and not yet acknowledged.",

@@ -533,6 +533,13 @@ async fn connect_with(
         .subscription_capacity(capacity)
         // A host outlives its server: it keeps trying the others.
         .max_reconnects(None)
+        // Quick to try again: each attempt picks a server at random, the dead one among
+        // them, and what this host sent waits (and its deadlines run) until it is back.
+        // The client's own default doubles up to seconds, longer than the ack timeout.
+        // What the client buffered before it noticed the outage goes out on the new
+        // connection however soon it comes; its deadline has the receiver drop it if its
+        // sender gave up on it meanwhile.
+        .reconnect_delay_callback(|attempts| Duration::from_millis(50 * attempts.min(20) as u64))
         .event_callback(move |event| {
             let host = host.clone();
             let counters = counters.clone();

@@ -43,9 +43,14 @@
 //!   ack timeout ends as `unconfirmed` (it may have arrived), or `no-host` when the last
 //!   answer was that nobody listened. A message still queued when it could no longer be
 //!   acknowledged in time (NATS unreachable, say) is never sent: it ends as a dead letter
-//!   `not sent`. Messages to a replicated id are not numbered and go out once.
-//! - **send-request**: carries the time the requester has left when it goes on the wire
-//!   (a request whose requester stopped waiting is not sent); the serving host
+//!   `not sent`. Messages to a replicated id are not numbered and go out once. Each
+//!   message carries its deadline (the wall-clock moment its sender gives up on it): a
+//!   serving host drops one that arrives later (one the NATS client kept through a
+//!   reconnect, say), so nothing its sender dead-lettered is handled after all. Hosts'
+//!   clocks must agree to well within the ack timeout.
+//! - **send-request**: carries the time the requester has left when it goes on the wire,
+//!   and its deadline by the wall clock (a request whose requester stopped waiting is not
+//!   sent, and one that arrives after its deadline is dropped); the serving host
 //!   dead-letters a request still queued when that time has passed instead of handling
 //!   it; the reply goes to the requesting host's own reply subject, and only the requester
 //!   gets it. A request takes the same ordered path as messages, so it does not overtake

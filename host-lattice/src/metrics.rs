@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub(crate) duplicates: AtomicU64,
     pub(crate) out_of_order: AtomicU64,
     pub(crate) dropped_out_of_order: AtomicU64,
+    pub(crate) expired: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +54,7 @@ impl Counters {
             duplicates: read(&self.duplicates),
             out_of_order: read(&self.out_of_order),
             dropped_out_of_order: read(&self.dropped_out_of_order),
+            expired: read(&self.expired),
             conflicts: 0,
         }
     }
@@ -123,6 +125,11 @@ pub struct LatticeMetrics {
     /// Messages from other hosts that came before their turn with no room to hold them
     /// (4,096 per stream, 16 MiB in all), dropped for their sender to send again.
     pub dropped_out_of_order: u64,
+    /// Messages and requests from other hosts that arrived after their sender had stopped
+    /// waiting for them (by the deadline in their envelope and this host's clock), dropped
+    /// unhandled: their sender dead-lettered the message or answered the request `timeout`.
+    /// Messages the NATS client held through a reconnect end here.
+    pub expired: u64,
     /// Ids that more than one host claims to serve alone, this host included
     /// ([`Lattice::conflicts`](crate::Lattice::conflicts)).
     pub conflicts: u64,

@@ -127,6 +127,7 @@ impl Inner {
                                 kind: Kind::Request,
                                 sender: &sender,
                                 timeout_ms: ms,
+                                deadline_ms: wire::deadline_ms(due),
                                 stream_seq: 0,
                                 low: 0,
                             }
@@ -136,6 +137,7 @@ impl Inner {
                                 kind: Kind::Message,
                                 sender: &sender,
                                 timeout_ms: 0,
+                                deadline_ms: wire::deadline_ms(expires),
                                 stream_seq,
                                 low,
                             }
@@ -171,6 +173,7 @@ impl Inner {
                             kind: Kind::Publication,
                             sender: &sender,
                             timeout_ms: 0,
+                            deadline_ms: 0,
                             stream_seq: 0,
                             low: 0,
                         }
@@ -246,6 +249,7 @@ impl Inner {
                 kind: Kind::Message,
                 sender: &resend.sender,
                 timeout_ms: 0,
+                deadline_ms: wire::deadline_ms(resend.queued + timeout),
                 stream_seq: resend.stream_seq,
                 low: resend.low,
             }

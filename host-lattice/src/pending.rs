@@ -36,6 +36,8 @@ pub(crate) struct Unacked {
 /// A message to put on the wire again.
 pub(crate) struct Resend {
     pub(crate) seq: u64,
+    /// When it was first queued: its acknowledgement is due an ack timeout later.
+    pub(crate) queued: Instant,
     pub(crate) target: ComponentId,
     pub(crate) sender: ComponentId,
     pub(crate) payload: Bytes,
@@ -206,7 +208,11 @@ impl Pending {
             entry.published = Some(now);
             entry.connection = connection;
             entry.no_responders = false;
-            let (target, stream_seq) = (entry.message.target().clone(), entry.stream_seq);
+            let (target, stream_seq, queued) = (
+                entry.message.target().clone(),
+                entry.stream_seq,
+                entry.queued,
+            );
             let (sender, payload) = (
                 entry.message.sender().clone(),
                 entry.message.payload().clone(),
@@ -214,6 +220,7 @@ impl Pending {
             let low = self.low(&target, stream_seq);
             out.push(Resend {
                 seq,
+                queued,
                 target,
                 sender,
                 payload,

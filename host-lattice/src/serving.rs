@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
@@ -155,6 +155,7 @@ impl Inner {
             kind: Kind::Probe,
             sender: HOST_SENDER,
             timeout_ms: 0,
+            deadline_ms: 0,
             stream_seq: 0,
             low: 0,
         };
@@ -353,6 +354,13 @@ impl Inner {
                     "host `{from}` cannot send as `{sender}`, which another host runs"
                 )))
             }
+            (Some((envelope, _)), Some(_), Some(_)) if envelope.expired() => {
+                // Its sender gave up on it (it waited in a client's buffer through a
+                // reconnect, say): handling it now would do what its sender was told did
+                // not happen, or answer nobody.
+                self.counters.expired.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             (Some((envelope, at)), Some(sender), Some(from)) => {
                 let payload = message.payload.slice(at..);
                 match envelope.kind {
@@ -404,7 +412,15 @@ impl Inner {
                         self.counters
                             .arrived_requests
                             .fetch_add(1, Ordering::Relaxed);
-                        let timeout = Duration::from_millis(envelope.timeout_ms.into());
+                        // The time its requester has left, by the deadline when this
+                        // host's clock says less than the envelope's timeout.
+                        let mut timeout = Duration::from_millis(envelope.timeout_ms.into());
+                        if envelope.deadline_ms != 0 {
+                            let left = envelope
+                                .deadline_ms
+                                .saturating_sub(wire::unix_ms(SystemTime::now()));
+                            timeout = timeout.min(Duration::from_millis(left));
+                        }
                         match broker.accept_request(sender, id, payload, timeout) {
                             Ok(answer) => {
                                 let inner = self.clone();

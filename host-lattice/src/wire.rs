@@ -3,7 +3,8 @@
 //!
 //! A message, request, publication or probe is its payload after a short envelope the
 //! sending host writes ([`Envelope`]): a tag byte, the kind, the sender id and, for a
-//! request, how long its sender waits. Nothing else: the target is the subject, the
+//! message or a request, the wall-clock moment its sender stops waiting for it (and for a
+//! request, how long its sender waits). Nothing else: the target is the subject, the
 //! sending host is the subject's token after the kind letter (so NATS permissions can pin
 //! it), and the sending host's run and the message's sequence number are the reply
 //! subject (`courier.<lattice>.h.<host>.r.<incarnation>.<seq>`).
@@ -23,6 +24,8 @@
 //! Guests never see NATS and cannot set any of these: a guest chooses only a target and a
 //! payload, and the host writes the rest.
 
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use courier_host_broker::{ComponentError, MessagingError};
@@ -33,11 +36,14 @@ pub(crate) const DETAIL: &str = "Courier-Detail";
 pub(crate) const INCARNATION: &str = "Courier-Incarnation";
 
 /// The first byte of every envelope: anything else is not from a host of this version.
-const TAG: u8 = 0xC1;
+/// (0xC1 was the envelope without deadlines: a host of that version is refused, not
+/// misread.)
+const TAG: u8 = 0xC2;
 
 /// The most bytes an envelope takes: tag, kind, sender length, a sender of at most 255
-/// bytes, then a request's timeout or a message's two stream numbers (varints).
-pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 2 * 10;
+/// bytes, then a deadline (varint) and a request's timeout or a message's two stream
+/// numbers (varints).
+pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 3 * 10;
 
 /// What a host writes before the payload of what it sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +53,11 @@ pub(crate) struct Envelope<'a> {
     pub(crate) sender: &'a str,
     /// How long a request's sender waits, in milliseconds; 0 for the other kinds.
     pub(crate) timeout_ms: u32,
+    /// For a message or a request, when its sender stops waiting for it, in milliseconds
+    /// since the Unix epoch by the sending host's clock: a receiving host drops what
+    /// arrives later (it was given up on: a message dead-lettered, a request answered
+    /// `timeout`). 0 for the other kinds.
+    pub(crate) deadline_ms: u64,
     /// A message's number in its stream (`pending.rs`); 0 for a message that is not
     /// numbered and for the other kinds.
     pub(crate) stream_seq: u64,
@@ -65,8 +76,12 @@ impl<'a> Envelope<'a> {
         out.put_u8(sender.len() as u8);
         out.put_slice(sender);
         match self.kind {
-            Kind::Request => out.put_u32_le(self.timeout_ms),
+            Kind::Request => {
+                put_varint(&mut out, self.deadline_ms);
+                out.put_u32_le(self.timeout_ms);
+            }
             Kind::Message => {
+                put_varint(&mut out, self.deadline_ms);
                 put_varint(&mut out, self.stream_seq);
                 if self.stream_seq > 0 {
                     put_varint(&mut out, self.stream_seq - self.low.min(self.stream_seq));
@@ -90,14 +105,16 @@ impl<'a> Envelope<'a> {
         let kind = Kind::from_code(kind)?;
         let sender = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
         let mut at = 3 + usize::from(len);
-        let (mut timeout_ms, mut stream_seq, mut low) = (0, 0, 0);
+        let (mut timeout_ms, mut deadline_ms, mut stream_seq, mut low) = (0, 0, 0, 0);
         match kind {
             Kind::Request => {
+                deadline_ms = take_varint(bytes, &mut at)?;
                 let raw = bytes.get(at..at + 4)?;
                 timeout_ms = u32::from_le_bytes(raw.try_into().ok()?);
                 at += 4;
             }
             Kind::Message => {
+                deadline_ms = take_varint(bytes, &mut at)?;
                 stream_seq = take_varint(bytes, &mut at)?;
                 if stream_seq > 0 {
                     let behind = take_varint(bytes, &mut at)?;
@@ -114,12 +131,32 @@ impl<'a> Envelope<'a> {
                 kind,
                 sender,
                 timeout_ms,
+                deadline_ms,
                 stream_seq,
                 low,
             },
             at,
         ))
     }
+
+    /// Whether its sender has stopped waiting for it, by this host's clock.
+    pub(crate) fn expired(&self) -> bool {
+        self.deadline_ms != 0 && unix_ms(SystemTime::now()) > self.deadline_ms
+    }
+}
+
+/// `time` in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// The wall-clock moment of `deadline`, in milliseconds since the Unix epoch, rounded up
+/// so a receiving host never drops what is still owed.
+pub(crate) fn deadline_ms(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    unix_ms(SystemTime::now() + left) + 1
 }
 
 /// The most of an error's text that goes into a header: header values share the server's
@@ -357,19 +394,21 @@ mod tests {
 
     #[test]
     fn envelopes_survive_the_trip_and_garbage_is_refused() {
-        for (kind, sender, timeout_ms, stream_seq, low) in [
-            (Kind::Message, "ping", 0, 0, 0),
-            (Kind::Message, "ping", 0, 1, 1),
-            (Kind::Message, "ping", 0, 300_000, 299_000),
-            (Kind::Message, "ping", 0, u64::MAX, 1),
-            (Kind::Request, "orders/billing", 2500, 0, 0),
-            (Kind::Publication, "host", 0, 0, 0),
-            (Kind::Probe, "", 0, 0, 0),
+        let now = unix_ms(SystemTime::now());
+        for (kind, sender, timeout_ms, deadline_ms, stream_seq, low) in [
+            (Kind::Message, "ping", 0, now, 0, 0),
+            (Kind::Message, "ping", 0, now, 1, 1),
+            (Kind::Message, "ping", 0, 0, 300_000, 299_000),
+            (Kind::Message, "ping", 0, u64::MAX, u64::MAX, 1),
+            (Kind::Request, "orders/billing", 2500, now, 0, 0),
+            (Kind::Publication, "host", 0, 0, 0, 0),
+            (Kind::Probe, "", 0, 0, 0, 0),
         ] {
             let envelope = Envelope {
                 kind,
                 sender,
                 timeout_ms,
+                deadline_ms,
                 stream_seq,
                 low,
             };
@@ -382,6 +421,7 @@ mod tests {
             kind: Kind::Message,
             sender: "ping",
             timeout_ms: 0,
+            deadline_ms: now,
             stream_seq: 7,
             low: 5,
         }
@@ -399,12 +439,39 @@ mod tests {
             &[TAG, 1, 5, b'p'],
             &[TAG, 1, 2, 0xff, 0xfe],
             &[TAG, 2, 1, b'p', 1, 2],
+            &[TAG, 2, 1, b'p', 0x80],
             &[TAG, 1, 1, b'p'],
             &[TAG, 1, 1, b'p', 0x80],
-            &[TAG, 1, 1, b'p', 3, 3],
+            &[TAG, 1, 1, b'p', 1],
+            &[TAG, 1, 1, b'p', 1, 0x80],
+            &[TAG, 1, 1, b'p', 1, 3, 3],
+            &[0xC1, 1, 1, b'p', 0],
         ] {
             assert_eq!(Envelope::open(garbage), None, "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn a_deadline_passes_by_the_wall_clock_and_zero_means_none() {
+        let envelope = |deadline_ms| Envelope {
+            kind: Kind::Message,
+            sender: "ping",
+            timeout_ms: 0,
+            deadline_ms,
+            stream_seq: 0,
+            low: 0,
+        };
+        let now = unix_ms(SystemTime::now());
+        assert!(envelope(now - 1).expired());
+        assert!(!envelope(now + 60_000).expired());
+        assert!(!envelope(0).expired());
+        // A deadline one second ahead, by the clock, is not yet and never before it.
+        let ahead = deadline_ms(Instant::now() + std::time::Duration::from_secs(1));
+        assert!(
+            (now + 1000..=now + 1100).contains(&ahead),
+            "{ahead} vs {now}"
+        );
+        assert!(!envelope(ahead).expired());
     }
 
     #[test]

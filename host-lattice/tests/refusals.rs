@@ -61,8 +61,9 @@ async fn denied_and_unexposed_targets_are_refused_before_anything_goes_on_the_wi
         crossed.headers.is_none(),
         "no headers: the envelope says it"
     );
-    // The envelope: tag, kind 1 (a message), the sender's length and name, the payload.
-    let mut envelope = vec![0xC1, 1, 7];
+    // The envelope: tag, kind 1 (a message), the sender's length and name, then its
+    // deadline and stream numbers and the payload.
+    let mut envelope = vec![0xC2, 1, 7];
     envelope.extend_from_slice(b"insider");
     assert!(
         crossed.payload.starts_with(&envelope),
@@ -253,15 +254,15 @@ async fn an_arrival_without_a_valid_kind_and_sender_is_refused_not_delivered() {
         b"",
         b"no envelope at all",
         &[
-            0xC1, 1, 10, b'n', b'o', b't', b' ', b'a', b'n', b' ', b'i', b'd', b'!',
+            0xC2, 1, 10, b'n', b'o', b't', b' ', b'a', b'n', b' ', b'i', b'd', b'!',
         ],
-        &[0xC1, 9, 4, b'p', b'i', b'n', b'g'],
-        &[0xC1, 1, 200, b'p'],
-        &[0xC1, 3, 4, b'p', b'i', b'n', b'g'],
+        &[0xC2, 9, 4, b'p', b'i', b'n', b'g'],
+        &[0xC2, 1, 200, b'p'],
+        &[0xC2, 3, 4, b'p', b'i', b'n', b'g'],
     ];
     // A valid envelope on a subject whose host token is not a host name.
     let nameless = format!("courier.{LATTICE}.a.%25.pong");
-    let valid: &[u8] = &[0xC1, 1, 4, b'p', b'i', b'n', b'g'];
+    let valid: &[u8] = &[0xC2, 1, 4, b'p', b'i', b'n', b'g', 0, 0];
     let cases = garbage
         .iter()
         .map(|payload| (subject.as_str(), *payload))

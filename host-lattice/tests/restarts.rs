@@ -282,7 +282,12 @@ async fn nothing_given_up_on_during_an_outage_is_sent_after_it() {
 
     server.kill();
     // Sent while the directory still lists pong and slow (for three heartbeats), due
-    // long before the server is back.
+    // long before the server is back: the first hundred at once, which a's client may
+    // take into its buffer before it notices the server is gone (their deadline has b
+    // drop them when they arrive after the reconnect), the next once it has noticed
+    // (they wait on a, and are never published).
+    a.broker.send("ping", b"100".to_vec()).unwrap();
+    tokio::time::sleep(SECOND / 4).await;
     a.broker.send("ping", b"100".to_vec()).unwrap();
     let asked = a
         .broker
@@ -399,4 +404,125 @@ async fn components_that_hear_one_topic_spawned_together_hear_each_publication_o
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.counts("x").await[0], 1, "x heard the publication twice");
     assert_eq!(b.counts("y").await[0], 1, "y heard the publication twice");
+}
+
+/// `value` as an LEB128 varint, as a host writes its envelope's numbers.
+fn varint(mut value: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Milliseconds since the Unix epoch, `offset_ms` from now.
+fn unix_ms(offset_ms: i64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now + offset_ms) as u64
+}
+
+/// A message from `ping` on host `a` (unnumbered) whose sender stops waiting at `deadline`.
+fn message_until(deadline: u64, payload: &[u8]) -> Bytes {
+    let mut bytes = vec![0xC2, 1, 4];
+    bytes.extend_from_slice(b"ping");
+    varint(deadline, &mut bytes);
+    bytes.push(0);
+    bytes.extend_from_slice(payload);
+    bytes.into()
+}
+
+/// A request from `ping` on host `a` whose requester waits `timeout_ms` and stops at
+/// `deadline`.
+fn request_until(deadline: u64, timeout_ms: u32, payload: &[u8]) -> Bytes {
+    let mut bytes = vec![0xC2, 2, 4];
+    bytes.extend_from_slice(b"ping");
+    varint(deadline, &mut bytes);
+    bytes.extend_from_slice(&timeout_ms.to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes.into()
+}
+
+/// Ask `subject` as a plain NATS client, waiting at most `wait` for an answer.
+async fn ask(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: Bytes,
+    wait: Duration,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let request = async_nats::Request::new()
+        .payload(payload)
+        .timeout(Some(wait));
+    client.send_request(subject.to_string(), request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_after_its_deadline_is_not_handled() {
+    // What a NATS client kept in its buffer through a reconnect arrives late, with the
+    // deadline its sending host wrote: a client of the server plays that host here.
+    let server = NatsServer::start();
+    let b = Host::join("b", &[server.url()]).await;
+    b.spawn(b.spec("pong", "pong").expose(Exposure::Lattice))
+        .await;
+    b.spawn(b.spec("slow", "hostile").expose(Exposure::Lattice))
+        .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let pong = format!("courier.{LATTICE}.a.a.pong");
+    let slow = format!("courier.{LATTICE}.a.a.slow");
+
+    // A message and a request whose senders gave up a second ago.
+    let late = ask(
+        &client,
+        &pong,
+        message_until(unix_ms(-1000), b"late"),
+        SECOND,
+    )
+    .await;
+    assert!(late.is_err(), "an expired message is not acknowledged");
+    let late = ask(
+        &client,
+        &slow,
+        request_until(unix_ms(-1000), 5000, b"count"),
+        SECOND,
+    )
+    .await;
+    assert!(late.is_err(), "an expired request is not answered");
+    assert_eq!(b.lattice().metrics().expired, 2);
+    assert_eq!(b.broker.metrics("pong").unwrap().delivered, 0);
+    assert_eq!(b.broker.metrics("slow").unwrap().delivered, 0);
+
+    // What is still owed is handled.
+    let owed = ask(
+        &client,
+        &pong,
+        message_until(unix_ms(60_000), b"owed"),
+        5 * SECOND,
+    )
+    .await
+    .expect("acknowledged");
+    assert!(owed.headers.is_none(), "{owed:?}");
+    eventually("pong to handle the message still owed", || {
+        b.broker.metrics("pong").unwrap().delivered == 1
+    })
+    .await;
+
+    // A request's handler gets the time its requester has left by the deadline, not the
+    // timeout written when it went on the wire (which a buffered request outlives).
+    let answer = ask(
+        &client,
+        &slow,
+        request_until(unix_ms(300), 5000, b"sleep:1500"),
+        5 * SECOND,
+    )
+    .await
+    .expect("answered");
+    let error = answer.headers.as_ref().and_then(|h| h.get("Courier-Error"));
+    assert_eq!(error.map(|e| e.as_str()), Some("timeout"), "{answer:?}");
+    assert_eq!(b.lattice().metrics().expired, 2);
 }

@@ -9,13 +9,18 @@ use futures_util::StreamExt;
 
 use crate::common::{Host, LATTICE, SECOND, eventually};
 
-/// What a host of this version writes before a payload: tag, kind, sender.
+/// What a host of this version writes before a payload: tag, kind, sender, and for a
+/// message or a request no deadline (0) and an unnumbered stream or a 5 s timeout.
 fn envelope(kind: u8, sender: &str, payload: &[u8]) -> Bytes {
-    let mut bytes = vec![0xC1, kind, sender.len() as u8];
+    let mut bytes = vec![0xC2, kind, sender.len() as u8];
     bytes.extend_from_slice(sender.as_bytes());
-    if kind == 2 {
-        // A request's timeout, in milliseconds.
-        bytes.extend_from_slice(&5_000u32.to_le_bytes());
+    match kind {
+        1 => bytes.extend_from_slice(&[0, 0]),
+        2 => {
+            bytes.push(0);
+            bytes.extend_from_slice(&5_000u32.to_le_bytes());
+        }
+        _ => {}
     }
     bytes.extend_from_slice(payload);
     bytes.into()
@@ -309,9 +314,9 @@ async fn a_host_cannot_feed_another_hosts_stream() {
     // Numbers 2 to 10 of a's stream to pong, sent by mallory with a's reply prefix: were
     // they taken, a's own number 2 would be dropped as a duplicate.
     for seq in 2u8..=10 {
-        let mut payload = vec![0xC1, 1, 4];
+        let mut payload = vec![0xC2, 1, 4];
         payload.extend_from_slice(b"ping");
-        payload.extend_from_slice(&[seq, seq - 1]);
+        payload.extend_from_slice(&[0, seq, seq - 1]);
         payload.extend_from_slice(&u64::from(seq).to_le_bytes());
         mallory
             .publish_with_reply(
