@@ -164,9 +164,13 @@ pub struct Accounting {
     /// message to another host, queued there (acknowledged by the serving host).
     pub delivered: u64,
     /// Refused to their sender at once with an error (unknown target, denied, mailbox
-    /// full, too large, target failed, shutting down).
+    /// full, too large, target failed, shutting down). A request to another host that the
+    /// serving host answered with such an error counts here too, its handler's trap
+    /// included: the requester heard why, and the dead letter is in that host's record.
     pub refused: u64,
-    /// Accepted, then given up on, with a reason in the dead-letter record.
+    /// Accepted, then given up on, with a reason in the dead-letter record. A request to
+    /// another host with no answer in time counts here (`unconfirmed`: it may have been
+    /// handled there).
     pub dead_lettered: u64,
 }
 

@@ -1,7 +1,7 @@
 //! What crosses between hosts: messages in order, requests there and back, publications.
 
 use courier_host_broker::{Accounting, Exposure, MessagingError};
-use courier_test_support::nats::start_cluster;
+use courier_test_support::nats::{NatsServer, start_cluster};
 
 use crate::common::{Host, SECOND, eventually, urls};
 
@@ -164,4 +164,90 @@ async fn a_publication_reaches_subscribers_on_every_host_once() {
     assert_eq!(b.counts("all-b").await, [2]);
     assert_eq!(b.lattice().metrics().arrived_publications, 2);
     assert_eq!(b.broker.accounting().arrived, 4, "two copies of each here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_requests_ending_is_counted_where_its_record_is() {
+    // The rule (see `Accounting`): on the requesting host a request to another host ends
+    // delivered when answered (a reply or a handler's error), dead-lettered when no
+    // answer came in time (it may have been handled), refused when the serving host
+    // answered with any other error; what became of it there (a trap's dead letter, say)
+    // is in the serving host's own books and record.
+    let server = NatsServer::start();
+    let a = Host::join("a", &[server.url()]).await;
+    let b = Host::join("b", &[server.url()]).await;
+    b.spawn(b.spec("hostile", "hostile").expose(Exposure::Lattice))
+        .await;
+    a.sees("hostile").await;
+    let before_a = a.broker.accounting();
+
+    let trapped = a
+        .broker
+        .request("hostile", b"panic".to_vec(), 10 * SECOND)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(trapped, MessagingError::TargetCrashed(_)),
+        "{trapped:?}"
+    );
+    let timed_out = a
+        .broker
+        .request("hostile", b"sleep:1500".to_vec(), SECOND / 4)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(timed_out, MessagingError::Timeout),
+        "{timed_out:?}"
+    );
+    let answered = a
+        .broker
+        .request("hostile", b"fail:10".to_vec(), 10 * SECOND)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(answered, MessagingError::HandlerFailed(_)),
+        "{answered:?}"
+    );
+    a.settles().await;
+    b.settles().await;
+
+    let books = a.broker.accounting();
+    assert_eq!(books.sent - before_a.sent, 3, "{books:?}");
+    assert_eq!(
+        books.delivered - before_a.delivered,
+        1,
+        "the handler's error"
+    );
+    assert_eq!(books.refused - before_a.refused, 1, "the trap, answered");
+    assert_eq!(
+        books.dead_lettered - before_a.dead_lettered,
+        1,
+        "the timeout"
+    );
+    let letters = a.broker.dead_letters();
+    assert!(
+        letters
+            .iter()
+            .any(|l| &*l.target == "hostile" && l.reason.starts_with("unconfirmed")),
+        "{letters:?}"
+    );
+
+    // On b: three arrived; the trap dead-lettered there with its cause, the other two
+    // handled (the slow one after its requester stopped waiting, as a local one would be
+    // once its handler had started).
+    eventually("b to handle the slow request", || {
+        b.broker.accounting().in_flight() == 0
+    })
+    .await;
+    let there = b.broker.accounting();
+    assert_eq!(there.arrived, 3, "{there:?}");
+    assert_eq!(there.dead_lettered, 1, "{there:?}");
+    assert_eq!(there.delivered, 2, "{there:?}");
+    let letters = b.broker.dead_letters();
+    assert!(
+        letters
+            .iter()
+            .any(|l| &*l.target == "hostile" && l.reason.contains("panic")),
+        "{letters:?}"
+    );
 }
