@@ -9,7 +9,9 @@
 //! is delivered. One further on means something before it was lost on the way (a server
 //! that died with it; after a failover the client's own buffer can reach the new server
 //! before what its sender sends again): it is held, unacknowledged, until what is missing
-//! comes and it can be delivered in turn, for at most [`HOLD_FOR`]. After that the host
+//! comes and it can be delivered in turn, for at most [`HOLD_FOR`], and no longer than
+//! three quarters of the time its sender had left for it when it came (the deadline in
+//! its envelope), so its acknowledgement still comes in time. After that the host
 //! delivers what it held (a hole its sender gave up on, or another host that takes part of
 //! the stream: two hosts that claim one id), and whatever fills the hole later is
 //! delivered out of turn, once.
@@ -28,8 +30,12 @@ use courier_host_broker::{ComponentId, MessagingError};
 /// at once, so a flood of new streams costs one scan per 4,096 of them.
 pub const MAX_STREAMS: usize = 65_536;
 
-/// How long a message that came out of turn is held for what is missing before it.
-pub const HOLD_FOR: Duration = Duration::from_secs(1);
+/// The longest a message that came out of turn is held for what is missing before it.
+/// Longer than a sender takes to send a lost message again (a fifth of its ack timeout
+/// after it went out, checked every tenth: 1.5 s at the default 5 s), so a message a
+/// slow consumer dropped comes again before what followed it is given up on; a message
+/// whose sender stops waiting sooner is held for less (see [`Held::new`]).
+pub const HOLD_FOR: Duration = Duration::from_secs(4);
 
 /// The most messages held per stream, and the most payload bytes held in all: past them
 /// a message out of turn is dropped unanswered, for its sender to send again.
@@ -68,22 +74,28 @@ pub(crate) struct Held {
     pub(crate) sender: ComponentId,
     pub(crate) payload: Bytes,
     pub(crate) reply: async_nats::Subject,
-    since: Instant,
+    /// When it is delivered even if its turn has not come.
+    until: Instant,
 }
 
 impl Held {
+    /// Message `seq`, which came with `left` before its sender stops waiting for it: if
+    /// held, it is held for [`HOLD_FOR`] at most, and for no more than three quarters of
+    /// `left`, so its acknowledgement can still reach its sender in time.
     pub(crate) fn new(
         seq: u64,
         sender: ComponentId,
         payload: Bytes,
         reply: async_nats::Subject,
+        left: Option<Duration>,
     ) -> Held {
+        let hold = left.map_or(HOLD_FOR, |left| (left * 3 / 4).min(HOLD_FOR));
         Held {
             seq,
             sender,
             payload,
             reply,
-            since: Instant::now(),
+            until: Instant::now() + hold,
         }
     }
 }
@@ -208,14 +220,15 @@ impl Streams {
         Some(held)
     }
 
-    /// The held messages of streams to `id` that have waited [`HOLD_FOR`] (or all of
-    /// them, when `id` stops being served here), in their order: what was missing before
-    /// them is not coming soon.
+    /// The held messages of streams to `id` one of which has been held as long as it may
+    /// be (or all of them, when `id` stops being served here), in their order: what was
+    /// missing before them is not coming in time.
     pub(crate) fn overdue(&mut self, id: &ComponentId, all: bool) -> Vec<(StreamKey, Held)> {
         let mut out = Vec::new();
+        let now = Instant::now();
         for (key, stream) in &mut self.streams {
-            let due = |h: &Held| all || h.since.elapsed() >= HOLD_FOR;
-            if &key.1 != id || !stream.held.values().next().is_some_and(due) {
+            let due = |h: &Held| all || now >= h.until;
+            if &key.1 != id || !stream.held.values().any(due) {
                 continue;
             }
             for (_, held) in std::mem::take(&mut stream.held) {
@@ -226,14 +239,13 @@ impl Streams {
         out
     }
 
-    /// When the oldest message held for `id` will have waited [`HOLD_FOR`].
+    /// When the first message held for `id` will have been held as long as it may be.
     pub(crate) fn next_overdue(&self, id: &ComponentId) -> Option<Instant> {
         self.streams
             .iter()
             .filter(|(key, _)| &key.1 == id)
-            .filter_map(|(_, s)| s.held.values().map(|h| h.since).min())
+            .filter_map(|(_, s)| s.held.values().map(|h| h.until).min())
             .min()
-            .map(|since| since + HOLD_FOR)
     }
 
     fn forget_oldest(&mut self) {
@@ -265,6 +277,7 @@ mod tests {
             ComponentId::from("ping"),
             Bytes::from_static(b"12345678"),
             async_nats::Subject::from(format!("courier.l.h.a.r.1.{seq}")),
+            None,
         )
     }
 
@@ -327,6 +340,29 @@ mod tests {
     }
 
     #[test]
+    fn a_message_is_held_no_longer_than_its_sender_waits_for_it() {
+        let mut streams = Streams::default();
+        let key = ("run".to_string(), ComponentId::from("pong"));
+        let soon = Held::new(
+            2,
+            ComponentId::from("ping"),
+            Bytes::from_static(b"12345678"),
+            async_nats::Subject::from("courier.l.h.a.r.1.2"),
+            Some(Duration::from_millis(400)),
+        );
+        let held_at = Instant::now();
+        assert!(matches!(streams.check(&key, 1, soon), Verdict::Held));
+        let due = streams.next_overdue(&key.1).expect("something is held");
+        assert!(due <= held_at + Duration::from_millis(300), "{due:?}");
+        // Without a deadline, as long as a sender's resend takes.
+        let key = ("other run".to_string(), ComponentId::from("echo"));
+        let held_at = Instant::now();
+        assert!(matches!(streams.check(&key, 1, message(2)), Verdict::Held));
+        let due = streams.next_overdue(&key.1).expect("something is held");
+        assert!(due >= held_at + HOLD_FOR, "{due:?}");
+    }
+
+    #[test]
     fn what_waits_too_long_for_its_turn_is_delivered_and_the_hole_filled_later() {
         let mut streams = Streams::default();
         let key = ("run".to_string(), ComponentId::from("pong"));
@@ -336,7 +372,7 @@ mod tests {
         assert!(due > Instant::now());
         for stream in streams.streams.values_mut() {
             for held in stream.held.values_mut() {
-                held.since -= HOLD_FOR;
+                held.until -= HOLD_FOR;
             }
         }
         let overdue = streams.overdue(&key.1, false);

@@ -262,7 +262,7 @@ impl Lattice {
             outbound,
             outbound_bytes: AtomicU64::new(0),
             seq: AtomicU64::new(0),
-            unacked: Mutex::new(Pending::default()),
+            unacked: Mutex::new(Pending::new(subscription_capacity / 2)),
             inbound: Mutex::new(Streams::default()),
             resend_wake,
             resend_after: config.ack_timeout / 5,

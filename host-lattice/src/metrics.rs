@@ -120,7 +120,7 @@ pub struct LatticeMetrics {
     /// refused again and not delivered twice.
     pub duplicates: u64,
     /// Messages from other hosts that came before their turn (something before them was
-    /// lost on the way) and were held for it, up to a second.
+    /// lost on the way) and were held for it, up to 4 s.
     pub out_of_order: u64,
     /// Messages from other hosts that came before their turn with no room to hold them
     /// (4,096 per stream, 16 MiB in all), dropped for their sender to send again.

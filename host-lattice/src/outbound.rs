@@ -88,7 +88,7 @@ impl Inner {
             }
             // What is to go again goes before anything newer, so each stream stays in
             // order on the wire.
-            self.send_again(&replies, &mut connection).await;
+            self.send_owed(&replies, &mut connection).await;
             for item in batch.drain(..) {
                 match item {
                     Outbound::Addressed {
@@ -120,7 +120,7 @@ impl Inner {
                             );
                             continue;
                         }
-                        self.send_again(&replies, &mut connection).await;
+                        self.send_owed(&replies, &mut connection).await;
                         let envelope = if request {
                             let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
                             Envelope {
@@ -207,21 +207,35 @@ impl Inner {
         pending.low(&target, stream_seq)
     }
 
+    /// Put on the wire again every message marked for it before anything newer goes, as
+    /// the resend window makes room: while it is full, wait for acknowledgements (or
+    /// endings) to free it. Returns at once while no server can be reached: what is
+    /// queued then waits for a connection, and the reconnect marks everything again.
+    async fn send_owed(&self, replies: &str, connection: &mut u64) {
+        while self.send_again(replies, connection).await {
+            // Woken when an ending makes room; the sleep bounds the wait should the
+            // notification have gone to the `select!` before this loop.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(5), self.resend_wake.notified()).await;
+        }
+    }
+
     /// Put on the wire again, in the order they were first queued, the numbered messages
     /// marked for it, and after a new connection every one that went out on an earlier
     /// one: the server that had them may have died with them, or with their
     /// acknowledgements. The serving host drops what it already has (`inbound.rs`).
-    pub(crate) async fn send_again(&self, replies: &str, connection: &mut u64) {
+    /// Returns whether some stay marked for want of room in the resend window.
+    pub(crate) async fn send_again(&self, replies: &str, connection: &mut u64) -> bool {
         if self.client.connection_state() != async_nats::connection::State::Connected {
-            return;
+            return false;
         }
         let now_connection = self.connections();
         if now_connection == *connection && !self.resend_marked.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let margin = self.margin();
         let timeout = self.config.ack_timeout;
-        let resends = {
+        let (resends, left) = {
             let mut pending = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
             if now_connection != *connection {
                 *connection = now_connection;
@@ -229,17 +243,18 @@ impl Inner {
             }
             if pending.marked() == 0 {
                 self.resend_marked.store(false, Ordering::Release);
-                return;
+                return false;
             }
             // Only what can still be acknowledged before it is given up on goes again.
             let taken = pending.take_marked(now_connection, |entry| {
                 entry.queued.elapsed() + margin < timeout
             });
-            self.resend_marked.store(false, Ordering::Release);
-            taken
+            let left = pending.marked() > 0;
+            self.resend_marked.store(left, Ordering::Release);
+            (taken, left)
         };
         if resends.is_empty() {
-            return;
+            return left;
         }
         self.counters
             .resent
@@ -268,6 +283,7 @@ impl Inner {
                 tracing::debug!(seq = resend.seq, "a message sent again was not taken");
             }
         }
+        left
     }
 
     /// Wait until the client is connected, at most until `until`; whether it is.
@@ -345,6 +361,7 @@ impl Remote for Gateway {
                 connection: 0,
                 resend: false,
                 no_responders: false,
+                again: false,
             },
         );
         inner.counters.sent.fetch_add(1, Ordering::Relaxed);

@@ -31,6 +31,8 @@ pub(crate) struct Unacked {
     pub(crate) resend: bool,
     /// Whether NATS answered the last time it went out that nobody listened.
     pub(crate) no_responders: bool,
+    /// Whether it went on the wire again and is counted in the resend window.
+    pub(crate) again: bool,
 }
 
 /// A message to put on the wire again.
@@ -55,7 +57,6 @@ struct Stream {
 
 /// The unacknowledged messages by their sequence number (the order they were queued), and
 /// the stream of each target.
-#[derive(Default)]
 pub(crate) struct Pending {
     entries: BTreeMap<u64, Unacked>,
     /// One per target ever numbered: a stream's numbers go on for the whole run, so a
@@ -65,9 +66,31 @@ pub(crate) struct Pending {
     /// How many entries are marked to go again, so the outbound task need not look when
     /// none is.
     marked: usize,
+    /// How many entries went on the wire again and have not ended: at most `window` go
+    /// again before acknowledgements (or their endings) make room.
+    again: usize,
+    /// The most messages on the wire again at once, unacknowledged. After an outage every
+    /// message that went out on the old connection goes again; all at once, tens of
+    /// thousands can overflow the serving host's subscription (a slow consumer drops
+    /// them), and each drop goes again in turn, a storm. A window paces them at the rate
+    /// their acknowledgements come back. It is half this host's own subscription buffer
+    /// (`LatticeConfig::subscription_capacity`): hosts of one lattice are usually
+    /// configured alike, so a window fits the serving host's buffer beside other traffic.
+    window: usize,
 }
 
 impl Pending {
+    /// Nothing pending, with a resend window of `window` messages (at least one).
+    pub(crate) fn new(window: usize) -> Pending {
+        Pending {
+            entries: BTreeMap::new(),
+            streams: HashMap::new(),
+            marked: 0,
+            again: 0,
+            window: window.max(1),
+        }
+    }
+
     pub(crate) fn marked(&self) -> usize {
         self.marked
     }
@@ -126,6 +149,9 @@ impl Pending {
         if unacked.resend {
             self.marked -= 1;
         }
+        if unacked.again {
+            self.again -= 1;
+        }
         if unacked.stream_seq > 0
             && let Some(stream) = self.streams.get_mut(unacked.message.target())
         {
@@ -163,6 +189,7 @@ impl Pending {
             stream.open.clear();
         }
         self.marked = 0;
+        self.again = 0;
         all.into_values().collect()
     }
 
@@ -181,8 +208,9 @@ impl Pending {
     }
 
     /// The marked messages, in the order they were queued, unmarked and noted as sent now
-    /// on `connection`; those whose acknowledgement is due before `cutoff` stay to end as
-    /// they will.
+    /// on `connection`, as many as the resend window has room for (the rest stay marked);
+    /// those for which `cutoff` says their acknowledgement could no longer come in time
+    /// are unmarked, to end as they will.
     pub(crate) fn take_marked(
         &mut self,
         connection: u64,
@@ -200,10 +228,18 @@ impl Pending {
             let Some(entry) = self.entries.get_mut(&seq) else {
                 continue;
             };
+            if cutoff(entry) && !entry.again && self.again >= self.window {
+                // No room: it goes when acknowledgements make some.
+                continue;
+            }
             entry.resend = false;
             self.marked -= 1;
             if !cutoff(entry) {
                 continue;
+            }
+            if !entry.again {
+                entry.again = true;
+                self.again += 1;
             }
             entry.published = Some(now);
             entry.connection = connection;

@@ -26,8 +26,20 @@ impl Inner {
         if let Some(taken) = &taken {
             outcome.fetch_add(1, Ordering::Relaxed);
             self.release(taken.len);
+            if taken.again {
+                self.room_to_resend(&unacked);
+            }
         }
         taken
+    }
+
+    /// Wake the outbound task if messages wait for room in the resend window, which an
+    /// ending has just made.
+    pub(crate) fn room_to_resend(&self, pending: &crate::pending::Pending) {
+        if pending.marked() > 0 {
+            self.resend_marked.store(true, Ordering::Release);
+            self.resend_wake.notify_one();
+        }
     }
 
     /// Hand a request's answer to whoever waits for it, if anyone still does.
@@ -132,6 +144,9 @@ impl Inner {
                 } else {
                     doubtful.push(seq);
                 }
+            }
+            if acked.iter().any(|a| a.again) {
+                self.room_to_resend(&unacked);
             }
             self.release(acked.iter().map(|a| a.len).sum());
             self.counters
@@ -242,6 +257,9 @@ impl Inner {
                         .is_some_and(|at| at.elapsed() >= resend_after)
                         && self.directory.serves_alone(entry.message.target())
                 });
+                // Marked now, or still waiting for room in the resend window that the
+                // overdue just left.
+                let marked = marked + unacked.marked();
                 if marked > 0 {
                     self.resend_marked.store(true, Ordering::Release);
                 }

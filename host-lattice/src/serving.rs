@@ -247,7 +247,7 @@ impl Inner {
     }
 
     /// Deliver, in their order, the messages to `id` held for a turn that did not come
-    /// within `HOLD_FOR` (or all of them).
+    /// while they could be held (or all of them).
     async fn release_held(self: &Arc<Self>, id: &ComponentId, all: bool, acks: &mut Acks) {
         let overdue = self
             .inbound
@@ -370,7 +370,14 @@ impl Inner {
                             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                             return;
                         };
-                        let held = Held::new(envelope.stream_seq, sender, payload, reply);
+                        let left = (envelope.deadline_ms != 0).then(|| {
+                            Duration::from_millis(
+                                envelope
+                                    .deadline_ms
+                                    .saturating_sub(wire::unix_ms(SystemTime::now())),
+                            )
+                        });
+                        let held = Held::new(envelope.stream_seq, sender, payload, reply, left);
                         let verdict = self
                             .inbound
                             .lock()

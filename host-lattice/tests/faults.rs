@@ -183,7 +183,12 @@ async fn a_server_failover_while_both_hosts_live_loses_and_repeats_nothing() {
     );
     // Pong counts what it handled and how many came out of order (a duplicate among
     // them): each message once, in order.
-    assert_eq!(b.counts("pong").await, [BURSTS * BURST, 0]);
+    assert_eq!(
+        b.counts("pong").await,
+        [BURSTS * BURST, 0],
+        "sent: {remote:?}\nreceived: {:?}",
+        b.lattice().metrics()
+    );
     assert!(
         remote.resent > 0,
         "the failover had messages on the dead server to send again: {remote:?}"
