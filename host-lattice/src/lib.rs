@@ -39,8 +39,8 @@
 //!   it), a fifth of the ack timeout after it went out, or when NATS said nobody listened
 //!   (a failover under way). The serving host handles each number once and in order,
 //!   holding one that comes before its turn for up to 4 s (less when its sender stops
-//!   waiting sooner) and sending again in a paced window, so a server failover
-//!   loses and repeats nothing while both hosts live. What is still unacknowledged at the
+//!   waiting sooner); what goes again goes in a window paced by the acknowledgements, so a
+//!   server failover loses and repeats nothing while both hosts live. What is still unacknowledged at the
 //!   ack timeout ends as `unconfirmed` (it may have arrived), or `no-host` when the last
 //!   answer was that nobody listened. A message still queued when it could no longer be
 //!   acknowledged in time (NATS unreachable, say) is never sent: it ends as a dead letter
