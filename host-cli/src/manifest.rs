@@ -687,14 +687,16 @@ impl Checker<'_> {
     }
 }
 
-/// The ingress has no authentication, so it listens on loopback addresses only.
+/// Only the ingress's management routes need a token: whoever reaches it can send to,
+/// ask and read every exposed component, so it listens on loopback addresses only.
 pub fn check_listen(address: SocketAddr) -> Result<(), String> {
     if address.ip().is_loopback() {
         Ok(())
     } else {
         Err(format!(
-            "{address} is not a loopback address: the ingress has no authentication, so it \
-             listens only on 127.0.0.1, ::1 or another loopback address"
+            "{address} is not a loopback address: only the ingress's management routes need a \
+             token (anyone who reaches it can send to every exposed component), so it listens \
+             only on 127.0.0.1, ::1 or another loopback address"
         ))
     }
 }
