@@ -52,12 +52,13 @@ pub fn ensure_chromium() -> Result<PathBuf, String> {
 }
 
 /// What `test-all` runs: [`ensure_chromium`], except that outside CI a machine without
-/// Chromium, where it cannot be installed either, is told so and gets `None` (the browser
-/// test then skips, saying why) instead of an error.
+/// Chromium, where it cannot be installed either (and `CHROMIUM_BIN` is unset), is told so
+/// and gets `None` (the browser test then skips, saying why) instead of an error.
 pub fn chromium_for_tests() -> Result<Option<PathBuf>, String> {
     match ensure_chromium() {
         Ok(path) => Ok(Some(path)),
-        Err(why) if !in_ci() => {
+        // A `CHROMIUM_BIN` that names no browser is a mistake to fix, not a missing browser.
+        Err(why) if !in_ci() && env::var_os(CHROMIUM_BIN_ENV).is_none() => {
             eprintln!(
                 "chromium: {why}\nchromium: going on without it: the dashboard's browser test \
                  will be skipped (in CI this is an error)"
