@@ -111,7 +111,7 @@ pub struct Runtime {
     pub request_timeout: Duration,
     /// Which tokio scheduler runs the actors and the ingress.
     pub scheduler: Scheduler,
-    /// The bearer token the ingress asks for on every route but `/metrics`, if any
+    /// The bearer token the ingress asks for on every route but `/metrics` and the dashboard's assets, if any
     /// (`COURIER_TOKEN` in the environment takes precedence).
     pub token: Option<Token>,
     /// Where the store of durable components is kept (absolute): `.courier-data` beside the

@@ -3,6 +3,7 @@
 //! One test binary rather than one per file: each binary links all of wasmtime, so a binary
 //! per file multiplies link time and disk use for nothing.
 
+mod dashboard;
 mod durable;
 mod new;
 mod run;
