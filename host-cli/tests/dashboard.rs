@@ -193,7 +193,7 @@ fn the_page_in_chromium_shows_live_numbers_and_a_guests_markup_as_text() {
         "no script ran the guest's text"
     );
     // The failed component offers a restart, which says it needs the token.
-    assert!(before.contains("restart: needs token"), "{before}");
+    assert!(before.contains("restart (token)"), "{before}");
 
     const SENT: u64 = 25;
     for i in 0..SENT {

@@ -83,7 +83,7 @@
 
   // A small line chart of `values` (numbers, or null where there was no sample).
   function sparkline(values, className) {
-    const width = 90;
+    const width = 64;
     const height = 22;
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("class", "spark " + className);
@@ -131,7 +131,8 @@
     const restart = el("button", "restart", "restart");
     restart.type = "button";
     restart.addEventListener("click", () => restartComponent(id));
-    const letters = el("button", "letters", "dead letters");
+    const letters = el("button", "letters", "letters");
+    letters.title = "the last dead letters for " + id;
     letters.type = "button";
     letters.addEventListener("click", () => toggleLetters(id));
     cells.actions.append(restart, " ", letters);
@@ -206,7 +207,7 @@
       const restartable = c.state === "failed" || c.state === "stopped";
       row.restart.hidden = !restartable;
       row.restart.disabled = !token();
-      row.restart.textContent = token() ? "restart" : "restart: needs token";
+      row.restart.textContent = token() ? "restart" : "restart (token)";
       row.restart.title = token()
         ? "POST /components/{id}/restart with the management token"
         : "restarts need the management token `courier run` printed; enter it above";
