@@ -1,5 +1,6 @@
 //! The dashboard at `GET /`: its assets and their headers over plain HTTP, and the page itself
-//! in a real headless Chromium against a running `courier run`.
+//! in a real headless Chromium against a running `courier run`: read with `--dump-dom`, and
+//! clicked through over the DevTools protocol.
 //!
 //! The browser is `$CHROMIUM_BIN`, else `chromium` (or another Chromium-based browser that
 //! takes the same flags) on `PATH`; `cargo xtask test-all` finds or installs one and sets
@@ -11,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::run::{Courier, STOP_TIMEOUT, client, get, json, manifest, post};
+use crate::run::{Courier, STOP_TIMEOUT, client, get, json, made_token, manifest, post};
 
 /// The environment variable naming the browser, as `cargo xtask test-all` sets it.
 const CHROMIUM_BIN_ENV: &str = "CHROMIUM_BIN";
@@ -396,4 +397,297 @@ fn wait_for_delivered(agent: &ureq::Agent, base: &str, id: &str, at_least: u64) 
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn in_chromium_the_token_enables_restart_and_a_components_letters_open_as_text() {
+    let Some(chromium) = chromium_or_skip("the dashboard's restart test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(dir.path(), MANIFEST);
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+    let (status, _) = post(
+        &agent,
+        &format!("{base}/components/panicker/messages"),
+        HOSTILE.as_bytes(),
+    );
+    assert_eq!(status, 202);
+    wait_for_state(&agent, &base, "panicker", "failed");
+
+    let browser = DevTools::open(&chromium, &format!("{base}/"));
+    browser.wait_for_first_poll();
+    let token = serde_json::to_string(&made_token(&courier)).unwrap();
+    // Through the page as a user would: its buttons and its token field, with the page's
+    // own fetches (its Origin, its Authorization header) under its own policy.
+    let script = format!(
+        r#"(async () => {{
+            const until = async (what, test) => {{
+                for (let i = 0; i < 300; i++) {{
+                    const value = test();
+                    if (value) return value;
+                    await new Promise((resolve) => setTimeout(resolve, 50));
+                }}
+                throw new Error("timed out waiting for " + what);
+            }};
+            const row = () => document.querySelector('tr[data-component="panicker"]');
+            const restart = () => row().querySelector("button.restart");
+            await until("a poll", () => Number(document.body.dataset.polls) >= 1);
+            const withoutToken = {{ disabled: restart().disabled, label: restart().textContent }};
+
+            row().querySelector("button.letters").click();
+            const letters = document.querySelector('tr[data-letters-of="panicker"]');
+            const reason = await until("its letters", () =>
+                letters.querySelector('[data-field="reason"]'));
+
+            document.getElementById("token").value = {token};
+            document.getElementById("token-form").requestSubmit();
+            await until("the button to be enabled", () => !restart().disabled);
+            restart().click();
+            const result = await until("the restart", () =>
+                /^restart/.test(document.getElementById("action-result").textContent) &&
+                !/…$/.test(document.getElementById("action-result").textContent) &&
+                document.getElementById("action-result").textContent);
+            // A refusal is reported by the assertions below, with the page's own words.
+            if (result.startsWith("restarted ")) await until("running", () =>
+                row().querySelector('[data-field="state"]').dataset.value === "running");
+            return JSON.stringify({{
+                withoutToken,
+                letterReason: reason.textContent,
+                imagesInLetters: letters.querySelectorAll("img").length,
+                result,
+                restartHidden: restart().hidden,
+                tokenState: document.getElementById("token-state").dataset.token,
+            }});
+        }})()"#
+    );
+    let outcome: serde_json::Value =
+        serde_json::from_str(browser.evaluate(&script).as_str().unwrap()).unwrap();
+    assert_eq!(outcome["withoutToken"]["disabled"], true, "{outcome}");
+    assert_eq!(
+        outcome["withoutToken"]["label"], "restart (token)",
+        "{outcome}"
+    );
+    let reason = outcome["letterReason"].as_str().unwrap();
+    assert!(
+        reason.contains(HOSTILE),
+        "the reason shows the guest's text as text: {reason}"
+    );
+    assert_eq!(outcome["imagesInLetters"], 0, "{outcome}");
+    assert_eq!(outcome["result"], "restarted panicker", "{outcome}");
+    assert_eq!(
+        outcome["restartHidden"], true,
+        "a running one offers none: {outcome}"
+    );
+    assert_eq!(outcome["tokenState"], "set", "{outcome}");
+    wait_for_state(&agent, &base, "panicker", "running");
+}
+
+/// A headless Chromium showing one page, driven over the DevTools protocol: a WebSocket to the
+/// page's target, spoken with std alone (text frames, masked from the client as the protocol
+/// asks). Killed when dropped.
+struct DevTools {
+    _chromium: KillOnDrop,
+    _profile: tempfile::TempDir,
+    socket: std::cell::RefCell<std::net::TcpStream>,
+    next_id: std::cell::Cell<u64>,
+}
+
+impl DevTools {
+    fn open(chromium: &Path, url: &str) -> DevTools {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new(chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--remote-debugging-port=0",
+                "--window-size=1280,720",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", chromium.display()));
+        let mut chromium = KillOnDrop(child);
+        // Chromium writes the port it chose, then the browser's path, to this file.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + BROWSER_TIMEOUT;
+        let port = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|text| text.lines().next()?.trim().parse::<u16>().ok())
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port"
+            );
+            assert!(
+                chromium.0.try_wait().unwrap().is_none(),
+                "chromium exited before opening its DevTools port"
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        let agent = client();
+        let page_socket = loop {
+            let (_, list) = get(&agent, &format!("http://127.0.0.1:{port}/json/list"));
+            let target = json(list.as_bytes())
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["type"] == "page" && t["url"].as_str() == Some(url))
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string));
+            if let Some(target) = target {
+                break target;
+            }
+            assert!(Instant::now() < deadline, "no page for {url}: {list}");
+            thread::sleep(Duration::from_millis(50));
+        };
+        DevTools {
+            _chromium: chromium,
+            _profile: profile,
+            socket: std::cell::RefCell::new(websocket(&page_socket)),
+            next_id: std::cell::Cell::new(1),
+        }
+    }
+
+    /// Waits for the page to have loaded and read the routes once: until then its document
+    /// may still be replaced, which ends any script run in it.
+    fn wait_for_first_poll(&self) {
+        let deadline = Instant::now() + BROWSER_TIMEOUT;
+        let probe =
+            "document.readyState === 'complete' && Number(document.body.dataset.polls) >= 1";
+        while self.try_evaluate(probe) != Ok(serde_json::Value::Bool(true)) {
+            assert!(Instant::now() < deadline, "the page never read the routes");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The value of `expression` in the page, a promise awaited.
+    fn evaluate(&self, expression: &str) -> serde_json::Value {
+        self.try_evaluate(expression)
+            .unwrap_or_else(|error| panic!("Runtime.evaluate failed: {error}"))
+    }
+
+    fn try_evaluate(&self, expression: &str) -> Result<serde_json::Value, String> {
+        let answer = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({
+                "expression": expression,
+                "awaitPromise": true,
+                "returnByValue": true,
+            }),
+        )?;
+        if let Some(exception) = answer.get("exceptionDetails") {
+            return Err(format!("the page's script failed: {exception}"));
+        }
+        Ok(answer["result"]["value"].clone())
+    }
+
+    /// Sends one command and waits for its answer: its `result`, or its `error` as text.
+    fn call(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
+        use std::io::{Read, Write};
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let message = serde_json::json!({ "id": id, "method": method, "params": params });
+        let mut socket = self.socket.borrow_mut();
+        let payload = message.to_string().into_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x5a, 0xa5, 0x3c, 0xc3];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        socket.write_all(&frame).unwrap();
+        // Events come between answers; this waits for its own.
+        loop {
+            let mut text = Vec::new();
+            loop {
+                let mut head = [0u8; 2];
+                socket
+                    .read_exact(&mut head)
+                    .expect("an answer from chromium");
+                let mut len = u64::from(head[1] & 0x7f);
+                if len == 126 {
+                    let mut n = [0u8; 2];
+                    socket.read_exact(&mut n).unwrap();
+                    len = u64::from(u16::from_be_bytes(n));
+                } else if len == 127 {
+                    let mut n = [0u8; 8];
+                    socket.read_exact(&mut n).unwrap();
+                    len = u64::from_be_bytes(n);
+                }
+                let mut body = vec![0u8; usize::try_from(len).unwrap()];
+                socket.read_exact(&mut body).unwrap();
+                text.extend_from_slice(&body);
+                if head[0] & 0x80 != 0 {
+                    break;
+                }
+            }
+            let answer = json(&text);
+            if answer["id"] == id {
+                if let Some(error) = answer.get("error") {
+                    return Err(format!("{method} failed: {error}"));
+                }
+                return Ok(answer["result"].clone());
+            }
+        }
+    }
+}
+
+/// A child process, killed and reaped when dropped (a test that fails leaves no browser).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A WebSocket to `url` (`ws://HOST:PORT/PATH`), after the HTTP upgrade.
+fn websocket(url: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("ws://").expect("a ws:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut socket = std::net::TcpStream::connect(authority).unwrap();
+    socket.set_read_timeout(Some(BROWSER_TIMEOUT)).unwrap();
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    // The answer's head, a byte at a time so that nothing of the first frame is read.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "no WebSocket from chromium: {head}"
+    );
+    socket
 }
