@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::run::{Courier, STOP_TIMEOUT, client, get, json, made_token, manifest, post};
+use crate::run::{
+    Courier, LATTICE_A, LATTICE_B, STOP_TIMEOUT, client, get, json, made_token, manifest, post,
+};
 
 /// The environment variable naming the browser, as `cargo xtask test-all` sets it.
 const CHROMIUM_BIN_ENV: &str = "CHROMIUM_BIN";
@@ -690,4 +692,51 @@ fn websocket(url: &str) -> std::net::TcpStream {
         "no WebSocket from chromium: {head}"
     );
     socket
+}
+
+#[test]
+fn in_a_lattice_the_page_lists_the_other_hosts_and_what_each_serves() {
+    let Some(chromium) = chromium_or_skip("the dashboard's lattice test") else {
+        return;
+    };
+    let nats = courier_test_support::nats::NatsServer::start();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let file_a = manifest(dir_a.path(), &LATTICE_A.replace("{nats}", &nats.url()));
+    let file_b = manifest(dir_b.path(), &LATTICE_B.replace("{nats}", &nats.url()));
+    let listen = ["--listen", "127.0.0.1:0"];
+    let b = Courier::start(&[&["run", file_b.to_str().unwrap()][..], &listen[..]].concat());
+    b.address();
+    let a = Courier::start(&[&["run", file_a.to_str().unwrap()][..], &listen[..]].concat());
+    let base = format!("http://{}", a.address());
+    let agent = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&agent, &format!("{base}/lattice"));
+        if json(body.as_bytes())["hosts"][0]["host"] == "b" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host A never heard of host B: {body}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let dom = dump_dom(&chromium, &format!("{base}/"));
+    let row = dom
+        .find("<tr data-host=\"b\">")
+        .unwrap_or_else(|| panic!("no row for host b:\n{dom}"));
+    let served = attribute_text(&dom[row..], "data-field=\"served\"");
+    assert_eq!(served, "echo, pong", "{dom}");
+    assert!(dom.contains("(e2e, this host a, 1 other host)"), "{dom}");
+}
+
+/// The text of the first element whose start tag holds `marker`.
+fn attribute_text(dom: &str, marker: &str) -> String {
+    let at = dom
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
+    let text = &dom[at + dom[at..].find('>').unwrap() + 1..];
+    text[..text.find('<').unwrap()].to_string()
 }

@@ -875,7 +875,7 @@ fn the_example_lattice_manifests_check() {
     }
 }
 
-const LATTICE_B: &str = r#"
+pub(crate) const LATTICE_B: &str = r#"
 [runtime]
 listen = "127.0.0.1:1"
 cache_dir = "{cache}"
@@ -902,7 +902,7 @@ id = "hidden"
 path = "{echo}"
 "#;
 
-const LATTICE_A: &str = r#"
+pub(crate) const LATTICE_A: &str = r#"
 [runtime]
 listen = "127.0.0.1:1"
 cache_dir = "{cache}"

@@ -355,9 +355,11 @@
     const rows = lattice.hosts.map((h) => {
       const tr = el("tr");
       tr.dataset.host = h.host;
+      const served = el("td", "", h.served.join(", "));
+      served.dataset.field = "served";
       tr.append(
         el("td", "id", h.host),
-        el("td", "", h.served.join(", ")),
+        served,
         el("td", "", h.replicated.join(", ")),
         el("td", "", h.topics.join(", ")),
         el("td", "num", (h.last_heard_ms / 1000).toFixed(1) + " s ago"),
