@@ -152,6 +152,8 @@
     const seen = new Set();
     let anyKeyed = false;
     const now = performance.now();
+    // Where the next row belongs, in the order the runner lists them.
+    let cursor = tbody.firstChild;
     for (const c of list) {
       const id = String(c.id);
       seen.add(id);
@@ -160,8 +162,13 @@
         row = newRow(id);
         components.set(id, row);
       }
-      // Appended in the order the runner lists them, which moves rows that are already in.
-      tbody.append(row.tr, row.lettersRow);
+      // Moved only when out of place: moving a row would take the keyboard focus from its
+      // buttons once a second.
+      if (cursor !== row.tr) tbody.insertBefore(row.tr, cursor);
+      if (row.tr.nextSibling !== row.lettersRow) {
+        tbody.insertBefore(row.lettersRow, row.tr.nextSibling);
+      }
+      cursor = row.lettersRow.nextSibling;
 
       const previous = row.samples[row.samples.length - 1];
       let rate = null;
