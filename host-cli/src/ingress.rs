@@ -3,11 +3,12 @@
 //!
 //! | route | does |
 //! |---|---|
+//! | `GET /` | the live dashboard ([`crate::dashboard`]), with `/dashboard.js` and `/dashboard.css` |
 //! | `POST /components/{id}/messages` | the body is a fire-and-forget message from `host`: `202` |
 //! | `POST /components/{id}/requests?timeout_ms=N` | the body is a request: `200` with the reply |
-//! | `GET /components` | every component with its state and counters (JSON) |
+//! | `GET /components` | every component with its state, counters and handler latency (JSON) |
 //! | `GET /metrics` | metrics in the Prometheus text format |
-//! | `GET /dead-letters` | the recent dead letters (JSON) |
+//! | `GET /dead-letters?target=ID&limit=N` | the recent dead letters, oldest first; only those for `target`, only the latest `limit` (JSON) |
 //! | `POST /components/{id}/restart` | start a failed or stopped component again from its spec: `200`; `409 restart-in-progress` while another restart of it runs |
 //! | `POST /components/{id}/upgrade` | the body is a new version of the component (`.wasm`, at most 64 MiB): it replaces the running one between two messages, `200 {"status":"upgraded","previous":"…","version":"…","took_ms":N}`; `400 invalid-component` if it does not load, `409 upgrade-refused` if it cannot run (the running version stays), `429 upgrade-busy` while another upgrade is read or compiled, `503 compile-timeout` past the compile's time bound |
 //! | `GET /lattice` | this host's lattice, the other hosts heard from and what each serves, and the remote counters (JSON); `404` when the host joined none |
@@ -27,8 +28,8 @@
 //! So a request must name the listening address in its `Host` header (a page whose domain
 //! was rebound to 127.0.0.1 names its own), a request that carries an `Origin` must come
 //! from the ingress's own origin (a cross-site page's `fetch` or form post carries its own),
-//! and when a token is set every route but `/metrics` asks for `Authorization: Bearer
-//! <token>`: 421, 403 and 401 otherwise.
+//! and when a token is set every route but `/metrics` and the dashboard's assets (which hold
+//! no data) asks for `Authorization: Bearer <token>`: 421, 403 and 401 otherwise.
 //!
 //! The routes that change what runs (`restart`, `upgrade`) always ask for a token: with a
 //! token made for the run ([`crate::token`]) they are the only ones that do, so that the
@@ -60,6 +61,7 @@ use courier_host_lattice::Lattice;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::dashboard;
 use crate::prometheus;
 use crate::units::{format_bytes, format_duration};
 
@@ -166,7 +168,8 @@ impl IngressConfig {
         self
     }
 
-    /// The bearer token every route but `/metrics` asks for; `None` asks for none on the
+    /// The bearer token every route but `/metrics` and the dashboard's assets asks for;
+    /// `None` asks for none on the
     /// data routes, and refuses the management ones.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
@@ -248,6 +251,7 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         .route("/metrics", get(metrics))
         .route("/dead-letters", get(dead_letters))
         .route("/lattice", get(lattice))
+        .merge(dashboard::routes())
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(config.max_payload))
         .layer(axum::middleware::from_fn_with_state(guard, check_caller))
@@ -329,6 +333,7 @@ async fn check_caller(
     if guard.token.is_some()
         && guard.made_token_file.is_none()
         && request.uri().path() != "/metrics"
+        && !dashboard::is_asset(request.uri().path())
         && !guard.carries_token(headers)
     {
         return Err(ApiError::new(
@@ -810,8 +815,9 @@ async fn unknown_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no-such-route",
-        "the ingress serves POST /components/{id}/messages, POST /components/{id}/requests, \
-         GET /components, GET /metrics and GET /dead-letters",
+        "the ingress serves GET / (the dashboard), POST /components/{id}/messages, \
+         POST /components/{id}/requests, GET /components, GET /metrics, GET /dead-letters \
+         and GET /lattice",
     )
 }
 
@@ -831,9 +837,39 @@ struct ComponentView {
     version: String,
     timers_pending: usize,
     timers_fired: u64,
+    /// Its handler calls' latency since it started.
+    latency: LatencyView,
     /// A durable component's commits: how many, how many failed, their mean time.
     #[serde(skip_serializing_if = "Option::is_none")]
     durable: Option<DurableView>,
+}
+
+/// A component's handler latency as `GET /components` shows it, in milliseconds; the
+/// percentiles are approximate (within about 19%) and absent before the first call.
+#[derive(Debug, Serialize)]
+struct LatencyView {
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p90_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_ms: Option<f64>,
+}
+
+impl From<courier_host_broker::LatencySummary> for LatencyView {
+    fn from(summary: courier_host_broker::LatencySummary) -> Self {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        LatencyView {
+            count: summary.count,
+            p50_ms: ms(summary.p50),
+            p90_ms: ms(summary.p90),
+            p99_ms: ms(summary.p99),
+            max_ms: ms(summary.max),
+        }
+    }
 }
 
 /// A durable component's commits as `GET /components` shows them.
@@ -867,6 +903,7 @@ async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<Compo
             version: m.version,
             timers_pending: m.timers.pending,
             timers_fired: m.timers.fired,
+            latency: m.latency.into(),
             durable: m.durable.map(|d| DurableView {
                 commits: d.commits,
                 failed_commits: d.failed_commits,
@@ -975,11 +1012,38 @@ struct DeadLetterView {
     at_ms: u64,
 }
 
-async fn dead_letters(State(ingress): State<Ingress>) -> axum::Json<Vec<DeadLetterView>> {
-    let letters = ingress
-        .broker
-        .dead_letters()
+/// What `GET /dead-letters` may be asked to narrow its list to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterParams {
+    /// Only the dead letters for this component.
+    target: Option<String>,
+    /// Only the latest this many (of those kept, at most the broker's dead-letter capacity).
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(ingress): State<Ingress>,
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<axum::Json<Vec<DeadLetterView>>, ApiError> {
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            rejection.body_text(),
+        )
+    })?;
+    let mut kept = ingress.broker.dead_letters();
+    if let Some(target) = &params.target {
+        kept.retain(|letter| &*letter.target == target.as_str());
+    }
+    // The record is oldest first: the latest are at its end.
+    let skip = params
+        .limit
+        .map_or(0, |limit| kept.len().saturating_sub(limit));
+    let letters = kept
         .into_iter()
+        .skip(skip)
         .map(|letter| DeadLetterView {
             sender: letter.sender.to_string(),
             target: letter.target.to_string(),
@@ -996,5 +1060,5 @@ async fn dead_letters(State(ingress): State<Ingress>) -> axum::Json<Vec<DeadLett
                 .unwrap_or(u64::MAX),
         })
         .collect();
-    axum::Json(letters)
+    Ok(axum::Json(letters))
 }

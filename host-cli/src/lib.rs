@@ -9,7 +9,8 @@
 //! The map: [`manifest`] reads and checks `courier.toml`, reporting [`diagnostics`] with
 //! their lines; [`units`] reads sizes and durations; [`load`] builds the engine and
 //! compiles the components; [`check`] and [`run`] are the commands of those names;
-//! [`ingress`] is the HTTP side and [`prometheus`] its metrics format; [`upgrade`] is
+//! [`ingress`] is the HTTP side, [`prometheus`] its metrics format and [`dashboard`] the live
+//! page it serves at `/`; [`upgrade`] is
 //! `courier upgrade`, a client of the ingress; [`watch`] is `courier run --watch`; [`dev`] is
 //! `courier dev`; [`scaffold`] is `courier new`; [`token`] is the management token a run
 //! makes when none is set, and where `courier upgrade` finds it.
@@ -17,6 +18,7 @@
 //! [`Broker`]: courier_host_broker::Broker
 
 pub mod check;
+pub mod dashboard;
 pub mod dev;
 pub mod diagnostics;
 pub mod ingress;

@@ -111,8 +111,8 @@ pub struct Runtime {
     pub request_timeout: Duration,
     /// Which tokio scheduler runs the actors and the ingress.
     pub scheduler: Scheduler,
-    /// The bearer token the ingress asks for on every route but `/metrics`, if any
-    /// (`COURIER_TOKEN` in the environment takes precedence).
+    /// The bearer token the ingress asks for on every route but `/metrics` and the
+    /// dashboard's assets, if any (`COURIER_TOKEN` in the environment takes precedence).
     pub token: Option<Token>,
     /// Where the store of durable components is kept (absolute): `.courier-data` beside the
     /// manifest unless it says otherwise. Opened only when a component is durable.

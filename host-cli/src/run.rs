@@ -255,6 +255,7 @@ async fn serve(
             let _ = server_stopped.await;
         },
     ));
+    println!("courier: dashboard at http://{address}/");
     println!("courier: listening on http://{address}");
 
     let signal = tokio::select! {

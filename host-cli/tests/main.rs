@@ -1,8 +1,10 @@
-//! The `courier` binary's integration tests: the runner end to end and `courier new`.
+//! The `courier` binary's integration tests: the runner end to end, its dashboard in a
+//! headless browser, and `courier new`.
 //!
 //! One test binary rather than one per file: each binary links all of wasmtime, so a binary
 //! per file multiplies link time and disk use for nothing.
 
+mod dashboard;
 mod durable;
 mod new;
 mod run;

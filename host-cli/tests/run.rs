@@ -182,7 +182,7 @@ impl Drop for Courier {
 }
 
 /// A manifest in a temporary folder, naming components in `target/guests/`.
-fn manifest(dir: &Path, body: &str) -> PathBuf {
+pub(crate) fn manifest(dir: &Path, body: &str) -> PathBuf {
     let guest = |name: &str| guest_path(name).display().to_string();
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/courier-cli-test-cache");
     let text = body
@@ -284,18 +284,18 @@ fn made_token_file(courier: &Courier) -> PathBuf {
 }
 
 /// The token a run without a configured token made.
-fn made_token(courier: &Courier) -> String {
+pub(crate) fn made_token(courier: &Courier) -> String {
     std::fs::read_to_string(made_token_file(courier)).unwrap()
 }
 
 /// Status and body of a GET, as text.
-fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
+pub(crate) fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
     let mut response = agent.get(url).call().expect("the ingress answers");
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().unwrap())
 }
 
-fn json(body: &[u8]) -> serde_json::Value {
+pub(crate) fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(body)))
 }
@@ -875,7 +875,7 @@ fn the_example_lattice_manifests_check() {
     }
 }
 
-const LATTICE_B: &str = r#"
+pub(crate) const LATTICE_B: &str = r#"
 [runtime]
 listen = "127.0.0.1:1"
 cache_dir = "{cache}"
@@ -902,7 +902,7 @@ id = "hidden"
 path = "{echo}"
 "#;
 
-const LATTICE_A: &str = r#"
+pub(crate) const LATTICE_A: &str = r#"
 [runtime]
 listen = "127.0.0.1:1"
 cache_dir = "{cache}"

