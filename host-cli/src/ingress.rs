@@ -816,8 +816,9 @@ async fn unknown_route() -> ApiError {
         StatusCode::NOT_FOUND,
         "no-such-route",
         "the ingress serves GET / (the dashboard), POST /components/{id}/messages, \
-         POST /components/{id}/requests, GET /components, GET /metrics, GET /dead-letters \
-         and GET /lattice",
+         POST /components/{id}/requests, GET /components, GET /metrics, GET /dead-letters, \
+         GET /lattice, and with the management token POST /components/{id}/restart and \
+         POST /components/{id}/upgrade",
     )
 }
 

@@ -356,6 +356,10 @@ fn the_runner_routes_http_to_components_reports_and_drains_on_sigterm() {
     let (status, body) = get(&agent, &format!("{base}/nowhere"));
     assert_eq!(status, 404);
     assert_eq!(json(body.as_bytes())["error"], "no-such-route");
+    let detail = json(body.as_bytes())["message"].to_string();
+    for route in ["/restart", "/upgrade", "GET /lattice", "GET /"] {
+        assert!(detail.contains(route), "{route} in {detail}");
+    }
     let (status, body) = post(
         &agent,
         &format!("{base}/components/echo/requests?timeout_ms=99999999999"),
