@@ -485,7 +485,9 @@ impl Broker {
             .registry
             .remove(id)
             .ok_or_else(|| BrokerError::NotFound(id.into()))?;
-        Ok(self.stop_entries(vec![entry]).await)
+        let entries = vec![entry];
+        let before = self.before_stopping(&entries);
+        Ok(self.stop_entries(entries, before).await)
     }
 
     /// [`stop`](Self::stop) the component whose actor shares `shared`, if it is still the
@@ -499,7 +501,9 @@ impl Broker {
             .registry
             .remove_if_current(shared)
             .ok_or_else(|| BrokerError::NotFound(shared.id.clone()))?;
-        Ok(self.stop_entries(vec![entry]).await)
+        let entries = vec![entry];
+        let before = self.before_stopping(&entries);
+        Ok(self.stop_entries(entries, before).await)
     }
 
     /// Stop every component, giving them until `drain` from now to handle what is queued;
@@ -510,13 +514,26 @@ impl Broker {
         router.shutting_down.store(true, Ordering::Release);
         let deadline = Instant::now() + drain;
         let entries = router.registry.all();
+        // Counted before the drain deadline is set: from then on an actor may dead-letter
+        // what is left, and the report must list it.
+        let before = self.before_stopping(&entries);
         for entry in &entries {
             entry.shared.drain_by(deadline);
         }
-        self.stop_entries(entries).await
+        self.stop_entries(entries, before).await
     }
 
-    async fn stop_entries(&self, entries: Vec<Arc<Entry>>) -> ShutdownReport {
+    /// The dead letters recorded so far and the messages `entries` delivered so far, for
+    /// a report of what stopping them did.
+    fn before_stopping(&self, entries: &[Arc<Entry>]) -> (u64, u64) {
+        (self.router().dead_letters.total(), delivered(entries))
+    }
+
+    async fn stop_entries(
+        &self,
+        entries: Vec<Arc<Entry>>,
+        (dead_before, delivered_before): (u64, u64),
+    ) -> ShutdownReport {
         if let Some(remote) = self.router().remote.get() {
             for entry in &entries {
                 if served_of(&entry.shared).is_some() {
@@ -525,14 +542,6 @@ impl Broker {
             }
         }
         let dead_letters = &self.router().dead_letters;
-        let dead_before = dead_letters.total();
-        let delivered = |entries: &[Arc<Entry>]| -> u64 {
-            entries
-                .iter()
-                .map(|e| e.shared.metrics.delivered.load(Ordering::Relaxed))
-                .sum()
-        };
-        let delivered_before = delivered(&entries);
         for entry in &entries {
             // Queued behind what is already there, so those messages are handled first.
             // A send fails only if the actor has already ended, which is just as good.
@@ -819,6 +828,14 @@ impl Broker {
 
 /// The store a durable component `id` is kept in, or why it cannot be durable: no store, or
 /// a spec that would take messages the store does not keep yet.
+/// The messages `entries` have delivered, in all.
+fn delivered(entries: &[Arc<Entry>]) -> u64 {
+    entries
+        .iter()
+        .map(|e| e.shared.metrics.delivered.load(Ordering::Relaxed))
+        .sum()
+}
+
 fn durable_store(
     id: &ComponentId,
     store: Option<&Arc<dyn Store>>,
