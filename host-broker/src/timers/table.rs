@@ -442,3 +442,89 @@ impl std::fmt::Debug for ActorTimers {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mailbox that takes every firing and remembers it.
+    #[derive(Default)]
+    struct Mailbox(Mutex<Vec<(Arc<str>, u64)>>);
+
+    impl Doorbell for Mailbox {
+        fn ring(&self, name: Arc<str>, firing: u64) -> Ring {
+            self.0.lock().unwrap().push((name, firing));
+            Ring::Queued
+        }
+    }
+
+    fn stored(changes: &[TimerChange]) -> &StoredTimer {
+        match changes {
+            [TimerChange::Put(timer)] => timer,
+            other => panic!("not one put: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_durable_timers_record_moves_on_only_once_its_firing_was_handled() {
+        let limits = TimerLimits {
+            max_timers: 8,
+            max_name_bytes: 255,
+            max_payload_bytes: 1024,
+        };
+        let timers = ActorTimers::new("tk".into(), limits, TimerWheel::new());
+        timers.keep_in_store();
+        let mailbox = Arc::new(Mailbox::default());
+        let doorbell: Arc<dyn Doorbell> = mailbox.clone();
+        timers.ring_at(Arc::downgrade(&doorbell));
+        let period = Duration::from_millis(10);
+        timers
+            .schedule(
+                "tick",
+                TimerStart::After(period),
+                Some(period),
+                b"p".to_vec(),
+            )
+            .unwrap();
+        let (_, scheduled) = timers.changes();
+        let first = stored(&scheduled).due;
+
+        let firing = loop {
+            if let Some((_, firing)) = mailbox.0.lock().unwrap().first() {
+                break *firing;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        timers
+            .take("tick", firing)
+            .expect("the firing is still due");
+        // Taken for its handler, which has not run: a crash now must fire it again.
+        assert!(!timers.has_changes());
+        timers.handled("tick");
+        let (_, handled) = timers.changes();
+        assert!(stored(&handled).due >= first + period, "{handled:?}");
+
+        // A failed commit gives its changes back for the next one.
+        let (names, _) = {
+            timers.handled("tick");
+            timers.changes()
+        };
+        timers.unsent(names);
+        assert!(timers.has_changes());
+        assert!(timers.cancel("tick"));
+        let (_, cancelled) = timers.changes();
+        assert_eq!(cancelled, [TimerChange::Cancel("tick".into())]);
+    }
+
+    #[test]
+    fn a_deadline_missed_for_several_periods_comes_back_as_now_with_the_ticks_counted() {
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        let period = Duration::from_millis(100);
+        let (due, missed) = monotonic(wall - Duration::from_millis(350), Some(period), wall, now);
+        assert_eq!(missed, 3);
+        // The latest tick not after now, 50 ms ago: late, never early.
+        assert!(due <= now && now.duration_since(due) <= Duration::from_millis(51));
+        let (due, missed) = monotonic(wall + Duration::from_secs(5), Some(period), wall, now);
+        assert_eq!((due, missed), (now + Duration::from_secs(5), 0));
+    }
+}
