@@ -633,3 +633,34 @@ async fn a_durable_components_timers_stay_stored_across_a_live_upgrade() {
     assert_eq!(names(&kept), ["tick"]);
     assert_eq!(kept[0].period, Some(Duration::from_millis(20)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_timers_over_a_durable_components_limit_are_dropped_and_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    for name in ["a", "b", "c"] {
+        let timer = StoredTimer {
+            actor: "tk".into(),
+            name: name.into(),
+            due: SystemTime::now() + 3600 * SECOND,
+            period: None,
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        store.put_timer(timer).await.unwrap();
+    }
+    let setup = durable_setup(&store);
+    setup
+        .spawn(setup.spec("tk", "timekeeper").durable(true).max_timers(1))
+        .await;
+    assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 1);
+    // The next commit, after any handled message, forgets the ones it could not take.
+    assert_eq!(setup.command("tk", "cancel:none").await, "false");
+    let kept = stored_until(&store, |t| t.len() == 1).await;
+    assert_eq!(
+        setup
+            .command("tk", &format!("cancel:{}", kept[0].name))
+            .await,
+        "true"
+    );
+    stored_until(&store, <[StoredTimer]>::is_empty).await;
+}
