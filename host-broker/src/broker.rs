@@ -504,7 +504,8 @@ impl Broker {
     }
 
     /// Stop a component: it handles what is already in its mailbox, then ends and is
-    /// removed. Messages sent to it afterwards get `target-not-found`.
+    /// removed. Messages sent to it afterwards get `target-not-found`. A durable component's
+    /// state, stored messages and timers stay in the store for its next spawn.
     pub async fn stop(&self, id: &str) -> Result<ShutdownReport, BrokerError> {
         let entry = self
             .router()
