@@ -10,8 +10,14 @@
 //! - lateness at idle: one timer 2 ms ahead at a time, from its deadline to its handler
 //!   (timed by the guest on the monotonic clock, from just before it schedules), p50 and
 //!   p99; against tokio's own `sleep` of 2 ms on the same runtime, which is the floor a
-//!   timer built on tokio's clock can reach.
+//!   timer built on tokio's clock can reach;
+//! - lateness with every core busy: the same timers while one host thread per core floods
+//!   a `counter` of its own with messages (each counter handling them on the runtime's
+//!   worker threads, which the timer's component shares), p50 and p99; against the lateness
+//!   at idle of the same run.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_benches::memory::resident_bytes;
@@ -34,8 +40,13 @@ fn main() {
     let settings = Settings::from_env();
     let mut criterion = settings.criterion();
     let mut figures = Figures::new("timers", &settings);
-    if !(guest_built("timekeeper") && guest_built("ping") && guest_built("pong")) {
-        figures.note("timekeeper, ping or pong is not built (run `cargo xtask build-guests`)");
+    if !["timekeeper", "ping", "pong", "counter"]
+        .iter()
+        .all(|guest| guest_built(guest))
+    {
+        figures.note(
+            "timekeeper, ping, pong or counter is not built (run `cargo xtask build-guests`)",
+        );
         figures.write();
         return;
     }
@@ -115,30 +126,39 @@ fn main() {
     if settings.recording {
         lateness(&rt, &broker, &settings, &mut figures);
         memory(&rt, &broker, &engine, &mut figures);
+        // Last: its counters and their messages stay on the broker.
+        lateness_busy(&rt, &broker, &engine, &settings, &mut figures);
     }
     rt.block_on(broker.shutdown(Duration::from_secs(5)));
     figures.write();
     criterion.final_summary();
 }
 
-/// One timer at a time on `late`, each from its deadline to its handler, then the same for
-/// tokio's sleep.
-fn lateness(rt: &Runtime, broker: &Broker, settings: &Settings, figures: &mut Figures) {
-    let rounds = settings.pick(400, 100);
+/// One timer at a time on the timekeeper `id`, `rounds` of them: each one's time from its
+/// deadline to its handler, in nanoseconds.
+fn timer_lateness(rt: &Runtime, broker: &Broker, id: &str, rounds: usize) -> Vec<f64> {
     let delay_ms = LATENESS_DELAY.as_millis();
     for _ in 0..rounds {
-        let before = fired(broker, "late");
-        let scheduled = command(rt, broker, "late", &format!("after:l:{delay_ms}:l"));
+        let before = fired(broker, id);
+        let scheduled = command(rt, broker, id, &format!("after:l:{delay_ms}:l"));
         assert_eq!(scheduled, "ok");
-        wait_for(|| fired(broker, "late") > before);
+        wait_for(|| fired(broker, id) > before);
     }
-    let record = command(rt, broker, "late", "fired");
-    let courier: Vec<f64> = record
+    let record = command(rt, broker, id, "fired");
+    let late: Vec<f64> = record
         .lines()
         .filter_map(|line| line.split(' ').nth(3)?.parse::<f64>().ok())
         .map(|elapsed| elapsed - LATENESS_DELAY.as_nanos() as f64)
         .collect();
-    assert_eq!(courier.len(), rounds, "every timer was recorded");
+    assert_eq!(late.len(), rounds, "every timer was recorded");
+    late
+}
+
+/// One timer at a time on `late`, each from its deadline to its handler, then the same for
+/// tokio's sleep.
+fn lateness(rt: &Runtime, broker: &Broker, settings: &Settings, figures: &mut Figures) {
+    let rounds = settings.pick(400, 100);
+    let courier = timer_lateness(rt, broker, "late", rounds);
     let tokio: Vec<f64> = rt.block_on(async {
         let mut late = Vec::with_capacity(rounds);
         for _ in 0..rounds {
@@ -161,6 +181,76 @@ fn lateness(rt: &Runtime, broker: &Broker, settings: &Settings, figures: &mut Fi
                 percentile(courier.clone(), q),
             )
             .vs(&format!("tokio_sleep_{name}")),
+        );
+    }
+}
+
+/// The lateness of one timer at a time, as [`lateness`] measures it, while one host thread
+/// per core sends to a `counter` of its own without pause, so every worker thread of the
+/// runtime has messages to handle; the messages handled meanwhile show that they did.
+fn lateness_busy(
+    rt: &Runtime,
+    broker: &Broker,
+    engine: &Engine,
+    settings: &Settings,
+    figures: &mut Figures,
+) {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let spawn = |spec: ComponentSpec| {
+        rt.block_on(broker.spawn(spec))
+            .unwrap_or_else(|err| panic!("spawning: {err}"));
+    };
+    spawn(ComponentSpec::new(
+        "late_busy",
+        courier_benches::load(engine, "timekeeper"),
+    ));
+    for core in 0..cores {
+        spawn(
+            ComponentSpec::new(
+                format!("busy{core}"),
+                courier_benches::load(engine, "counter"),
+            )
+            .mailbox_capacity(1024),
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..cores)
+        .map(|core| {
+            let (broker, stop) = (broker.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let id = format!("busy{core}");
+                while !stop.load(Ordering::Relaxed) {
+                    // A full mailbox means its counter has plenty to do for now.
+                    if broker.send(&id, &b"+1"[..]).is_err() {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            })
+        })
+        .collect();
+    let delivered = || broker.accounting().delivered;
+    let (before, started) = (delivered(), Instant::now());
+    let busy = timer_lateness(rt, broker, "late_busy", settings.pick(400, 100));
+    let handled = (delivered() - before) as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().expect("a sender thread");
+    }
+    figures.push(Figure::rate(
+        "busy_messages",
+        &format!("messages handled per second meanwhile, {cores} counters flooded by {cores} host threads"),
+        Some(handled),
+    ));
+    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+        figures.push(
+            Figure::time(
+                &format!("lateness_busy_{name}"),
+                &format!(
+                    "a timer 2 ms ahead with every core busy handling messages: from its deadline to its handler, {name}"
+                ),
+                percentile(busy.clone(), q),
+            )
+            .vs(&format!("lateness_{name}")),
         );
     }
 }

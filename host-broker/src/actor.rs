@@ -228,12 +228,12 @@ impl Actor {
             let (envelope, timer) = match envelope {
                 Envelope::Timer { name, firing } => {
                     match self.core().timer_message(&name, firing) {
-                        Some(message) => (message, true),
+                        Some(message) => (message, Some(name)),
                         // Cancelled or replaced since it was rung.
                         None => continue,
                     }
                 }
-                envelope => (envelope, false),
+                envelope => (envelope, None),
             };
             let core = self.core();
             if core.shared.past_drain_deadline() {
@@ -243,14 +243,17 @@ impl Actor {
             let position = envelope.position();
             core.current = Some(envelope);
             let aftermath = core.handle().await;
-            if timer {
+            if timer.is_some() {
                 core.shared.timers.set_missed(0);
             }
             // A message whose handling the shutdown cut is not consumed: its effects are not
-            // in any state, so the next start handles it again.
+            // in any state, so the next start handles it again. Nor is a timer's firing.
             if !matches!(aftermath, Some(Aftermath::Ended(_))) {
                 self.handled_since_commit = true;
                 self.consumed.extend(position);
+                if let Some(name) = timer {
+                    self.shared.timers.handled(&name);
+                }
             }
             let core = self.core();
             if let Some(aftermath) = aftermath
@@ -347,7 +350,10 @@ impl Actor {
         let Some(durable) = &self.shared.durable else {
             return;
         };
-        if !self.handled_since_commit && self.consumed.is_empty() {
+        if !self.handled_since_commit
+            && self.consumed.is_empty()
+            && !self.shared.timers.has_changes()
+        {
             return;
         }
         // A durable actor never lends its core, so it holds it here; were it away, the
@@ -360,7 +366,12 @@ impl Actor {
             .as_ref()
             .map(|(state, _)| bytes::Bytes::copy_from_slice(state));
         durable
-            .commit(&self.shared.id, &mut self.consumed, state)
+            .commit(
+                &self.shared.id,
+                &mut self.consumed,
+                state,
+                &self.shared.timers,
+            )
             .await;
         self.handled_since_commit = false;
     }
@@ -394,7 +405,8 @@ impl Actor {
         // What it handled is kept; what it did not stays stored for the next start.
         self.commit().await;
         self.shared.handoff.close();
-        // Volatile timers end with the component: none fires for it again.
+        // Its timers end with it here: none fires for it again. A durable component's stay
+        // in its store, as its last commit left them, for its next spawn.
         self.shared.timers.end();
         if let Some(order) = self.shared.take_upgrade_order() {
             let _ = order

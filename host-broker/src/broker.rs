@@ -370,15 +370,36 @@ impl Broker {
                 })?,
             None => (None, Vec::new()),
         };
-        let timers = ActorTimers::new(
-            id.clone(),
-            TimerLimits {
-                max_timers,
-                max_name_bytes: crate::routing::MAX_NAME_BYTES,
-                max_payload_bytes: router.config.max_payload_bytes,
-            },
-            self.inner.timer_wheel.clone(),
-        );
+        let mut limits = TimerLimits {
+            max_timers,
+            max_name_bytes: crate::routing::MAX_NAME_BYTES,
+            max_payload_bytes: router.config.max_payload_bytes,
+        };
+        let stored_timers = match &store {
+            Some(store) => {
+                // Within what the store keeps, so that no commit of it is refused for a
+                // timer the component was allowed to schedule.
+                limits.max_timers = limits.max_timers.min(
+                    u32::try_from(courier_host_store::limits::MAX_TIMERS_PER_ACTOR)
+                        .unwrap_or(u32::MAX),
+                );
+                limits.max_payload_bytes = limits
+                    .max_payload_bytes
+                    .min(courier_host_store::limits::MAX_PAYLOAD_BYTES);
+                store
+                    .timers(&id)
+                    .await
+                    .map_err(|source| BrokerError::Store {
+                        component: id.clone(),
+                        source,
+                    })?
+            }
+            None => Vec::new(),
+        };
+        let timers = ActorTimers::new(id.clone(), limits, self.inner.timer_wheel.clone());
+        if store.is_some() {
+            timers.keep_in_store();
+        }
         let mut shared = ActorShared::new(
             id.clone(),
             capabilities.clone(),
@@ -459,6 +480,11 @@ impl Broker {
             tracing::info!(component = %id, messages = recovered_count, "recovered stored messages");
             entry.start();
         }
+        // Armed only once the component can take their firings: one already due rings now.
+        if !stored_timers.is_empty() {
+            tracing::info!(component = %id, timers = stored_timers.len(), "recovered stored timers");
+            shared.timers.restore(stored_timers);
+        }
         if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(keep_timer_armed(Arc::downgrade(&self.inner)));
         }
@@ -478,7 +504,8 @@ impl Broker {
     }
 
     /// Stop a component: it handles what is already in its mailbox, then ends and is
-    /// removed. Messages sent to it afterwards get `target-not-found`.
+    /// removed. Messages sent to it afterwards get `target-not-found`. A durable component's
+    /// state, stored messages and timers stay in the store for its next spawn.
     pub async fn stop(&self, id: &str) -> Result<ShutdownReport, BrokerError> {
         let entry = self
             .router()
@@ -567,9 +594,27 @@ impl Broker {
         }
     }
 
-    /// Remove a component that has failed or stopped, so its id can be used again.
+    /// Remove a component: [`stop`](Self::stop) it if it is running, and end what would
+    /// outlive a stop. A durable component's timers are forgotten in the store, so a spawn
+    /// on the same store starts with none (its state and stored messages stay, as after a
+    /// stop); [`stop`](Self::stop) keeps them for the next spawn.
     pub async fn remove(&self, id: &str) -> Result<(), BrokerError> {
-        self.stop(id).await.map(|_| ())
+        let entry = self
+            .router()
+            .registry
+            .remove(id)
+            .ok_or_else(|| BrokerError::NotFound(id.into()))?;
+        let store = entry.shared.durable.as_ref().map(|d| d.store.clone());
+        self.stop_entries(vec![entry]).await;
+        if let Some(store) = store {
+            crate::timers::forget_stored(&*store, id)
+                .await
+                .map_err(|source| BrokerError::Store {
+                    component: id.into(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Send a fire-and-forget message from the host (sender [`HOST_SENDER`]). A message

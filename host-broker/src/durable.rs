@@ -9,9 +9,12 @@
 //! state and the unconsumed messages, which the actor handles, in their order, before
 //! anything new ([`recover`]).
 //!
+//! Its timers are kept in the store too, changed with the batch that changed them: what a
+//! handler scheduled or cancelled, and the firings it handled (`timers` says how).
+//!
 //! What is not covered yet: the messages a durable handler sends are not held in an outbox
 //! until its commit (they go out at once, so after a crash a replayed message may send them
-//! again), requests and publications are not stored, and timers are volatile.
+//! again), and requests and publications are not stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use courier_host_store::{Batch, Kind, Store, StoreError};
 use crate::mailbox::Envelope;
 use crate::registry::Entry;
 use crate::routing::{Refused, Router, release};
+use crate::timers::ActorTimers;
 
 /// What a durable component's actor and its senders share: the store, and until the actor
 /// first runs, what was recovered from it.
@@ -56,20 +60,28 @@ impl Durable {
     }
 
     /// Commit what the actor of `id` handled since its last commit: the positions in
-    /// `consumed` and its `state`, in one transaction. On success `consumed` is emptied; on
-    /// failure it is kept, to go with the next batch (until then a crash replays those
-    /// messages, which is what their state not being stored calls for).
+    /// `consumed`, its `state` and the changes to its `timers`, in one transaction. On
+    /// success `consumed` is emptied; on failure it is kept, to go with the next batch
+    /// (until then a crash replays those messages, which is what their state not being
+    /// stored calls for), and so are the timer changes.
     pub(crate) async fn commit(
         &self,
         id: &ComponentId,
         consumed: &mut Vec<u64>,
         state: Option<Bytes>,
+        timers: &ActorTimers,
     ) {
         let mut batch = Batch::new(id.to_string());
         batch.consumed = consumed.clone();
         batch.state = state;
+        let (changed, changes) = timers.changes();
+        batch.timers = changes;
         let started = Instant::now();
-        match self.store.commit(batch).await {
+        let committed = self.store.commit(batch).await;
+        if committed.is_err() {
+            timers.unsent(changed);
+        }
+        match committed {
             Ok(_) => {
                 consumed.clear();
                 self.commits.fetch_add(1, Ordering::Relaxed);

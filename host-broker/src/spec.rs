@@ -168,7 +168,9 @@ impl ComponentSpec {
 
     /// How many timers it may have pending at once ([`DEFAULT_MAX_TIMERS`] by default); a
     /// schedule beyond that is refused with `limit-reached`. 0 turns its timers off: every
-    /// schedule is refused with `disabled`.
+    /// schedule is refused with `disabled`. A durable component's limit is capped at what
+    /// the store keeps per actor
+    /// ([`MAX_TIMERS_PER_ACTOR`](courier_host_store::limits::MAX_TIMERS_PER_ACTOR)).
     pub fn max_timers(mut self, max_timers: u32) -> Self {
         self.max_timers = max_timers;
         self
@@ -186,6 +188,11 @@ impl ComponentSpec {
     /// neither what other hosts send nor publications are stored yet. Requests to it are
     /// answered as for any component and not stored; the state they change is committed with
     /// the batch.
+    ///
+    /// Its timers are kept in the store too, changed in the transaction of the batch that
+    /// changed them, and armed again at spawn: they survive a stop, a crash and a restart,
+    /// and end with [`Broker::remove`](crate::Broker::remove). A firing is at least once: a
+    /// crash after its handler ran and before its batch's commit fires it again.
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self

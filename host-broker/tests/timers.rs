@@ -1,9 +1,12 @@
 //! Timers: messages a component schedules to itself, driven through `timekeeper` and
 //! `ticker` from guest-examples. Every test asserts what happened, never how fast.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use courier_host_broker::{Broker, BrokerConfig, ComponentState, TIMER_SENDER_PREFIX};
+use courier_host_store::{RedbStore, Store, Timer as StoredTimer};
 use courier_test_support::guest_bytes;
 
 use crate::common::{SECOND, Setup, engine, load};
@@ -416,4 +419,248 @@ fn no_component_can_take_a_timers_sender_id() {
     assert_eq!(TIMER_SENDER_PREFIX, "timer:");
     assert!(courier_host_broker::check_id("timer:tick").is_err());
     assert!(courier_host_broker::check_id("timer").is_ok());
+}
+
+// Durable timers: a durable component's timers are kept in its store and come back with it.
+
+/// A broker on a fresh engine that keeps durable components in `store`.
+fn durable_setup(store: &Arc<dyn Store>) -> Setup {
+    let engine = engine();
+    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().store(store.clone()));
+    Setup { engine, broker }
+}
+
+/// Spawn `timekeeper` as the durable component `tk`.
+async fn durable_timekeeper(setup: &Setup) {
+    setup
+        .spawn(setup.spec("tk", "timekeeper").durable(true))
+        .await;
+}
+
+/// Run `run` as a host of its own on `store`, then kill that host: its runtime is dropped
+/// with every task still on it, so no actor ends, drains or commits after `run` returns.
+/// What survives is what the store held at that moment, as after a crash of the process.
+async fn crashed_host<T, F>(
+    store: &Arc<dyn Store>,
+    run: impl FnOnce(Arc<Setup>) -> F + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = T>,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let setup = Arc::new(durable_setup(&store));
+        let out = runtime.block_on(run(setup.clone()));
+        drop(runtime);
+        drop(setup);
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// Wait until the store holds timers of `tk` that `done` accepts, and return them.
+async fn stored_until(
+    store: &Arc<dyn Store>,
+    done: impl Fn(&[StoredTimer]) -> bool,
+) -> Vec<StoredTimer> {
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    loop {
+        let timers = store.timers("tk").await.unwrap();
+        if done(&timers) {
+            return timers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tk's stored timers after ten seconds: {timers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn names(timers: &[StoredTimer]) -> Vec<&str> {
+    timers.iter().map(|t| t.name.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_timer_fires_once_after_a_crash_and_never_before_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    let before = SystemTime::now();
+    crashed_host(&store, |setup| async move {
+        durable_timekeeper(&setup).await;
+        assert_eq!(setup.command("tk", "after:late:700:x").await, "ok");
+    })
+    .await;
+    // Kept with the batch that scheduled it, before the crash.
+    let kept = stored_until(&store, |t| !t.is_empty()).await;
+    assert_eq!(names(&kept), ["late"]);
+    assert_eq!(kept[0].period, None);
+    assert_eq!(&kept[0].payload[..], b"x");
+    assert!(
+        kept[0].due >= before + Duration::from_millis(700),
+        "{kept:?}"
+    );
+
+    let setup = durable_setup(&store);
+    durable_timekeeper(&setup).await;
+    assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 1);
+    let fired = setup.fired_at_least("tk", 1).await;
+    assert!(
+        SystemTime::now() >= before + Duration::from_millis(700),
+        "it fired before its time"
+    );
+    assert_eq!(
+        (fired[0].name.as_str(), fired[0].payload.as_str()),
+        ("late", "x")
+    );
+    // A one-shot timer is done once its firing is handled: gone from the store too.
+    stored_until(&store, <[StoredTimer]>::is_empty).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(setup.fired("tk").await.len(), 1, "it fired once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_timer_down_for_several_periods_fires_once_with_the_missed_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    crashed_host(&store, |setup| async move {
+        durable_timekeeper(&setup).await;
+        assert_eq!(setup.command("tk", "every:tick:100:p").await, "ok");
+    })
+    .await;
+    let kept = stored_until(&store, |t| !t.is_empty()).await;
+    assert_eq!(kept[0].period, Some(Duration::from_millis(100)));
+    // The host is down for at least eight periods past the stored deadline.
+    let down_until = kept[0].due + Duration::from_millis(800);
+    while SystemTime::now() < down_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let setup = durable_setup(&store);
+    durable_timekeeper(&setup).await;
+    let fired = setup.fired_at_least("tk", 3).await;
+    assert!(
+        fired[0].missed >= 7,
+        "the first message stands for the ticks missed while down: {fired:?}"
+    );
+    // Then back on its period: a message a tick, not a flood of the missed ones.
+    assert!(
+        fired[1..].iter().all(|r| r.missed <= 2),
+        "after the catch-up, ticks come one by one: {fired:?}"
+    );
+    let timers = setup.broker.metrics("tk").unwrap().timers;
+    assert!(timers.missed_ticks >= fired[0].missed, "{timers:?}");
+    // A handled tick moves the stored deadline on to the next one.
+    stored_until(&store, |t| t.len() == 1 && t[0].due > kept[0].due).await;
+    assert_eq!(setup.command("tk", "cancel:tick").await, "true");
+    stored_until(&store, <[StoredTimer]>::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_timer_cancelled_before_a_crash_never_fires_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    let kept = store.clone();
+    crashed_host(&store, |setup| async move {
+        durable_timekeeper(&setup).await;
+        assert_eq!(setup.command("tk", "after:gone:200:x").await, "ok");
+        assert_eq!(setup.command("tk", "every:gone-too:50:x").await, "ok");
+        assert_eq!(setup.command("tk", "after:kept:250:y").await, "ok");
+        assert_eq!(setup.command("tk", "cancel:gone").await, "true");
+        assert_eq!(setup.command("tk", "cancel:gone-too").await, "true");
+        // Wait for the commit of the cancels, not for a firing.
+        stored_until(&kept, |t| names(t) == ["kept"]).await;
+    })
+    .await;
+
+    let setup = durable_setup(&store);
+    durable_timekeeper(&setup).await;
+    let fired = setup.fired_at_least("tk", 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fired_later = setup.fired("tk").await;
+    assert_eq!(fired.len(), fired_later.len(), "{fired_later:?}");
+    assert!(
+        fired_later.iter().all(|r| r.name == "kept"),
+        "a cancelled timer fired after the crash: {fired_later:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_durable_component_keeps_its_timers_and_a_removed_one_forgets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    let setup = durable_setup(&store);
+    durable_timekeeper(&setup).await;
+    assert_eq!(setup.command("tk", "after:soon:150:x").await, "ok");
+    setup.broker.stop("tk").await.unwrap();
+    assert_eq!(names(&store.timers("tk").await.unwrap()), ["soon"]);
+    durable_timekeeper(&setup).await;
+    let fired = setup.fired_at_least("tk", 1).await;
+    assert_eq!(fired[0].name, "soon", "it came back with its component");
+
+    assert_eq!(setup.command("tk", "every:tick:20:x").await, "ok");
+    stored_until(&store, |t| names(t) == ["tick"]).await;
+    setup.broker.remove("tk").await.unwrap();
+    assert!(
+        store.timers("tk").await.unwrap().is_empty(),
+        "a removed component's timers end with it"
+    );
+    durable_timekeeper(&setup).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(setup.fired("tk").await.is_empty());
+    assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_components_timers_stay_stored_across_a_live_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    let setup = durable_setup(&store);
+    durable_timekeeper(&setup).await;
+    assert_eq!(setup.command("tk", "every:tick:20:x").await, "ok");
+    let ticker = load(&setup.engine, "ticker");
+    setup.broker.upgrade("tk", ticker).await.unwrap();
+    setup
+        .wait_until(|broker| broker.metrics("tk").unwrap().timers.fired >= 3)
+        .await;
+    let kept = stored_until(&store, |t| !t.is_empty()).await;
+    assert_eq!(names(&kept), ["tick"]);
+    assert_eq!(kept[0].period, Some(Duration::from_millis(20)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_timers_over_a_durable_components_limit_are_dropped_and_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    for name in ["a", "b", "c"] {
+        let timer = StoredTimer {
+            actor: "tk".into(),
+            name: name.into(),
+            due: SystemTime::now() + 3600 * SECOND,
+            period: None,
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        store.put_timer(timer).await.unwrap();
+    }
+    let setup = durable_setup(&store);
+    setup
+        .spawn(setup.spec("tk", "timekeeper").durable(true).max_timers(1))
+        .await;
+    assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 1);
+    // The next commit, after any handled message, forgets the ones it could not take.
+    assert_eq!(setup.command("tk", "cancel:none").await, "false");
+    let kept = stored_until(&store, |t| t.len() == 1).await;
+    assert_eq!(
+        setup
+            .command("tk", &format!("cancel:{}", kept[0].name))
+            .await,
+        "true"
+    );
+    stored_until(&store, <[StoredTimer]>::is_empty).await;
 }

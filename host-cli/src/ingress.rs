@@ -603,8 +603,9 @@ async fn restart(
     let broker = ingress.broker.clone();
     let restarted = tokio::spawn(async move {
         // Its record goes, with whatever it still held dead-lettered, and a fresh one starts.
+        // A stop, not a removal: a durable component keeps its stored timers across it.
         let id = spec.id().to_string();
-        let _ = broker.remove(&id).await;
+        let _ = broker.stop(&id).await;
         let started = broker.spawn(spec).await;
         drop(claim);
         started

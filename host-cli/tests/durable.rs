@@ -1,5 +1,5 @@
 //! Durable components under `courier run`: messages a run answered 202 for survive a
-//! SIGKILL, and a store another run holds is refused naming its file.
+//! SIGKILL, so do their timers, and a store another run holds is refused naming its file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,6 +140,88 @@ fn a_durable_counter_counts_every_202_across_a_sigkill() {
         components.contains("\"durable\":{\"commits\":"),
         "{components}"
     );
+    courier.terminate();
+    assert!(courier.wait(STOP_TIMEOUT).success());
+}
+
+#[test]
+fn a_durable_tickers_timer_ticks_on_after_a_sigkill_counting_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/courier-cli-test-cache");
+    let manifest = dir.path().join("courier.toml");
+    let text = format!(
+        r#"
+[runtime]
+cache_dir = "{cache}"
+drain = "1s"
+
+[[component]]
+id = "ticker"
+path = "{ticker}"
+durable = true
+"#,
+        cache = cache.display(),
+        ticker = guest_path("ticker").display(),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    // `ticker` answers a request with its ticks so far; its count is not part of a saved
+    // state, so a fresh instance counts from zero.
+    let ticks = |base: &str| {
+        let (status, body) = crate::run::post(
+            &client(),
+            &format!("{base}/components/ticker/requests"),
+            b"",
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        u64::from_le_bytes(body.try_into().unwrap())
+    };
+    let wait_for_a_tick = |base: &str| {
+        let started = Instant::now();
+        loop {
+            let ticks = ticks(base);
+            if ticks > 0 {
+                return ticks;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no tick in 20 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let mut courier = start(&manifest);
+    let base = format!("http://{}", courier.address());
+    // Its first message starts a timer of one second; the message is stored before the
+    // 202, and the timer with the batch that handles it.
+    let (status, _) = crate::run::post(
+        &client(),
+        &format!("{base}/components/ticker/messages"),
+        b"start",
+    );
+    assert_eq!(status, 202);
+    wait_for_a_tick(&base);
+    courier.kill();
+    // Down for more than two periods past any deadline the store can hold.
+    thread::sleep(Duration::from_millis(2500));
+
+    let mut courier = start(&manifest);
+    let base = format!("http://{}", courier.address());
+    // No message starts it this time: the stored timer does, at once, and its first message
+    // stands for the ticks that came due while the host was down.
+    let first = wait_for_a_tick(&base);
+    assert!(
+        first >= 2,
+        "the first tick after the restart counts the missed ones: {first}"
+    );
+    let started = Instant::now();
+    while ticks(&base) <= first {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "it stopped ticking after the catch-up"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
 }

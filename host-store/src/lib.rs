@@ -12,7 +12,7 @@ mod store;
 pub use crate::error::{Bound, StoreError};
 pub use crate::record::{
     Appended, Batch, Committed, DeadLetter, DeadLetters, Entry, Kind, Outgoing, Recovered,
-    StoreStats, StoredEntry, StoredOutgoing, Timer,
+    StoreStats, StoredEntry, StoredOutgoing, Timer, TimerChange,
 };
 pub use crate::redb::{FILE_NAME, RedbStore};
 pub use crate::store::{Store, StoreFuture};

@@ -172,6 +172,10 @@ pub struct Batch {
     pub produced: Vec<Outgoing>,
     /// Sequence numbers of its outbox entries now delivered, removed from the outbox.
     pub delivered: Vec<u64>,
+    /// Changes to its timers, applied in this order. A timer's firing and the state its
+    /// handler left are kept or lost together with them, as are the timers a handler
+    /// scheduled and the message it handled.
+    pub timers: Vec<TimerChange>,
 }
 
 impl Batch {
@@ -182,6 +186,16 @@ impl Batch {
             ..Batch::default()
         }
     }
+}
+
+/// A change to one of an actor's timers, committed with a [`Batch`] of that actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerChange {
+    /// Keep this timer, replacing the actor's timer of the same name. It is kept as the
+    /// batch's actor's: its [`Timer::actor`] is not read.
+    Put(Timer),
+    /// Remove the actor's timer of this name, if it has one.
+    Cancel(String),
 }
 
 /// What a commit assigned.
@@ -244,7 +258,8 @@ pub struct Timer {
     pub actor: String,
     /// Its name, unique per actor.
     pub name: String,
-    /// When it is next due (kept to the millisecond).
+    /// When it is next due: kept to the millisecond, rounded up, so a timer read back is
+    /// never due earlier than the one put.
     pub due: SystemTime,
     /// For a periodic timer, the time between ticks.
     pub period: Option<Duration>,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use courier_host_store::limits::{MAX_DEAD_LETTER_PAYLOAD_BYTES, MAX_DEAD_LETTERS};
 use courier_host_store::{
-    Appended, Batch, DeadLetter, Entry, Kind, Outgoing, RedbStore, Store, Timer,
+    Appended, Batch, DeadLetter, Entry, Kind, Outgoing, RedbStore, Store, Timer, TimerChange,
 };
 
 use crate::support::{entry, fresh, number};
@@ -299,6 +299,48 @@ async fn timers_are_put_replaced_listed_and_cancelled() {
     assert!(!store.cancel_timer("a", "once").await.unwrap());
     assert_eq!(store.timers("a").await.unwrap().len(), 1);
     assert_eq!(store.timers("b").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn timer_changes_commit_with_their_batch_and_its_state() {
+    let (store, dir) = fresh();
+    store.put_timer(timer("a", "once", None)).await.unwrap();
+    let stored = store.append(vec![entry("a", "s", 1)]).await.unwrap();
+    let mut batch = Batch::new("a");
+    batch.consumed.push(stored[0].position().unwrap());
+    batch.state = Some(Bytes::from_static(b"after"));
+    // The actor field of a timer in a batch is not read: the batch's actor owns it.
+    batch.timers = vec![
+        TimerChange::Put(timer("someone else", "tick", Some(Duration::from_secs(1)))),
+        TimerChange::Cancel("once".to_string()),
+        TimerChange::Cancel("never was".to_string()),
+    ];
+    store.commit(batch).await.unwrap();
+    drop(store);
+
+    let store = RedbStore::open_in_dir(dir.path()).unwrap();
+    let a = store.load("a").await.unwrap();
+    assert_eq!(a.state.as_deref(), Some(&b"after"[..]));
+    assert!(a.mailbox.is_empty());
+    let mut tick = timer("a", "tick", Some(Duration::from_secs(1)));
+    tick.payload = Bytes::from("someone else/tick");
+    assert_eq!(a.timers, vec![tick]);
+    assert!(store.timers("someone else").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_timer_is_never_read_back_earlier_than_it_was_put() {
+    let (store, _dir) = fresh();
+    let due = UNIX_EPOCH + Duration::from_nanos(1_900_000_000_123_000_001);
+    let mut early = timer("a", "t", None);
+    early.due = due;
+    store.put_timer(early).await.unwrap();
+    let kept = store.timers("a").await.unwrap();
+    assert!(kept[0].due >= due, "{:?} < {due:?}", kept[0].due);
+    assert_eq!(
+        kept[0].due,
+        UNIX_EPOCH + Duration::from_millis(1_900_000_000_124)
+    );
 }
 
 fn letter(n: usize, payload: Bytes) -> DeadLetter {

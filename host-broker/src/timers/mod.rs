@@ -12,8 +12,16 @@
 //! finds the firing gone and handles nothing. A periodic timer has at most one firing in the
 //! mailbox; ticks that come due meanwhile are counted when the firing is taken, not queued.
 //!
-//! These timers are volatile: they live in memory, with the component. A store that keeps
-//! them (durable timers) would key them by (component, name), as the table does.
+//! The table lives in memory, with the component. A durable component's timers are kept in
+//! its store too, keyed by (component, name) as in the table: the table notes which timers
+//! changed, and the actor's commit after each batch writes them as they are then, in the
+//! transaction that consumes the batch's messages and keeps its state. A firing counts as a
+//! change only once its handler has run, so the stored record moves on with the commit of
+//! the state that handler left, never before: a crash in between fires it again after the
+//! restart (at least once), and never early. At spawn the stored timers are put back in the
+//! table and armed; one due while the host was down rings at once, a periodic one once for
+//! all the ticks it missed. A stop keeps them in the store for the next spawn; a removal
+//! forgets them ([`forget_stored`]).
 //!
 //! Nothing here knows the registry or the actor: the table rings a [`Doorbell`], which the
 //! registry's entry implements, and the actor asks the table for a firing by its name.
@@ -23,6 +31,8 @@ mod wheel;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use courier_host_store::{Batch, Store, StoreError, TimerChange};
 
 use crate::metrics::LatencySummary;
 
@@ -46,6 +56,21 @@ pub const TIMER_SENDER_PREFIX: &str = "timer:";
 /// How soon a firing that found its component's mailbox full tries again. A full mailbox
 /// means a busy component, which would not take the firing sooner anyway.
 const RETRY_WHEN_FULL: Duration = Duration::from_millis(10);
+
+/// Forget every timer the store keeps for `actor`, in one transaction: a removed durable
+/// component's timers end with it.
+pub(crate) async fn forget_stored(store: &dyn Store, actor: &str) -> Result<(), StoreError> {
+    let stored = store.timers(actor).await?;
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new(actor);
+    batch.timers = stored
+        .into_iter()
+        .map(|timer| TimerChange::Cancel(timer.name))
+        .collect();
+    store.commit(batch).await.map(|_| ())
+}
 
 /// What ringing a component's mailbox did.
 pub(crate) enum Ring {

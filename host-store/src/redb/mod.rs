@@ -29,6 +29,7 @@ use crate::limits::{
 };
 use crate::record::{
     Appended, Batch, Committed, DeadLetter, DeadLetters, Entry, Recovered, StoreStats, Timer,
+    TimerChange,
 };
 use crate::store::{Store, StoreFuture};
 
@@ -379,6 +380,18 @@ impl Store for RedbStore {
                 return refused(err);
             }
             bytes += outgoing.payload.len();
+        }
+        for change in &batch.timers {
+            let checked = match change {
+                TimerChange::Put(timer) => self
+                    .check_id(&timer.name)
+                    .and_then(|()| self.check_payload(&timer.payload))
+                    .map(|()| bytes += timer.payload.len()),
+                TimerChange::Cancel(name) => self.check_id(name),
+            };
+            if let Err(err) = checked {
+                return refused(err);
+            }
         }
         let write = self.write(Op::Commit(batch), bytes);
         Box::pin(async move {

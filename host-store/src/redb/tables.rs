@@ -149,7 +149,7 @@ pub(crate) fn decode_dead_letter(value: &[u8]) -> Option<DeadLetter> {
 // payload. The actor and name are the key.
 pub(crate) fn encode_timer(timer: &Timer) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + timer.payload.len());
-    out.extend_from_slice(&millis(timer.due).to_le_bytes());
+    out.extend_from_slice(&millis_up(timer.due).to_le_bytes());
     out.push(u8::from(timer.period.is_some()));
     let period = timer.period.map_or(0, saturating_millis);
     out.extend_from_slice(&period.to_le_bytes());
@@ -174,6 +174,18 @@ pub(crate) fn decode_timer(actor: &str, name: &str, value: &[u8]) -> Option<Time
 /// Milliseconds since the epoch; a time before it is kept as the epoch.
 fn millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, saturating_millis)
+}
+
+/// Milliseconds since the epoch, rounded up: a deadline read back is never earlier than the
+/// one written. A time before the epoch is kept as the epoch.
+fn millis_up(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| {
+        let whole = saturating_millis(d);
+        match d.subsec_nanos() % 1_000_000 {
+            0 => whole,
+            _ => whole.saturating_add(1),
+        }
+    })
 }
 
 fn saturating_millis(d: Duration) -> u64 {

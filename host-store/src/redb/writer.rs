@@ -26,7 +26,7 @@ use super::tables::{
 };
 use crate::error::{Bound, StoreError};
 use crate::limits::{MAX_DEAD_LETTERS, MAX_QUEUED_BYTES, MAX_QUEUED_WRITES, MAX_TIMERS_PER_ACTOR};
-use crate::record::{Appended, Batch, Committed, DeadLetter, Entry, Timer};
+use crate::record::{Appended, Batch, Committed, DeadLetter, Entry, Timer, TimerChange};
 
 /// One write, as a caller asked for it.
 pub(crate) enum Op {
@@ -347,7 +347,7 @@ impl<'t> Tx<'t> {
             Op::Commit(batch) => self.commit(batch).map(Outcome::Committed),
             Op::Forget(actor) => self.forget(actor).map(|()| Outcome::Done),
             Op::DeadLetter(letter) => self.dead_letter(letter).map(|()| Outcome::Done),
-            Op::PutTimer(timer) => self.put_timer(timer).map(|()| Outcome::Done),
+            Op::PutTimer(timer) => self.put_timer(&timer.actor, timer).map(|()| Outcome::Done),
             Op::CancelTimer { actor, name } => {
                 self.cancel_timer(actor, name).map(Outcome::Cancelled)
             }
@@ -453,6 +453,14 @@ impl<'t> Tx<'t> {
             }
             self.value = value;
         }
+        for change in &batch.timers {
+            match change {
+                TimerChange::Put(timer) => self.put_timer(actor, timer)?,
+                TimerChange::Cancel(name) => {
+                    self.cancel_timer(actor, name)?;
+                }
+            }
+        }
         Ok(Committed { produced })
     }
 
@@ -503,10 +511,10 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
-    fn put_timer(&mut self, timer: &Timer) -> Result<(), StoreError> {
+    /// Keep `timer` as `actor`'s (a batch's timers are its actor's, whatever they say).
+    fn put_timer(&mut self, actor: &str, timer: &Timer) -> Result<(), StoreError> {
         let path = self.path;
         let write = |e| storage_error(path, "writing", e);
-        let actor = timer.actor.as_str();
         let after = tables::after(actor);
         let table = open!(self.timers, TIMERS);
         let replacing = table
