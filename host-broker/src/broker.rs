@@ -605,7 +605,9 @@ impl Broker {
             .remove(id)
             .ok_or_else(|| BrokerError::NotFound(id.into()))?;
         let store = entry.shared.durable.as_ref().map(|d| d.store.clone());
-        self.stop_entries(vec![entry]).await;
+        let entries = vec![entry];
+        let before = self.before_stopping(&entries);
+        self.stop_entries(entries, before).await;
         if let Some(store) = store {
             crate::timers::forget_stored(&*store, id)
                 .await
