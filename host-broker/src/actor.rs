@@ -252,6 +252,7 @@ impl Actor {
                 self.handled_since_commit = true;
                 self.consumed.extend(position);
             }
+            self.core().settle_outbox(&aftermath);
             let core = self.core();
             if let Some(aftermath) = aftermath
                 && let Some(end) = core.settle(aftermath).await
@@ -273,6 +274,11 @@ impl Actor {
             // counters the senders share) per batch rather than per message.
             let taken = std::mem::take(&mut self.taken);
             release(&self.shared, &self.counters, taken.messages, taken.bytes);
+            // A durable actor whose outbox is at its bound takes nothing new until it has
+            // room: its sends would be refused, and its senders are slowed down instead.
+            if !stopping && let Some(durable) = &self.shared.durable {
+                durable.outbox.wait_for_room().await;
+            }
             if stopping || self.take_batch().await? == 0 {
                 return Ok(None);
             }
@@ -347,7 +353,8 @@ impl Actor {
         let Some(durable) = &self.shared.durable else {
             return;
         };
-        if !self.handled_since_commit && self.consumed.is_empty() {
+        if !self.handled_since_commit && self.consumed.is_empty() && !durable.outbox.has_produced()
+        {
             return;
         }
         // A durable actor never lends its core, so it holds it here; were it away, the
@@ -462,6 +469,40 @@ impl Core {
             return self.save_checkpoint().await;
         }
         None
+    }
+
+    /// For a durable component, after a handler call: what the handler sent goes with the
+    /// next commit if it returned (a `save-state` that trapped after it returned included);
+    /// if it trapped or the shutdown cut it, its state does not keep what it did, so its
+    /// sends are dead-lettered with the reason (kept in the store only after a trap: a
+    /// message the shutdown cut is handled again at the next start, and sends them again).
+    fn settle_outbox(&self, aftermath: &Option<Aftermath>) {
+        let Some(durable) = &self.shared.durable else {
+            return;
+        };
+        let reason = match aftermath {
+            None | Some(Aftermath::SaveFailed(_)) => return durable.outbox.keep_handled(),
+            Some(Aftermath::Trapped(err)) => format!(
+                "its sender's handler trapped after sending it, so what that handler did is not kept: {err}"
+            ),
+            Some(Aftermath::Ended(end)) => format!(
+                "its sender's handler did not finish ({}); the message it handled is handled again at the next start",
+                match end {
+                    End::Stopped(r) | End::Failed(r) => r,
+                }
+            ),
+        };
+        let store = matches!(aftermath, Some(Aftermath::Trapped(_))).then_some(&durable.store);
+        for outgoing in durable.outbox.discard_handled() {
+            crate::outbox::dead_letter(
+                &self.counters,
+                &self.dead_letters,
+                &self.shared.id,
+                &outgoing,
+                &reason,
+                store,
+            );
+        }
     }
 
     /// Deal with what a call left: replace a trapped instance as the supervision says.
@@ -797,17 +838,27 @@ impl Core {
             End::Failed(r) => format!("component failed: {r}"),
         };
         let reason = match envelope.position() {
-            Some(_) => format!(
-                "{reason}; it stays stored and is handled when the component is spawned again on the same store"
-            ),
+            // Not dead for good, so not kept in the store's dead letters.
+            Some(_) => {
+                let reason = format!(
+                    "{reason}; it stays stored and is handled when the component is spawned again on the same store"
+                );
+                return self.record_dead_letter(envelope, &reason, false);
+            }
             None => reason,
         };
         self.dead_letter(envelope, &reason);
     }
 
-    /// Put `envelope` in the dead-letter record with `reason`; a requester hears the reason
-    /// as `target-crashed`.
+    /// Put `envelope` in the dead-letter record with `reason`, and in the store's if the
+    /// component is durable; a requester hears the reason as `target-crashed`.
     fn dead_letter(&self, envelope: Envelope, reason: &str) {
+        self.record_dead_letter(envelope, reason, true)
+    }
+
+    /// [`dead_letter`](Self::dead_letter), kept in a durable component's store only if
+    /// `keep`.
+    fn record_dead_letter(&self, envelope: Envelope, reason: &str, keep: bool) {
         let (sender, kind, payload, reply) = match envelope {
             Envelope::Message {
                 sender, payload, ..
@@ -823,8 +874,12 @@ impl Core {
         };
         bump(&self.shared.metrics.dead_lettered);
         bump(&self.counters.dead_lettered);
-        self.dead_letters
-            .record(sender, self.shared.id.clone(), kind, &payload, reason);
+        let letter =
+            self.dead_letters
+                .record(sender, self.shared.id.clone(), kind, &payload, reason);
+        if keep && let Some(durable) = &self.shared.durable {
+            crate::durable::keep_dead_letter(&durable.store, &letter);
+        }
         if let Some(reply) = reply {
             let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
         }

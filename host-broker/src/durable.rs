@@ -19,16 +19,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
-use courier_host_store::{Batch, Kind, Store, StoreError};
+use courier_host_store::{Appended, Batch, Kind, Store, StoreError, StoredOutgoing};
 
+use crate::dead_letter::{DeadLetter, MessageKind};
 use crate::mailbox::Envelope;
+use crate::outbox::Outbox;
 use crate::registry::Entry;
-use crate::routing::{Refused, Router, release};
+use crate::routing::{Refused, Router, Stored, release};
 
 /// What a durable component's actor and its senders share: the store, and until the actor
 /// first runs, what was recovered from it.
 pub(crate) struct Durable {
     pub(crate) store: Arc<dyn Store>,
+    /// What its handlers sent, until it is committed and dispatched.
+    pub(crate) outbox: Arc<Outbox>,
     /// The stored messages a spawn found unconsumed, in order, for the actor to take before
     /// its mailbox.
     recovered: Mutex<Vec<Envelope>>,
@@ -40,9 +44,14 @@ pub(crate) struct Durable {
 }
 
 impl Durable {
-    pub(crate) fn new(store: Arc<dyn Store>, recovered: Vec<Envelope>) -> Durable {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        recovered: Vec<Envelope>,
+        outbox: Arc<Outbox>,
+    ) -> Durable {
         Durable {
             store,
+            outbox,
             recovered: Mutex::new(recovered),
             commits: AtomicU64::new(0),
             commit_nanos: AtomicU64::new(0),
@@ -56,9 +65,10 @@ impl Durable {
     }
 
     /// Commit what the actor of `id` handled since its last commit: the positions in
-    /// `consumed` and its `state`, in one transaction. On success `consumed` is emptied; on
-    /// failure it is kept, to go with the next batch (until then a crash replays those
-    /// messages, which is what their state not being stored calls for).
+    /// `consumed`, its `state` and what its handlers sent (its outbox's produced entries),
+    /// in one transaction. On success `consumed` is emptied and the sends go to the
+    /// dispatcher; on failure both are kept, to go with the next batch (until then a crash
+    /// replays those messages, which sends them again: none has left yet).
     pub(crate) async fn commit(
         &self,
         id: &ComponentId,
@@ -68,10 +78,12 @@ impl Durable {
         let mut batch = Batch::new(id.to_string());
         batch.consumed = consumed.clone();
         batch.state = state;
+        batch.produced = self.outbox.produced();
         let started = Instant::now();
         match self.store.commit(batch).await {
-            Ok(_) => {
+            Ok(committed) => {
                 consumed.clear();
+                self.outbox.committed(&committed.produced);
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
                 self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -93,13 +105,10 @@ impl Durable {
     }
 }
 
-/// What the store holds of the durable component `id`: its last committed state and its
+/// What the store holds of the durable component `id`: its last committed state, its
 /// unconsumed messages, in the order they were stored, as envelopes that name their
-/// positions.
-pub(crate) async fn recover(
-    store: &dyn Store,
-    id: &ComponentId,
-) -> Result<(Option<Bytes>, Vec<Envelope>), StoreError> {
+/// positions, and its undelivered outbox, in the order it was sent.
+pub(crate) async fn recover(store: &dyn Store, id: &ComponentId) -> Result<Recovery, StoreError> {
     let recovered = store.load(id).await?;
     let mailbox = recovered
         .mailbox
@@ -110,7 +119,58 @@ pub(crate) async fn recover(
             position: Some(entry.position),
         })
         .collect();
-    Ok((recovered.state, mailbox))
+    Ok((recovered.state, mailbox, recovered.outbox))
+}
+
+/// What [`recover`] found: state, unconsumed messages, undelivered outbox.
+pub(crate) type Recovery = (Option<Bytes>, Vec<Envelope>, Vec<StoredOutgoing>);
+
+/// Keep `letter`, a dead letter of a durable component, in `store`, so it is still listed
+/// after a restart. Written on its own task: whoever dead-letters does not wait on the
+/// disk, and a store that refuses it loses only the record, which is logged.
+pub(crate) fn keep_dead_letter(store: &Arc<dyn Store>, letter: &DeadLetter) {
+    let kept = courier_host_store::DeadLetter {
+        sender: letter.sender.to_string(),
+        target: letter.target.to_string(),
+        kind: match letter.kind {
+            MessageKind::Message => Kind::Message,
+            MessageKind::Request => Kind::Request,
+        },
+        payload: Bytes::copy_from_slice(&letter.payload),
+        payload_len: letter.payload_len as u64,
+        reason: letter.reason.clone(),
+        at: letter.at,
+    };
+    let written = store.dead_letter(kept);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(err) = written.await {
+            tracing::warn!(error = %err, "a dead letter of a durable component was not kept in the store");
+        }
+    });
+}
+
+/// The dead letters `store` keeps, oldest first, as the broker lists them.
+pub(crate) async fn kept_dead_letters(store: &dyn Store) -> Result<Vec<DeadLetter>, StoreError> {
+    let kept = store.dead_letters().await?;
+    Ok(kept
+        .letters
+        .into_iter()
+        .map(|letter| DeadLetter {
+            sender: letter.sender.into(),
+            target: letter.target.into(),
+            kind: match letter.kind {
+                Kind::Request => MessageKind::Request,
+                Kind::Message | Kind::Publication => MessageKind::Message,
+            },
+            payload: letter.payload.to_vec(),
+            payload_len: letter.payload_len as usize,
+            reason: letter.reason,
+            at: letter.at,
+        })
+        .collect())
 }
 
 /// The error of a send that cannot wait (`Broker::send`) to a durable component, which
@@ -134,11 +194,8 @@ pub(crate) fn storage_error(target: &ComponentId, err: &StoreError) -> Messaging
 }
 
 impl Router {
-    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it:
-    /// room in the mailbox is taken first, so nothing is stored that would then be refused;
-    /// the store's answer decides; and only a stored message goes in, naming its position.
-    /// Whatever is refused is counted so and handed back. The message was already counted
-    /// sent and admitted.
+    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it,
+    /// as [`store_and_enqueue`](Self::store_and_enqueue) does, counting a refusal.
     pub(crate) async fn store_then_enqueue(
         self: Arc<Router>,
         entry: Arc<Entry>,
@@ -146,6 +203,28 @@ impl Router {
         envelope: Envelope,
         wait: Option<Duration>,
     ) -> Result<(), Refused> {
+        let counted = self.clone();
+        let target = entry.clone();
+        self.store_and_enqueue(entry, store, envelope, wait, None)
+            .await
+            .map(|_| ())
+            .inspect_err(|_| counted.refused(Some(&target)))
+    }
+
+    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it:
+    /// room in the mailbox is taken first, so nothing is stored that would then be refused;
+    /// the store's answer decides; and only a stored message goes in, naming its position.
+    /// `seq` is its durable sender's sequence number, if it comes from an outbox: a message
+    /// the store already holds is then not stored or queued again. Whatever is refused is
+    /// handed back (the caller counts it). The message was already counted sent.
+    pub(crate) async fn store_and_enqueue(
+        self: Arc<Router>,
+        entry: Arc<Entry>,
+        store: Arc<dyn Store>,
+        envelope: Envelope,
+        wait: Option<Duration>,
+        seq: Option<u64>,
+    ) -> Result<Stored, Refused> {
         let reserved = match wait {
             None => entry.try_reserve(),
             Some(wait) => match tokio::time::timeout(wait, entry.reserve()).await {
@@ -157,7 +236,6 @@ impl Router {
         let permit = match reserved {
             Ok(permit) => permit,
             Err(full) => {
-                self.refused(Some(&entry));
                 let error = if full {
                     MessagingError::MailboxFull(entry.shared.id.to_string())
                 } else {
@@ -166,9 +244,7 @@ impl Router {
                 return Err(Refused { error, envelope });
             }
         };
-        let envelope = self
-            .charge(&entry, envelope)
-            .inspect_err(|_| self.refused(Some(&entry)))?;
+        let envelope = self.charge(&entry, envelope)?;
         let len = envelope.payload().len() as u64;
         let Envelope::Message {
             sender, payload, ..
@@ -176,31 +252,29 @@ impl Router {
         else {
             unreachable!("only messages are stored")
         };
-        let record = courier_host_store::Entry::new(
-            entry.shared.id.to_string(),
-            sender.to_string(),
-            Kind::Message,
-            payload.clone(),
-        );
+        let record = crate::outbox::stored_entry(&entry.shared.id, &sender, payload.clone(), seq);
         let stored = store.append(vec![record]).await;
-        let position = match stored.as_deref() {
-            Ok([appended]) => appended.position(),
-            Ok(_) => None,
-            Err(_) => None,
+        let appended = match stored.as_deref() {
+            Ok([appended]) => Some(*appended),
+            _ => None,
         };
-        match (stored, position) {
-            (Ok(_), Some(position)) => {
+        match (stored, appended) {
+            (Ok(_), Some(Appended::Stored { position })) => {
                 permit.send(Envelope::Message {
                     sender,
                     payload,
                     position: Some(position),
                 });
-                Ok(())
+                Ok(Stored::Queued)
+            }
+            (Ok(_), Some(Appended::Duplicate)) if seq.is_some() => {
+                drop(permit);
+                release(&entry.shared, &self.counters, 1, len);
+                Ok(Stored::Duplicate)
             }
             (stored, _) => {
                 drop(permit);
                 release(&entry.shared, &self.counters, 1, len);
-                self.refused(Some(&entry));
                 let error = match stored {
                     Err(err) => storage_error(&entry.shared.id, &err),
                     // An entry without a sequence number is never a duplicate, and one

@@ -46,6 +46,7 @@ mod handoff;
 mod mailbox;
 mod messaging;
 mod metrics;
+mod outbox;
 mod registry;
 mod remote;
 mod request;
@@ -67,6 +68,7 @@ pub use dead_letter::{
 pub use error::{BrokerError, SendError, check_id};
 pub use handle::ComponentHandle;
 pub use metrics::{Accounting, LatencySummary};
+pub use outbox::{MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES};
 pub use registry::ComponentState;
 pub use remote::{Exposure, Remote, RemoteAnswer, RemoteMessage, RemoteRefusal, Served};
 pub use routing::MAX_NAME_BYTES;

@@ -83,6 +83,15 @@ impl RouteCache {
     }
 }
 
+/// What became of a message for a durable target that its store did not refuse.
+pub(crate) enum Stored {
+    /// Stored and in the target's mailbox.
+    Queued,
+    /// The target's store already held it (its sender's sequence number said so): nothing
+    /// was stored or queued again.
+    Duplicate,
+}
+
 /// What [`Router::route_or_store`] did with a message it did not refuse.
 pub(crate) enum Routed {
     /// It is in the target's mailbox (or on its way to another host).
@@ -135,7 +144,7 @@ impl Router {
     ///
     /// The capability comes before anything else about the target, so a denied sender
     /// learns nothing about which ids exist.
-    fn check_sender(
+    pub(crate) fn check_sender(
         &self,
         name: &str,
         payload_len: usize,
@@ -237,7 +246,7 @@ impl Router {
     }
 
     /// Put `envelope` in `entry`'s mailbox, waiting up to `wait` for room.
-    async fn enqueue_waiting(
+    pub(crate) async fn enqueue_waiting(
         &self,
         entry: &Entry,
         envelope: Envelope,
