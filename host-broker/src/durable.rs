@@ -3,15 +3,25 @@
 //! A durable component's messages are appended to the store before their sender hears `Ok`
 //! ([`Router::store_then_enqueue`]), so "accepted" means "stored". Its actor saves its state
 //! after every message it handles and commits, once per batch, the positions of the stored
-//! messages it handled together with that state, in one transaction
-//! ([`Durable::commit`]). A crash therefore replays, on top of the last committed state,
-//! exactly the stored messages that state does not include. At spawn the broker loads that
-//! state and the unconsumed messages, which the actor handles, in their order, before
-//! anything new ([`recover`]).
+//! messages it handled together with that state and what its handlers sent, in one
+//! transaction ([`Durable::commit`]). A crash therefore replays, on top of the last
+//! committed state, exactly the stored messages that state does not include, and none of
+//! their sends has left. At spawn the broker loads that state and the unconsumed messages,
+//! which the actor handles, in their order, before anything new, and the outbox's
+//! undelivered entries, which go again before anything new ([`recover`]).
 //!
-//! What is not covered yet: the messages a durable handler sends are not held in an outbox
-//! until its commit (they go out at once, so after a crash a replayed message may send them
-//! again), requests and publications are not stored, and timers are volatile.
+//! What the handlers send waits in the component's outbox (`outbox`) until that commit,
+//! then goes out in order, each message to a durable target carrying the sender's
+//! sequence number so that the target's store drops one it already holds
+//! ([`Router::store_and_enqueue`]). Dead letters of durable components are kept in the
+//! store too ([`keep_dead_letter`]) and listed again after a restart.
+//!
+//! What is not covered: requests a durable handler makes go at once (they need their answer
+//! during the handler), so a replayed message asks again; sends to components that are not
+//! durable, publications and messages to other hosts are at least once (a crash between
+//! sending and marking one delivered sends it again, and nothing there drops it); requests
+//! to a durable component and messages from other hosts are not stored; timers are
+//! volatile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

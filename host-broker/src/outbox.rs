@@ -44,9 +44,11 @@ use crate::routing::{Access, RouteCache, Router, Stored, Target};
 pub const MAX_OUTBOX_MESSAGES: usize = 1024;
 
 /// How many payload bytes a durable component's outbox holds before its sends are refused
-/// and its actor stops taking messages: the default mailbox's bound (`DEFAULT_MAILBOX_BYTES`)
-/// four times over, so one slow target can hold a few mailboxes' worth and no more.
-pub const MAX_OUTBOX_BYTES: u64 = 4 * crate::spec::DEFAULT_MAILBOX_BYTES;
+/// and its actor stops taking messages: the store's largest payload
+/// ([`MAX_PAYLOAD_BYTES`](courier_host_store::limits::MAX_PAYLOAD_BYTES), four of the
+/// broker's default largest messages), so one message that the store takes always fits in
+/// an empty outbox, and a stalled target holds that much memory per durable sender.
+pub const MAX_OUTBOX_BYTES: u64 = courier_host_store::limits::MAX_PAYLOAD_BYTES as u64;
 
 /// How long an entry waits for room in a full mailbox before the dispatcher looks again
 /// whether the broker and the sender are still there.
@@ -108,10 +110,15 @@ impl Outbox {
     }
 
     /// Hold `outgoing`, sent by the handler that runs now; `mailbox-full` naming its
-    /// destination if the outbox is at its bound.
+    /// destination if the outbox is at its bound, `payload-too-large` if it is larger than
+    /// the store keeps.
     fn hold(&self, outgoing: Outgoing) -> Result<(), MessagingError> {
-        let mut inner = self.inner();
         let len = outgoing.payload.len() as u64;
+        // The store would refuse its commit, and with it the whole batch, again and again.
+        if len > MAX_OUTBOX_BYTES {
+            return Err(MessagingError::PayloadTooLarge(MAX_OUTBOX_BYTES));
+        }
+        let mut inner = self.inner();
         if inner.messages >= MAX_OUTBOX_MESSAGES || inner.bytes + len > MAX_OUTBOX_BYTES {
             return Err(MessagingError::MailboxFull(outgoing.destination));
         }
