@@ -235,6 +235,7 @@ impl Actor {
                 }
                 envelope => (envelope, false),
             };
+            self.wait_for_outbox().await;
             let core = self.core();
             if core.shared.past_drain_deadline() {
                 core.dead_letter(envelope, "the shutdown deadline passed before delivery");
@@ -274,11 +275,6 @@ impl Actor {
             // counters the senders share) per batch rather than per message.
             let taken = std::mem::take(&mut self.taken);
             release(&self.shared, &self.counters, taken.messages, taken.bytes);
-            // A durable actor whose outbox is at its bound takes nothing new until it has
-            // room: its sends would be refused, and its senders are slowed down instead.
-            if !stopping && let Some(durable) = &self.shared.durable {
-                durable.outbox.wait_for_room().await;
-            }
             if stopping || self.take_batch().await? == 0 {
                 return Ok(None);
             }
@@ -344,6 +340,29 @@ impl Actor {
             Some(aftermath) => core.settle(aftermath).await.map_or(Ok(()), Err),
             None => Ok(()),
         }
+    }
+
+    /// For a durable component whose outbox holds half its bound or more: commit what it
+    /// handled so far (its sends can leave only once committed), then wait until the outbox
+    /// drains below half. Its mailbox fills meanwhile, so its own senders are slowed down
+    /// rather than its sends refused or the host's memory grown.
+    async fn wait_for_outbox(&mut self) {
+        let Some(durable) = &self.shared.durable else {
+            return;
+        };
+        if !durable.outbox.needs_draining() {
+            return;
+        }
+        let outbox = durable.outbox.clone();
+        self.commit().await;
+        // A commit the store refused keeps the sends, which cannot leave before one is
+        // taken: try again, unless a shutdown is under way, which leaves them to the final
+        // commit.
+        while outbox.has_produced() && !self.shared.is_draining() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.commit().await;
+        }
+        outbox.wait_for_room().await;
     }
 
     /// For a durable component that handled anything since its last commit: commit the

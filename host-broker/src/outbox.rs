@@ -16,9 +16,10 @@
 //! An entry that meets a full mailbox waits and is tried again, in order: nothing behind it
 //! overtakes it, so a target sees one sender's messages in the order they were sent. An
 //! outbox at its bound ([`MAX_OUTBOX_MESSAGES`], [`MAX_OUTBOX_BYTES`]) refuses its
-//! component's sends with `mailbox-full`, and its actor takes no new message until the
-//! outbox is below it again: a slow target slows its durable senders down rather than
-//! growing the host's memory.
+//! component's sends with `mailbox-full`; one at half its bound or more has its actor
+//! commit what it handled and take no further message until the outbox is below half
+//! again, so a handler always has half the bound to send in: a slow target slows its
+//! durable senders down rather than growing the host's memory.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,14 +38,16 @@ use crate::registry::ActorShared;
 use crate::routing::{Access, RouteCache, Router, Stored, Target};
 
 /// How many messages and publications a durable component's outbox holds, sent and not yet
-/// dispatched, before its sends are refused and its actor stops taking messages.
+/// dispatched, before its sends are refused; at half of it, its actor stops taking
+/// messages until it drains.
 ///
 /// Sixteen batches of 64 messages that each send one: enough that a target keeping up never
 /// stalls its sender, few enough that a stalled target holds a bounded part of memory.
 pub const MAX_OUTBOX_MESSAGES: usize = 1024;
 
 /// How many payload bytes a durable component's outbox holds before its sends are refused
-/// and its actor stops taking messages: the store's largest payload
+/// (at half of it, its actor stops taking messages until it drains): the store's largest
+/// payload
 /// ([`MAX_PAYLOAD_BYTES`](courier_host_store::limits::MAX_PAYLOAD_BYTES), four of the
 /// broker's default largest messages), so one message that the store takes always fits in
 /// an empty outbox, and a stalled target holds that much memory per durable sender.
@@ -187,17 +190,20 @@ impl Outbox {
         self.inner().messages > 0 && !self.dispatcher_ended.load(Ordering::Acquire)
     }
 
-    /// Whether the outbox is at its bound, so its actor should take no new message.
-    fn is_full(&self) -> bool {
+    /// Whether the outbox holds half its bound or more, in messages or bytes: its actor
+    /// then handles nothing more until it drains below, so every handler it calls has at
+    /// least half the bound to send in, and only one that sends more than that in one call
+    /// is refused.
+    pub(crate) fn needs_draining(&self) -> bool {
         let inner = self.inner();
-        inner.messages >= MAX_OUTBOX_MESSAGES || inner.bytes >= MAX_OUTBOX_BYTES
+        inner.messages >= MAX_OUTBOX_MESSAGES / 2 || inner.bytes >= MAX_OUTBOX_BYTES / 2
     }
 
-    /// Wait until the outbox is below its bound, or nothing will drain it.
+    /// Wait until the outbox is below half its bound, or nothing will drain it.
     pub(crate) async fn wait_for_room(&self) {
         loop {
             let drained = self.drained.notified();
-            if !self.is_full() || self.dispatcher_ended.load(Ordering::Acquire) {
+            if !self.needs_draining() || self.dispatcher_ended.load(Ordering::Acquire) {
                 return;
             }
             // Bounded, so an actor never misses the dispatcher's end for long.
