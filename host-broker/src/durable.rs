@@ -12,9 +12,9 @@
 //!
 //! What the handlers send waits in the component's outbox (`outbox`) until that commit,
 //! then goes out in order, each message to a durable target carrying the sender's
-//! sequence number so that the target's store drops one it already holds
-//! ([`Router::store_and_enqueue`]). Dead letters of durable components are kept in the
-//! store too ([`keep_dead_letter`]) and listed again after a restart.
+//! sequence number so that the target's store drops one it already holds. Dead letters of
+//! durable components are kept in the store too ([`keep_dead_letter`]) and listed again
+//! after a restart.
 //!
 //! What is not covered: requests a durable handler makes go at once (they need their answer
 //! during the handler), so a replayed message asks again; sends to components that are not
@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
-use courier_host_store::{Appended, Batch, Kind, Store, StoreError, StoredOutgoing};
+use courier_host_store::{Batch, Kind, Store, StoreError, StoredOutgoing};
 
 use crate::dead_letter::{DeadLetter, MessageKind};
 use crate::mailbox::Envelope;
 use crate::outbox::Outbox;
 use crate::registry::Entry;
-use crate::routing::{Refused, Router, Stored, release};
+use crate::routing::{Refused, Router, release};
 
 /// What a durable component's actor and its senders share: the store, and until the actor
 /// first runs, what was recovered from it.
@@ -204,8 +204,11 @@ pub(crate) fn storage_error(target: &ComponentId, err: &StoreError) -> Messaging
 }
 
 impl Router {
-    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it,
-    /// as [`store_and_enqueue`](Self::store_and_enqueue) does, counting a refusal.
+    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it:
+    /// room in the mailbox is taken first, so nothing is stored that would then be refused;
+    /// the store's answer decides; and only a stored message goes in, naming its position.
+    /// Whatever is refused is counted so and handed back. The message was already counted
+    /// sent and admitted.
     pub(crate) async fn store_then_enqueue(
         self: Arc<Router>,
         entry: Arc<Entry>,
@@ -213,28 +216,6 @@ impl Router {
         envelope: Envelope,
         wait: Option<Duration>,
     ) -> Result<(), Refused> {
-        let counted = self.clone();
-        let target = entry.clone();
-        self.store_and_enqueue(entry, store, envelope, wait, None)
-            .await
-            .map(|_| ())
-            .inspect_err(|_| counted.refused(Some(&target)))
-    }
-
-    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it:
-    /// room in the mailbox is taken first, so nothing is stored that would then be refused;
-    /// the store's answer decides; and only a stored message goes in, naming its position.
-    /// `seq` is its durable sender's sequence number, if it comes from an outbox: a message
-    /// the store already holds is then not stored or queued again. Whatever is refused is
-    /// handed back (the caller counts it). The message was already counted sent.
-    pub(crate) async fn store_and_enqueue(
-        self: Arc<Router>,
-        entry: Arc<Entry>,
-        store: Arc<dyn Store>,
-        envelope: Envelope,
-        wait: Option<Duration>,
-        seq: Option<u64>,
-    ) -> Result<Stored, Refused> {
         let reserved = match wait {
             None => entry.try_reserve(),
             Some(wait) => match tokio::time::timeout(wait, entry.reserve()).await {
@@ -246,6 +227,7 @@ impl Router {
         let permit = match reserved {
             Ok(permit) => permit,
             Err(full) => {
+                self.refused(Some(&entry));
                 let error = if full {
                     MessagingError::MailboxFull(entry.shared.id.to_string())
                 } else {
@@ -254,7 +236,9 @@ impl Router {
                 return Err(Refused { error, envelope });
             }
         };
-        let envelope = self.charge(&entry, envelope)?;
+        let envelope = self
+            .charge(&entry, envelope)
+            .inspect_err(|_| self.refused(Some(&entry)))?;
         let len = envelope.payload().len() as u64;
         let Envelope::Message {
             sender, payload, ..
@@ -262,29 +246,31 @@ impl Router {
         else {
             unreachable!("only messages are stored")
         };
-        let record = crate::outbox::stored_entry(&entry.shared.id, &sender, payload.clone(), seq);
+        let record = courier_host_store::Entry::new(
+            entry.shared.id.to_string(),
+            sender.to_string(),
+            Kind::Message,
+            payload.clone(),
+        );
         let stored = store.append(vec![record]).await;
-        let appended = match stored.as_deref() {
-            Ok([appended]) => Some(*appended),
-            _ => None,
+        let position = match stored.as_deref() {
+            Ok([appended]) => appended.position(),
+            Ok(_) => None,
+            Err(_) => None,
         };
-        match (stored, appended) {
-            (Ok(_), Some(Appended::Stored { position })) => {
+        match (stored, position) {
+            (Ok(_), Some(position)) => {
                 permit.send(Envelope::Message {
                     sender,
                     payload,
                     position: Some(position),
                 });
-                Ok(Stored::Queued)
-            }
-            (Ok(_), Some(Appended::Duplicate)) if seq.is_some() => {
-                drop(permit);
-                release(&entry.shared, &self.counters, 1, len);
-                Ok(Stored::Duplicate)
+                Ok(())
             }
             (stored, _) => {
                 drop(permit);
                 release(&entry.shared, &self.counters, 1, len);
+                self.refused(Some(&entry));
                 let error = match stored {
                     Err(err) => storage_error(&entry.shared.id, &err),
                     // An entry without a sequence number is never a duplicate, and one

@@ -28,14 +28,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
-use courier_host_store::{Batch, Entry, Kind, Outgoing, Store, StoredOutgoing};
+use courier_host_store::{Appended, Batch, Entry, Kind, Outgoing, Store, StoredOutgoing};
 use tokio::sync::Notify;
 
 use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::ActorShared;
-use crate::routing::{Access, RouteCache, Router, Stored, Target};
+use crate::routing::{Access, RouteCache, Router, Target, release};
 
 /// How many messages and publications a durable component's outbox holds, sent and not yet
 /// dispatched, before its sends are refused; at half of it, its actor stops taking
@@ -235,6 +235,28 @@ impl Outbox {
         self.drained.notify_waiters();
     }
 
+    /// The committed messages at the front of the queue that go to `target`, in order, at
+    /// most `max`.
+    fn run_to(&self, target: &str, max: usize) -> Vec<StoredOutgoing> {
+        self.inner()
+            .queue
+            .iter()
+            .take(max)
+            .take_while(|entry| entry.kind == Kind::Message && entry.destination == target)
+            .cloned()
+            .collect()
+    }
+
+    /// The sequence numbers and payload lengths of the first `n` committed entries.
+    fn front(&self, n: usize) -> Vec<(u64, usize)> {
+        self.inner()
+            .queue
+            .iter()
+            .take(n)
+            .map(|entry| (entry.seq, entry.payload.len()))
+            .collect()
+    }
+
     fn queue_is_empty(&self) -> bool {
         self.inner().queue.is_empty()
     }
@@ -282,6 +304,9 @@ impl Router {
 enum Dispatched {
     /// Queued, appended, published, or found already held: it is done.
     Done,
+    /// It and the entries after it up to this many in all (a run to one durable target,
+    /// appended together) are done.
+    Run(usize),
     /// It will never be delivered: dead-lettered with this reason.
     Dead(String),
     /// Not now (a full mailbox, a store that refused, a target not spawned yet): try it
@@ -312,11 +337,16 @@ pub(crate) async fn dispatch(
         }
         let len = entry.payload.len();
         let seq = entry.seq;
-        match try_dispatch(&router, &outbox.id, &entry, &mut unknown_since).await {
+        match try_dispatch(&router, &outbox, &entry, &mut unknown_since).await {
             Dispatched::Done => {
-                unknown_since = None;
                 backoff = Duration::from_millis(10);
                 outbox.done(seq, len);
+            }
+            Dispatched::Run(n) => {
+                backoff = Duration::from_millis(10);
+                for (seq, len) in outbox.front(n) {
+                    outbox.done(seq, len);
+                }
             }
             Dispatched::Dead(reason) => {
                 unknown_since = None;
@@ -370,10 +400,11 @@ async fn mark_delivered(outbox: &Outbox, store: &dyn Store) {
 /// Try the outbox entry `entry` of `sender` once.
 async fn try_dispatch(
     router: &Arc<Router>,
-    sender: &ComponentId,
+    outbox: &Outbox,
     entry: &StoredOutgoing,
     unknown_since: &mut Option<Instant>,
 ) -> Dispatched {
+    let sender = &outbox.id;
     if router.is_shutting_down() {
         return Dispatched::Stop;
     }
@@ -409,34 +440,24 @@ async fn try_dispatch(
     if target_entry.shared.is_closed() {
         return Dispatched::Dead(crate::routing::closed_error(&target_entry).to_string());
     }
+    // It would wait for room that no empty mailbox has.
+    if entry.payload.len() as u64 > target_entry.shared.mailbox_bytes {
+        return Dispatched::Dead(format!(
+            "its {} bytes are more than the mailbox of `{target}` holds ({} bytes)",
+            entry.payload.len(),
+            target_entry.shared.mailbox_bytes
+        ));
+    }
+    if let Some(durable) = target_entry.shared.durable.as_ref() {
+        let run = outbox.run_to(target, MAX_RUN);
+        return append_run(router, sender, &target_entry, &durable.store, &run).await;
+    }
     let envelope = Envelope::message(sender.clone(), entry.payload.clone());
-    let answer = match target_entry.shared.durable.as_ref() {
-        Some(durable) => {
-            let store = durable.store.clone();
-            router
-                .clone()
-                .store_and_enqueue(
-                    target_entry,
-                    store,
-                    envelope,
-                    Some(RETRY_WAIT),
-                    Some(entry.seq),
-                )
-                .await
-        }
-        None => router
-            .enqueue_waiting(&target_entry, envelope, RETRY_WAIT)
-            .await
-            .map(|()| Stored::Queued),
-    };
+    let answer = router
+        .enqueue_waiting(&target_entry, envelope, RETRY_WAIT)
+        .await;
     match answer {
-        Ok(Stored::Queued) => Dispatched::Done,
-        Ok(Stored::Duplicate) => {
-            // Delivered by an earlier run, which the crash kept from marking it so; counted
-            // sent again at this spawn, so it ends here.
-            bump(&router.counters.delivered);
-            Dispatched::Done
-        }
+        Ok(()) => Dispatched::Done,
         Err(refused) => match refused.error {
             MessagingError::MailboxFull(_) => Dispatched::Later,
             MessagingError::ShuttingDown => Dispatched::Stop,
@@ -446,6 +467,98 @@ async fn try_dispatch(
             }
             error => Dispatched::Dead(error.to_string()),
         },
+    }
+}
+
+/// The most outbox entries appended to one target's store together: one fsync for a run of
+/// messages to the same target instead of one each, the size of an actor's batch.
+const MAX_RUN: usize = 64;
+
+/// Append `run`, the outbox entries at the front of `sender`'s outbox (all messages to the
+/// durable `target`, in order), to the target's store in one write, as many as its mailbox
+/// has room for (at least the first, waiting for it up to [`RETRY_WAIT`]), each carrying its
+/// sequence number, and queue those the store did not already hold.
+async fn append_run(
+    router: &Router,
+    sender: &ComponentId,
+    target: &Arc<crate::registry::Entry>,
+    store: &Arc<dyn Store>,
+    run: &[StoredOutgoing],
+) -> Dispatched {
+    let first = match tokio::time::timeout(RETRY_WAIT, target.reserve()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Dispatched::Dead(crate::routing::closed_error(target).to_string()),
+        Err(_) => return Dispatched::Later,
+    };
+    let mut permits = vec![first];
+    while permits.len() < run.len() {
+        match target.try_reserve() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
+        }
+    }
+    // Charged to the mailbox's byte budget and the broker's like any message; the run ends
+    // where the budget does.
+    let mut charged = 0;
+    for entry in &run[..permits.len()] {
+        let envelope = Envelope::message(sender.clone(), entry.payload.clone());
+        if router.charge(target, envelope).is_err() {
+            break;
+        }
+        charged += 1;
+    }
+    permits.truncate(charged);
+    let run = &run[..charged];
+    if run.is_empty() {
+        return Dispatched::Later;
+    }
+    let records = run
+        .iter()
+        .map(|entry| {
+            stored_entry(
+                &target.shared.id,
+                sender,
+                entry.payload.clone(),
+                Some(entry.seq),
+            )
+        })
+        .collect();
+    match store.append(records).await {
+        Ok(appended) if appended.len() == run.len() => {
+            for ((permit, entry), appended) in permits.into_iter().zip(run).zip(appended) {
+                match appended {
+                    Appended::Stored { position } => permit.send(Envelope::Message {
+                        sender: sender.clone(),
+                        payload: entry.payload.clone(),
+                        position: Some(position),
+                    }),
+                    Appended::Duplicate => {
+                        drop(permit);
+                        release(
+                            &target.shared,
+                            &router.counters,
+                            1,
+                            entry.payload.len() as u64,
+                        );
+                        // Delivered by an earlier run, which the crash kept from marking it
+                        // so; counted sent again at this spawn, so it ends here.
+                        bump(&router.counters.delivered);
+                    }
+                }
+            }
+            Dispatched::Run(run.len())
+        }
+        answer => {
+            drop(permits);
+            let bytes = run.iter().map(|e| e.payload.len() as u64).sum();
+            release(&target.shared, &router.counters, run.len() as u64, bytes);
+            let error = match answer {
+                Err(err) => err.to_string(),
+                Ok(_) => "the store gave a wrong number of answers".to_string(),
+            };
+            tracing::warn!(component = %sender, target = %target.shared.id, %error, "outbox entries could not be stored by their target; they are tried again");
+            Dispatched::Later
+        }
     }
 }
 

@@ -83,15 +83,6 @@ impl RouteCache {
     }
 }
 
-/// What became of a message for a durable target that its store did not refuse.
-pub(crate) enum Stored {
-    /// Stored and in the target's mailbox.
-    Queued,
-    /// The target's store already held it (its sender's sequence number said so): nothing
-    /// was stored or queued again.
-    Duplicate,
-}
-
 /// What [`Router::route_or_store`] did with a message it did not refuse.
 pub(crate) enum Routed {
     /// It is in the target's mailbox (or on its way to another host).
