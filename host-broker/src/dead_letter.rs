@@ -152,6 +152,25 @@ mod tests {
     }
 
     #[test]
+    fn restored_letters_go_ahead_of_this_runs_within_the_capacity_and_uncounted() {
+        let letters = DeadLetters::new(3);
+        letters.record("a".into(), "b".into(), MessageKind::Message, b"now", "now");
+        let kept = letters.recent()[0].clone();
+        let earlier = |reason: &str| DeadLetter {
+            reason: reason.into(),
+            ..kept.clone()
+        };
+        letters.restore(vec![earlier("old"), earlier("older"), earlier("newer")]);
+        let reasons: Vec<String> = letters.recent().into_iter().map(|l| l.reason).collect();
+        assert_eq!(reasons, ["older", "newer", "now"], "the most recent kept");
+        assert_eq!(
+            letters.total(),
+            1,
+            "counted in the run that dead-lettered them"
+        );
+    }
+
+    #[test]
     fn large_payloads_are_kept_truncated_with_their_length() {
         let letters = DeadLetters::new(1);
         letters.record(

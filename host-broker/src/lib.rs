@@ -32,8 +32,10 @@
 //! `handoff` runs a request on its requester's task when it can,
 //! `messaging` is what a guest's `messaging` imports call; `mailbox` is what travels,
 //! `registry` finds components, `actor` runs them, `supervisor` decides restarts,
-//! `capabilities` decides access, `dead_letter` and `metrics` keep the record; `remote` is
-//! the way to and from other hosts, for a lattice to implement ([`Remote`]).
+//! `capabilities` decides access, `dead_letter` and `metrics` keep the record; `durable`
+//! keeps durable components in the store and `outbox` holds what their handlers send until
+//! it is committed; `remote` is the way to and from other hosts, for a lattice to
+//! implement ([`Remote`]).
 
 mod actor;
 mod broker;
