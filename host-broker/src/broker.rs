@@ -396,7 +396,11 @@ impl Broker {
         );
         let recovered_count = recovered.len() as u64;
         let recovered_bytes: u64 = recovered.iter().map(|e| e.payload().len() as u64).sum();
-        let unsent_count = unsent.len() as u64;
+        // A publication is counted once per subscriber when it is fanned out, not here.
+        let unsent_count = unsent
+            .iter()
+            .filter(|entry| entry.kind == courier_host_store::Kind::Message)
+            .count() as u64;
         let outbox = store
             .as_ref()
             .map(|_| Arc::new(Outbox::new(id.clone(), unsent)));
@@ -482,8 +486,8 @@ impl Broker {
             entry.start();
         }
         if let Some(durable) = &shared.durable {
-            if unsent_count > 0 {
-                tracing::info!(component = %id, messages = unsent_count, "sending again what its outbox had not delivered");
+            if durable.outbox.is_pending() {
+                tracing::info!(component = %id, "sending again what its outbox had not delivered");
             }
             tokio::spawn(crate::outbox::dispatch(
                 Arc::downgrade(&self.inner.router),

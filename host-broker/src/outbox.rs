@@ -576,7 +576,11 @@ pub(crate) fn dead_letter(
         Kind::Publication => format!("publication on `{}`: {reason}", outgoing.destination),
         _ => reason.to_string(),
     };
-    bump(&counters.dead_lettered);
+    // A publication is counted sent per subscriber as it is fanned out: one that never
+    // was is on record without being counted.
+    if outgoing.kind == Kind::Message {
+        bump(&counters.dead_lettered);
+    }
     let letter = dead_letters.record(
         sender.clone(),
         outgoing.destination.as_str().into(),

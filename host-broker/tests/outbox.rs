@@ -395,6 +395,50 @@ async fn a_message_that_traps_a_durable_handler_is_dead_lettered_and_keeps_nothi
 }
 
 #[tokio::test]
+async fn what_a_durable_handler_sent_before_it_trapped_is_dead_lettered_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    let setup = durable_setup(store.clone());
+    setup.spawn(setup.spec("counter", "counter")).await;
+    setup
+        .spawn(
+            setup
+                .spec("hostile", "hostile")
+                .durable(true)
+                .may_send("counter"),
+        )
+        .await;
+    setup
+        .broker
+        .send_durable("hostile", "send-then-panic:counter:sent")
+        .await
+        .unwrap();
+    setup
+        .broker
+        .send_durable("hostile", "send:counter")
+        .await
+        .unwrap();
+    setup.assert_accounted().await;
+    assert_eq!(
+        setup.count("counter").await,
+        1,
+        "only the handler that returned"
+    );
+    let letters = setup.broker.dead_letters();
+    let sent = letters
+        .iter()
+        .find(|letter| &*letter.target == "counter")
+        .expect("the trapped handler's send is dead-lettered");
+    assert_eq!(&*sent.sender, "hostile");
+    assert_eq!(sent.payload, b"sent");
+    assert!(sent.reason.contains("trapped"), "{}", sent.reason);
+    until("both dead letters in the store", async || {
+        store.dead_letters().await.unwrap().letters.len() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn dead_letters_of_durable_components_are_listed_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
