@@ -373,7 +373,9 @@ pub(crate) async fn dispatch(
             }
             Dispatched::Stop => break,
         }
-        if outbox.queue_is_empty() {
+        // Marked when the dispatcher catches up, or every so many under a steady stream, so
+        // the store's outbox (and what a crash would send again) stays short.
+        if outbox.queue_is_empty() || outbox.inner().delivered.len() >= MARK_EVERY {
             mark_delivered(&outbox, &*store).await;
         }
     }
@@ -469,6 +471,10 @@ async fn try_dispatch(
         },
     }
 }
+
+/// How many dispatched entries wait for their delivered mark at most, under a stream that
+/// never lets the dispatcher catch up: a few runs' worth, one commit for them all.
+const MARK_EVERY: usize = 4 * MAX_RUN;
 
 /// The most outbox entries appended to one target's store together: one fsync for a run of
 /// messages to the same target instead of one each, the size of an actor's batch.
