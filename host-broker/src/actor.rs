@@ -419,6 +419,10 @@ impl Actor {
         }
         // What it handled is kept; what it did not stays stored for the next start.
         self.commit().await;
+        let dead_letters = self.core().dead_letters.clone();
+        if let Some(durable) = &self.shared.durable {
+            durable.outbox.actor_ended(&self.counters, &dead_letters);
+        }
         self.shared.handoff.close();
         // Volatile timers end with the component: none fires for it again.
         self.shared.timers.end();

@@ -72,6 +72,8 @@ pub(crate) struct Outbox {
     /// Set when the dispatcher has ended: nothing will drain the outbox until the next
     /// spawn, so an actor must not wait for it.
     dispatcher_ended: AtomicBool,
+    /// Set when the actor has ended: once the queue is empty, the dispatcher ends too.
+    actor_ended: AtomicBool,
 }
 
 #[derive(Default)]
@@ -105,6 +107,7 @@ impl Outbox {
             committed: Notify::new(),
             drained: Notify::new(),
             dispatcher_ended: AtomicBool::new(false),
+            actor_ended: AtomicBool::new(false),
         }
     }
 
@@ -211,15 +214,69 @@ impl Outbox {
         }
     }
 
-    /// The next committed entry, once there is one.
-    async fn next(&self) -> StoredOutgoing {
+    /// The next committed entry, once there is one; `None` once the actor has ended and
+    /// everything it committed was taken.
+    async fn next(&self) -> Option<StoredOutgoing> {
         loop {
             let committed = self.committed.notified();
             if let Some(entry) = self.inner().queue.front().cloned() {
-                return entry;
+                return Some(entry);
+            }
+            if self.actor_ended.load(Ordering::Acquire) {
+                return None;
             }
             committed.await;
         }
+    }
+
+    /// The actor has ended, after its last commit: the dispatcher sends what is queued and
+    /// ends, or, if it has ended already, what is left is accounted for now.
+    pub(crate) fn actor_ended(&self, counters: &BrokerCounters, dead_letters: &DeadLetters) {
+        self.actor_ended.store(true, Ordering::Release);
+        self.committed.notify_one();
+        if self.dispatcher_ended.load(Ordering::Acquire) {
+            self.leave_stored(counters, dead_letters);
+        }
+    }
+
+    /// What this run will not send (its dispatcher or its actor ended first) stays stored
+    /// and goes at the next spawn on the same store, which counts it sent again: in this
+    /// run's books it ends in the dead-letter record (not the store's) saying so.
+    fn leave_stored(&self, counters: &BrokerCounters, dead_letters: &DeadLetters) {
+        let left: Vec<StoredOutgoing> = {
+            let mut inner = self.inner();
+            let left: Vec<StoredOutgoing> = inner.queue.drain(..).collect();
+            let produced = std::mem::take(&mut inner.produced);
+            let handling = std::mem::take(&mut inner.handling);
+            inner.messages = 0;
+            inner.bytes = 0;
+            // Not committed, so not stored: the messages that sent them are handled again.
+            left.into_iter()
+                .chain(
+                    produced
+                        .into_iter()
+                        .chain(handling)
+                        .map(|outgoing| StoredOutgoing {
+                            seq: 0,
+                            destination: outgoing.destination,
+                            kind: outgoing.kind,
+                            payload: outgoing.payload,
+                        }),
+                )
+                .collect()
+        };
+        for entry in left {
+            let outgoing = Outgoing::new(entry.destination, entry.kind, entry.payload);
+            dead_letter(
+                counters,
+                dead_letters,
+                &self.id,
+                &outgoing,
+                "its sender ended before it was sent; it stays stored and goes when the sender is spawned again on the same store",
+                None,
+            );
+        }
+        self.drained.notify_waiters();
     }
 
     /// The entry `seq`, at the front, was dispatched or dead-lettered.
@@ -328,7 +385,9 @@ pub(crate) async fn dispatch(
     let mut unknown_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(10);
     loop {
-        let entry = outbox.next().await;
+        let Some(entry) = outbox.next().await else {
+            break;
+        };
         let (Some(router), Some(shared)) = (router.upgrade(), shared.upgrade()) else {
             break;
         };
@@ -381,7 +440,12 @@ pub(crate) async fn dispatch(
     }
     mark_delivered(&outbox, &*store).await;
     outbox.dispatcher_ended.store(true, Ordering::Release);
-    outbox.drained.notify_waiters();
+    // What the actor committed before it ended is accounted for here; what it commits
+    // later, by the actor when it ends.
+    match router.upgrade() {
+        Some(router) => outbox.leave_stored(&router.counters, &router.dead_letters),
+        None => outbox.drained.notify_waiters(),
+    }
 }
 
 /// Commit the delivered marks the dispatcher has gathered; kept for the next try if the

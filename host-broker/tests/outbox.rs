@@ -305,6 +305,50 @@ async fn an_outbox_entry_a_crash_kept_from_its_target_is_sent_at_the_next_spawn(
 }
 
 #[tokio::test]
+async fn a_stopped_durable_sender_leaves_its_outbox_stored_and_sends_it_when_spawned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    let faulty = Arc::new(Faulty {
+        refuse_outbox_appends: true,
+        ..Faulty::new(&store)
+    });
+    let setup = durable_setup(faulty.clone());
+    spawn_ping_pong(&setup).await;
+    setup.broker.send_durable("ping", "20").await.unwrap();
+    until("ping's commit", async || {
+        store.load("ping").await.unwrap().outbox.len() == 20
+    })
+    .await;
+    setup.broker.stop("ping").await.unwrap();
+    // In this run's books the twenty end as dead letters that say where they are; they
+    // are not dead for good, so the store does not keep them as such.
+    setup.assert_accounted().await;
+    let letters = setup.broker.dead_letters();
+    assert_eq!(letters.len(), 20, "{letters:?}");
+    assert!(
+        letters[0].reason.contains("stays stored"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(store.dead_letters().await.unwrap().letters.is_empty());
+    assert_eq!(store.load("ping").await.unwrap().outbox.len(), 20);
+
+    faulty.on.store(false, Ordering::SeqCst);
+    setup.broker.remove("ping").await.ok();
+    setup
+        .spawn(
+            setup
+                .spec("ping", "ping")
+                .durable(true)
+                .may_send("pong")
+                .may_send("counter"),
+        )
+        .await;
+    setup.assert_accounted().await;
+    assert_eq!(pong(&setup, "pong").await, (20, 0));
+}
+
+#[tokio::test]
 async fn an_outbox_entry_that_meets_a_full_mailbox_waits_its_turn() {
     let dir = tempfile::tempdir().unwrap();
     let setup = durable_setup(store_in(&dir));
