@@ -243,38 +243,29 @@ impl Outbox {
     /// and goes at the next spawn on the same store, which counts it sent again: in this
     /// run's books it ends in the dead-letter record (not the store's) saying so.
     fn leave_stored(&self, counters: &BrokerCounters, dead_letters: &DeadLetters) {
-        let left: Vec<StoredOutgoing> = {
+        let (committed, uncommitted) = {
             let mut inner = self.inner();
-            let left: Vec<StoredOutgoing> = inner.queue.drain(..).collect();
-            let produced = std::mem::take(&mut inner.produced);
-            let handling = std::mem::take(&mut inner.handling);
+            let committed: Vec<Outgoing> = inner
+                .queue
+                .drain(..)
+                .map(|entry| Outgoing::new(entry.destination, entry.kind, entry.payload))
+                .collect();
+            let mut uncommitted = std::mem::take(&mut inner.produced);
+            uncommitted.append(&mut inner.handling);
             inner.messages = 0;
             inner.bytes = 0;
-            // Not committed, so not stored: the messages that sent them are handled again.
-            left.into_iter()
-                .chain(
-                    produced
-                        .into_iter()
-                        .chain(handling)
-                        .map(|outgoing| StoredOutgoing {
-                            seq: 0,
-                            destination: outgoing.destination,
-                            kind: outgoing.kind,
-                            payload: outgoing.payload,
-                        }),
-                )
-                .collect()
+            (committed, uncommitted)
         };
-        for entry in left {
-            let outgoing = Outgoing::new(entry.destination, entry.kind, entry.payload);
-            dead_letter(
-                counters,
-                dead_letters,
-                &self.id,
-                &outgoing,
-                "its sender ended before it was sent; it stays stored and goes when the sender is spawned again on the same store",
-                None,
-            );
+        let reasons = [
+            "its sender ended before it was sent; it stays stored and goes when the sender is spawned again on the same store",
+            // A commit the store refused: the message that sent it is still stored, and
+            // sends it again when it is handled again.
+            "its sender ended before its batch was committed; the message that sent it stays stored and is handled again when the sender is spawned again on the same store",
+        ];
+        for (left, reason) in [committed, uncommitted].into_iter().zip(reasons) {
+            for outgoing in left {
+                dead_letter(counters, dead_letters, &self.id, &outgoing, reason, None);
+            }
         }
         self.drained.notify_waiters();
     }
