@@ -235,6 +235,7 @@ impl Actor {
                 }
                 envelope => (envelope, None),
             };
+            self.wait_for_outbox().await;
             let core = self.core();
             if core.shared.past_drain_deadline() {
                 core.dead_letter(envelope, "the shutdown deadline passed before delivery");
@@ -255,6 +256,7 @@ impl Actor {
                     self.shared.timers.handled(&name);
                 }
             }
+            self.core().settle_outbox(&aftermath);
             let core = self.core();
             if let Some(aftermath) = aftermath
                 && let Some(end) = core.settle(aftermath).await
@@ -343,6 +345,29 @@ impl Actor {
         }
     }
 
+    /// For a durable component whose outbox holds half its bound or more: commit what it
+    /// handled so far (its sends can leave only once committed), then wait until the outbox
+    /// drains below half. Its mailbox fills meanwhile, so its own senders are slowed down
+    /// rather than its sends refused or the host's memory grown.
+    async fn wait_for_outbox(&mut self) {
+        let Some(durable) = &self.shared.durable else {
+            return;
+        };
+        if !durable.outbox.needs_draining() {
+            return;
+        }
+        let outbox = durable.outbox.clone();
+        self.commit().await;
+        // A commit the store refused keeps the sends, which cannot leave before one is
+        // taken: try again, unless a shutdown is under way, which leaves them to the final
+        // commit.
+        while outbox.has_produced() && !self.shared.is_draining() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.commit().await;
+        }
+        outbox.wait_for_room().await;
+    }
+
     /// For a durable component that handled anything since its last commit: commit the
     /// positions of the stored messages it handled and its state after them, in one
     /// transaction.
@@ -353,6 +378,7 @@ impl Actor {
         if !self.handled_since_commit
             && self.consumed.is_empty()
             && !self.shared.timers.has_changes()
+            && !durable.outbox.has_produced()
         {
             return;
         }
@@ -404,6 +430,10 @@ impl Actor {
         }
         // What it handled is kept; what it did not stays stored for the next start.
         self.commit().await;
+        let dead_letters = self.core().dead_letters.clone();
+        if let Some(durable) = &self.shared.durable {
+            durable.outbox.actor_ended(&self.counters, &dead_letters);
+        }
         self.shared.handoff.close();
         // Its timers end with it here: none fires for it again. A durable component's stay
         // in its store, as its last commit left them, for its next spawn.
@@ -474,6 +504,40 @@ impl Core {
             return self.save_checkpoint().await;
         }
         None
+    }
+
+    /// For a durable component, after a handler call: what the handler sent goes with the
+    /// next commit if it returned (a `save-state` that trapped after it returned included);
+    /// if it trapped or the shutdown cut it, its state does not keep what it did, so its
+    /// sends are dead-lettered with the reason (kept in the store only after a trap: a
+    /// message the shutdown cut is handled again at the next start, and sends them again).
+    fn settle_outbox(&self, aftermath: &Option<Aftermath>) {
+        let Some(durable) = &self.shared.durable else {
+            return;
+        };
+        let reason = match aftermath {
+            None | Some(Aftermath::SaveFailed(_)) => return durable.outbox.keep_handled(),
+            Some(Aftermath::Trapped(err)) => format!(
+                "its sender's handler trapped after sending it, so what that handler did is not kept: {err}"
+            ),
+            Some(Aftermath::Ended(end)) => format!(
+                "its sender's handler did not finish ({}); the message it handled is handled again at the next start",
+                match end {
+                    End::Stopped(r) | End::Failed(r) => r,
+                }
+            ),
+        };
+        let store = matches!(aftermath, Some(Aftermath::Trapped(_))).then_some(&durable.store);
+        for outgoing in durable.outbox.discard_handled() {
+            crate::outbox::dead_letter(
+                &self.counters,
+                &self.dead_letters,
+                &self.shared.id,
+                &outgoing,
+                &reason,
+                store,
+            );
+        }
     }
 
     /// Deal with what a call left: replace a trapped instance as the supervision says.
@@ -809,17 +873,27 @@ impl Core {
             End::Failed(r) => format!("component failed: {r}"),
         };
         let reason = match envelope.position() {
-            Some(_) => format!(
-                "{reason}; it stays stored and is handled when the component is spawned again on the same store"
-            ),
+            // Not dead for good, so not kept in the store's dead letters.
+            Some(_) => {
+                let reason = format!(
+                    "{reason}; it stays stored and is handled when the component is spawned again on the same store"
+                );
+                return self.record_dead_letter(envelope, &reason, false);
+            }
             None => reason,
         };
         self.dead_letter(envelope, &reason);
     }
 
-    /// Put `envelope` in the dead-letter record with `reason`; a requester hears the reason
-    /// as `target-crashed`.
+    /// Put `envelope` in the dead-letter record with `reason`, and in the store's if the
+    /// component is durable; a requester hears the reason as `target-crashed`.
     fn dead_letter(&self, envelope: Envelope, reason: &str) {
+        self.record_dead_letter(envelope, reason, true)
+    }
+
+    /// [`dead_letter`](Self::dead_letter), kept in a durable component's store only if
+    /// `keep`.
+    fn record_dead_letter(&self, envelope: Envelope, reason: &str, keep: bool) {
         let (sender, kind, payload, reply) = match envelope {
             Envelope::Message {
                 sender, payload, ..
@@ -835,8 +909,12 @@ impl Core {
         };
         bump(&self.shared.metrics.dead_lettered);
         bump(&self.counters.dead_lettered);
-        self.dead_letters
-            .record(sender, self.shared.id.clone(), kind, &payload, reason);
+        let letter =
+            self.dead_letters
+                .record(sender, self.shared.id.clone(), kind, &payload, reason);
+        if keep && let Some(durable) = &self.shared.durable {
+            crate::durable::keep_dead_letter(&durable.store, &letter);
+        }
         if let Some(reply) = reply {
             let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
         }

@@ -18,6 +18,7 @@ use crate::handle::ComponentHandle;
 use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
 use crate::metrics::{Accounting, LatencySummary};
+use crate::outbox::Outbox;
 use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::remote::{Remote, RemoteAnswer, Served};
 use crate::routing::{Access, Refused, Routed, Router};
@@ -191,6 +192,8 @@ pub(crate) struct BrokerInner {
     /// Whether [`keep_timer_armed`] runs for this broker; it starts with the first spawn,
     /// the first moment the broker is sure to be on a runtime.
     keepalive_started: AtomicBool,
+    /// Whether the dead letters kept in the store were put in the record yet.
+    dead_letters_restored: AtomicBool,
     /// The deadlines of every component's timers, and the one task that fires them.
     timer_wheel: Arc<TimerWheel>,
 }
@@ -285,6 +288,7 @@ impl Broker {
                 engine,
                 router: Router::new(config),
                 keepalive_started: AtomicBool::new(false),
+                dead_letters_restored: AtomicBool::new(false),
                 timer_wheel: TimerWheel::new(),
             }),
         }
@@ -361,15 +365,18 @@ impl Broker {
             )?),
             false => None,
         };
-        let (state, recovered) = match &store {
+        let (state, recovered, unsent) = match &store {
             Some(store) => recover(&**store, &id)
                 .await
                 .map_err(|source| BrokerError::Store {
                     component: id.clone(),
                     source,
                 })?,
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), Vec::new()),
         };
+        if let Some(store) = &store {
+            self.restore_dead_letters(store).await;
+        }
         let mut limits = TimerLimits {
             max_timers,
             max_name_bytes: crate::routing::MAX_NAME_BYTES,
@@ -410,9 +417,24 @@ impl Broker {
         );
         let recovered_count = recovered.len() as u64;
         let recovered_bytes: u64 = recovered.iter().map(|e| e.payload().len() as u64).sum();
-        shared.durable = store.map(|store| Durable::new(store, recovered));
+        // A publication is counted once per subscriber when it is fanned out, not here.
+        let unsent_count = unsent
+            .iter()
+            .filter(|entry| entry.kind == courier_host_store::Kind::Message)
+            .count() as u64;
+        let outbox = store
+            .as_ref()
+            .map(|_| Arc::new(Outbox::new(id.clone(), unsent)));
+        shared.durable = store.map(|store| {
+            let outbox = outbox.clone().expect("made for every durable component");
+            Durable::new(store, recovered, outbox)
+        });
         let shared = Arc::new(shared);
-        let messaging = Arc::new(ActorMessaging::new(&self.inner.router, capabilities));
+        let messaging = Arc::new(ActorMessaging::new(
+            &self.inner.router,
+            capabilities,
+            outbox.clone(),
+        ));
         let mut options = InstanceOptions::new(id.clone())
             .deadline(deadline)
             .max_state_bytes(max_state_bytes)
@@ -450,7 +472,11 @@ impl Broker {
         // Recovered messages were accepted in an earlier run and counted there: here they
         // are sent anew, queued (and charged to the budgets) like any message before anyone
         // can reach the actor, which takes them first.
+        // So are the messages its outbox had not delivered: they are sent again.
         let charge_recovered = |apply: fn(&std::sync::atomic::AtomicU64, u64)| {
+            if unsent_count > 0 {
+                apply(&router.counters.sent, unsent_count);
+            }
             if recovered_count > 0 {
                 apply(&router.counters.sent, recovered_count);
                 apply(&shared.queued.messages, recovered_count);
@@ -484,6 +510,17 @@ impl Broker {
         if !stored_timers.is_empty() {
             tracing::info!(component = %id, timers = stored_timers.len(), "recovered stored timers");
             shared.timers.restore(stored_timers);
+        }
+        if let Some(durable) = &shared.durable {
+            if durable.outbox.is_pending() {
+                tracing::info!(component = %id, "sending again what its outbox had not delivered");
+            }
+            tokio::spawn(crate::outbox::dispatch(
+                Arc::downgrade(&self.inner.router),
+                Arc::downgrade(&shared),
+                durable.outbox.clone(),
+                durable.store.clone(),
+            ));
         }
         if !self.inner.keepalive_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(keep_timer_armed(Arc::downgrade(&self.inner)));
@@ -788,9 +825,28 @@ impl Broker {
             .accept_publication(sender, topic, payload.into())
     }
 
-    /// The most recent dead letters, oldest first.
+    /// The most recent dead letters, oldest first. Those of durable components are kept in
+    /// the store too, and listed again after a restart once a durable component is spawned
+    /// on the same store (ahead of those of this run, within the record's capacity).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.router().dead_letters.recent()
+    }
+
+    /// Put the dead letters `store` kept from earlier runs in the record, once per broker.
+    async fn restore_dead_letters(&self, store: &Arc<dyn Store>) {
+        if self
+            .inner
+            .dead_letters_restored
+            .swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        match crate::durable::kept_dead_letters(&**store).await {
+            Ok(kept) => self.router().dead_letters.restore(kept),
+            Err(err) => {
+                tracing::warn!(error = %err, "the dead letters kept in the store could not be read; they are not listed");
+            }
+        }
     }
 
     /// What the store of durable components holds and how its commits go, if the broker
@@ -845,12 +901,13 @@ impl Broker {
             .collect()
     }
 
-    /// Wait until every mailbox is empty and no handler is running, or `timeout` passes.
-    /// Returns whether the broker went quiet.
+    /// Wait until every mailbox is empty, no handler is running and every durable
+    /// component's outbox is sent, or `timeout` passes. Returns whether the broker went
+    /// quiet.
     pub async fn quiesce(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.accounting().in_flight() == 0 {
+            if self.accounting().in_flight() == 0 && !self.outboxes_pending() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -858,6 +915,17 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Whether a durable component's outbox still holds something to send.
+    fn outboxes_pending(&self) -> bool {
+        self.router().registry.all().iter().any(|entry| {
+            entry
+                .shared
+                .durable
+                .as_ref()
+                .is_some_and(|durable| durable.outbox.is_pending())
+        })
     }
 
     /// The broker behind `inner`, for a handle that holds it weakly.

@@ -82,7 +82,7 @@ impl DeadLetters {
         kind: MessageKind,
         payload: &[u8],
         reason: &str,
-    ) {
+    ) -> DeadLetter {
         let reason = bounded_text(reason);
         tracing::warn!(%sender, %target, kind = kind.as_str(), %reason, "dead letter");
         let letter = DeadLetter {
@@ -97,12 +97,25 @@ impl DeadLetters {
         let mut record = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         record.total += 1;
         if self.capacity == 0 {
-            return;
+            return letter;
         }
         if record.recent.len() == self.capacity {
             record.recent.pop_front();
         }
-        record.recent.push_back(letter);
+        record.recent.push_back(letter.clone());
+        letter
+    }
+
+    /// Put `kept`, dead letters an earlier run of the host kept in its store (oldest
+    /// first), ahead of those recorded since, within the capacity: the most recent stay.
+    /// They are not counted in the total, which counts what this run dead-lettered.
+    pub(crate) fn restore(&self, kept: Vec<DeadLetter>) {
+        let mut record = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.capacity.saturating_sub(record.recent.len());
+        let skip = kept.len().saturating_sub(room);
+        for letter in kept.into_iter().skip(skip).rev() {
+            record.recent.push_front(letter);
+        }
     }
 
     pub(crate) fn recent(&self) -> Vec<DeadLetter> {
@@ -136,6 +149,25 @@ mod tests {
         assert_eq!(recent[0].reason, "n3");
         assert_eq!(recent[1].reason, "n4");
         assert_eq!(letters.total(), 5);
+    }
+
+    #[test]
+    fn restored_letters_go_ahead_of_this_runs_within_the_capacity_and_uncounted() {
+        let letters = DeadLetters::new(3);
+        letters.record("a".into(), "b".into(), MessageKind::Message, b"now", "now");
+        let kept = letters.recent()[0].clone();
+        let earlier = |reason: &str| DeadLetter {
+            reason: reason.into(),
+            ..kept.clone()
+        };
+        letters.restore(vec![earlier("old"), earlier("older"), earlier("newer")]);
+        let reasons: Vec<String> = letters.recent().into_iter().map(|l| l.reason).collect();
+        assert_eq!(reasons, ["older", "newer", "now"], "the most recent kept");
+        assert_eq!(
+            letters.total(),
+            1,
+            "counted in the run that dead-lettered them"
+        );
     }
 
     #[test]

@@ -3,18 +3,26 @@
 //! A durable component's messages are appended to the store before their sender hears `Ok`
 //! ([`Router::store_then_enqueue`]), so "accepted" means "stored". Its actor saves its state
 //! after every message it handles and commits, once per batch, the positions of the stored
-//! messages it handled together with that state, in one transaction
-//! ([`Durable::commit`]). A crash therefore replays, on top of the last committed state,
-//! exactly the stored messages that state does not include. At spawn the broker loads that
-//! state and the unconsumed messages, which the actor handles, in their order, before
-//! anything new ([`recover`]).
+//! messages it handled together with that state and what its handlers sent, in one
+//! transaction ([`Durable::commit`]). A crash therefore replays, on top of the last
+//! committed state, exactly the stored messages that state does not include, and none of
+//! their sends has left. At spawn the broker loads that state and the unconsumed messages,
+//! which the actor handles, in their order, before anything new, and the outbox's
+//! undelivered entries, which go again before anything new ([`recover`]).
 //!
-//! Its timers are kept in the store too, changed with the batch that changed them: what a
-//! handler scheduled or cancelled, and the firings it handled (`timers` says how).
+//! What the handlers send waits in the component's outbox (`outbox`) until that commit,
+//! then goes out in order, each message to a durable target carrying the sender's
+//! sequence number so that the target's store drops one it already holds. Dead letters of
+//! durable components are kept in the store too ([`keep_dead_letter`]) and listed again
+//! after a restart. Its timers are kept in the store as well, changed with the batch that
+//! changed them: what a handler scheduled or cancelled, and the firings it handled
+//! (`timers` says how).
 //!
-//! What is not covered yet: the messages a durable handler sends are not held in an outbox
-//! until its commit (they go out at once, so after a crash a replayed message may send them
-//! again), and requests and publications are not stored.
+//! What is not covered: requests a durable handler makes go at once (they need their answer
+//! during the handler), so a replayed message asks again; sends to components that are not
+//! durable, publications and messages to other hosts are at least once (a crash between
+//! sending and marking one delivered sends it again, and nothing there drops it); requests
+//! to a durable component and messages from other hosts are not stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,9 +30,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
-use courier_host_store::{Batch, Kind, Store, StoreError};
+use courier_host_store::{Batch, Kind, Store, StoreError, StoredOutgoing};
 
+use crate::dead_letter::{DeadLetter, MessageKind};
 use crate::mailbox::Envelope;
+use crate::outbox::Outbox;
 use crate::registry::Entry;
 use crate::routing::{Refused, Router, release};
 use crate::timers::ActorTimers;
@@ -33,6 +43,8 @@ use crate::timers::ActorTimers;
 /// first runs, what was recovered from it.
 pub(crate) struct Durable {
     pub(crate) store: Arc<dyn Store>,
+    /// What its handlers sent, until it is committed and dispatched.
+    pub(crate) outbox: Arc<Outbox>,
     /// The stored messages a spawn found unconsumed, in order, for the actor to take before
     /// its mailbox.
     recovered: Mutex<Vec<Envelope>>,
@@ -44,9 +56,14 @@ pub(crate) struct Durable {
 }
 
 impl Durable {
-    pub(crate) fn new(store: Arc<dyn Store>, recovered: Vec<Envelope>) -> Durable {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        recovered: Vec<Envelope>,
+        outbox: Arc<Outbox>,
+    ) -> Durable {
         Durable {
             store,
+            outbox,
             recovered: Mutex::new(recovered),
             commits: AtomicU64::new(0),
             commit_nanos: AtomicU64::new(0),
@@ -60,10 +77,11 @@ impl Durable {
     }
 
     /// Commit what the actor of `id` handled since its last commit: the positions in
-    /// `consumed`, its `state` and the changes to its `timers`, in one transaction. On
-    /// success `consumed` is emptied; on failure it is kept, to go with the next batch
-    /// (until then a crash replays those messages, which is what their state not being
-    /// stored calls for), and so are the timer changes.
+    /// `consumed`, its `state`, what its handlers sent (its outbox's produced entries) and
+    /// the changes to its `timers`, in one transaction. On success `consumed` is emptied and
+    /// the sends go to the dispatcher; on failure all are kept, to go with the next batch
+    /// (until then a crash replays those messages, which sends them again: none has left
+    /// yet).
     pub(crate) async fn commit(
         &self,
         id: &ComponentId,
@@ -74,6 +92,7 @@ impl Durable {
         let mut batch = Batch::new(id.to_string());
         batch.consumed = consumed.clone();
         batch.state = state;
+        batch.produced = self.outbox.produced();
         let (changed, changes) = timers.changes();
         batch.timers = changes;
         let started = Instant::now();
@@ -82,8 +101,9 @@ impl Durable {
             timers.unsent(changed);
         }
         match committed {
-            Ok(_) => {
+            Ok(committed) => {
                 consumed.clear();
+                self.outbox.committed(&committed.produced);
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
                 self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -105,13 +125,10 @@ impl Durable {
     }
 }
 
-/// What the store holds of the durable component `id`: its last committed state and its
+/// What the store holds of the durable component `id`: its last committed state, its
 /// unconsumed messages, in the order they were stored, as envelopes that name their
-/// positions.
-pub(crate) async fn recover(
-    store: &dyn Store,
-    id: &ComponentId,
-) -> Result<(Option<Bytes>, Vec<Envelope>), StoreError> {
+/// positions, and its undelivered outbox, in the order it was sent.
+pub(crate) async fn recover(store: &dyn Store, id: &ComponentId) -> Result<Recovery, StoreError> {
     let recovered = store.load(id).await?;
     let mailbox = recovered
         .mailbox
@@ -122,7 +139,58 @@ pub(crate) async fn recover(
             position: Some(entry.position),
         })
         .collect();
-    Ok((recovered.state, mailbox))
+    Ok((recovered.state, mailbox, recovered.outbox))
+}
+
+/// What [`recover`] found: state, unconsumed messages, undelivered outbox.
+pub(crate) type Recovery = (Option<Bytes>, Vec<Envelope>, Vec<StoredOutgoing>);
+
+/// Keep `letter`, a dead letter of a durable component, in `store`, so it is still listed
+/// after a restart. Written on its own task: whoever dead-letters does not wait on the
+/// disk, and a store that refuses it loses only the record, which is logged.
+pub(crate) fn keep_dead_letter(store: &Arc<dyn Store>, letter: &DeadLetter) {
+    let kept = courier_host_store::DeadLetter {
+        sender: letter.sender.to_string(),
+        target: letter.target.to_string(),
+        kind: match letter.kind {
+            MessageKind::Message => Kind::Message,
+            MessageKind::Request => Kind::Request,
+        },
+        payload: Bytes::copy_from_slice(&letter.payload),
+        payload_len: letter.payload_len as u64,
+        reason: letter.reason.clone(),
+        at: letter.at,
+    };
+    let written = store.dead_letter(kept);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(err) = written.await {
+            tracing::warn!(error = %err, "a dead letter of a durable component was not kept in the store");
+        }
+    });
+}
+
+/// The dead letters `store` keeps, oldest first, as the broker lists them.
+pub(crate) async fn kept_dead_letters(store: &dyn Store) -> Result<Vec<DeadLetter>, StoreError> {
+    let kept = store.dead_letters().await?;
+    Ok(kept
+        .letters
+        .into_iter()
+        .map(|letter| DeadLetter {
+            sender: letter.sender.into(),
+            target: letter.target.into(),
+            kind: match letter.kind {
+                Kind::Request => MessageKind::Request,
+                Kind::Message | Kind::Publication => MessageKind::Message,
+            },
+            payload: letter.payload.to_vec(),
+            payload_len: letter.payload_len as usize,
+            reason: letter.reason,
+            at: letter.at,
+        })
+        .collect())
 }
 
 /// The error of a send that cannot wait (`Broker::send`) to a durable component, which

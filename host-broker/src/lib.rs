@@ -32,8 +32,10 @@
 //! `handoff` runs a request on its requester's task when it can,
 //! `messaging` is what a guest's `messaging` imports call; `mailbox` is what travels,
 //! `registry` finds components, `actor` runs them, `supervisor` decides restarts,
-//! `capabilities` decides access, `dead_letter` and `metrics` keep the record; `remote` is
-//! the way to and from other hosts, for a lattice to implement ([`Remote`]).
+//! `capabilities` decides access, `dead_letter` and `metrics` keep the record; `durable`
+//! keeps durable components in the store and `outbox` holds what their handlers send until
+//! it is committed; `remote` is the way to and from other hosts, for a lattice to
+//! implement ([`Remote`]).
 
 mod actor;
 mod broker;
@@ -46,6 +48,7 @@ mod handoff;
 mod mailbox;
 mod messaging;
 mod metrics;
+mod outbox;
 mod registry;
 mod remote;
 mod request;
@@ -67,6 +70,7 @@ pub use dead_letter::{
 pub use error::{BrokerError, SendError, check_id};
 pub use handle::ComponentHandle;
 pub use metrics::{Accounting, LatencySummary};
+pub use outbox::{MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES};
 pub use registry::ComponentState;
 pub use remote::{Exposure, Remote, RemoteAnswer, RemoteMessage, RemoteRefusal, Served};
 pub use routing::MAX_NAME_BYTES;

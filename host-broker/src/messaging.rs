@@ -8,6 +8,7 @@ use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError, Sendi
 
 use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
+use crate::outbox::Outbox;
 use crate::routing::{Access, RouteCache, Routed, Router};
 
 /// The messaging of one spawned component: its capabilities, and a way back to the
@@ -19,16 +20,43 @@ pub(crate) struct ActorMessaging {
     /// The component's denied sends are logged at a bounded rate: a guest that tries in a
     /// loop cannot flood the host's log.
     denials: LineBudget,
+    /// A durable component's outbox, where its messages and publications wait for the
+    /// commit of the batch that sent them.
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl ActorMessaging {
-    pub(crate) fn new(router: &Arc<Router>, capabilities: Capabilities) -> ActorMessaging {
+    pub(crate) fn new(
+        router: &Arc<Router>,
+        capabilities: Capabilities,
+        outbox: Option<Arc<Outbox>>,
+    ) -> ActorMessaging {
         ActorMessaging {
             router: Arc::downgrade(router),
             capabilities,
             last_target: RouteCache::default(),
             denials: LineBudget::default(),
+            outbox,
         }
+    }
+
+    /// For a durable component: hold its message for the commit, after the checks.
+    fn send_later(
+        &self,
+        outbox: &Outbox,
+        sender: &ComponentId,
+        target: &str,
+        message: Vec<u8>,
+    ) -> Result<(), MessagingError> {
+        let access = Access::of_component(self.capabilities.may_send(target));
+        let held = self.router()?.send_later(
+            outbox,
+            target,
+            message.into(),
+            access,
+            Some(&self.last_target),
+        );
+        self.denied(sender, "send to", held)
     }
 
     fn router(&self) -> Result<Arc<Router>, MessagingError> {
@@ -65,6 +93,9 @@ fn log_denial<T>(
 
 impl Messaging for ActorMessaging {
     fn start_send_message(&self, sender: &ComponentId, target: &str, message: Vec<u8>) -> Sending {
+        if let Some(outbox) = &self.outbox {
+            return Sending::Done(self.send_later(outbox, sender, target, message));
+        }
         let access = Access::of_component(self.capabilities.may_send(target));
         let envelope = Envelope::message(sender.clone(), message.into());
         let router = match self.router() {
@@ -87,6 +118,9 @@ impl Messaging for ActorMessaging {
         target: &str,
         message: Vec<u8>,
     ) -> Result<(), MessagingError> {
+        if let Some(outbox) = &self.outbox {
+            return self.send_later(outbox, sender, target, message);
+        }
         let access = Access::of_component(self.capabilities.may_send(target));
         let envelope = Envelope::message(sender.clone(), message.into());
         let routed = self
@@ -127,9 +161,11 @@ impl Messaging for ActorMessaging {
         message: Vec<u8>,
     ) -> Result<u32, MessagingError> {
         let access = Access::of_component(self.capabilities.may_publish(topic));
-        let published = self
-            .router()?
-            .publish(sender, topic, message.into(), access);
+        let router = self.router()?;
+        let published = match &self.outbox {
+            Some(outbox) => router.publish_later(outbox, topic, message.into(), access),
+            None => router.publish(sender, topic, message.into(), access),
+        };
         self.denied(sender, "publish on", published)
     }
 }

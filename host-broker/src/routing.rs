@@ -135,7 +135,7 @@ impl Router {
     ///
     /// The capability comes before anything else about the target, so a denied sender
     /// learns nothing about which ids exist.
-    fn check_sender(
+    pub(crate) fn check_sender(
         &self,
         name: &str,
         payload_len: usize,
@@ -237,7 +237,7 @@ impl Router {
     }
 
     /// Put `envelope` in `entry`'s mailbox, waiting up to `wait` for room.
-    async fn enqueue_waiting(
+    pub(crate) async fn enqueue_waiting(
         &self,
         entry: &Entry,
         envelope: Envelope,

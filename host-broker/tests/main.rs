@@ -11,6 +11,7 @@ mod handoff;
 mod hostile;
 mod lifecycle;
 mod messaging;
+mod outbox;
 mod properties;
 mod remote;
 mod soak;

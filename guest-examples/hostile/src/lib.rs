@@ -29,6 +29,8 @@
 //! - `recurse`: recurse without end until the stack overflows;
 //! - `alloc`: allocate 1 MiB blocks without end;
 //! - `panic`: panic;
+//! - `send-then-panic:<target>[:<payload>]`: send one message, then panic, so tests can see
+//!   what becomes of what a handler sent before it trapped;
 //! - `unreachable`: execute `unreachable`;
 //! - `sleep:<ms>`: sleep in a WASI host call (where no epoch check runs);
 //! - `sleep-loop:<ms>:<times>`: sleep `times` times for `ms` each, so that no single wait is
@@ -112,6 +114,11 @@ fn run(command: &str) -> Result<Vec<u8>, HandlerError> {
             }
         }
         "panic" => panic!("hostile was told to panic"),
+        "send-then-panic" => {
+            let (target, payload) = target_and_payload(argument);
+            let sent = courier_sdk::send(target, payload);
+            panic!("hostile was told to panic after sending ({sent:?})")
+        }
         "unreachable" => core::arch::wasm32::unreachable(),
         "sleep" => {
             std::thread::sleep(Duration::from_millis(number(argument)?));

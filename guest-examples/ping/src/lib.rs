@@ -26,8 +26,10 @@ use courier_sdk::prelude::*;
 /// Where the numbers go when the message names no target.
 const DEFAULT_TARGET: &str = "pong";
 
-/// What ping remembers across messages.
-#[derive(Default)]
+/// What ping remembers across messages. Serde's, so a durable ping keeps its numbering
+/// across a crash (and a live upgrade carries it to the new version).
+#[derive(Default, courier_sdk::serde::Serialize, courier_sdk::serde::Deserialize)]
+#[serde(crate = "courier_sdk::serde")]
 struct Ping {
     /// Messages sent so far, to every target.
     sent: u64,
