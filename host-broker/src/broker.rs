@@ -306,6 +306,14 @@ impl Broker {
         &self.inner.router
     }
 
+    pub(crate) fn router_weak(&self) -> Weak<Router> {
+        Arc::downgrade(&self.inner.router)
+    }
+
+    pub(crate) fn timer_wheel(&self) -> Arc<TimerWheel> {
+        self.inner.timer_wheel.clone()
+    }
+
     /// Instantiate the component and start its actor on the current tokio runtime.
     /// Refuses an id already in use, an id [`check_id`] refuses, and capability patterns
     /// that would not mean what they say.
@@ -328,7 +336,18 @@ impl Broker {
             supervision,
             max_timers,
             durable,
+            keyed,
         } = spec;
+        if keyed.is_some() {
+            return Err(BrokerError::InvalidSpec {
+                component: id,
+                field: "keyed",
+                reason: "is set: a keyed component is registered with `Broker::spawn_keyed`".into(),
+            });
+        }
+        if router.keyed.contains(&id) {
+            return Err(BrokerError::DuplicateId(id));
+        }
         check_id(&id).map_err(|reason| BrokerError::InvalidId {
             id: id.to_string(),
             reason,
@@ -606,6 +625,7 @@ impl Broker {
             .registry
             .get(target)
             .is_some_and(|entry| entry.shared.durable.is_some())
+            || router.keyed.is_durable_key(target)
         {
             return Self::stored(router.route_or_store(
                 target,
@@ -819,7 +839,7 @@ impl Broker {
 
 /// The store a durable component `id` is kept in, or why it cannot be durable: no store, or
 /// a spec that would take messages the store does not keep yet.
-fn durable_store(
+pub(crate) fn durable_store(
     id: &ComponentId,
     store: Option<&Arc<dyn Store>>,
     exposure: crate::Exposure,

@@ -43,6 +43,7 @@ mod durable;
 mod error;
 mod handle;
 mod handoff;
+mod keyed;
 mod mailbox;
 mod messaging;
 mod metrics;
@@ -66,6 +67,9 @@ pub use dead_letter::{
 };
 pub use error::{BrokerError, SendError, check_id};
 pub use handle::ComponentHandle;
+pub use keyed::{
+    DEFAULT_IDLE, DEFAULT_MAX_ACTIVE, KeyedMetrics, Keying, MAX_KEY_BYTES, MIN_IDLE, check_key,
+};
 pub use metrics::{Accounting, LatencySummary};
 pub use registry::ComponentState;
 pub use remote::{Exposure, Remote, RemoteAnswer, RemoteMessage, RemoteRefusal, Served};
