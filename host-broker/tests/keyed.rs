@@ -297,3 +297,39 @@ async fn a_durable_key_keeps_its_state_across_passivations() {
     assert!(metrics.passivations >= keys as u64, "{metrics:?}");
     balanced(&broker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_key_put_away_while_messages_arrive_loses_no_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let broker = Broker::with_config(
+        engine.clone(),
+        BrokerConfig::default().store(store_in(&dir)),
+    );
+    let keying = Keying::default().idle(Duration::from_millis(10));
+    let spec = ComponentSpec::new("cart", load(&engine, "counter"))
+        .durable(true)
+        .keyed(keying);
+    broker.spawn_keyed(spec).await.unwrap();
+    let rounds = 150;
+    for round in 0..rounds {
+        for key in 0..3 {
+            broker
+                .send_durable(&format!("cart/{key}"), b"add".to_vec())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_micros(2_000 + (round * 37) % 11_000)).await;
+    }
+    quiet(&broker).await;
+    let metrics = broker.keyed_metrics().remove(0);
+    assert!(metrics.passivations > 10, "passivations met: {metrics:?}");
+    for key in 0..3 {
+        assert_eq!(
+            count(&broker, &format!("cart/{key}")).await,
+            rounds,
+            "cart/{key}"
+        );
+    }
+    balanced(&broker);
+}
