@@ -228,7 +228,7 @@ impl KeyOf {
 }
 
 impl Keyed {
-    fn template(&self, id: &str) -> Option<Arc<Template>> {
+    pub(crate) fn template(&self, id: &str) -> Option<Arc<Template>> {
         self.templates
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -746,6 +746,55 @@ impl Broker {
         tokio::spawn(sweep_idle(Arc::downgrade(&template), self.router_weak()));
         tracing::info!(component = %id, idle = ?keying.idle, max_active, "keyed component registered");
         Ok(())
+    }
+
+    /// Upgrade a keyed component: keys made from now on run `component`, and every active
+    /// key is upgraded as [`Broker::upgrade`] upgrades a component (its state moved, nothing
+    /// lost or reordered). A key put away meanwhile comes back on the new version.
+    pub(crate) async fn upgrade_keys(
+        &self,
+        template: Arc<Template>,
+        component: courier_host_core::Component,
+    ) -> Result<crate::Upgraded, BrokerError> {
+        let started = Instant::now();
+        let previous = {
+            let mut spec = template.spec.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = spec.component.version().to_string();
+            spec.component = component.clone();
+            previous
+        };
+        let active: Vec<ComponentId> = {
+            let keys = template.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.active.keys().cloned().collect()
+        };
+        let mut failed = Vec::new();
+        for key in &active {
+            match Box::pin(self.upgrade(key, component.clone())).await {
+                Ok(_) | Err(BrokerError::NotFound(_)) => {}
+                // Put away, stopped or failed meanwhile: it comes back on the new version.
+                Err(BrokerError::Upgrade { reason, .. })
+                    if reason.contains("stopped before") || reason.contains("only a running") => {}
+                Err(err) => failed.push(format!("{key}: {err}")),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(BrokerError::Upgrade {
+                component: template.id.clone(),
+                reason: format!(
+                    "{} of {} active keys kept the old version (new keys get the new one): {}",
+                    failed.len(),
+                    active.len(),
+                    crate::text::bounded_text(&failed.join("; "))
+                ),
+            });
+        }
+        Ok(crate::Upgraded {
+            id: template.id.clone(),
+            previous,
+            version: component.version().to_string(),
+            state_bytes: None,
+            took: started.elapsed(),
+        })
     }
 
     /// Every keyed component's counters, sorted by id: totals over its keys, never one row

@@ -244,18 +244,9 @@ impl Router {
             Err(Refused { envelope, .. })
                 if entry.shared.keyed.is_some() && entry.shared.is_retired() =>
             {
-                let successor = self
-                    .registry
-                    .get(&entry.shared.id)
-                    .map(Ok)
-                    .or_else(|| self.keyed.activate(self, &entry.shared.id));
-                return match successor {
-                    Some(Ok(successor)) => self.enqueue(&successor, envelope),
-                    Some(Err(error)) => Err(Refused { error, envelope }),
-                    None => Err(Refused {
-                        error: MessagingError::TargetNotFound(entry.shared.id.to_string()),
-                        envelope,
-                    }),
+                return match self.successor(&entry.shared.id) {
+                    Ok(successor) => self.enqueue(&successor, envelope),
+                    Err(error) => Err(Refused { error, envelope }),
                 };
             }
             charged => charged?,
@@ -411,6 +402,9 @@ impl Router {
     ) -> Result<Routed, Refused> {
         match self.admit_envelope(target, envelope, access, cache)? {
             (Target::Local(entry), envelope) => match entry.shared.durable.as_ref() {
+                Some(_) if entry.shared.keyed.is_some() => Ok(Routed::Storing(Box::pin(
+                    self.clone().store_for_key(entry, envelope, wait),
+                ))),
                 Some(durable) => {
                     let store = durable.store.clone();
                     let storing = self
@@ -426,6 +420,55 @@ impl Router {
             (Target::Remote(remote), envelope) => self
                 .route_remote(&*remote, target, envelope)
                 .map(|()| Routed::Queued),
+        }
+    }
+
+    /// Store a message for a durable key, then queue it, as for any durable component; if
+    /// the key was put away meanwhile (its entry retired before the message was counted in),
+    /// that was no refusal: the key's successor takes the message.
+    async fn store_for_key(
+        self: Arc<Router>,
+        mut entry: Arc<Entry>,
+        mut envelope: Envelope,
+        wait: Option<Duration>,
+    ) -> Result<(), Refused> {
+        loop {
+            let store = match entry.shared.durable.as_ref() {
+                Some(durable) => durable.store.clone(),
+                None => unreachable!("a durable key's successor is durable"),
+            };
+            let stored = self
+                .clone()
+                .store_then_enqueue(entry.clone(), store, envelope, wait)
+                .await;
+            match stored {
+                Err(refused) if entry.shared.is_retired() => {
+                    // Counted refused on the way out; it is not.
+                    self.counters.refused.fetch_sub(1, Ordering::Relaxed);
+                    entry.shared.metrics.refused.fetch_sub(1, Ordering::Relaxed);
+                    envelope = refused.envelope;
+                    entry = match self.successor(&entry.shared.id) {
+                        Ok(successor) => successor,
+                        Err(error) => {
+                            self.refused(None);
+                            return Err(Refused { error, envelope });
+                        }
+                    };
+                }
+                stored => return stored,
+            }
+        }
+    }
+
+    /// The entry that serves the key `id` now that its last one was retired: registered
+    /// since, or made now.
+    fn successor(&self, id: &str) -> Result<Arc<Entry>, MessagingError> {
+        match self.registry.get(id) {
+            Some(entry) => Ok(entry),
+            None => self
+                .keyed
+                .activate(self, id)
+                .unwrap_or_else(|| Err(MessagingError::TargetNotFound(id.to_string()))),
         }
     }
 

@@ -333,3 +333,33 @@ async fn a_durable_key_put_away_while_messages_arrive_loses_no_count() {
     }
     balanced(&broker);
 }
+
+#[tokio::test]
+async fn an_upgrade_reaches_every_active_key_and_every_key_made_after() {
+    let setup = Setup::new();
+    let broker = &setup.broker;
+    broker
+        .spawn_keyed(keyed(&setup, "echo", Keying::default()))
+        .await
+        .unwrap();
+    let echoed = broker
+        .request("cart/1", b"hi".to_vec(), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"hi");
+    // Made, its instance not yet: the upgrade reaches it too.
+    broker.send("cart/2", b"queued".to_vec()).unwrap();
+
+    let counter = load(&setup.engine, "counter");
+    let version = counter.version().to_string();
+    let upgraded = broker.upgrade("cart", counter).await.unwrap();
+    assert_eq!(upgraded.version, version);
+    for key in ["cart/1", "cart/2", "cart/3"] {
+        let reply = broker.request(key, b"hi".to_vec(), SECOND).await.unwrap();
+        assert_eq!(reply.len(), 8, "{key} answers as a counter");
+    }
+    assert_eq!(broker.keyed_metrics()[0].version, version);
+    assert_eq!(broker.metrics("cart/1").unwrap().version, version);
+    quiet(broker).await;
+    balanced(broker);
+}
