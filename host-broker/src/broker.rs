@@ -799,12 +799,14 @@ impl Broker {
         Some(MetricsSnapshot::of(&entry.shared, entry.mailbox_depth()))
     }
 
-    /// Every component's counters, sorted by id.
+    /// Every component's counters, sorted by id. Keys of keyed components are left out:
+    /// they come and go, and [`keyed_metrics`](Self::keyed_metrics) sums them per component.
     pub fn all_metrics(&self) -> Vec<MetricsSnapshot> {
         self.router()
             .registry
             .all()
             .iter()
+            .filter(|e| e.shared.keyed.is_none())
             .map(|e| MetricsSnapshot::of(&e.shared, e.mailbox_depth()))
             .collect()
     }
