@@ -260,6 +260,14 @@ pub fn render_store(out: &mut String, stats: &StoreStats, components: &[MetricsS
     );
 }
 
+/// A keyed family: its name, kind, help, and how a component's value is read.
+type KeyedFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&KeyedMetrics) -> f64,
+);
+
 /// Append the keyed components' families: one sample per keyed component, never per key, so
 /// a million keys do not make a million series.
 pub fn render_keyed(out: &mut String, keyed: &[KeyedMetrics]) {
@@ -269,7 +277,7 @@ pub fn render_keyed(out: &mut String, keyed: &[KeyedMetrics]) {
             .map(|m| (vec![("component", m.id.to_string())], value(m)))
             .collect()
     };
-    let families: [(&str, &str, &str, fn(&KeyedMetrics) -> f64); 7] = [
+    let families: [KeyedFamily; 7] = [
         (
             "courier_keyed_active_keys",
             "gauge",
