@@ -176,7 +176,8 @@ pub(crate) struct Template {
     store: Option<Arc<dyn Store>>,
     timer_wheel: Arc<TimerWheel>,
     runtime: tokio::runtime::Handle,
-    /// When the template was made: `last_used` marks count milliseconds from it.
+    /// When the template was made: `last_used` marks count microseconds from it, fine
+    /// enough that keys activated in a burst are still ordered.
     epoch: Instant,
     /// The most keys active at once, resolved against the engine's pool.
     max_active: usize,
@@ -210,7 +211,7 @@ struct Keys {
 /// What an active key's shared state holds of its keyed component.
 pub(crate) struct KeyOf {
     template: Arc<Template>,
-    /// Milliseconds from the template's epoch to the last send to it.
+    /// Microseconds from the template's epoch to the last send to it.
     last_used: AtomicU64,
     /// When its entry was made.
     made: Instant,
@@ -222,7 +223,7 @@ pub(crate) struct KeyOf {
 impl KeyOf {
     /// Mark it used now, for the LRU and the idle sweep: a relaxed store per send.
     pub(crate) fn touch(&self) {
-        let now = self.template.epoch.elapsed().as_millis() as u64;
+        let now = self.template.epoch.elapsed().as_micros() as u64;
         self.last_used.store(now, Ordering::Relaxed);
     }
 }
@@ -372,7 +373,7 @@ impl Template {
             .map(|store| crate::durable::Durable::new(store, Vec::new()));
         shared.keyed = Some(KeyOf {
             template: self.clone(),
-            last_used: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            last_used: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
             made: Instant::now(),
             predecessor: Mutex::new(predecessor),
         });
@@ -468,8 +469,8 @@ impl Template {
 
     /// Put away every key idle for the template's timeout.
     fn sweep(self: &Arc<Self>, router: &Arc<Router>) {
-        let idle = self.keying.idle.as_millis() as u64;
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let idle = self.keying.idle.as_micros() as u64;
+        let now = self.epoch.elapsed().as_micros() as u64;
         let victims: Vec<Arc<Entry>> = {
             let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
             let idle_ids: Vec<ComponentId> = keys
