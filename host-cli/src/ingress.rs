@@ -842,7 +842,8 @@ async fn unknown_route() -> ApiError {
         StatusCode::NOT_FOUND,
         "no-such-route",
         "the ingress serves GET / (the dashboard), POST /components/{id}/messages, \
-         POST /components/{id}/requests, GET /components, GET /metrics, GET /dead-letters, \
+         POST /components/{id}/requests (an id of two parts, such as a key `cart/8812`, \
+         plainly or with its slash as %2F), GET /components, GET /metrics, GET /dead-letters, \
          GET /lattice, and with the management token POST /components/{id}/restart and \
          POST /components/{id}/upgrade",
     )
