@@ -491,6 +491,13 @@ impl Core {
     /// the actor's task (a trap, an end) comes back rather than being dealt with here, so a
     /// requester that borrowed the core never waits out a restart.
     pub(crate) async fn handle(&mut self) -> Option<Aftermath> {
+        // A key's instance is made by the first call that needs it (`keyed`).
+        if self.instance.is_none()
+            && self.shared.keyed.is_some()
+            && let Some(aftermath) = crate::keyed::activate_core(self).await
+        {
+            return Some(aftermath);
+        }
         if let Some(aftermath) = self.deliver().await {
             return Some(aftermath);
         }
@@ -887,7 +894,7 @@ impl Core {
 
     /// Put `envelope` in the dead-letter record with `reason`, and in the store's if the
     /// component is durable; a requester hears the reason as `target-crashed`.
-    fn dead_letter(&self, envelope: Envelope, reason: &str) {
+    pub(crate) fn dead_letter(&self, envelope: Envelope, reason: &str) {
         self.record_dead_letter(envelope, reason, true)
     }
 

@@ -310,6 +310,14 @@ impl Broker {
         &self.inner.router
     }
 
+    pub(crate) fn router_weak(&self) -> Weak<Router> {
+        Arc::downgrade(&self.inner.router)
+    }
+
+    pub(crate) fn timer_wheel(&self) -> Arc<TimerWheel> {
+        self.inner.timer_wheel.clone()
+    }
+
     /// Instantiate the component and start its actor on the current tokio runtime.
     /// Refuses an id already in use, an id [`check_id`] refuses, and capability patterns
     /// that would not mean what they say.
@@ -332,7 +340,18 @@ impl Broker {
             supervision,
             max_timers,
             durable,
+            keyed,
         } = spec;
+        if keyed.is_some() {
+            return Err(BrokerError::InvalidSpec {
+                component: id,
+                field: "keyed",
+                reason: "is set: a keyed component is registered with `Broker::spawn_keyed`".into(),
+            });
+        }
+        if router.keyed.contains(&id) {
+            return Err(BrokerError::DuplicateId(id));
+        }
         check_id(&id).map_err(|reason| BrokerError::InvalidId {
             id: id.to_string(),
             reason,
@@ -699,6 +718,7 @@ impl Broker {
             .registry
             .get(target)
             .is_some_and(|entry| entry.shared.durable.is_some())
+            || router.keyed.is_durable_key(target)
         {
             return Self::stored(router.route_or_store(
                 target,
@@ -891,12 +911,14 @@ impl Broker {
         Some(MetricsSnapshot::of(&entry.shared, entry.mailbox_depth()))
     }
 
-    /// Every component's counters, sorted by id.
+    /// Every component's counters, sorted by id. Keys of keyed components are left out:
+    /// they come and go, and [`keyed_metrics`](Self::keyed_metrics) sums them per component.
     pub fn all_metrics(&self) -> Vec<MetricsSnapshot> {
         self.router()
             .registry
             .all()
             .iter()
+            .filter(|e| e.shared.keyed.is_none())
             .map(|e| MetricsSnapshot::of(&e.shared, e.mailbox_depth()))
             .collect()
     }
@@ -951,7 +973,7 @@ fn delivered(entries: &[Arc<Entry>]) -> u64 {
         .sum()
 }
 
-fn durable_store(
+pub(crate) fn durable_store(
     id: &ComponentId,
     store: Option<&Arc<dyn Store>>,
     exposure: crate::Exposure,

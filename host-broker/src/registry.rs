@@ -85,6 +85,8 @@ pub(crate) struct ActorShared {
     pub(crate) timers: Arc<ActorTimers>,
     /// The store it is kept in, if it is durable.
     pub(crate) durable: Option<crate::durable::Durable>,
+    /// Its keyed component, if it is a key of one.
+    pub(crate) keyed: Option<crate::keyed::KeyOf>,
     /// Where its core waits while the actor is idle, for a request to borrow.
     pub(crate) handoff: HandOff,
     /// Set by the first request for it, after which the actor leaves its core at the
@@ -112,6 +114,7 @@ impl ActorShared {
         ActorShared {
             timers,
             durable: None,
+            keyed: None,
             upgrade_pending: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             component: Mutex::new(component),
@@ -182,7 +185,14 @@ impl ActorShared {
     }
 
     pub(crate) fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
+        // Sequentially consistent: a key's passivation reads the queued count after this
+        // and senders read it after counting (`Router::charge`).
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it was removed from the registry.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Whether a sender may keep using a cached entry for this component.

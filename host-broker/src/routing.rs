@@ -108,8 +108,10 @@ pub(crate) struct Router {
     pub(crate) dead_letters: Arc<DeadLetters>,
     /// Other hosts, once a lattice is attached.
     pub(crate) remote: RemoteSlot,
+    /// Keyed components, whose keys are made on their first message.
+    pub(crate) keyed: crate::keyed::Keyed,
     /// This router, for the remote messages that end in its counters.
-    me: Weak<Router>,
+    pub(crate) me: Weak<Router>,
 }
 
 impl Router {
@@ -121,6 +123,7 @@ impl Router {
             shutting_down: AtomicBool::new(false),
             counters: Arc::default(),
             remote: RemoteSlot::new(),
+            keyed: crate::keyed::Keyed::default(),
             me: me.clone(),
         })
     }
@@ -174,14 +177,22 @@ impl Router {
         self.check_sender(target, payload_len, access)
             .map_err(|err| (err, None))?;
         if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
+            touch(&entry);
             return Ok(Target::Local(entry));
         }
-        let Some(entry) = self.registry.get(target) else {
-            return match self.remote.get() {
-                Some(remote) => Ok(Target::Remote(remote)),
-                None => Err((MessagingError::TargetNotFound(target.to_string()), None)),
-            };
+        let entry = match self.registry.get(target) {
+            Some(entry) => entry,
+            None => match self.keyed.activate(self, target) {
+                Some(activated) => activated.map_err(|err| (err, None))?,
+                None => {
+                    return match self.remote.get() {
+                        Some(remote) => Ok(Target::Remote(remote)),
+                        None => Err((MessagingError::TargetNotFound(target.to_string()), None)),
+                    };
+                }
+            },
         };
+        touch(&entry);
         if let Some(cache) = cache {
             cache.put(&entry);
         }
@@ -197,8 +208,17 @@ impl Router {
     pub(crate) fn charge(&self, entry: &Entry, envelope: Envelope) -> Result<Envelope, Refused> {
         let shared = &entry.shared;
         // Counted before it is in the mailbox, so a request its sender makes next sees it
-        // and is not handed off ahead of it.
-        shared.queued.messages.fetch_add(1, Ordering::Relaxed);
+        // and is not handed off ahead of it. Sequentially consistent with the look at
+        // `retired` below and a passivation's retire-then-read of the count, so a key's
+        // passivation sees either the message counted or its sender sees the key retired.
+        shared.queued.messages.fetch_add(1, Ordering::SeqCst);
+        if shared.keyed.is_some() && shared.is_retired() {
+            release(shared, &self.counters, 1, 0);
+            return Err(Refused {
+                error: MessagingError::MailboxFull(shared.id.to_string()),
+                envelope,
+            });
+        }
         let len = envelope.payload().len() as u64;
         if len == 0 {
             return Ok(envelope);
@@ -216,8 +236,21 @@ impl Router {
     }
 
     /// Put `envelope` in `entry`'s mailbox if there is room now, in messages and in bytes.
+    ///
+    /// A key that is being put away takes nothing more: its message goes to the key's
+    /// successor, which handles it once the old instance has ended.
     pub(crate) fn enqueue(&self, entry: &Entry, envelope: Envelope) -> Result<(), Refused> {
-        let envelope = self.charge(entry, envelope)?;
+        let envelope = match self.charge(entry, envelope) {
+            Err(Refused { envelope, .. })
+                if entry.shared.keyed.is_some() && entry.shared.is_retired() =>
+            {
+                return match self.successor(&entry.shared.id) {
+                    Ok(successor) => self.enqueue(&successor, envelope),
+                    Err(error) => Err(Refused { error, envelope }),
+                };
+            }
+            charged => charged?,
+        };
         entry.try_send(envelope).map_err(|err| {
             let (error, envelope) = match err {
                 mpsc::error::TrySendError::Full(envelope) => (
@@ -369,6 +402,9 @@ impl Router {
     ) -> Result<Routed, Refused> {
         match self.admit_envelope(target, envelope, access, cache)? {
             (Target::Local(entry), envelope) => match entry.shared.durable.as_ref() {
+                Some(_) if entry.shared.keyed.is_some() => Ok(Routed::Storing(Box::pin(
+                    self.clone().store_for_key(entry, envelope, wait),
+                ))),
                 Some(durable) => {
                     let store = durable.store.clone();
                     let storing = self
@@ -384,6 +420,55 @@ impl Router {
             (Target::Remote(remote), envelope) => self
                 .route_remote(&*remote, target, envelope)
                 .map(|()| Routed::Queued),
+        }
+    }
+
+    /// Store a message for a durable key, then queue it, as for any durable component; if
+    /// the key was put away meanwhile (its entry retired before the message was counted in),
+    /// that was no refusal: the key's successor takes the message.
+    async fn store_for_key(
+        self: Arc<Router>,
+        mut entry: Arc<Entry>,
+        mut envelope: Envelope,
+        wait: Option<Duration>,
+    ) -> Result<(), Refused> {
+        loop {
+            let store = match entry.shared.durable.as_ref() {
+                Some(durable) => durable.store.clone(),
+                None => unreachable!("a durable key's successor is durable"),
+            };
+            let stored = self
+                .clone()
+                .store_then_enqueue(entry.clone(), store, envelope, wait)
+                .await;
+            match stored {
+                Err(refused) if entry.shared.is_retired() => {
+                    // Counted refused on the way out; it is not.
+                    self.counters.refused.fetch_sub(1, Ordering::Relaxed);
+                    entry.shared.metrics.refused.fetch_sub(1, Ordering::Relaxed);
+                    envelope = refused.envelope;
+                    entry = match self.successor(&entry.shared.id) {
+                        Ok(successor) => successor,
+                        Err(error) => {
+                            self.refused(None);
+                            return Err(Refused { error, envelope });
+                        }
+                    };
+                }
+                stored => return stored,
+            }
+        }
+    }
+
+    /// The entry that serves the key `id` now that its last one was retired: registered
+    /// since, or made now.
+    fn successor(&self, id: &str) -> Result<Arc<Entry>, MessagingError> {
+        match self.registry.get(id) {
+            Some(entry) => Ok(entry),
+            None => self
+                .keyed
+                .activate(self, id)
+                .unwrap_or_else(|| Err(MessagingError::TargetNotFound(id.to_string()))),
         }
     }
 
@@ -480,6 +565,13 @@ pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, messages:
     if len > 0 {
         shared.queued.bytes.fetch_sub(len, Ordering::Relaxed);
         counters.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+/// Mark a key used now, for its component's LRU and idle sweep.
+fn touch(entry: &Entry) {
+    if let Some(key) = &entry.shared.keyed {
+        key.touch();
     }
 }
 

@@ -54,6 +54,7 @@ pub struct ComponentSpec {
     pub(crate) supervision: Supervision,
     pub(crate) max_timers: u32,
     pub(crate) durable: bool,
+    pub(crate) keyed: Option<crate::keyed::Keying>,
 }
 
 impl ComponentSpec {
@@ -75,6 +76,7 @@ impl ComponentSpec {
             supervision: Supervision::default(),
             max_timers: DEFAULT_MAX_TIMERS,
             durable: false,
+            keyed: None,
         }
     }
 
@@ -196,6 +198,20 @@ impl ComponentSpec {
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self
+    }
+
+    /// Make it a keyed component, registered with
+    /// [`Broker::spawn_keyed`](crate::Broker::spawn_keyed): `<id>/<key>` reaches the
+    /// instance of that key, made on its first message and put away as `keying` says. Its
+    /// capabilities, limits, supervision and durability apply to each key.
+    pub fn keyed(mut self, keying: crate::keyed::Keying) -> Self {
+        self.keyed = Some(keying);
+        self
+    }
+
+    /// How its keys come and go, if it is keyed.
+    pub fn get_keyed(&self) -> Option<crate::keyed::Keying> {
+        self.keyed
     }
 
     /// Whether it is kept in the broker's store.

@@ -79,6 +79,9 @@ impl Broker {
             component: id.into(),
             reason,
         };
+        if let Some(template) = self.router().keyed.template(id) {
+            return self.upgrade_keys(template, component).await;
+        }
         let entry = self
             .router()
             .registry
@@ -128,6 +131,14 @@ impl Core {
     /// failure left for the actor (an instance whose `save-state` trapped, a call the drain
     /// cut) comes back.
     pub(crate) async fn take_upgrade(&mut self) -> Option<Aftermath> {
+        // A key whose instance is not made yet makes it first (from its stored state, when
+        // durable), so what it holds moves to the new version as for any instance.
+        if self.instance.is_none()
+            && self.shared.keyed.is_some()
+            && let Some(aftermath) = crate::keyed::activate_core(self).await
+        {
+            return Some(aftermath);
+        }
         let order = self.shared.take_upgrade_order()?;
         let previous = self.component.version().to_string();
         let (answer, aftermath) = match self.next_version(&order.component).await {

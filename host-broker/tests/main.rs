@@ -9,6 +9,7 @@ mod durable;
 
 mod handoff;
 mod hostile;
+mod keyed;
 mod lifecycle;
 mod messaging;
 mod outbox;

@@ -17,7 +17,11 @@
 //! routes: the broker hands it to the lattice.
 //!
 //! A component id with a `/` in it (`orders/billing`) is written with the slash
-//! percent-encoded: `/components/orders%2Fbilling/messages`.
+//! percent-encoded: `/components/orders%2Fbilling/messages`, or, for messages and requests
+//! to an id of two parts such as a key of a keyed component, plainly:
+//! `/components/cart/8812/requests`. `GET /components` and `GET /metrics` show a keyed
+//! component as one row with its keys summed (`keyed`: active, activations, passivations,
+//! activation latency), never a row per key.
 //!
 //! Errors are JSON, `{"error": "mailbox-full", "message": "..."}`, with the status that says
 //! what kind of error it is: 404 unknown id, 403 denied, 429 mailbox full, 413 too large,
@@ -240,6 +244,8 @@ pub fn router(broker: Broker, config: IngressConfig) -> Router {
         .route("/components", get(list_components))
         .route("/components/{id}/messages", post(post_message))
         .route("/components/{id}/requests", post(post_request))
+        .route("/components/{id}/{key}/messages", post(post_key_message))
+        .route("/components/{id}/{key}/requests", post(post_key_request))
         .route(
             "/components/{id}/restart",
             post(restart).route_layer(management()),
@@ -498,6 +504,26 @@ fn body(body: Result<Bytes, BytesRejection>, max_payload: usize) -> Result<Bytes
             rejection.body_text(),
         )),
     }
+}
+
+/// `POST /components/cart/8812/messages`: a message to the key `8812` of the keyed
+/// component `cart`, written without percent-encoding its `/`.
+async fn post_key_message(
+    state: State<Ingress>,
+    Path((id, key)): Path<(String, String)>,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    post_message(state, Path(format!("{id}/{key}")), payload).await
+}
+
+/// `POST /components/cart/8812/requests`: a request to a key, as for messages.
+async fn post_key_request(
+    state: State<Ingress>,
+    Path((id, key)): Path<(String, String)>,
+    params: Result<Query<RequestParams>, QueryRejection>,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    post_request(state, Path(format!("{id}/{key}")), params, payload).await
 }
 
 async fn post_message(
@@ -817,7 +843,8 @@ async fn unknown_route() -> ApiError {
         StatusCode::NOT_FOUND,
         "no-such-route",
         "the ingress serves GET / (the dashboard), POST /components/{id}/messages, \
-         POST /components/{id}/requests, GET /components, GET /metrics, GET /dead-letters, \
+         POST /components/{id}/requests (an id of two parts, such as a key `cart/8812`, \
+         plainly or with its slash as %2F), GET /components, GET /metrics, GET /dead-letters, \
          GET /lattice, and with the management token POST /components/{id}/restart and \
          POST /components/{id}/upgrade",
     )
@@ -844,6 +871,22 @@ struct ComponentView {
     /// A durable component's commits: how many, how many failed, their mean time.
     #[serde(skip_serializing_if = "Option::is_none")]
     durable: Option<DurableView>,
+    /// A keyed component's keys, summed: one row per component, never one per key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyed: Option<KeyedView>,
+}
+
+/// A keyed component's keys as `GET /components` shows them.
+#[derive(Debug, Serialize)]
+struct KeyedView {
+    active: usize,
+    passivating: usize,
+    activations: u64,
+    passivations: u64,
+    idle_ms: u64,
+    max_active: Option<usize>,
+    /// From a key's first message to its instance being ready.
+    activation: LatencyView,
 }
 
 /// A component's handler latency as `GET /components` shows it, in milliseconds; the
@@ -911,8 +954,42 @@ async fn list_components(State(ingress): State<Ingress>) -> axum::Json<Vec<Compo
                 failed_commits: d.failed_commits,
                 mean_commit_ms: d.mean_commit.as_secs_f64() * 1000.0,
             }),
+            keyed: None,
         })
         .collect();
+    let mut views: Vec<ComponentView> = views;
+    views.extend(
+        ingress
+            .broker
+            .keyed_metrics()
+            .into_iter()
+            .map(|k| ComponentView {
+                id: k.id.to_string(),
+                state: "keyed",
+                reason: None,
+                mailbox_depth: 0,
+                delivered: k.delivered,
+                failed: k.failed,
+                dead_lettered: 0,
+                refused: 0,
+                restarts: 0,
+                version: k.version,
+                timers_pending: 0,
+                timers_fired: 0,
+                latency: courier_host_broker::LatencySummary::default().into(),
+                durable: None,
+                keyed: Some(KeyedView {
+                    active: k.active,
+                    passivating: k.passivating,
+                    activations: k.activations,
+                    passivations: k.passivations,
+                    idle_ms: k.keying.get_idle().as_millis() as u64,
+                    max_active: k.keying.get_max_active(),
+                    activation: k.activation_latency.into(),
+                }),
+            }),
+    );
+    views.sort_by(|a, b| a.id.cmp(&b.id));
     axum::Json(views)
 }
 
@@ -922,6 +999,7 @@ async fn metrics(State(ingress): State<Ingress>) -> Response {
     if let Some(stats) = ingress.broker.store_stats() {
         prometheus::render_store(&mut text, &stats, &components);
     }
+    prometheus::render_keyed(&mut text, &ingress.broker.keyed_metrics());
     if let Some(lattice) = &ingress.lattice {
         prometheus::render_lattice(&mut text, &lattice.metrics());
     }

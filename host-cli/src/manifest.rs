@@ -31,6 +31,13 @@
 //! expose = true                         # reachable from other hosts of the lattice
 //! durable = true                        # messages stored before they are accepted, state
 //!                                       # committed per batch, both recovered at start
+//!
+//! [[component]]
+//! id = "cart"                           # keyed: `cart/<key>` reaches that key's instance,
+//! path = "../target/guests/counter.wasm"  # made on its first message
+//! keyed = true
+//! limits = { idle = "5m", max_active = 1000 }   # put away after 5 minutes without a
+//!                                       # message, or least recently used beyond 1000
 //! ```
 //!
 //! [`Manifest::parse`] reads and checks it in two steps. The first is serde's: a TOML
@@ -48,8 +55,8 @@ use std::time::Duration;
 use courier_host_broker::Exposure;
 use courier_host_broker::{
     BrokerConfig, Capabilities, ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY,
-    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_TIMERS, MAX_MAILBOX_CAPACITY,
-    Pattern, RestartPolicy, Supervision, check_id,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_TIMERS, Keying,
+    MAX_MAILBOX_CAPACITY, MIN_IDLE, Pattern, RestartPolicy, Supervision, check_id,
 };
 use courier_host_core::{Component, DEFAULT_DEADLINE, EngineConfig};
 use courier_host_lattice::{Auth, LatticeConfig};
@@ -185,6 +192,9 @@ pub struct ComponentEntry {
     pub exposure: Exposure,
     /// Whether it is kept in the store under `runtime.data_dir` (`durable`).
     pub durable: bool,
+    /// How its keys come and go, if it is keyed (`keyed`, `limits.idle`,
+    /// `limits.max_active`).
+    pub keyed: Option<Keying>,
 }
 
 impl ComponentEntry {
@@ -199,6 +209,9 @@ impl ComponentEntry {
             .expose(self.exposure)
             .max_timers(self.timers)
             .durable(self.durable);
+        if let Some(keying) = self.keyed {
+            spec = spec.keyed(keying);
+        }
         if let Some(memory) = self.memory {
             spec = spec.memory_limit(memory);
         }
@@ -604,6 +617,7 @@ impl Checker<'_> {
             (Some(true), _) => Exposure::Lattice,
             _ => Exposure::Local,
         };
+        let keyed = self.keying(raw, id, &exposure, &capabilities);
         (self.diagnostics.problems.len() == before).then(|| ComponentEntry {
             id: id.to_string(),
             path,
@@ -620,7 +634,78 @@ impl Checker<'_> {
             supervision,
             exposure,
             durable: raw.durable.unwrap_or(false),
+            keyed,
         })
+    }
+
+    /// How the keys of a keyed component come and go, and the problems of one that cannot
+    /// be keyed as written.
+    fn keying(
+        &mut self,
+        raw: &RawComponent,
+        id: &str,
+        exposure: &Exposure,
+        capabilities: &Capabilities,
+    ) -> Option<Keying> {
+        let limits = &raw.limits;
+        let keyed = raw.keyed.unwrap_or(false);
+        if !keyed {
+            for (field, at) in [
+                ("limits.idle", limits.idle.as_ref().map(|at| self.line(at))),
+                (
+                    "limits.max_active",
+                    limits.max_active.as_ref().map(|at| self.line(at)),
+                ),
+            ] {
+                if let Some(line) = at {
+                    let msg = "applies to keyed components only: add `keyed = true`".to_string();
+                    self.diagnostics
+                        .push(Problem::new(msg).line(line).field(field).component(id));
+                }
+            }
+            return None;
+        }
+        let mut problem = |field: &str, msg: &str| {
+            self.diagnostics
+                .push(Problem::new(msg.to_string()).field(field).component(id));
+        };
+        if id.contains('/') {
+            problem(
+                "keyed",
+                "a keyed component's id is one part, without `/`: its keys are the part after it",
+            );
+        }
+        if *exposure != Exposure::Local {
+            problem(
+                "keyed",
+                "keys are placed on one host for now: a keyed component cannot be exposed or replicated",
+            );
+        }
+        if !capabilities.subscribe_patterns().is_empty() {
+            problem(
+                "keyed",
+                "a publication would have to reach every key ever made: a keyed component subscribes to no topic",
+            );
+        }
+        let mut keying = Keying::default();
+        if let Some(idle) = &limits.idle {
+            if idle.get_ref().0 < MIN_IDLE {
+                let msg = format!(
+                    "an idle timeout of {:?} is under the least, {MIN_IDLE:?}",
+                    idle.get_ref().0
+                );
+                self.problem(idle, Some(id), "limits.idle", msg);
+            }
+            keying = keying.idle(idle.get_ref().0);
+        }
+        if let Some(max_active) = &limits.max_active {
+            if *max_active.get_ref() == 0 {
+                let msg = "at least one key must be active at a time".to_string();
+                self.problem(max_active, Some(id), "limits.max_active", msg);
+            }
+            keying = keying.max_active(*max_active.get_ref() as usize);
+        }
+        Some(keying)
     }
 
     fn lattice(&mut self, raw: Spanned<RawLattice>, dir: &Path) -> Option<LatticeConfig> {
@@ -739,6 +824,7 @@ struct RawComponent {
     expose: Option<bool>,
     replicas: Option<bool>,
     durable: Option<bool>,
+    keyed: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -777,6 +863,8 @@ struct RawLimits {
     mailbox_bytes: Option<ByteSize>,
     fuel: Option<Spanned<u64>>,
     timers: Option<u32>,
+    idle: Option<Spanned<Millis>>,
+    max_active: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -863,6 +951,30 @@ mailbox = 10000
     }
 
     #[test]
+    fn a_keyed_component_takes_its_idle_timeout_and_bound_from_its_limits() {
+        let (_dir, file) = folder();
+        let source = good_but(
+            "timers = 0 }",
+            "timers = 0, idle = \"90s\", max_active = 500 }",
+        )
+        .replacen("id = \"ping\"", "id = \"ping\"\nkeyed = true", 1);
+        let manifest = Manifest::parse(&source, &file).unwrap();
+        let keying = manifest.components[0].keyed.expect("keyed");
+        assert_eq!(keying.get_idle(), Duration::from_secs(90));
+        assert_eq!(keying.get_max_active(), Some(500));
+        assert!(manifest.components[1].keyed.is_none());
+    }
+
+    #[test]
+    fn keyed_limits_on_a_component_that_is_not_keyed_are_refused() {
+        let refused = problem(&good_but("timers = 0 }", "timers = 0, max_active = 5 }"));
+        assert!(refused.contains("`limits.max_active`"), "{refused}");
+        assert!(refused.contains("keyed = true"), "{refused}");
+        let refused = problem(&good_but("id = \"pong\"", "id = \"pong\"\nkeyed = true"));
+        assert!(refused.contains("subscribes to no topic"), "{refused}");
+    }
+
+    #[test]
     fn a_complete_manifest_is_read_with_its_defaults_filled_in() {
         let (dir, file) = folder();
         let manifest = Manifest::parse(GOOD, &file).unwrap();
@@ -931,7 +1043,8 @@ mailbox = 10000
         assert_eq!(
             problem(&source),
             "23: component `pong`: `limits.mailbox_size`: unknown field `mailbox_size`, \
-             expected one of `memory`, `deadline`, `mailbox`, `mailbox_bytes`, `fuel`, `timers`"
+             expected one of `memory`, `deadline`, `mailbox`, `mailbox_bytes`, `fuel`, `timers`, \
+             `idle`, `max_active`"
         );
         let source = format!("verbose = true\n{GOOD}");
         assert!(problem(&source).starts_with("1: `verbose`: unknown field `verbose`"));

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use courier_host_broker::{Accounting, MetricsSnapshot};
+use courier_host_broker::{Accounting, KeyedMetrics, MetricsSnapshot};
 use courier_host_lattice::LatticeMetrics;
 use courier_host_store::StoreStats;
 
@@ -258,6 +258,72 @@ pub fn render_store(out: &mut String, stats: &StoreStats, components: &[MetricsS
         "The mean time of the durable component's commits, fsync included.",
         durable(|d| d.mean_commit.as_secs_f64()),
     );
+}
+
+/// A keyed family: its name, kind, help, and how a component's value is read.
+type KeyedFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&KeyedMetrics) -> f64,
+);
+
+/// Append the keyed components' families: one sample per keyed component, never per key, so
+/// a million keys do not make a million series.
+pub fn render_keyed(out: &mut String, keyed: &[KeyedMetrics]) {
+    let per = |value: fn(&KeyedMetrics) -> f64| -> Vec<Sample> {
+        keyed
+            .iter()
+            .map(|m| (vec![("component", m.id.to_string())], value(m)))
+            .collect()
+    };
+    let families: [KeyedFamily; 7] = [
+        (
+            "courier_keyed_active_keys",
+            "gauge",
+            "Keys of the keyed component with an instance now.",
+            |m| m.active as f64,
+        ),
+        (
+            "courier_keyed_activations_total",
+            "counter",
+            "Keys activated: made on their first message.",
+            |m| m.activations as f64,
+        ),
+        (
+            "courier_keyed_passivations_total",
+            "counter",
+            "Keys put away, idle or least recently used.",
+            |m| m.passivations as f64,
+        ),
+        (
+            "courier_keyed_activation_seconds_sum",
+            "counter",
+            "Time from keys' first messages to their instances being ready, summed.",
+            |m| m.activation_latency.total.as_secs_f64(),
+        ),
+        (
+            "courier_keyed_activation_seconds_count",
+            "counter",
+            "Activations timed.",
+            |m| m.activation_latency.count as f64,
+        ),
+        (
+            "courier_keyed_messages_delivered_total",
+            "counter",
+            "Messages and requests handled by any key of the component.",
+            |m| m.delivered as f64,
+        ),
+        (
+            "courier_keyed_messages_failed_total",
+            "counter",
+            "Handler errors and traps of any key of the component.",
+            |m| m.failed as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help, per(value));
+    }
 }
 
 /// Appends the lattice counters of this host to `out`: what it sent to other hosts and how

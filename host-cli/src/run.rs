@@ -171,7 +171,11 @@ async fn serve(
         .map(|(entry, component)| entry.spec(component))
         .collect();
     for (entry, spec) in manifest.components.iter().zip(specs.iter().cloned()) {
-        if let Err(err) = broker.spawn(spec).await {
+        let started = match spec.get_keyed() {
+            Some(_) => broker.spawn_keyed(spec).await,
+            None => broker.spawn(spec).await.map(|_| ()),
+        };
+        if let Err(err) = started {
             broker.shutdown(Duration::ZERO).await;
             return Err(err).with_context(|| format!("cannot start component `{}`", entry.id));
         }

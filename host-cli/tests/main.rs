@@ -6,6 +6,7 @@
 
 mod dashboard;
 mod durable;
+mod keyed;
 mod new;
 mod run;
 mod server;

@@ -1,0 +1,677 @@
+//! Keyed components: one spec, an instance per key, made on the key's first message and put
+//! away when idle.
+//!
+//! A keyed component `cart` is registered as a template ([`Broker::spawn_keyed`](crate::Broker::spawn_keyed)); a send,
+//! request or timer for `cart/<key>` that finds no entry in the registry activates the key:
+//! the router makes its entry at once, synchronously, from the template, with its core parked
+//! and *no instance yet*. The instance is made by the first call that handles something for
+//! it (the actor's task, or a requester that borrows the core), so a send that cannot wait
+//! (`Broker::send`) can still activate a key, and everything sent to it queues in its mailbox
+//! in order meanwhile.
+//!
+//! Only active keys are in memory: the registry holds their entries, the template the list
+//! it evicts from. Beyond [`Keying::max_active`] the least recently used keys are put away
+//! (passivated), and so is a key idle for [`Keying::idle`]. Passivation takes the entry out
+//! of the registry, waits until the mailbox holds nothing, then stops the actor (a durable
+//! key commits its state as it ends). A message that arrives meanwhile activates a successor
+//! whose instance waits for the predecessor to end before it is made, so it is neither lost
+//! nor handled before what was sent earlier. A sender that still held the old entry sees it
+//! retired once it has counted its message, takes it back and goes to the successor
+//! (`Router::enqueue`).
+//!
+//! `broker` holds the public face: registering a keyed component, upgrading it, its metrics.
+
+mod broker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
+use courier_host_store::Store;
+use tokio::sync::watch;
+
+use crate::actor::{Aftermath, Core, End};
+use crate::mailbox::Envelope;
+use crate::messaging::ActorMessaging;
+use crate::metrics::{Histogram, LatencySummary};
+use crate::registry::{ActorShared, Entry, Insert};
+use crate::routing::Router;
+use crate::spec::ComponentSpec;
+use crate::supervisor::RestartHistory;
+use crate::timers::{ActorTimers, TimerLimits, TimerWheel};
+
+/// The longest key, in bytes. With the component id and the `/`, a key's id stays within
+/// [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES); 128 holds a UUID, a hash in hex or a composite
+/// key with room to spare.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// How long a key may go without a message before it is put away, by default: five minutes.
+///
+/// Orleans keeps a grain 15 minutes, Dapr an actor 60, Akka's sharding 2. A Courier instance
+/// is cheap to make again (microseconds from the pooled, pre-instantiated component) but holds
+/// a pool slot and its linear memory while active, so a shorter window than Orleans' or Dapr's
+/// costs little and frees slots sooner; five minutes still covers the think time of a person
+/// between two clicks, the case a keyed cart or session is for, which Akka's two cut short.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(5 * 60);
+
+/// How many keys of one component may be active at once, by default. Each holds an instance
+/// (a pool slot and its memory); the engine's pool is the hard bound, this the soft one that
+/// puts the least recently used away first.
+pub const DEFAULT_MAX_ACTIVE: usize = 10_000;
+
+/// The shortest idle timeout [`Broker::spawn_keyed`](crate::Broker::spawn_keyed) accepts: shorter would make the sweep
+/// that looks for idle keys run more often than it is worth.
+pub const MIN_IDLE: Duration = Duration::from_millis(10);
+
+/// How a keyed component's instances come and go ([`ComponentSpec::keyed`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_host_broker::Keying;
+///
+/// let keying = Keying::default().idle(Duration::from_secs(60)).max_active(1_000);
+/// assert_eq!(keying.get_max_active(), Some(1_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keying {
+    idle: Duration,
+    max_active: Option<usize>,
+}
+
+impl Default for Keying {
+    fn default() -> Self {
+        Keying {
+            idle: DEFAULT_IDLE,
+            max_active: None,
+        }
+    }
+}
+
+impl Keying {
+    /// Put a key away once it has had no message for `idle` ([`DEFAULT_IDLE`] by default; at
+    /// least [`MIN_IDLE`]).
+    pub fn idle(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Keep at most `max_active` keys active (at least 1, at most the engine's pool of
+    /// instances, since each active key holds one): beyond it the least recently used are
+    /// put away first. By default [`DEFAULT_MAX_ACTIVE`] or seven eighths of the pool,
+    /// whichever is smaller, which leaves slots for keys being put away and other
+    /// components.
+    pub fn max_active(mut self, max_active: usize) -> Self {
+        self.max_active = Some(max_active);
+        self
+    }
+
+    /// The idle timeout.
+    pub fn get_idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The most keys active at once, if it was set.
+    pub fn get_max_active(&self) -> Option<usize> {
+        self.max_active
+    }
+}
+
+/// Why a key is refused, if it is: empty, longer than [`MAX_KEY_BYTES`], or holding a
+/// character other than an ASCII letter, a digit, `-`, `_` or `.` (a key is one segment of
+/// an id, and these are the characters ids and URLs carry without escaping).
+pub fn check_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("it is empty");
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err("it is longer than 128 bytes");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("only letters, digits, `-`, `_` and `.` are allowed");
+    }
+    Ok(())
+}
+
+/// One keyed component's counters, over all its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedMetrics {
+    /// The component.
+    pub id: ComponentId,
+    /// Keys with an instance (or one being made) now.
+    pub active: usize,
+    /// Keys being put away now.
+    pub passivating: usize,
+    /// Keys activated so far.
+    pub activations: u64,
+    /// Keys put away so far.
+    pub passivations: u64,
+    /// From a key's first message to its instance being ready (waiting for a predecessor
+    /// that was being put away included).
+    pub activation_latency: LatencySummary,
+    /// What its keys' instances handled, failed, and so on, summed over the keys active now
+    /// and the ones put away.
+    pub delivered: u64,
+    /// Handler errors and traps, over all its keys.
+    pub failed: u64,
+    /// The version new keys start with.
+    pub version: String,
+    /// Its limits, the most keys active resolved against the engine's pool.
+    pub keying: Keying,
+}
+
+/// The keyed components of one broker.
+#[derive(Default)]
+pub(crate) struct Keyed {
+    templates: RwLock<HashMap<ComponentId, Arc<Template>>>,
+}
+
+/// A keyed component: what each of its keys is made from, and its active keys.
+pub(crate) struct Template {
+    id: ComponentId,
+    spec: Mutex<ComponentSpec>,
+    keying: Keying,
+    store: Option<Arc<dyn Store>>,
+    timer_wheel: Arc<TimerWheel>,
+    runtime: tokio::runtime::Handle,
+    /// When the template was made: `last_used` marks count microseconds from it, fine
+    /// enough that keys activated in a burst are still ordered.
+    epoch: Instant,
+    /// The most keys active at once, resolved against the engine's pool.
+    max_active: usize,
+    /// How many keys may be being put away at once before new keys wait: an eighth of the
+    /// active ones (at least 64, so a small bound does not throttle), within the slots of
+    /// the pool the active keys leave.
+    max_passivating: usize,
+    keys: Mutex<Keys>,
+    activations: AtomicU64,
+    passivations: AtomicU64,
+    /// Keys chosen to be put away whose actors have not ended yet: they still hold their
+    /// instances, so new keys wait while there are many (see [`Template::activate`]).
+    passivating: AtomicUsize,
+    activation_latency: Histogram,
+    /// Delivered and failed counts of keys put away, so the totals survive them.
+    retired_delivered: AtomicU64,
+    retired_failed: AtomicU64,
+    /// Whether the loss of a non-durable key's state on passivation was logged: once per
+    /// component, not per key.
+    warned: AtomicBool,
+}
+
+/// A template's keys in memory: the active ones and the ones being put away.
+#[derive(Default)]
+struct Keys {
+    active: HashMap<ComponentId, Arc<Entry>>,
+    /// Closed (the sender dropped) when the key's old actor has ended.
+    ending: HashMap<ComponentId, watch::Receiver<()>>,
+}
+
+/// What an active key's shared state holds of its keyed component.
+pub(crate) struct KeyOf {
+    template: Arc<Template>,
+    /// Microseconds from the template's epoch to the last send to it.
+    last_used: AtomicU64,
+    /// When its entry was made.
+    made: Instant,
+    /// The actor of the same key that was being put away when this one was made; its
+    /// instance is made only once that one has ended.
+    predecessor: Mutex<Option<watch::Receiver<()>>>,
+}
+
+impl KeyOf {
+    /// Mark it used now, for the LRU and the idle sweep: a relaxed store per send.
+    pub(crate) fn touch(&self) {
+        let now = self.template.epoch.elapsed().as_micros() as u64;
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+}
+
+impl Keyed {
+    pub(crate) fn template(&self, id: &str) -> Option<Arc<Template>> {
+        self.templates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Whether `id` is a keyed component's.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.templates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    /// Whether `target` is a key of a durable keyed component.
+    pub(crate) fn is_durable_key(&self, target: &str) -> bool {
+        target
+            .split_once('/')
+            .and_then(|(component, _)| self.template(component))
+            .is_some_and(|template| template.store.is_some())
+    }
+
+    /// The entry for `target`, made now if `target` is `<keyed component>/<key>`: `None` if
+    /// it is no keyed component's, an error naming the component and key if the key is
+    /// refused or the broker is shutting down.
+    pub(crate) fn activate(
+        &self,
+        router: &Router,
+        target: &str,
+    ) -> Option<Result<Arc<Entry>, MessagingError>> {
+        let (component, key) = target.split_once('/')?;
+        let template = self.template(component)?;
+        if let Err(reason) = check_key(key) {
+            return Some(Err(MessagingError::TargetNotFound(format!(
+                "{target}: not a key of component `{component}`: {reason}"
+            ))));
+        }
+        let router = router.me.upgrade()?;
+        Some(template.activate(&router, target))
+    }
+}
+
+impl Template {
+    fn activate(
+        self: &Arc<Self>,
+        router: &Arc<Router>,
+        target: &str,
+    ) -> Result<Arc<Entry>, MessagingError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        // Another sender may have made it since the registry was read.
+        if let Some(entry) = router.registry.get(target) {
+            return Ok(entry);
+        }
+        // Keys being put away still hold their instances: past a bound, a new key is refused
+        // for now (`mailbox-full`, which senders retry) rather than let a flood of new keys
+        // outrun the passivations and hold memory without bound.
+        if self.passivating.load(Ordering::Relaxed) >= self.max_passivating {
+            return Err(MessagingError::MailboxFull(target.to_string()));
+        }
+        let id = ComponentId::from(target);
+        let predecessor = keys.ending.get(target).cloned();
+        let entry = self.make_entry(router, id.clone(), predecessor);
+        match router
+            .registry
+            .insert(entry.clone(), || router.is_shutting_down())
+        {
+            Insert::Done => {}
+            // Spawned by the host under this id (`Broker::spawn` of `cart/1`): that one
+            // serves it.
+            Insert::Taken => {
+                return router
+                    .registry
+                    .get(target)
+                    .ok_or_else(|| MessagingError::TargetNotFound(target.to_string()));
+            }
+            Insert::Closed => return Err(MessagingError::ShuttingDown),
+        }
+        self.activations.fetch_add(1, Ordering::Relaxed);
+        keys.active.insert(id, entry.clone());
+        if keys.active.len() > self.max_active {
+            let victims = self.least_recently_used(&mut keys);
+            drop(keys);
+            self.passivating.fetch_add(victims.len(), Ordering::Relaxed);
+            for victim in victims {
+                self.runtime
+                    .spawn(self.clone().passivate(router.clone(), victim));
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Take the least recently used keys out of the active ones, enough to be a little
+    /// under the bound, so the scan (linear in the active keys) runs once per many
+    /// activations rather than once for each.
+    fn least_recently_used(&self, keys: &mut Keys) -> Vec<Arc<Entry>> {
+        let max = self.max_active;
+        let excess = keys.active.len() - max + (max / 32).min(keys.active.len() - 1);
+        let mut by_use: Vec<(u64, ComponentId)> = keys
+            .active
+            .iter()
+            .map(|(id, entry)| (last_used(entry), id.clone()))
+            .collect();
+        by_use.select_nth_unstable_by_key(excess - 1, |(used, _)| *used);
+        by_use
+            .into_iter()
+            .take(excess)
+            .filter_map(|(_, id)| keys.active.remove(&id))
+            .collect()
+    }
+
+    /// The entry of key `id`, its core parked without an instance: [`activate_core`] makes
+    /// it, from the template's component of the moment, when the first call needs it.
+    fn make_entry(
+        self: &Arc<Self>,
+        router: &Arc<Router>,
+        id: ComponentId,
+        predecessor: Option<watch::Receiver<()>>,
+    ) -> Arc<Entry> {
+        let spec = self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let timers = ActorTimers::new(
+            id.clone(),
+            TimerLimits {
+                max_timers: spec.max_timers,
+                max_name_bytes: crate::routing::MAX_NAME_BYTES,
+                max_payload_bytes: router.config.max_payload_bytes,
+            },
+            self.timer_wheel.clone(),
+        );
+        let mut shared = ActorShared::new(
+            id.clone(),
+            spec.capabilities.clone(),
+            spec.exposure,
+            spec.mailbox_bytes,
+            spec.component.clone(),
+            timers.clone(),
+        );
+        // A durable key's sends wait in its outbox for its commits, like a durable
+        // component's; the sequence numbers its receivers deduplicate by are the store's,
+        // so they go on across activations of the key.
+        let outbox = self
+            .store
+            .as_ref()
+            .map(|_| Arc::new(crate::outbox::Outbox::new(id.clone(), Vec::new())));
+        shared.durable = self
+            .store
+            .clone()
+            .zip(outbox.clone())
+            .map(|(store, outbox)| crate::durable::Durable::new(store, Vec::new(), outbox));
+        shared.keyed = Some(KeyOf {
+            template: self.clone(),
+            last_used: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
+            made: Instant::now(),
+            predecessor: Mutex::new(predecessor),
+        });
+        let shared = Arc::new(shared);
+        if let Some(durable) = &shared.durable {
+            self.runtime.spawn(crate::outbox::dispatch(
+                Arc::downgrade(router),
+                Arc::downgrade(&shared),
+                durable.outbox.clone(),
+                durable.store.clone(),
+            ));
+        }
+        let messaging = Arc::new(ActorMessaging::new(
+            router,
+            spec.capabilities.clone(),
+            outbox,
+        ));
+        let mut options = InstanceOptions::new(id)
+            .deadline(spec.deadline)
+            .max_state_bytes(spec.max_state_bytes)
+            .messaging(messaging)
+            .timers(timers);
+        if let Some(bytes) = spec.memory_limit {
+            options = options.memory_limit(bytes);
+        }
+        if let Some(fuel) = spec.fuel {
+            options = options.fuel(fuel);
+        }
+        let core = Core {
+            shared: shared.clone(),
+            counters: router.counters.clone(),
+            dead_letters: router.dead_letters.clone(),
+            component: spec.component,
+            options,
+            supervision: spec.supervision,
+            instance: None,
+            history: RestartHistory::new(),
+            current: None,
+            checkpoint: None,
+        };
+        shared.handoff.park(Box::new(core));
+        let entry = Arc::new(Entry::new(
+            shared.clone(),
+            router.counters.clone(),
+            spec.mailbox_capacity,
+            self.runtime.clone(),
+        ));
+        let doorbell: Arc<dyn crate::timers::Doorbell> = entry.clone();
+        shared.timers.ring_at(Arc::downgrade(&doorbell));
+        entry
+    }
+
+    /// Put `entry`'s key away: out of the registry first (new sends go to a successor,
+    /// whose instance waits for this one), then, once nothing is queued for it, its actor
+    /// stopped; a durable key commits its state as it ends.
+    async fn passivate(self: Arc<Self>, router: Arc<Router>, entry: Arc<Entry>) {
+        let shared = entry.shared.clone();
+        // However it ends, it is no longer being put away.
+        let _counted = Decrement(&self.passivating);
+        let (ended, ending) = watch::channel(());
+        {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            if router.registry.remove_if_current(&shared).is_none() {
+                // Stopped or removed by the host meanwhile.
+                return;
+            }
+            keys.ending.insert(shared.id.clone(), ending.clone());
+        }
+        // The entry is retired: a sender that counts a message into it from now on sees
+        // that and takes it to the successor, so once the count is zero it stays zero.
+        while shared.queued.messages.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = entry.send(Envelope::Stop).await;
+        if let Some(task) = entry.take_task() {
+            let _ = task.await;
+        }
+        if shared.durable.is_none()
+            && shared.metrics.delivered.load(Ordering::Relaxed) > 0
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(component = %self.id, "a key of this component was put away and its state is lost: it is not durable (this is logged once per component)");
+        }
+        self.retired_delivered.fetch_add(
+            shared.metrics.delivered.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.retired_failed.fetch_add(
+            shared.metrics.failed.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.passivations.fetch_add(1, Ordering::Relaxed);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys
+            .ending
+            .get(&shared.id)
+            .is_some_and(|current| current.same_channel(&ending))
+        {
+            keys.ending.remove(&shared.id);
+        }
+        drop(keys);
+        // Wakes the successor, if one is waiting to make its instance.
+        drop(ended);
+    }
+
+    /// Put away every key idle for the template's timeout.
+    fn sweep(self: &Arc<Self>, router: &Arc<Router>) {
+        let idle = self.keying.idle.as_micros() as u64;
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let victims: Vec<Arc<Entry>> = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let idle_ids: Vec<ComponentId> = keys
+                .active
+                .iter()
+                .filter(|(_, entry)| {
+                    now.saturating_sub(last_used(entry)) >= idle
+                        && entry.shared.queued.messages.load(Ordering::Relaxed) == 0
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            idle_ids
+                .iter()
+                .filter_map(|id| keys.active.remove(id))
+                .collect()
+        };
+        self.passivating.fetch_add(victims.len(), Ordering::Relaxed);
+        for victim in victims {
+            self.runtime
+                .spawn(self.clone().passivate(router.clone(), victim));
+        }
+    }
+
+    fn metrics(&self) -> KeyedMetrics {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut delivered, mut failed) = (
+            self.retired_delivered.load(Ordering::Relaxed),
+            self.retired_failed.load(Ordering::Relaxed),
+        );
+        for entry in keys.active.values() {
+            delivered += entry.shared.metrics.delivered.load(Ordering::Relaxed);
+            failed += entry.shared.metrics.failed.load(Ordering::Relaxed);
+        }
+        let spec = self.spec.lock().unwrap_or_else(|e| e.into_inner());
+        KeyedMetrics {
+            id: self.id.clone(),
+            active: keys.active.len(),
+            passivating: self.passivating.load(Ordering::Relaxed),
+            activations: self.activations.load(Ordering::Relaxed),
+            passivations: self.passivations.load(Ordering::Relaxed),
+            activation_latency: self.activation_latency.summary(),
+            delivered,
+            failed,
+            version: spec.component.version().to_string(),
+            keying: self.keying,
+        }
+    }
+}
+
+/// Takes one off a count when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn last_used(entry: &Entry) -> u64 {
+    entry
+        .shared
+        .keyed
+        .as_ref()
+        .map_or(0, |key| key.last_used.load(Ordering::Relaxed))
+}
+
+/// Make the instance of a key's core that has none yet, once the key's predecessor (if it
+/// was being put away) has ended; a durable key's instance starts from its committed state.
+/// What a failure leaves goes back as after any call: the message in hand is dead-lettered
+/// with the reason, and the supervision decides what follows.
+pub(crate) async fn activate_core(core: &mut Core) -> Option<Aftermath> {
+    let key = core.shared.keyed.as_ref()?;
+    let predecessor = key
+        .predecessor
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(mut predecessor) = predecessor {
+        // Ends with an error once the predecessor's passivation drops its sender.
+        while predecessor.changed().await.is_ok() {}
+    }
+    let (template, made) = (key.template.clone(), key.made);
+    if let Some(durable) = &core.shared.durable {
+        match crate::durable::recover(&*durable.store, &core.shared.id).await {
+            // An outbox left by a crash is not sent again here either: a predecessor's
+            // dispatcher may still be sending what it committed.
+            Ok((state, unhandled, _unsent)) => {
+                if !unhandled.is_empty() {
+                    tracing::warn!(component = %core.shared.id, messages = unhandled.len(), "stored messages of this key from an earlier run stay stored: keys do not recover them yet");
+                }
+                core.checkpoint = state.map(|state| (state.to_vec(), Instant::now()));
+            }
+            Err(err) => {
+                let reason = format!("its state could not be read from the store: {err}");
+                if let Some(envelope) = core.current.take() {
+                    core.dead_letter(envelope, &reason);
+                }
+                return Some(Aftermath::Ended(End::Failed(reason)));
+            }
+        }
+    }
+    let mut instance = match core.component.instantiate(core.options.clone()).await {
+        Ok(instance) => instance,
+        Err(err) => {
+            if let Some(envelope) = core.current.take() {
+                core.dead_letter(envelope, &format!("its instance could not be made: {err}"));
+            }
+            return Some(Aftermath::Trapped(err));
+        }
+    };
+    if let Some((state, _)) = &core.checkpoint {
+        let loaded = instance.load_state(state).await;
+        if !matches!(loaded, Ok(Ok(()))) {
+            // A state it cannot take is never a silent fresh start: what follows would be
+            // handled on the wrong state.
+            let reason = format!(
+                "its `load-state` did not take its committed state of {} bytes",
+                state.len()
+            );
+            if let Some(envelope) = core.current.take() {
+                core.dead_letter(envelope, &reason);
+            }
+            return Some(Aftermath::Ended(End::Failed(reason)));
+        }
+    }
+    core.instance = Some(instance);
+    template.activation_latency.record(made.elapsed());
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Broker;
+
+    /// The window this covers (a sender that read a key's entry just before a passivation
+    /// retired it) is too narrow to hit reliably from outside, so it is made here by hand.
+    #[tokio::test]
+    async fn a_sender_holding_a_retired_key_reaches_its_successor() {
+        let engine = courier_host_core::Engine::new(
+            courier_host_core::EngineConfig::default().max_instances(8),
+        )
+        .unwrap();
+        let counter = engine
+            .load_component_file("counter", courier_test_support::guest_path("counter"))
+            .unwrap();
+        let broker = Broker::new(engine);
+        let spec = ComponentSpec::new("cart", counter).keyed(Keying::default());
+        broker.spawn_keyed(spec).await.unwrap();
+        let router = broker.router();
+        let stale = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        // What a passivation does first: out of the registry, retired.
+        router.registry.remove_if_current(&stale.shared).unwrap();
+        let message = Envelope::message("host".into(), b"add".to_vec().into());
+        router.enqueue(&stale, message).ok().unwrap();
+
+        let successor = router.registry.get("cart/1").expect("a successor was made");
+        assert!(!Arc::ptr_eq(&successor, &stale));
+        assert_eq!(
+            stale.mailbox_depth(),
+            0,
+            "nothing went into the retired mailbox"
+        );
+        let reply = broker
+            .request("cart/1", Vec::new(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(reply, 1u64.to_le_bytes(), "the successor handled it");
+    }
+
+    #[test]
+    fn keys_are_one_bounded_segment_of_plain_characters() {
+        assert!(check_key("8812").is_ok());
+        assert!(check_key("user-7_a.b").is_ok());
+        assert!(check_key(&"k".repeat(128)).is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(129)).is_err());
+        assert!(check_key("a/b").is_err());
+        assert!(check_key("a b").is_err());
+        assert!(check_key("é").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! A keyed component under `courier run`: `cart/<key>` over HTTP, written plainly or with its
+//! slash encoded, and one row per keyed component in what the runner reports.
+
+use courier_test_support::guest_path;
+
+use crate::run::{Courier, client, get, json, manifest, post};
+
+#[test]
+fn a_keyed_cart_is_reached_per_key_over_http_and_reported_as_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            r#"
+[[component]]
+id = "cart"
+path = "{counter}"
+keyed = true
+limits = {{ idle = "5m", max_active = 100 }}
+"#,
+            counter = guest_path("counter").display(),
+        ),
+    );
+    let courier = Courier::start(&["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+
+    for url in ["cart/8812", "cart/8812", "cart%2F7"] {
+        let (status, body) = post(&agent, &format!("{base}/components/{url}/messages"), b"+1");
+        assert_eq!(status, 202, "{url}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/cart/8812/requests"),
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(u64::from_le_bytes(body.try_into().unwrap()), 2);
+    let (status, body) = post(&agent, &format!("{base}/components/cart/7/requests"), b"");
+    assert_eq!(status, 200);
+    assert_eq!(u64::from_le_bytes(body.try_into().unwrap()), 1);
+
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/cart/a%20b/messages"),
+        b"",
+    );
+    assert_eq!(status, 404, "a refused key");
+    assert!(body.windows(4).any(|w| w == b"cart"));
+
+    let (status, listed) = get(&agent, &format!("{base}/components"));
+    assert_eq!(status, 200);
+    let listed = json(listed.as_bytes());
+    let rows = listed.as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one row for the component, none per key: {listed}"
+    );
+    assert_eq!(rows[0]["id"], "cart");
+    assert_eq!(rows[0]["keyed"]["active"], 2, "{listed}");
+    assert_eq!(rows[0]["keyed"]["activations"], 2, "{listed}");
+    assert_eq!(rows[0]["delivered"], 5, "{listed}");
+
+    let (status, metrics) = get(&agent, &format!("{base}/metrics"));
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("courier_keyed_active_keys{component=\"cart\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("cart/8812"), "no series per key");
+}
