@@ -223,6 +223,63 @@ impl ComponentEntry {
 }
 
 impl Manifest {
+    /// The order to start the components in, as indexes into `components`: each after the
+    /// components it may send to or request from, otherwise in the manifest's order.
+    ///
+    /// A durable component handles the messages it recovers as soon as it starts, and a
+    /// send to an id that has not started yet is refused at the call, so its targets must
+    /// start first. Components that reach each other in a cycle start in the manifest's
+    /// order: the first of them listed starts before the others.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let file = dir.path().join("courier.toml");
+    /// # std::fs::write(dir.path().join("c.wasm"), b"").unwrap();
+    /// use courier_cli::manifest::Manifest;
+    ///
+    /// let manifest = Manifest::parse(
+    ///     r#"
+    /// [[component]]
+    /// id = "ping"
+    /// path = "c.wasm"
+    /// capabilities = { send = ["pong"] }
+    ///
+    /// [[component]]
+    /// id = "pong"
+    /// path = "c.wasm"
+    /// "#,
+    ///     &file,
+    /// )
+    /// .unwrap();
+    /// assert_eq!(manifest.start_order(), [1, 0]);
+    /// ```
+    pub fn start_order(&self) -> Vec<usize> {
+        let components = &self.components;
+        // Whether `from` may reach `to`: its id, or one of its keys when it is keyed.
+        let reaches = |from: &ComponentEntry, to: &ComponentEntry| {
+            let caps = &from.capabilities;
+            let key = format!("{}/key", to.id);
+            let reach = |id: &str| caps.may_send(id) || caps.may_request(id);
+            from.id != to.id && (reach(&to.id) || (to.keyed.is_some() && reach(&key)))
+        };
+        let mut started = vec![false; components.len()];
+        let mut order = Vec::with_capacity(components.len());
+        while order.len() < components.len() {
+            let waiting = |i: usize| !started[i];
+            let ready = (0..components.len()).filter(|&i| waiting(i)).find(|&i| {
+                (0..components.len())
+                    .filter(|&j| waiting(j))
+                    .all(|j| !reaches(&components[i], &components[j]))
+            });
+            // In a cycle no one is ready: the first listed goes.
+            let next =
+                ready.unwrap_or_else(|| (0..components.len()).find(|&i| waiting(i)).unwrap());
+            started[next] = true;
+            order.push(next);
+        }
+        order
+    }
+
     /// Read and check the manifest at `file`.
     pub fn load(file: &Path) -> Result<Manifest, Diagnostics> {
         match Manifest::load_lenient(file) {
@@ -948,6 +1005,57 @@ mailbox = 10000
     fn good_but(from: &str, to: &str) -> String {
         assert!(GOOD.contains(from), "{from}");
         GOOD.replacen(from, to, 1)
+    }
+
+    /// The start order of components given as `(id, extra fields)`, all on `ping.wasm`, as
+    /// their ids.
+    fn start_order(components: &[(&str, &str)]) -> Vec<String> {
+        let (_dir, file) = folder();
+        let source: String = components
+            .iter()
+            .map(|(id, extra)| {
+                format!("[[component]]\nid = \"{id}\"\npath = \"ping.wasm\"\n{extra}\n")
+            })
+            .collect();
+        let manifest = Manifest::parse(&source, &file).unwrap();
+        let order = manifest.start_order();
+        order
+            .iter()
+            .map(|&i| manifest.components[i].id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn components_start_after_what_they_send_to_and_request_from() {
+        let order = start_order(&[
+            ("a", "capabilities = { send = [\"b\"] }"),
+            ("b", "capabilities = { request = [\"c\"] }"),
+            ("c", ""),
+            ("d", ""),
+        ]);
+        assert_eq!(order, ["c", "b", "a", "d"]);
+        // A keyed target is reached through its keys' pattern.
+        let order = start_order(&[
+            ("shop", "capabilities = { send = [\"cart/*\"] }"),
+            ("cart", "keyed = true"),
+        ]);
+        assert_eq!(order, ["cart", "shop"]);
+    }
+
+    #[test]
+    fn components_in_a_cycle_start_in_the_manifests_order() {
+        let order = start_order(&[
+            ("x", ""),
+            ("ping", "capabilities = { send = [\"pong\"] }"),
+            ("pong", "capabilities = { send = [\"ping\"] }"),
+            ("feeder", "capabilities = { send = [\"ping\"] }"),
+        ]);
+        assert_eq!(order, ["x", "ping", "pong", "feeder"]);
+        // One that may send to itself is not waiting for itself.
+        assert_eq!(
+            start_order(&[("me", "capabilities = { send = [\"*\"] }"), ("you", "")]),
+            ["you", "me"]
+        );
     }
 
     #[test]

@@ -170,7 +170,10 @@ async fn serve(
         .zip(components)
         .map(|(entry, component)| entry.spec(component))
         .collect();
-    for (entry, spec) in manifest.components.iter().zip(specs.iter().cloned()) {
+    // Targets before their senders, so a durable component's recovered messages find
+    // every component they are sent on to already started.
+    for index in manifest.start_order() {
+        let (entry, spec) = (&manifest.components[index], specs[index].clone());
         let started = match spec.get_keyed() {
             Some(_) => broker.spawn_keyed(spec).await,
             None => broker.spawn(spec).await.map(|_| ()),

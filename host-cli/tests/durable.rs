@@ -326,8 +326,9 @@ fn a_run_without_durable_components_opens_no_store() {
 /// A manifest in `dir` running a durable ping that may send to a durable pong.
 fn ping_pong_manifest(dir: &Path) -> PathBuf {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/courier-cli-test-cache");
-    // Pong first: a durable component handles its recovered messages as soon as it is
-    // spawned, and a send to an id not spawned yet is refused at the call.
+    // Ping listed first: a durable component handles its recovered messages as soon as it
+    // is spawned, and a send to an id not spawned yet is refused at the call, so this
+    // holds only because the runner starts pong, ping's target, first.
     let text = format!(
         r#"
 [runtime]
@@ -335,15 +336,15 @@ cache_dir = "{cache}"
 drain = "1s"
 
 [[component]]
-id = "pong"
-path = "{pong}"
-durable = true
-
-[[component]]
 id = "ping"
 path = "{ping}"
 durable = true
 capabilities = {{ send = ["pong"] }}
+
+[[component]]
+id = "pong"
+path = "{pong}"
+durable = true
 "#,
         cache = cache.display(),
         ping = guest_path("ping").display(),
