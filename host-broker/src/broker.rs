@@ -653,17 +653,20 @@ impl Broker {
     /// Remove a component: [`stop`](Self::stop) it if it is running, and end what would
     /// outlive a stop. A durable component's timers are forgotten in the store, so a spawn
     /// on the same store starts with none (its state and stored messages stay, as after a
-    /// stop); [`stop`](Self::stop) keeps them for the next spawn.
+    /// stop); [`stop`](Self::stop) keeps them for the next spawn. A durable component that
+    /// was stopped is removed the same way: its stored timers are forgotten. An id that is
+    /// neither running nor has timers stored is [`NotFound`](BrokerError::NotFound).
     pub async fn remove(&self, id: &str) -> Result<(), BrokerError> {
-        let entry = self
-            .router()
-            .registry
-            .remove(id)
-            .ok_or_else(|| BrokerError::NotFound(id.into()))?;
-        let store = entry.shared.durable.as_ref().map(|d| d.store.clone());
-        let entries = vec![entry];
-        let before = self.before_stopping(&entries);
-        self.stop_entries(entries, before).await;
+        let store = match self.router().registry.remove(id) {
+            Some(entry) => {
+                let store = entry.shared.durable.as_ref().map(|d| d.store.clone());
+                let entries = vec![entry];
+                let before = self.before_stopping(&entries);
+                self.stop_entries(entries, before).await;
+                store
+            }
+            None => Some(self.stopped_durable(id).await?),
+        };
         if let Some(store) = store {
             crate::timers::forget_stored(&*store, id)
                 .await
@@ -673,6 +676,24 @@ impl Broker {
                 })?;
         }
         Ok(())
+    }
+
+    /// The store of `id`, a component that is not running, if it has timers stored there
+    /// (a durable component that was stopped); otherwise `id` is not found.
+    async fn stopped_durable(&self, id: &str) -> Result<Arc<dyn Store>, BrokerError> {
+        let not_found = || BrokerError::NotFound(id.into());
+        let store = self.router().config.store.clone().ok_or_else(not_found)?;
+        let timers = store
+            .timers(id)
+            .await
+            .map_err(|source| BrokerError::Store {
+                component: id.into(),
+                source,
+            })?;
+        match timers.is_empty() {
+            true => Err(not_found()),
+            false => Ok(store),
+        }
     }
 
     /// Send a fire-and-forget message from the host (sender [`HOST_SENDER`]). A message

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use courier_host_broker::{Broker, BrokerConfig, ComponentState, TIMER_SENDER_PREFIX};
+use courier_host_broker::{Broker, BrokerConfig, BrokerError, ComponentState, TIMER_SENDER_PREFIX};
 use courier_host_store::{RedbStore, Store, Timer as StoredTimer};
 use courier_test_support::guest_bytes;
 
@@ -615,6 +615,30 @@ async fn a_stopped_durable_component_keeps_its_timers_and_a_removed_one_forgets_
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(setup.fired("tk").await.is_empty());
     assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_stopped_durable_component_forgets_its_stored_timers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
+    let setup = durable_setup(&store);
+    durable_timekeeper(&setup).await;
+    assert_eq!(setup.command("tk", "every:tick:50:x").await, "ok");
+    stored_until(&store, |t| names(t) == ["tick"]).await;
+    setup.broker.stop("tk").await.unwrap();
+    setup.broker.remove("tk").await.unwrap();
+    assert!(
+        store.timers("tk").await.unwrap().is_empty(),
+        "a stopped component's timers end when it is removed"
+    );
+    // Nothing of it is left to remove, and an id never seen was never there.
+    for id in ["tk", "never-spawned"] {
+        let err = setup.broker.remove(id).await.unwrap_err();
+        assert!(matches!(err, BrokerError::NotFound(_)), "{id}: {err}");
+    }
+    durable_timekeeper(&setup).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(setup.fired("tk").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
