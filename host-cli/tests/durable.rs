@@ -323,7 +323,8 @@ fn a_run_without_durable_components_opens_no_store() {
     assert!(!courier.stdout().contains("durable components kept in"));
 }
 
-/// A manifest in `dir` running a durable ping that may send to a durable pong.
+/// A manifest in `dir` running a durable ping that may send to a durable pong, and a
+/// durable counter.
 fn ping_pong_manifest(dir: &Path) -> PathBuf {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/courier-cli-test-cache");
     // Ping listed first: a durable component handles its recovered messages as soon as it
@@ -345,10 +346,16 @@ capabilities = {{ send = ["pong"] }}
 id = "pong"
 path = "{pong}"
 durable = true
+
+[[component]]
+id = "counter"
+path = "{counter}"
+durable = true
 "#,
         cache = cache.display(),
         ping = guest_path("ping").display(),
         pong = guest_path("pong").display(),
+        counter = guest_path("counter").display(),
     );
     let file = dir.join("courier.toml");
     std::fs::write(&file, text).unwrap();
@@ -385,9 +392,59 @@ impl Moments {
     }
 }
 
+/// Posts `body` to `url` until told to stop or a post goes unanswered (the kill): how many
+/// were answered 202, and whether one went unanswered.
+struct Poster {
+    accepted: Arc<AtomicU64>,
+    lost: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Poster {
+    fn start(url: String, body: &'static [u8]) -> Poster {
+        let accepted = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, lost, stop) = (accepted.clone(), lost.clone(), stop.clone());
+            thread::spawn(move || {
+                let agent = client();
+                while !stop.load(Ordering::Relaxed) {
+                    match agent.post(&url).send(body) {
+                        Ok(response) if response.status().as_u16() == 202 => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(response) => panic!("{url} refused: {}", response.status()),
+                        Err(_) => {
+                            lost.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        Poster {
+            accepted,
+            lost,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stop posting: the 202s counted, and 1 if a post went unanswered.
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        (accepted, u64::from(self.lost.load(Ordering::Relaxed)))
+    }
+}
+
 #[test]
-fn a_durable_ping_and_pong_killed_eight_times_count_every_sent_message_once_in_order() {
+fn durable_components_killed_twenty_times_count_every_accepted_message_once_in_order() {
     const BATCH: u64 = 10;
+    const KILLS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let manifest = ping_pong_manifest(dir.path());
     let seed = std::env::var("COURIER_TORTURE_SEED")
@@ -403,41 +460,24 @@ fn a_durable_ping_and_pong_killed_eight_times_count_every_sent_message_once_in_o
     println!("seed {seed} (COURIER_TORTURE_SEED)");
     let mut moments = Moments(seed);
     let (mut accepted, mut unanswered) = (0u64, 0u64);
-    for round in 0..8 {
+    let (mut counted_202s, mut counter_unanswered) = (0u64, 0u64);
+    for round in 0..KILLS {
         let mut courier = start(&manifest);
         let base = format!("http://{}", courier.address());
-        // One client posts "send ten to pong" to ping until the kill cuts it off.
-        let posted = Arc::new(AtomicU64::new(0));
-        let lost = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sender = {
-            let (posted, lost, stop) = (posted.clone(), lost.clone(), stop.clone());
-            let url = format!("{base}/components/ping/messages");
-            thread::spawn(move || {
-                let agent = client();
-                while !stop.load(Ordering::Relaxed) {
-                    match agent.post(&url).send(BATCH.to_string().as_bytes()) {
-                        Ok(response) if response.status().as_u16() == 202 => {
-                            posted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(response) => panic!("refused: {}", response.status()),
-                        Err(_) => {
-                            lost.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            })
-        };
+        // One client posts "send ten to pong" to ping, another "+1" to the counter, until
+        // the kill cuts them off.
+        let to_ping = Poster::start(format!("{base}/components/ping/messages"), b"10");
+        let to_counter = Poster::start(format!("{base}/components/counter/messages"), b"+1");
         let moment = Duration::from_millis(moments.next(800));
         thread::sleep(moment);
         courier.kill();
-        stop.store(true, Ordering::Relaxed);
-        sender.join().unwrap();
-        let posted = posted.load(Ordering::Relaxed);
-        println!("round {round}: killed after {moment:?}, {posted} accepted");
+        let (posted, lost) = to_ping.finish();
+        let (counted, counter_lost) = to_counter.finish();
+        println!("round {round}: killed after {moment:?}, {posted} + {counted} accepted");
         accepted += posted;
-        unanswered += u64::from(lost.load(Ordering::Relaxed));
+        unanswered += lost;
+        counted_202s += counted;
+        counter_unanswered += counter_lost;
     }
 
     let mut courier = start(&manifest);
@@ -454,8 +494,11 @@ fn a_durable_ping_and_pong_killed_eight_times_count_every_sent_message_once_in_o
     };
     thread::sleep(Duration::from_millis(300));
     let settled = ask(&base, "pong");
+    let counter = ask(&base, "counter")[0];
     println!(
-        "accepted {accepted}, unanswered {unanswered}, ping sent {sent}, pong counted {}, out of order {}",
+        "accepted {accepted}, unanswered {unanswered}, ping sent {sent}, pong counted {}, \
+         out of order {}; counter {counter} for {counted_202s} 202s and {counter_unanswered} \
+         unanswered",
         counted[0], counted[1]
     );
     assert_eq!(
@@ -477,6 +520,11 @@ fn a_durable_ping_and_pong_killed_eight_times_count_every_sent_message_once_in_o
         handled >= accepted && handled <= accepted + unanswered,
         "ping handled {handled}: each of the {accepted} 202s once, and at most the \
          {unanswered} posts the kills left unanswered besides"
+    );
+    assert!(
+        counter >= counted_202s && counter <= counted_202s + counter_unanswered,
+        "the counter counted {counter}: each of its {counted_202s} 202s once, and at most \
+         the {counter_unanswered} posts the kills left unanswered besides"
     );
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
