@@ -1,24 +1,12 @@
 //! Durable components: accepted means stored, one commit per handled batch, recovery at
 //! spawn. Real components, a real store on real files.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use courier_host_broker::{Broker, BrokerConfig, BrokerError, MessagingError};
-use courier_host_store::{Entry, Kind, RedbStore, Store};
+use courier_host_broker::{BrokerError, MessagingError};
+use courier_host_store::{Entry, Kind};
 
-use crate::common::{SECOND, Setup, engine, load};
-
-/// A broker on a fresh engine that keeps durable components in `store`.
-fn durable_setup(store: &Arc<dyn Store>) -> Setup {
-    let engine = engine();
-    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().store(store.clone()));
-    Setup { engine, broker }
-}
-
-fn store_in(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    Arc::new(RedbStore::open_in_dir(dir.path()).expect("the store opens"))
-}
+use crate::common::{SECOND, Setup, durable_setup, load, store_in};
 
 #[tokio::test]
 async fn a_durable_component_without_a_store_is_refused_naming_it_and_the_cause() {
@@ -34,7 +22,7 @@ async fn a_durable_component_without_a_store_is_refused_naming_it_and_the_cause(
 async fn a_durable_component_cannot_subscribe_or_be_exposed_yet() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     let spec = setup
         .spec("counter", "counter")
         .durable(true)
@@ -50,7 +38,7 @@ async fn a_durable_component_cannot_subscribe_or_be_exposed_yet() {
 async fn components_that_are_not_durable_never_touch_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup.spawn(setup.spec("counter", "counter")).await;
     for _ in 0..10 {
         setup.broker.send("counter", &b"+1"[..]).unwrap();
@@ -65,7 +53,7 @@ async fn components_that_are_not_durable_never_touch_the_store() {
 async fn a_send_that_cannot_wait_for_the_store_is_refused_pointing_to_send_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup
         .spawn(setup.spec("counter", "counter").durable(true))
         .await;
@@ -88,7 +76,7 @@ async fn accepted_messages_and_committed_state_survive_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
     let accepted = {
-        let setup = durable_setup(&store);
+        let setup = durable_setup(store.clone());
         setup
             .spawn(setup.spec("counter", "counter").durable(true))
             .await;
@@ -103,7 +91,7 @@ async fn accepted_messages_and_committed_state_survive_the_broker() {
     };
     assert!(store.stats().commits > 0);
 
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup
         .spawn(setup.spec("counter", "counter").durable(true))
         .await;
@@ -126,7 +114,7 @@ async fn accepted_messages_and_committed_state_survive_the_broker() {
 async fn a_handled_batch_is_one_commit_of_its_messages_and_the_state_after_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup
         .spawn(setup.spec("counter", "counter").durable(true))
         .await;
@@ -157,7 +145,7 @@ async fn stored_messages_are_handled_at_spawn_in_their_order_before_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
     {
-        let setup = durable_setup(&store);
+        let setup = durable_setup(store.clone());
         setup
             .spawn(setup.spec("keeper", "keeper").durable(true))
             .await;
@@ -172,7 +160,7 @@ async fn stored_messages_are_handled_at_spawn_in_their_order_before_new_ones() {
         .map(|part| Entry::new("keeper", "host", Kind::Message, part.as_bytes().to_vec()));
     store.append(entries.to_vec()).await.unwrap();
 
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup
         .spawn(setup.spec("keeper", "keeper").durable(true))
         .await;
@@ -197,7 +185,7 @@ async fn stored_messages_are_handled_at_spawn_in_their_order_before_new_ones() {
 async fn a_guests_send_to_a_durable_component_is_stored_before_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup.spawn(setup.spec("pong", "pong").durable(true)).await;
     setup
         .spawn(setup.spec("ping", "ping").may_send("pong"))
@@ -222,7 +210,7 @@ async fn a_state_the_component_cannot_load_refuses_the_spawn() {
     let mut batch = courier_host_store::Batch::new("counter");
     batch.state = Some(bytes::Bytes::from_static(b"not a counter's state"));
     store.commit(batch).await.unwrap();
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     let err = setup
         .broker
         .spawn(

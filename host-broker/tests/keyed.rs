@@ -1,14 +1,12 @@
 //! Keyed components: `cart/<key>` reaches the instance of that key, made on its first
 //! message and put away when idle or beyond the bound.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use courier_host_broker::{Broker, BrokerConfig, ComponentSpec, Keying, MessagingError};
 use courier_host_core::{Engine, EngineConfig};
-use courier_host_store::{RedbStore, Store};
 
-use crate::common::{SECOND, Setup, engine, load};
+use crate::common::{SECOND, Setup, engine, load, store_in};
 
 fn keyed(setup: &Setup, guest: &str, keying: Keying) -> ComponentSpec {
     setup.spec("cart", guest).keyed(keying)
@@ -250,10 +248,6 @@ async fn a_message_racing_a_passivation_is_delivered() {
     let books = broker.accounting();
     assert_eq!((books.refused, books.dead_lettered), (0, 0), "{books:?}");
     balanced(broker);
-}
-
-fn store_in(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    Arc::new(RedbStore::open_in_dir(dir.path()).expect("the store opens"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

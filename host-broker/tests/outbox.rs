@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_host_broker::{Broker, BrokerConfig, MAX_OUTBOX_MESSAGES};
+use courier_host_broker::{MAX_OUTBOX_MESSAGES, Supervision};
 use courier_host_store::{
-    Appended, Batch, Committed, DeadLetter, DeadLetters, Entry, Recovered, RedbStore, Store,
-    StoreError, StoreFuture, StoreStats, Timer,
+    Appended, Batch, Committed, DeadLetter, DeadLetters, Entry, Recovered, Store, StoreError,
+    StoreFuture, StoreStats, Timer,
 };
 
-use crate::common::{SECOND, Setup, engine};
+use crate::common::{SECOND, Setup, crashed_host, durable_setup, store_in};
 
 /// A store that refuses some writes while told to, and passes everything else to a real
 /// one: the fault is the test's input.
@@ -97,16 +97,6 @@ impl Store for Faulty {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
-}
-
-fn durable_setup(store: Arc<dyn Store>) -> Setup {
-    let engine = engine();
-    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().store(store));
-    Setup { engine, broker }
-}
-
-fn store_in(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    Arc::new(RedbStore::open_in_dir(dir.path()).expect("the store opens"))
 }
 
 /// Pong's count and how many arrived out of order.
@@ -509,4 +499,80 @@ async fn dead_letters_of_durable_components_are_listed_after_a_restart() {
     assert_eq!(&*letters[0].target, "pong");
     assert_eq!(letters[0].payload, marked);
     assert!(letters[0].reason.contains("chaos"), "{}", letters[0].reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_upgrades_trapping_handlers_and_a_crash_keep_each_message_once_in_order() {
+    const ROUNDS: u64 = 6;
+    const EACH: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    // Pong traps on about 20 in 1,000 of ping's messages; it is restarted each time, from
+    // the state after the last message it handled.
+    let spawn = async |setup: &Setup| {
+        let restarts = Supervision::default()
+            .intensity(1000, 10 * SECOND)
+            .backoff(Duration::from_millis(1), Duration::from_millis(1));
+        let pong = setup.spec("pong", "pong").durable(true);
+        setup.spawn(pong.supervision(restarts)).await;
+        let ping = setup.spec("ping", "ping").durable(true);
+        setup.spawn(ping.may_send("pong")).await;
+    };
+    crashed_host(&store, move |setup| async move {
+        spawn(&setup).await;
+        for round in 0..ROUNDS {
+            let count = format!("{EACH}@pong~20");
+            setup.broker.send_durable("ping", count).await.unwrap();
+            // Each live upgrade lands while ping's sends are still arriving at pong.
+            let upgrading = match round {
+                1 => Some("pong"),
+                3 => Some("ping"),
+                _ => None,
+            };
+            if let Some(id) = upgrading {
+                let new_version = crate::common::load(&setup.engine, id);
+                setup.broker.upgrade(id, new_version).await.unwrap();
+            }
+        }
+        // The crash comes while pong is still working through what ping sent.
+        until("pong's first commits", async || {
+            setup.broker.metrics("pong").unwrap().delivered > 0
+        })
+        .await;
+    })
+    .await;
+
+    let setup = durable_setup(store.clone());
+    spawn(&setup).await;
+    let sent = {
+        let reply = setup.broker.request("ping", Vec::new(), 10 * SECOND).await;
+        u64::from_le_bytes(reply.unwrap().try_into().unwrap())
+    };
+    assert_eq!(sent, ROUNDS * EACH, "ping handled each accepted count once");
+    let trapped = || {
+        let letters = setup.broker.dead_letters();
+        let numbers = letters
+            .iter()
+            .filter(|l| &*l.target == "pong" && l.payload.len() == 9)
+            .map(|l| u64::from_le_bytes(l.payload[..8].try_into().unwrap()));
+        numbers.collect::<std::collections::BTreeSet<u64>>()
+    };
+    let mut counted = (0, 0);
+    until(
+        "pong to count or dead-letter everything ping sent",
+        async || {
+            counted = pong(&setup, "pong").await;
+            counted.0 + trapped().len() as u64 >= sent
+        },
+    )
+    .await;
+    assert!(setup.broker.quiesce(10 * SECOND).await);
+    let (count, out_of_order) = pong(&setup, "pong").await;
+    let trapped = trapped();
+    assert!(!trapped.is_empty(), "pong trapped on some of them");
+    assert_eq!(
+        (count + trapped.len() as u64, out_of_order),
+        (sent, 0),
+        "each of ping's messages was counted once, in order, or dead-lettered by its trap"
+    );
 }

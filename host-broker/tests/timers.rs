@@ -1,7 +1,6 @@
 //! Timers: messages a component schedules to itself, driven through `timekeeper` and
 //! `ticker` from guest-examples. Every test asserts what happened, never how fast.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +8,7 @@ use courier_host_broker::{Broker, BrokerConfig, BrokerError, ComponentState, TIM
 use courier_host_store::{RedbStore, Store, Timer as StoredTimer};
 use courier_test_support::guest_bytes;
 
-use crate::common::{SECOND, Setup, engine, load};
+use crate::common::{SECOND, Setup, crashed_host, durable_setup, engine, load};
 
 /// One timer message as `timekeeper` recorded it.
 #[derive(Debug)]
@@ -423,45 +422,11 @@ fn no_component_can_take_a_timers_sender_id() {
 
 // Durable timers: a durable component's timers are kept in its store and come back with it.
 
-/// A broker on a fresh engine that keeps durable components in `store`.
-fn durable_setup(store: &Arc<dyn Store>) -> Setup {
-    let engine = engine();
-    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().store(store.clone()));
-    Setup { engine, broker }
-}
-
 /// Spawn `timekeeper` as the durable component `tk`.
 async fn durable_timekeeper(setup: &Setup) {
     setup
         .spawn(setup.spec("tk", "timekeeper").durable(true))
         .await;
-}
-
-/// Run `run` as a host of its own on `store`, then kill that host: its runtime is dropped
-/// with every task still on it, so no actor ends, drains or commits after `run` returns.
-/// What survives is what the store held at that moment, as after a crash of the process.
-async fn crashed_host<T, F>(
-    store: &Arc<dyn Store>,
-    run: impl FnOnce(Arc<Setup>) -> F + Send + 'static,
-) -> T
-where
-    T: Send + 'static,
-    F: Future<Output = T>,
-{
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let setup = Arc::new(durable_setup(&store));
-        let out = runtime.block_on(run(setup.clone()));
-        drop(runtime);
-        drop(setup);
-        out
-    })
-    .await
-    .unwrap()
 }
 
 /// Wait until the store holds timers of `tk` that `done` accepts, and return them.
@@ -507,7 +472,7 @@ async fn a_durable_timer_fires_once_after_a_crash_and_never_before_its_time() {
         "{kept:?}"
     );
 
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     assert_eq!(setup.broker.metrics("tk").unwrap().timers.pending, 1);
     let fired = setup.fired_at_least("tk", 1).await;
@@ -542,7 +507,7 @@ async fn a_periodic_timer_down_for_several_periods_fires_once_with_the_missed_co
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     let fired = setup.fired_at_least("tk", 3).await;
     assert!(
@@ -579,7 +544,7 @@ async fn a_durable_timer_cancelled_before_a_crash_never_fires_after_it() {
     })
     .await;
 
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     let fired = setup.fired_at_least("tk", 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -595,7 +560,7 @@ async fn a_durable_timer_cancelled_before_a_crash_never_fires_after_it() {
 async fn a_stopped_durable_component_keeps_its_timers_and_a_removed_one_forgets_them() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     assert_eq!(setup.command("tk", "after:soon:150:x").await, "ok");
     setup.broker.stop("tk").await.unwrap();
@@ -621,7 +586,7 @@ async fn a_stopped_durable_component_keeps_its_timers_and_a_removed_one_forgets_
 async fn removing_a_stopped_durable_component_forgets_its_stored_timers() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     assert_eq!(setup.command("tk", "every:tick:50:x").await, "ok");
     stored_until(&store, |t| names(t) == ["tick"]).await;
@@ -645,7 +610,7 @@ async fn removing_a_stopped_durable_component_forgets_its_stored_timers() {
 async fn a_durable_components_timers_stay_stored_across_a_live_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     assert_eq!(setup.command("tk", "every:tick:20:x").await, "ok");
     let ticker = load(&setup.engine, "ticker");
@@ -672,7 +637,7 @@ async fn stored_timers_over_a_durable_components_limit_are_dropped_and_forgotten
         };
         store.put_timer(timer).await.unwrap();
     }
-    let setup = durable_setup(&store);
+    let setup = durable_setup(store.clone());
     setup
         .spawn(setup.spec("tk", "timekeeper").durable(true).max_timers(1))
         .await;

@@ -1,9 +1,12 @@
 //! What the broker's integration tests share: an engine, loaded guests, small helpers.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use courier_host_broker::{Broker, ComponentSpec, ComponentState};
+use courier_host_broker::{Broker, BrokerConfig, ComponentSpec, ComponentState};
 use courier_host_core::{Component, Engine, EngineConfig};
+use courier_host_store::{RedbStore, Store};
 use courier_test_support::guest_path;
 
 pub const SECOND: Duration = Duration::from_secs(1);
@@ -16,6 +19,45 @@ pub fn load(engine: &Engine, name: &str) -> Component {
     engine
         .load_component_file(name, guest_path(name))
         .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// A store on real files in `dir`.
+pub fn store_in(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(RedbStore::open_in_dir(dir.path()).expect("the store opens"))
+}
+
+/// A broker on a fresh engine that keeps durable components in `store`.
+pub fn durable_setup(store: Arc<dyn Store>) -> Setup {
+    let engine = engine();
+    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().store(store));
+    Setup { engine, broker }
+}
+
+/// Run `run` as a host of its own on `store`, then kill that host: its runtime is dropped
+/// with every task still on it, so no actor ends, drains or commits after `run` returns.
+/// What survives is what the store held at that moment, as after a crash of the process.
+pub async fn crashed_host<T, F>(
+    store: &Arc<dyn Store>,
+    run: impl FnOnce(Arc<Setup>) -> F + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = T>,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let setup = Arc::new(durable_setup(store));
+        let out = runtime.block_on(run(setup.clone()));
+        drop(runtime);
+        drop(setup);
+        out
+    })
+    .await
+    .unwrap()
 }
 
 /// A broker on a fresh engine, with a loader for the guests.
