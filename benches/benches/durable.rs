@@ -11,6 +11,9 @@
 //!   another: admitted, appended, queued, answered; meanwhile the counter's actor handles the
 //!   messages and commits its batches, which share the store's writer with the appends.
 //!
+//! - over HTTP: one POST of `+1` at a time on one kept-alive connection to the ingress
+//!   `courier run` serves, answered 202 once stored, to the durable `counter`; and the same
+//!   to a `counter` in memory, which shows what HTTP itself costs;
 //! - durable ping to pong: the host sends `1000` to a durable `ping`, whose handler sends
 //!   1,000 numbered messages to a durable `pong` through its outbox (committed with ping's
 //!   batch, then appended to pong's mailbox, then handled and committed by pong); one
@@ -106,6 +109,30 @@ fn main() {
             started.elapsed()
         })
     });
+    // The same over HTTP: one POST at a time on a kept-alive connection to the ingress
+    // `courier run` serves, to the durable counter and to one in memory beside it.
+    rt.block_on(broker.spawn(ComponentSpec::new(
+        "memory",
+        courier_benches::load(&engine, "counter"),
+    )))
+    .expect("spawning the counter in memory");
+    let address = serve_ingress(&rt, &broker);
+    let mut http = Http::connect(address);
+    let over_http = measure(&mut group, "http/durable", &settings, |iters| {
+        let started = Instant::now();
+        for _ in 0..iters {
+            http.post_accepted("/components/counter/messages");
+        }
+        started.elapsed()
+    });
+    let over_http_memory = measure(&mut group, "http/memory", &settings, |iters| {
+        let started = Instant::now();
+        for _ in 0..iters {
+            http.post_accepted("/components/memory/messages");
+        }
+        started.elapsed()
+    });
+    drop(http);
     group.finish();
     settle(&broker, Duration::from_secs(60));
     rt.block_on(broker.shutdown(Duration::from_secs(5)));
@@ -132,6 +159,20 @@ fn main() {
         )
         .vs("fsync"),
     );
+    figures.push(Figure::time(
+        "http_memory",
+        "HTTP POST of one message to a counter in memory, one after another on one connection",
+        over_http_memory,
+    ));
+    figures.push(
+        Figure::time(
+            "http_durable",
+            "HTTP POST of one message to a durable counter, answered 202 once stored, one after \
+             another on one connection",
+            over_http,
+        )
+        .vs("fsync"),
+    );
     if guest_built("ping") && guest_built("pong") {
         ping_pong(&mut criterion, &settings, &mut figures, &rt, &root);
     } else {
@@ -141,6 +182,77 @@ fn main() {
     figures.write();
     criterion.final_summary();
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Serve `broker`'s HTTP ingress, as `courier run` does, on a free loopback port.
+fn serve_ingress(rt: &tokio::runtime::Runtime, broker: &Broker) -> std::net::SocketAddr {
+    use courier_cli::ingress::{IngressConfig, router};
+    use courier_cli::server::{ServerLimits, serve};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("binding the ingress");
+    let address = listener.local_addr().expect("the ingress's address");
+    let app = router(broker.clone(), IngressConfig::new(address));
+    rt.spawn(serve(
+        listener,
+        app,
+        ServerLimits::default(),
+        std::future::pending(),
+    ));
+    address
+}
+
+/// A minimal HTTP/1.1 client on one kept-alive connection, so a figure holds the ingress's
+/// work and not a client library's.
+struct Http {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    /// The `host` header: the ingress answers only requests addressed to itself.
+    host: String,
+}
+
+impl Http {
+    fn connect(address: std::net::SocketAddr) -> Http {
+        let stream = std::net::TcpStream::connect(address).expect("connecting to the ingress");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        Http {
+            stream: std::io::BufReader::new(stream),
+            host: address.to_string(),
+        }
+    }
+
+    /// POST `+1` to `path` and read the answer, which must be 202.
+    fn post_accepted(&mut self, path: &str) {
+        use std::io::{BufRead, Read};
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\n\r\n+1",
+            self.host
+        );
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("sending the request");
+        let mut line = String::new();
+        self.stream
+            .read_line(&mut line)
+            .expect("reading the status");
+        assert!(line.starts_with("HTTP/1.1 202"), "not accepted: {line}");
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).expect("reading a header");
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().expect("a content length");
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).expect("reading the body");
+    }
 }
 
 /// Messages durable ping sends per batch: under the outbox's bound of
