@@ -38,6 +38,8 @@
 //! keyed = true
 //! limits = { idle = "5m", max_active = 1000 }   # put away after 5 minutes without a
 //!                                       # message, or least recently used beyond 1000
+//! replicas = true                       # on a lattice: each key on one of the hosts that
+//!                                       # serve `cart`, chosen by rendezvous hashing
 //! ```
 //!
 //! [`Manifest::parse`] reads and checks it in two steps. The first is serde's: a TOML
@@ -675,10 +677,10 @@ impl Checker<'_> {
                 "a keyed component's id is one part, without `/`: its keys are the part after it",
             );
         }
-        if *exposure != Exposure::Local {
+        if *exposure == Exposure::Lattice {
             problem(
                 "keyed",
-                "keys are placed on one host for now: a keyed component cannot be exposed or replicated",
+                "a keyed component reached from other hosts is `replicas = true`: its keys are placed over the hosts that serve it",
             );
         }
         if !capabilities.subscribe_patterns().is_empty() {
