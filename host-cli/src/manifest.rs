@@ -977,6 +977,22 @@ mailbox = 10000
     }
 
     #[test]
+    fn a_keyed_component_is_replicated_over_hosts_never_exposed_alone() {
+        let (_dir, file) = folder();
+        let keyed = |extra: &str| {
+            good_but(
+                "id = \"ping\"",
+                &format!("id = \"ping\"\nkeyed = true\n{extra}"),
+            )
+        };
+        let manifest = Manifest::parse(&keyed("replicas = true"), &file).unwrap();
+        assert_eq!(manifest.components[0].exposure, Exposure::Replicated);
+        assert!(manifest.components[0].keyed.is_some());
+        let refused = problem(&keyed("expose = true"));
+        assert!(refused.contains("replicas = true"), "{refused}");
+    }
+
+    #[test]
     fn a_complete_manifest_is_read_with_its_defaults_filled_in() {
         let (dir, file) = folder();
         let manifest = Manifest::parse(GOOD, &file).unwrap();
