@@ -31,8 +31,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let rt = courier_benches::runtime();
-    // Room for the active keys and the ones being put away (an eighth more).
-    let engine = Engine::new(EngineConfig::default().max_instances(MAX_ACTIVE as u32 * 9 / 8))
+    // Room for the active keys, the ones being put away (an eighth more) and slack: a key
+    // being put away holds its slot until its actor has ended.
+    let engine = Engine::new(EngineConfig::default().max_instances(MAX_ACTIVE as u32 * 5 / 4))
         .expect("building the engine");
     let counter = courier_benches::load(&engine, "counter");
     rt.block_on(async {
@@ -92,6 +93,14 @@ fn main() {
             mib(after.zip(before).map(|(a, b)| a.saturating_sub(b))),
             mib(Some(peak))
         );
+        let books = broker.accounting();
+        println!(
+            "accounting: sent {}, delivered {}, refused {}, dead-lettered {}",
+            books.sent, books.delivered, books.refused, books.dead_lettered
+        );
+        if let Some(letter) = broker.dead_letters().first() {
+            println!("a dead letter: {}: {}", letter.target, letter.reason);
+        }
         broker.shutdown(Duration::from_secs(10)).await;
     });
 }
