@@ -217,6 +217,14 @@ impl Actor {
                 return end;
             }
             if matches!(envelope, Envelope::Wake) {
+                // A key woken for its timers makes its instance, which loads them.
+                if self.core().instance.is_none()
+                    && self.shared.keyed.is_some()
+                    && let Some(aftermath) = crate::keyed::activate_core(self.core()).await
+                    && let Some(end) = self.core().settle(aftermath).await
+                {
+                    return end;
+                }
                 continue;
             }
             if matches!(envelope, Envelope::Stop) {

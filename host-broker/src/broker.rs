@@ -562,7 +562,13 @@ impl Broker {
     /// Stop a component: it handles what is already in its mailbox, then ends and is
     /// removed. Messages sent to it afterwards get `target-not-found`. A durable component's
     /// state, stored messages and timers stay in the store for its next spawn.
+    ///
+    /// A keyed component stops with every active key, and no key is made from then on; it
+    /// can be spawned again under its id.
     pub async fn stop(&self, id: &str) -> Result<ShutdownReport, BrokerError> {
+        if let Some(report) = self.stop_keyed(id).await {
+            return Ok(report);
+        }
         let entry = self
             .router()
             .registry
@@ -608,11 +614,11 @@ impl Broker {
 
     /// The dead letters recorded so far and the messages `entries` delivered so far, for
     /// a report of what stopping them did.
-    fn before_stopping(&self, entries: &[Arc<Entry>]) -> (u64, u64) {
+    pub(crate) fn before_stopping(&self, entries: &[Arc<Entry>]) -> (u64, u64) {
         (self.router().dead_letters.total(), delivered(entries))
     }
 
-    async fn stop_entries(
+    pub(crate) async fn stop_entries(
         &self,
         entries: Vec<Arc<Entry>>,
         (dead_before, delivered_before): (u64, u64),
@@ -812,13 +818,15 @@ impl Broker {
     /// A broker has at most one remote; a second is refused and handed back.
     pub fn attach_remote(&self, remote: Arc<dyn Remote>) -> Result<Vec<Served>, Arc<dyn Remote>> {
         self.router().remote.set(remote)?;
-        Ok(self
+        let mut served: Vec<Served> = self
             .router()
             .registry
             .all()
             .iter()
             .filter_map(|entry| served_of(&entry.shared))
-            .collect())
+            .collect();
+        served.extend(self.router().keyed.served());
+        Ok(served)
     }
 
     /// Detach `remote`, if it is the one attached: from now on a target not registered here
@@ -1060,6 +1068,10 @@ async fn load_committed_state(
 /// What a remote needs to know of a component, if anything: one that is exposed or
 /// subscribes to topics.
 fn served_of(shared: &ActorShared) -> Option<Served> {
+    // A key is served through its keyed component (`Keyed::served`), never on its own.
+    if shared.keyed.is_some() {
+        return None;
+    }
     let subscriptions = shared.capabilities.subscribe_patterns().to_vec();
     (shared.exposure != crate::Exposure::Local || !subscriptions.is_empty()).then(|| Served {
         id: shared.id.clone(),

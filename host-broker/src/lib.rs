@@ -71,7 +71,8 @@ pub use dead_letter::{
 pub use error::{BrokerError, SendError, check_id};
 pub use handle::ComponentHandle;
 pub use keyed::{
-    DEFAULT_IDLE, DEFAULT_MAX_ACTIVE, KeyedMetrics, Keying, MAX_KEY_BYTES, MIN_IDLE, check_key,
+    DEFAULT_IDLE, DEFAULT_MAX_ACTIVE, KeyedMetrics, Keying, MAX_KEY_BYTES, MIN_IDLE, Placement,
+    check_key,
 };
 pub use metrics::{Accounting, LatencySummary};
 pub use outbox::{MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES};

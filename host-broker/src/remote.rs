@@ -93,6 +93,14 @@ pub trait Remote: Send + Sync + 'static {
 
     /// A component stopped here and no longer takes messages.
     fn withdraw(&self, id: &ComponentId);
+
+    /// Where the key `key` of the keyed component `component` runs, when `component` is
+    /// served by several hosts ([`Exposure::Replicated`]): asked before every send to such
+    /// a key, so it must be quick. A remote that does not place keys keeps them here.
+    fn place(&self, component: &str, key: &str) -> crate::Placement {
+        let _ = (component, key);
+        crate::Placement::Here
+    }
 }
 
 /// A remote send the [`Remote`] did not take, with the message, whose sender hears `error`.
@@ -277,14 +285,24 @@ impl Router {
     /// learn nothing about what this host keeps to itself.
     fn admit_arrival(&self, target: &str, len: usize) -> Result<Arc<Entry>, MessagingError> {
         bump(&self.counters.arrived);
-        let entry = self
-            .registry
-            .get(target)
-            .filter(|entry| entry.shared.exposure != Exposure::Local);
+        let (entry, misplaced) = match self.registry.get(target) {
+            Some(entry) => (Some(entry), None),
+            None if !self.is_shutting_down() && target.len() <= MAX_NAME_BYTES => {
+                match self.keyed.activate_arrival(self, target) {
+                    Some(Ok(entry)) => (Some(entry), None),
+                    Some(Err(refusal)) => (None, Some(refusal)),
+                    None => (None, None),
+                }
+            }
+            None => (None, None),
+        };
+        let entry = entry.filter(|entry| entry.shared.exposure != Exposure::Local);
         let admitted = if self.is_shutting_down() {
             Err(MessagingError::ShuttingDown)
         } else if target.len() > MAX_NAME_BYTES {
             Err(MessagingError::TargetNotFound(bounded(target, 64)))
+        } else if let Some(refusal) = misplaced {
+            Err(refusal)
         } else if let Some(entry) = &entry {
             if entry.shared.is_closed() {
                 Err(closed_error(entry))

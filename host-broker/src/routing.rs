@@ -176,6 +176,10 @@ impl Router {
     ) -> Result<Target, (MessagingError, Option<Arc<Entry>>)> {
         self.check_sender(target, payload_len, access)
             .map_err(|err| (err, None))?;
+        // A key another host of the lattice runs; only looked for while one is attached.
+        if let Some(remote) = self.keyed.placed_elsewhere(self, target) {
+            return Ok(Target::Remote(remote));
+        }
         if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
             touch(&entry);
             return Ok(Target::Local(entry));

@@ -361,3 +361,168 @@ async fn an_upgrade_reaches_every_active_key_and_every_key_made_after() {
     quiet(broker).await;
     balanced(broker);
 }
+
+#[tokio::test]
+async fn stopping_a_keyed_component_stops_every_active_key_and_makes_no_key_after() {
+    let setup = Setup::new();
+    let broker = &setup.broker;
+    broker
+        .spawn_keyed(keyed(&setup, "counter", Keying::default()))
+        .await
+        .unwrap();
+    for k in 0..10 {
+        for _ in 0..5 {
+            broker.send(&format!("cart/{k}"), b"add".to_vec()).unwrap();
+        }
+    }
+    assert_eq!(broker.active_keys("cart"), Some(10));
+
+    // What the keys queued is handled before they stop.
+    let report = broker.stop("cart").await.expect("cart stops");
+    assert_eq!(report.stopped.len(), 10, "{report:?}");
+    assert!(report.undelivered.is_empty(), "{report:?}");
+    assert_eq!(
+        broker.active_keys("cart"),
+        None,
+        "no longer a keyed component"
+    );
+    assert!(broker.components().is_empty(), "{:?}", broker.components());
+    assert_eq!(broker.accounting().delivered, 50);
+
+    // No key is made after.
+    let refused = broker.send("cart/1", b"add".to_vec()).unwrap_err();
+    assert!(
+        matches!(refused.error(), MessagingError::TargetNotFound(_)),
+        "{:?}",
+        refused.error()
+    );
+    assert!(matches!(
+        broker.stop("cart").await,
+        Err(courier_host_broker::BrokerError::NotFound(_))
+    ));
+    balanced(broker);
+
+    // And it can be spawned again under its id, its keys starting afresh.
+    broker
+        .spawn_keyed(keyed(&setup, "counter", Keying::default()))
+        .await
+        .expect("spawned again");
+    assert_eq!(count(broker, "cart/1").await, 0);
+}
+
+/// A broker keeping durable components in `store`, with a durable keyed `timekeeper` as
+/// `cart` whose keys are put away after 20 ms without a message.
+async fn durable_timekeepers(store: &Arc<dyn Store>) -> Broker {
+    let engine = engine();
+    let broker = Broker::with_config(engine.clone(), BrokerConfig::default().store(store.clone()));
+    let spec = ComponentSpec::new("cart", load(&engine, "timekeeper"))
+        .durable(true)
+        .keyed(Keying::default().idle(Duration::from_millis(20)));
+    broker.spawn_keyed(spec).await.unwrap();
+    broker
+}
+
+/// Wait until `cart`'s keys, summed, have handled `delivered` messages.
+async fn delivered(broker: &Broker, delivered: u64) -> courier_host_broker::KeyedMetrics {
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    loop {
+        let metrics = broker.keyed_metrics().remove(0);
+        if metrics.delivered >= delivered {
+            return metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cart's keys handled {} of {delivered}: {metrics:?}",
+            metrics.delivered
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_keys_timer_wakes_it_after_it_was_put_away_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    let broker = durable_timekeepers(&store).await;
+    let scheduled = broker
+        .request("cart/1", b"after:t:3000:hello".to_vec(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(scheduled, b"ok");
+    // Put away long before its timer is due; the timer wakes it, with nothing sent to it.
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while broker.keyed_metrics()[0].passivations == 0 {
+        assert!(std::time::Instant::now() < deadline, "never put away");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        broker.keyed_metrics()[0].delivered,
+        1,
+        "put away before its timer"
+    );
+    let metrics = delivered(&broker, 2).await;
+    assert_eq!(
+        metrics.activations, 2,
+        "made again by its timer: {metrics:?}"
+    );
+    assert!(metrics.passivations >= 1, "{metrics:?}");
+
+    // A timer pending when the host stops wakes the key after the next start.
+    let scheduled = broker
+        .request("cart/2", b"after:t:3000:again".to_vec(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(scheduled, b"ok");
+    broker.shutdown(10 * SECOND).await;
+    drop(broker);
+    let broker = durable_timekeepers(&store).await;
+    let metrics = delivered(&broker, 1).await;
+    assert_eq!(
+        (metrics.activations, metrics.delivered),
+        (1, 1),
+        "woken by its stored timer alone: {metrics:?}"
+    );
+    // The one-shot timer leaves the store with the commit of the batch that handled it.
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    while !store.timers("cart/2").await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handled one-shot timer is still stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_durable_loses_its_timers_when_put_away() {
+    let setup = Setup::new();
+    let spec = setup
+        .spec("cart", "timekeeper")
+        .keyed(Keying::default().idle(Duration::from_millis(20)));
+    setup.broker.spawn_keyed(spec).await.unwrap();
+    let scheduled = setup
+        .broker
+        .request("cart/1", b"after:t:1000:hello".to_vec(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(scheduled, b"ok");
+    // Put away before it is due, and not woken by it.
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while setup.broker.keyed_metrics()[0].passivations == 0 {
+        assert!(std::time::Instant::now() < deadline, "never put away");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        setup.broker.keyed_metrics()[0].delivered,
+        1,
+        "put away before its timer"
+    );
+    // Well past when it was due.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = setup.broker.keyed_metrics().remove(0);
+    assert_eq!(
+        (metrics.activations, metrics.delivered),
+        (1, 1),
+        "its timer ended with it: {metrics:?}"
+    );
+}

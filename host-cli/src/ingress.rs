@@ -611,7 +611,11 @@ async fn restart(
             format!("component `{id}` is being restarted by another request"),
         ));
     };
-    let previous = ingress.broker.state(&id);
+    let previous = match ingress.broker.is_keyed(&id) {
+        // A keyed component runs for as long as it is registered, whatever its keys do.
+        true => Some(ComponentState::Running),
+        false => ingress.broker.state(&id),
+    };
     if previous == Some(ComponentState::Running) || previous == Some(ComponentState::Restarting) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -632,7 +636,10 @@ async fn restart(
         // A stop, not a removal: a durable component keeps its stored timers across it.
         let id = spec.id().to_string();
         let _ = broker.stop(&id).await;
-        let started = broker.spawn(spec).await;
+        let started = match spec.get_keyed() {
+            Some(_) => broker.spawn_keyed(spec).await,
+            None => broker.spawn(spec).await.map(drop),
+        };
         drop(claim);
         started
     })

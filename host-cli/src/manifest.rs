@@ -38,6 +38,8 @@
 //! keyed = true
 //! limits = { idle = "5m", max_active = 1000 }   # put away after 5 minutes without a
 //!                                       # message, or least recently used beyond 1000
+//! replicas = true                       # on a lattice: each key on one of the hosts that
+//!                                       # serve `cart`, chosen by rendezvous hashing
 //! ```
 //!
 //! [`Manifest::parse`] reads and checks it in two steps. The first is serde's: a TOML
@@ -732,10 +734,10 @@ impl Checker<'_> {
                 "a keyed component's id is one part, without `/`: its keys are the part after it",
             );
         }
-        if *exposure != Exposure::Local {
+        if *exposure == Exposure::Lattice {
             problem(
                 "keyed",
-                "keys are placed on one host for now: a keyed component cannot be exposed or replicated",
+                "a keyed component reached from other hosts is `replicas = true`: its keys are placed over the hosts that serve it",
             );
         }
         if !capabilities.subscribe_patterns().is_empty() {
@@ -1080,6 +1082,22 @@ mailbox = 10000
         assert!(refused.contains("keyed = true"), "{refused}");
         let refused = problem(&good_but("id = \"pong\"", "id = \"pong\"\nkeyed = true"));
         assert!(refused.contains("subscribes to no topic"), "{refused}");
+    }
+
+    #[test]
+    fn a_keyed_component_is_replicated_over_hosts_never_exposed_alone() {
+        let (_dir, file) = folder();
+        let keyed = |extra: &str| {
+            good_but(
+                "id = \"ping\"",
+                &format!("id = \"ping\"\nkeyed = true\n{extra}"),
+            )
+        };
+        let manifest = Manifest::parse(&keyed("replicas = true"), &file).unwrap();
+        assert_eq!(manifest.components[0].exposure, Exposure::Replicated);
+        assert!(manifest.components[0].keyed.is_some());
+        let refused = problem(&keyed("expose = true"));
+        assert!(refused.contains("replicas = true"), "{refused}");
     }
 
     #[test]

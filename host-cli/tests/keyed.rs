@@ -70,3 +70,88 @@ limits = {{ idle = "5m", max_active = 100 }}
     );
     assert!(!metrics.contains("cart/8812"), "no series per key");
 }
+
+/// The count in a Prometheus line `name{component="cart"} N`, if it is there.
+fn series(metrics: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name}{{component=\"cart\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+#[test]
+fn messages_stored_for_a_durable_key_survive_a_sigkill_and_are_handled_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            r#"
+[runtime]
+cache_dir = "{{cache}}"
+drain = "1s"
+
+[[component]]
+id = "cart"
+path = "{keeper}"
+keyed = true
+durable = true
+limits = {{ deadline = "5s" }}
+"#,
+            keeper = guest_path("keeper").display(),
+        ),
+    );
+    let args = ["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let mut courier = Courier::start(&args);
+    let base = format!("http://{}", courier.address());
+    let agent = client();
+
+    // The key's instance sleeps 200 ms in each save of its state (after every message), so
+    // most of what is accepted below is stored and still waiting when the run is killed.
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/cart/8812/requests"),
+        b"save:sleep:200",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    const SENT: u64 = 20;
+    for _ in 0..SENT {
+        let (status, body) = post(
+            &agent,
+            &format!("{base}/components/cart/8812/messages"),
+            b"item",
+        );
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    }
+    courier.kill();
+
+    let courier = Courier::start(&args);
+    let base = format!("http://{}", courier.address());
+    // The key is activated at recovery, before anything is sent to it, and handles what
+    // the killed run had accepted.
+    let started = std::time::Instant::now();
+    loop {
+        let (status, metrics) = get(&agent, &format!("{base}/metrics"));
+        assert_eq!(status, 200);
+        if series(&metrics, "courier_keyed_activations_total") == Some(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the key was not activated at recovery: {metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Each accepted message once: the state holds every payload ("item", 4 bytes each).
+    let (status, body) = post(
+        &agent,
+        &format!("{base}/components/cart/8812/requests"),
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        u64::from_le_bytes(body.try_into().unwrap()),
+        SENT * 4,
+        "every 202 handled once, across the kill\nstdout:\n{}",
+        courier.stdout()
+    );
+}

@@ -30,6 +30,9 @@ pub(crate) struct Heartbeat {
     /// Ids it serves as one of several replicas.
     #[serde(default)]
     pub(crate) replicated: Vec<String>,
+    /// Keyed components it serves with others, each key placed on one of them.
+    #[serde(default)]
+    pub(crate) keyed: Vec<String>,
     /// Topic patterns its components subscribe to.
     #[serde(default)]
     pub(crate) topics: Vec<String>,
@@ -87,6 +90,14 @@ struct Index {
 struct Claims {
     exclusive: Vec<String>,
     replicas: Vec<String>,
+    /// The hosts that serve it as a keyed component, over which its keys are placed.
+    keyed: Vec<String>,
+}
+
+impl Claims {
+    fn is_empty(&self) -> bool {
+        self.exclusive.is_empty() && self.replicas.is_empty() && self.keyed.is_empty()
+    }
 }
 
 /// How long a host that stopped serving an id may still acknowledge messages to it: a
@@ -108,6 +119,12 @@ impl Index {
                 claims.replicas.push(heartbeat.host.clone());
             }
         }
+        for id in &heartbeat.keyed {
+            let claims = self.ids.entry(id.clone()).or_default();
+            if !claims.keyed.contains(&heartbeat.host) {
+                claims.keyed.push(heartbeat.host.clone());
+            }
+        }
     }
 
     fn remove(&mut self, heartbeat: &Heartbeat) {
@@ -121,12 +138,18 @@ impl Index {
                 claims.replicas.retain(|host| *host != heartbeat.host);
             }
         }
-        for id in heartbeat.served.iter().chain(&heartbeat.replicated) {
-            if self
-                .ids
-                .get(id)
-                .is_some_and(|c| c.exclusive.is_empty() && c.replicas.is_empty())
-            {
+        for id in &heartbeat.keyed {
+            if let Some(claims) = self.ids.get_mut(id) {
+                claims.keyed.retain(|host| *host != heartbeat.host);
+            }
+        }
+        for id in heartbeat
+            .served
+            .iter()
+            .chain(&heartbeat.replicated)
+            .chain(&heartbeat.keyed)
+        {
+            if self.ids.get(id).is_some_and(Claims::is_empty) {
                 self.ids.remove(id);
             }
         }
@@ -151,6 +174,7 @@ fn heartbeat_bytes(heartbeat: &Heartbeat) -> usize {
         .served
         .iter()
         .chain(&heartbeat.replicated)
+        .chain(&heartbeat.keyed)
         .chain(&heartbeat.topics)
         .map(|s| s.len() + std::mem::size_of::<String>())
         .sum()
@@ -189,11 +213,30 @@ impl Directory {
             .ids
             .get(id)
             .is_some_and(|c| c.exclusive.iter().chain(&c.replicas).any(|h| h == host));
-        serves || {
+        // A key is answered for by the hosts that serve its keyed component.
+        let component = id.split_once('/').map(|(component, _)| component);
+        let serves_key = component
+            .is_some_and(|component| self.keyed_hosts(component).iter().any(|h| h == host));
+        serves || serves_key || {
             let mut withdrawn = self.withdrawn.lock().unwrap_or_else(|e| e.into_inner());
             withdrawn.retain(|_, at| at.elapsed() < WITHDRAWN_GRACE);
             withdrawn.contains_key(&(host.to_string(), id.to_string()))
+                || component.is_some_and(|component| {
+                    withdrawn.contains_key(&(host.to_string(), component.to_string()))
+                })
         }
+    }
+
+    /// The other hosts that serve `component` as a keyed component, whose keys are placed
+    /// over them (and this host, if it serves it too).
+    pub(crate) fn keyed_hosts(&self, component: &str) -> Vec<String> {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(component)
+            .map(|c| c.keyed.clone())
+            .unwrap_or_default()
     }
 
     /// The host other than `from` that serves `sender` alone, if one does: a message from
@@ -215,11 +258,13 @@ impl Directory {
     /// Note that `host` no longer serves what `heartbeat` listed and `now` does not.
     fn note_withdrawn(&self, old: &Heartbeat, now: Option<&Heartbeat>) {
         let still = |id: &String| {
-            now.is_some_and(|now| now.served.contains(id) || now.replicated.contains(id))
+            now.is_some_and(|now| {
+                now.served.contains(id) || now.replicated.contains(id) || now.keyed.contains(id)
+            })
         };
         let mut withdrawn = self.withdrawn.lock().unwrap_or_else(|e| e.into_inner());
         withdrawn.retain(|_, at| at.elapsed() < WITHDRAWN_GRACE);
-        for id in old.served.iter().chain(&old.replicated) {
+        for id in old.served.iter().chain(&old.replicated).chain(&old.keyed) {
             if !still(id) && withdrawn.len() < MAX_ENTRIES_PER_HOST {
                 withdrawn.insert((old.host.clone(), id.clone()), Instant::now());
             }
@@ -236,6 +281,7 @@ impl Directory {
         }
         heartbeat.served.truncate(MAX_ENTRIES_PER_HOST);
         heartbeat.replicated.truncate(MAX_ENTRIES_PER_HOST);
+        heartbeat.keyed.truncate(MAX_ENTRIES_PER_HOST);
         heartbeat.topics.truncate(MAX_ENTRIES_PER_HOST);
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         if heartbeat.leaving {
@@ -292,8 +338,8 @@ impl Directory {
             .fetch_sub(seen.bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Forget hosts not heard from within `silence`.
-    pub(crate) fn expire(&self, silence: Duration) {
+    /// Forget hosts not heard from within `silence`; returns whether one was.
+    pub(crate) fn expire(&self, silence: Duration) -> bool {
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<Seen> = hosts
             .extract_if(|host, seen| {
@@ -309,6 +355,7 @@ impl Directory {
             self.note_withdrawn(&seen.heartbeat, None);
             self.forget(seen);
         }
+        !gone.is_empty()
     }
 
     /// The ids more than one host claims to serve alone: among the other hosts, or one of
@@ -399,6 +446,39 @@ mod tests {
         directory.expire(Duration::ZERO);
         assert!(!directory.serves("counter"));
         assert!(directory.hosts().is_empty());
+    }
+
+    #[test]
+    fn the_hosts_of_a_keyed_component_answer_for_its_keys() {
+        let directory = Directory::default();
+        for host in ["b", "c"] {
+            directory.heard(
+                host,
+                Heartbeat {
+                    keyed: vec!["cart".into()],
+                    ..beat(host, &[])
+                },
+            );
+        }
+        assert!(directory.serves("cart"));
+        assert!(!directory.serves_alone("cart"), "its keys are not numbered");
+        let mut hosts = directory.keyed_hosts("cart");
+        hosts.sort();
+        assert_eq!(hosts, ["b", "c"]);
+        assert!(directory.may_answer_for("b", "cart/8812"));
+        assert!(!directory.may_answer_for("mallory", "cart/8812"));
+        directory.heard(
+            "c",
+            Heartbeat {
+                leaving: true,
+                ..beat("c", &[])
+            },
+        );
+        assert_eq!(directory.keyed_hosts("cart"), ["b"]);
+        assert!(
+            directory.may_answer_for("c", "cart/8812"),
+            "acknowledgements it gathered before it left still count, for a while"
+        );
     }
 
     #[test]

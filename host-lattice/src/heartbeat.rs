@@ -46,6 +46,10 @@ impl Inner {
         };
         let mut topics = BTreeSet::new();
         for (id, serving) in serving.iter() {
+            if serving.keyed {
+                heartbeat.keyed.push(id.to_string());
+                continue;
+            }
             match serving.exposure {
                 Exposure::Lattice => heartbeat.served.push(id.to_string()),
                 Exposure::Replicated => heartbeat.replicated.push(id.to_string()),
@@ -55,6 +59,7 @@ impl Inner {
         }
         heartbeat.served.sort();
         heartbeat.replicated.sort();
+        heartbeat.keyed.sort();
         heartbeat.topics = topics.into_iter().collect();
         heartbeat
     }
@@ -68,7 +73,9 @@ impl Inner {
                 return;
             }
             self.publish_heartbeat(false).await;
-            self.directory.expire(period * 3);
+            if self.directory.expire(period * 3) {
+                self.release_moved_keys();
+            }
         }
     }
 
@@ -84,6 +91,7 @@ impl Inner {
             match serde_json::from_slice::<Heartbeat>(&message.payload) {
                 Ok(heartbeat) => {
                     if self.directory.heard(from, heartbeat) {
+                        self.release_moved_keys();
                         self.report_conflicts();
                         self.recheck_doubtful(from);
                     }

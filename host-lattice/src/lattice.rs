@@ -129,6 +129,8 @@ pub(crate) enum Outbound {
 /// A component this host serves to the others: the task that reads its subject.
 pub(crate) struct Serving {
     pub(crate) exposure: Exposure,
+    /// A keyed component: its keys are placed over the hosts that serve it (`keys.rs`).
+    pub(crate) keyed: bool,
     pub(crate) task: Option<JoinHandle<()>>,
     /// Tells the task to stop reading and finish what it took.
     pub(crate) stop: Option<watch::Sender<bool>>,
@@ -412,7 +414,8 @@ impl Lattice {
     }
 
     /// Leave the lattice in order: tell the other hosts, stop taking messages from them
-    /// (handling what already came), and wait up to `drain` for the acknowledgements of
+    /// (handling what already came), put away the keys of the keyed components it serves
+    /// with others (the other hosts place them from now on), and wait up to `drain` for the acknowledgements of
     /// what this host sent; the ones still missing then are dead-lettered as
     /// `unconfirmed`. Sends to other hosts are refused with `shutting-down` from the start.
     /// Returns within `drain` (and a few milliseconds) even when no NATS server can be
@@ -429,6 +432,7 @@ impl Lattice {
             }
         };
         let _ = tokio::time::timeout_at(deadline.into(), finish).await;
+        inner.put_keys_away(deadline).await;
         while inner.unacked_len() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

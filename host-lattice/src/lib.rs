@@ -75,6 +75,13 @@
 //!   ([`Lattice::conflicts`], a log line, [`LatticeMetrics::conflicts`]). An id spawned
 //!   with [`Exposure::Replicated`](courier_host_broker::Exposure::Replicated) is meant to
 //!   be served by several hosts; per-sender order is not kept across them.
+//! - **Keys**: a keyed component spawned with
+//!   [`Exposure::Replicated`](courier_host_broker::Exposure::Replicated) on several hosts
+//!   places each key on one of them, by rendezvous hashing over the hosts that serve it
+//!   (`keys.rs`); a message or request to `cart/<key>` from any host goes to that one, in
+//!   order per sender while the key stays there. A joining or leaving host moves only the
+//!   keys it wins or held; a host that no longer owns a key puts it away, and refuses, naming
+//!   the owner, what another host sent it by an older view.
 //! - **Restarts**: every join has a random incarnation, in the subject replies and
 //!   acknowledgements come back on, so a host started again under its name never takes
 //!   its previous run's replies for its own. A host refuses to join while another live
@@ -103,6 +110,7 @@ mod config;
 mod directory;
 mod heartbeat;
 mod inbound;
+mod keys;
 mod lattice;
 mod metrics;
 mod outbound;

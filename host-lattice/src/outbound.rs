@@ -323,10 +323,13 @@ impl Inner {
 impl Remote for Gateway {
     fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal> {
         let inner = &self.0;
-        if let Some(error) = inner.refuse_early(message.target(), message.payload().len()) {
-            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
-            return Err(RemoteRefusal { error, message });
-        }
+        let subject = match inner.address(message.target(), message.payload().len()) {
+            Ok(subject) => subject,
+            Err(error) => {
+                inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+                return Err(RemoteRefusal { error, message });
+            }
+        };
         let seq = inner.next_seq();
         let target = message.target().clone();
         let len = message.payload().len() as u64;
@@ -343,7 +346,7 @@ impl Remote for Gateway {
             seq,
             request: false,
             stream_seq,
-            subject: inner.subjects.actor(message.target()),
+            subject,
             sender: message.sender().clone(),
             payload: message.payload().clone(),
             expires: queued + inner.config.ack_timeout,
@@ -399,10 +402,13 @@ impl Remote for Gateway {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         let inner = self.0.clone();
-        if let Some(error) = inner.refuse_early(target, payload.len()) {
-            inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
-            return Box::pin(async move { Err(error) });
-        }
+        let subject = match inner.address(target, payload.len()) {
+            Ok(subject) => subject,
+            Err(error) => {
+                inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
+                return Box::pin(async move { Err(error) });
+            }
+        };
         if let Err(error) = inner.reserve(payload.len() as u64, target) {
             inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
             return Box::pin(async move { Err(error) });
@@ -419,7 +425,7 @@ impl Remote for Gateway {
             seq,
             request: true,
             stream_seq: 0,
-            subject: inner.subjects.actor(target),
+            subject,
             // The time left goes into the envelope as the request goes on the wire.
             sender: sender.clone(),
             payload,
@@ -499,6 +505,10 @@ impl Remote for Gateway {
 
     fn withdraw(&self, id: &ComponentId) {
         self.0.withdraw(id);
+    }
+
+    fn place(&self, component: &str, key: &str) -> courier_host_broker::Placement {
+        self.0.place(component, key)
     }
 }
 

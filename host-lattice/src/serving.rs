@@ -36,7 +36,11 @@ impl Inner {
                 return Ok(());
             }
         }
-        let claimed = self.subscribe_actor(&id, exposure).await;
+        let keyed = self.broker.upgrade().is_some_and(|b| b.is_keyed(&id));
+        let claimed = match keyed {
+            true => self.subscribe_keys(&id).await.map(Some),
+            false => self.subscribe_actor(&id, exposure).await,
+        };
         {
             let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
             self.claiming
@@ -48,6 +52,7 @@ impl Inner {
                 id,
                 Serving {
                     exposure,
+                    keyed,
                     task,
                     stop,
                     subscriptions,
@@ -572,7 +577,7 @@ impl Acks {
     }
 
     /// Whether the batch must go now: it is full, or its oldest has waited long enough.
-    fn due(&self) -> bool {
+    pub(crate) fn due(&self) -> bool {
         self.count >= wire::MAX_ACKS || self.since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
     }
 

@@ -7,6 +7,7 @@
 //! | subject | published by | what goes on it |
 //! |---|---|---|
 //! | `courier.<lattice>.a.<from>.<id>` | host `<from>` | messages, requests and probes for the component `<id>`; its host subscribes to `a.*.<id>` |
+//! | `courier.<lattice>.y.<from>.<owner>.<component>.<key>` | host `<from>` | messages and requests for a key of a keyed component, to the host `<owner>` its placement chose; `<owner>` subscribes to `y.*.<owner>.<component>.>` |
 //! | `courier.<lattice>.t.<from>.<topic>` | host `<from>` | publications on `<topic>`; each host with subscribers subscribes once to `t.*.<pattern>` |
 //! | `courier.<lattice>.k.<from>.<host>.<incarnation>` | host `<from>` | batches of acknowledgements for what one run of `<host>` sent to `<from>` |
 //! | `courier.<lattice>.h.<host>.r.<incarnation>.<seq>` | the host answering, as a NATS response | refusals and replies for one run of host `<host>` |
@@ -137,6 +138,28 @@ impl Subjects {
     /// What the host serving `id` subscribes to: what any host sends it.
     pub(crate) fn actor_from_any(&self, id: &str) -> String {
         format!("{}.a.*.{}", self.prefix, encode(id))
+    }
+
+    /// Where this host sends messages and requests for the key `id` (`<component>/<key>`)
+    /// to `owner`, the host it is placed on.
+    pub(crate) fn key(&self, owner: &str, id: &str) -> String {
+        format!("{}.y.{}.{owner}.{}", self.prefix, self.host, encode(id))
+    }
+
+    /// What this host subscribes to for the keys of `component` placed on it, from any
+    /// host.
+    pub(crate) fn keys_from_any(&self, component: &str) -> String {
+        format!("{}.y.*.{}.{}.>", self.prefix, self.host, encode(component))
+    }
+
+    /// The key (`<component>/<key>`) a subject [`key`](Subjects::key) wrote is for.
+    pub(crate) fn key_of(&self, subject: &str) -> Option<String> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".y.")?;
+        let (_from, rest) = rest.split_once('.')?;
+        let (_owner, id) = rest.split_once('.')?;
+        decode(id)
     }
 
     /// Where this host sends publications on `topic`.
@@ -309,6 +332,7 @@ mod tests {
         let h2 = Subjects::new("lab", "h2", "4567");
         let published = [
             h1.actor("pong"),
+            h1.key("h2", "cart/8812"),
             h1.topic("news"),
             h1.heartbeat(),
             h1.hello(),
@@ -327,6 +351,12 @@ mod tests {
             "courier.lab.k.h1.h2.4567"
         );
         assert_eq!(h2.acks(), "courier.lab.k.*.h2.4567");
+        assert_eq!(h1.key("h2", "cart/a.b"), "courier.lab.y.h1.h2.cart.a%2Eb");
+        assert_eq!(h2.keys_from_any("cart"), "courier.lab.y.*.h2.cart.>");
+        assert_eq!(
+            h2.key_of(&h1.key("h2", "cart/a.b")).as_deref(),
+            Some("cart/a.b")
+        );
         assert_eq!(h1.acks_for("courier.lab.h.h2.r.*"), None);
         assert_eq!(h1.acks_for("courier.other.h.h2.r.4567"), None);
     }

@@ -6,6 +6,7 @@ mod common;
 
 mod crossing;
 mod faults;
+mod keyed;
 mod refusals;
 mod restarts;
 mod speaking;

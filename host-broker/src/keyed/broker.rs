@@ -98,10 +98,10 @@ impl Broker {
             ));
         }
         let keying = keying.max_active(max_active);
-        if spec.exposure != crate::Exposure::Local {
+        if spec.exposure == crate::Exposure::Lattice {
             return Err(invalid(
                 "expose",
-                "is set: keys are placed on one host for now, so a keyed component is local".into(),
+                "is `Lattice`: a keyed component reached from other hosts is `Replicated`, its keys placed over the hosts that serve it".into(),
             ));
         }
         if !spec.capabilities.subscribe_patterns().is_empty() {
@@ -126,10 +126,12 @@ impl Broker {
                 .instantiate(InstanceOptions::new(format!("{id}/check")))
                 .await?,
         );
+        let exposure = spec.exposure;
         let template = Arc::new(Template {
             id: id.clone(),
             spec: Mutex::new(spec),
             keying,
+            exposure,
             store,
             timer_wheel: self.timer_wheel(),
             runtime: tokio::runtime::Handle::current(),
@@ -147,7 +149,15 @@ impl Broker {
             retired_delivered: AtomicU64::new(0),
             retired_failed: AtomicU64::new(0),
             warned: AtomicBool::new(false),
+            wakeups: Arc::default(),
         });
+        if router.keyed.contains(&id) || router.registry.contains(&id) {
+            return Err(BrokerError::DuplicateId(id));
+        }
+        // Before any sender can reach a key: what a crash left stored for its keys.
+        if let (Some(store), Some(me)) = (&template.store, router.me.upgrade()) {
+            template.recover_keys(&me, store).await?;
+        }
         {
             let mut templates = router
                 .keyed
@@ -159,7 +169,26 @@ impl Broker {
             }
             templates.insert(id.clone(), template.clone());
         }
+        if let Some(remote) = router.remote.get()
+            && let Some(served) = template.served()
+            && let Err(reason) = remote.serve(served).await
+        {
+            router
+                .keyed
+                .templates
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(BrokerError::Remote {
+                component: id,
+                reason,
+            });
+        }
         tokio::spawn(sweep_idle(Arc::downgrade(&template), self.router_weak()));
+        tokio::spawn(super::wakeups::wake_keys(
+            Arc::downgrade(&template),
+            self.router_weak(),
+        ));
         tracing::info!(component = %id, idle = ?keying.idle, max_active, "keyed component registered");
         Ok(())
     }

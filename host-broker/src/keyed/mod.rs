@@ -19,9 +19,19 @@
 //! retired once it has counted its message, takes it back and goes to the successor
 //! (`Router::enqueue`).
 //!
-//! `broker` holds the public face: registering a keyed component, upgrading it, its metrics.
+//! `broker` holds the public face: registering a keyed component, upgrading it, its metrics;
+//! `placement` where a key runs when several hosts of a lattice serve its component;
+//! `recovery` how a durable one's keys get back what a crash left stored; `wakeups` how a
+//! durable key put away is woken by its timers; `stop` how a keyed component stops with all
+//! its keys.
 
 mod broker;
+mod placement;
+mod recovery;
+mod stop;
+mod wakeups;
+
+pub use placement::Placement;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -175,6 +185,8 @@ pub(crate) struct Template {
     id: ComponentId,
     spec: Mutex<ComponentSpec>,
     keying: Keying,
+    /// `Replicated`: its keys are placed over the hosts of a lattice that serve it.
+    exposure: crate::Exposure,
     store: Option<Arc<dyn Store>>,
     timer_wheel: Arc<TimerWheel>,
     runtime: tokio::runtime::Handle,
@@ -200,6 +212,8 @@ pub(crate) struct Template {
     /// Whether the loss of a non-durable key's state on passivation was logged: once per
     /// component, not per key.
     warned: AtomicBool,
+    /// Durable keys put away with timers pending, to wake when the earliest is due.
+    wakeups: Arc<wakeups::Wakeups>,
 }
 
 /// A template's keys in memory: the active ones and the ones being put away.
@@ -270,9 +284,22 @@ impl Keyed {
                 "{target}: not a key of component `{component}`: {reason}"
             ))));
         }
+        // What another host sent here by an older view of who serves the component.
+        if let Some(refusal) = self.refuse_misplaced(router, &template, target) {
+            return Some(Err(refusal));
+        }
         let router = router.me.upgrade()?;
-        Some(template.activate(&router, target))
+        Some(template.activate(&router, target, Stored::default()))
     }
+}
+
+/// What a crash left in the store for a durable key, which its entry takes when it is made
+/// at the component's registration (`recovery`): its unconsumed messages and its undelivered
+/// outbox.
+#[derive(Default)]
+pub(crate) struct Stored {
+    pub(crate) messages: Vec<Envelope>,
+    pub(crate) outbox: Vec<courier_host_store::StoredOutgoing>,
 }
 
 impl Template {
@@ -280,6 +307,7 @@ impl Template {
         self: &Arc<Self>,
         router: &Arc<Router>,
         target: &str,
+        stored: Stored,
     ) -> Result<Arc<Entry>, MessagingError> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         // Another sender may have made it since the registry was read.
@@ -294,7 +322,7 @@ impl Template {
         }
         let id = ComponentId::from(target);
         let predecessor = keys.ending.get(target).cloned();
-        let entry = self.make_entry(router, id.clone(), predecessor);
+        let entry = self.make_entry(router, id.clone(), predecessor, stored);
         match router
             .registry
             .insert(entry.clone(), || router.is_shutting_down())
@@ -350,17 +378,27 @@ impl Template {
         router: &Arc<Router>,
         id: ComponentId,
         predecessor: Option<watch::Receiver<()>>,
+        stored: Stored,
     ) -> Arc<Entry> {
         let spec = self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let timers = ActorTimers::new(
-            id.clone(),
-            TimerLimits {
-                max_timers: spec.max_timers,
-                max_name_bytes: crate::routing::MAX_NAME_BYTES,
-                max_payload_bytes: router.config.max_payload_bytes,
-            },
-            self.timer_wheel.clone(),
-        );
+        let mut limits = TimerLimits {
+            max_timers: spec.max_timers,
+            max_name_bytes: crate::routing::MAX_NAME_BYTES,
+            max_payload_bytes: router.config.max_payload_bytes,
+        };
+        if self.store.is_some() {
+            // Within what the store keeps, as for a durable component.
+            limits.max_timers = limits.max_timers.min(
+                u32::try_from(courier_host_store::limits::MAX_TIMERS_PER_ACTOR).unwrap_or(u32::MAX),
+            );
+            limits.max_payload_bytes = limits
+                .max_payload_bytes
+                .min(courier_host_store::limits::MAX_PAYLOAD_BYTES);
+        }
+        let timers = ActorTimers::new(id.clone(), limits, self.timer_wheel.clone());
+        if self.store.is_some() {
+            timers.keep_in_store();
+        }
         let mut shared = ActorShared::new(
             id.clone(),
             spec.capabilities.clone(),
@@ -375,12 +413,12 @@ impl Template {
         let outbox = self
             .store
             .as_ref()
-            .map(|_| Arc::new(crate::outbox::Outbox::new(id.clone(), Vec::new())));
+            .map(|_| Arc::new(crate::outbox::Outbox::new(id.clone(), stored.outbox)));
         shared.durable = self
             .store
             .clone()
             .zip(outbox.clone())
-            .map(|(store, outbox)| crate::durable::Durable::new(store, Vec::new(), outbox));
+            .map(|(store, outbox)| crate::durable::Durable::new(store, stored.messages, outbox));
         shared.keyed = Some(KeyOf {
             template: self.clone(),
             last_used: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
@@ -460,6 +498,10 @@ impl Template {
         let _ = entry.send(Envelope::Stop).await;
         if let Some(task) = entry.take_task() {
             let _ = task.await;
+        }
+        // Its timers stay in the store: the earliest wakes it.
+        if let Some(durable) = &shared.durable {
+            self.wake_for_timers(&*durable.store, &shared.id).await;
         }
         if shared.durable.is_none()
             && shared.metrics.delivered.load(Ordering::Relaxed) > 0
@@ -577,13 +619,19 @@ pub(crate) async fn activate_core(core: &mut Core) -> Option<Aftermath> {
     let (template, made) = (key.template.clone(), key.made);
     if let Some(durable) = &core.shared.durable {
         match crate::durable::recover(&*durable.store, &core.shared.id).await {
-            // An outbox left by a crash is not sent again here either: a predecessor's
-            // dispatcher may still be sending what it committed.
-            Ok((state, unhandled, _unsent)) => {
-                if !unhandled.is_empty() {
-                    tracing::warn!(component = %core.shared.id, messages = unhandled.len(), "stored messages of this key from an earlier run stay stored: keys do not recover them yet");
-                }
+            // Only the state: what a crash left unconsumed or unsent was taken at the
+            // component's registration (`recovery`), and what is unconsumed now is in this
+            // key's mailbox already (stored, then queued) or its predecessor's, which has
+            // handled it; an outbox still pending is its predecessor's dispatcher's to send.
+            Ok((state, _unconsumed, _unsent)) => {
                 core.checkpoint = state.map(|state| (state.to_vec(), Instant::now()));
+                // Its timers, kept while it was put away: one due meanwhile fires now.
+                match durable.store.timers(&core.shared.id).await {
+                    Ok(timers) => core.shared.timers.restore(timers),
+                    Err(err) => {
+                        tracing::error!(component = %core.shared.id, error = %err, "its stored timers could not be read: they stay stored, not armed");
+                    }
+                }
             }
             Err(err) => {
                 let reason = format!("its state could not be read from the store: {err}");
