@@ -1,10 +1,12 @@
 //! Keyed components: `cart/<key>` reaches the instance of that key, made on its first
 //! message and put away when idle or beyond the bound.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier_host_broker::{Broker, BrokerConfig, ComponentSpec, Keying, MessagingError};
 use courier_host_core::{Engine, EngineConfig};
+use courier_host_store::Store;
 
 use crate::common::{SECOND, Setup, engine, load, store_in};
 
