@@ -39,7 +39,7 @@ fn start(manifest: &Path) -> Courier {
 }
 
 /// The counter's count, asked over HTTP.
-fn count(agent: &ureq::Agent, base: &str) -> u64 {
+pub(crate) fn count(agent: &ureq::Agent, base: &str) -> u64 {
     let (status, body) =
         crate::run::post(agent, &format!("{base}/components/counter/requests"), b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -355,7 +355,7 @@ capabilities = {{ send = ["pong"] }}
 }
 
 /// The reply of a request to `id`, as little-endian `u64`s.
-fn ask(base: &str, id: &str) -> Vec<u64> {
+pub(crate) fn ask(base: &str, id: &str) -> Vec<u64> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(70)))
@@ -371,12 +371,28 @@ fn ask(base: &str, id: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The seed of a torture test's kill moments: `COURIER_TORTURE_SEED`, or the clock's; printed.
+pub(crate) fn torture_seed() -> u64 {
+    let seed = std::env::var("COURIER_TORTURE_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("seed {seed} (COURIER_TORTURE_SEED)");
+    seed
+}
+
 /// A small generator of kill moments (xorshift), seeded from the clock and printed, so a
 /// failing run can be told apart and its seed tried again.
-struct Moments(u64);
+pub(crate) struct Moments(pub(crate) u64);
 
 impl Moments {
-    fn next(&mut self, below: u64) -> u64 {
+    pub(crate) fn next(&mut self, below: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -389,17 +405,7 @@ fn a_durable_ping_and_pong_killed_eight_times_count_every_sent_message_once_in_o
     const BATCH: u64 = 10;
     let dir = tempfile::tempdir().unwrap();
     let manifest = ping_pong_manifest(dir.path());
-    let seed = std::env::var("COURIER_TORTURE_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("seed {seed} (COURIER_TORTURE_SEED)");
+    let seed = torture_seed();
     let mut moments = Moments(seed);
     let (mut accepted, mut unanswered) = (0u64, 0u64);
     for round in 0..8 {
