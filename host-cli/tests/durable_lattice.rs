@@ -108,9 +108,9 @@ impl Loader {
                         Ok(response) if response.status().as_u16() == 202 => {
                             accepted.fetch_add(1, Ordering::Relaxed);
                         }
-                        // A full mailbox (ping held up by its outbox while pong is away)
-                        // accepted nothing: wait a little and post again.
-                        Ok(response) if response.status().as_u16() == 503 => {
+                        // A full mailbox (ping held up by its outbox while pong is away:
+                        // 429) accepted nothing: wait a little and post again.
+                        Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
                             thread::sleep(Duration::from_millis(20));
                         }
                         Ok(response) => panic!("{url} refused: {}", response.status()),
