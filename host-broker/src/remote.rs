@@ -116,7 +116,9 @@ pub struct RemoteMessage {
     ended: AtomicBool,
     /// For a durable sender's outbox entry: its sequence number, and where its ending goes
     /// (to the outbox, which counts it and decides whether to try again).
-    durable: Option<DurableTry>,
+    /// Boxed: most messages are not a durable sender's, and a refusal hands the message
+    /// back by value.
+    durable: Option<Box<DurableTry>>,
 }
 
 /// One try of a durable sender's outbox entry on another host.
@@ -164,10 +166,10 @@ impl RemoteMessage {
     ) -> (RemoteMessage, oneshot::Receiver<RemoteOutcome>) {
         let (outcome, ended) = oneshot::channel();
         let mut message = RemoteMessage::new(router, sender, target, payload);
-        message.durable = Some(DurableTry {
+        message.durable = Some(Box::new(DurableTry {
             seq,
             outcome: Mutex::new(Some(outcome)),
-        });
+        }));
         (message, ended)
     }
 
