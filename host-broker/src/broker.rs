@@ -51,6 +51,7 @@ pub struct BrokerConfig {
     pub(crate) dead_letter_capacity: usize,
     pub(crate) max_queued_bytes: u64,
     pub(crate) store: Option<Arc<dyn Store>>,
+    pub(crate) remote_retention: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +61,7 @@ impl Default for BrokerConfig {
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             store: None,
+            remote_retention: crate::outbox::DEFAULT_REMOTE_RETENTION,
         }
     }
 }
@@ -71,6 +73,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("dead_letter_capacity", &self.dead_letter_capacity)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("store", &self.store.as_ref().map(|_| "Store"))
+            .field("remote_retention", &self.remote_retention)
             .finish()
     }
 }
@@ -123,6 +126,21 @@ impl BrokerConfig {
     /// The store durable components are kept in, if there is one.
     pub fn get_store(&self) -> Option<&Arc<dyn Store>> {
         self.store.as_ref()
+    }
+
+    /// How long a durable component's message to a component on another host is tried
+    /// until the serving host acknowledges it
+    /// ([`DEFAULT_REMOTE_RETENTION`](crate::DEFAULT_REMOTE_RETENTION), a day, by default),
+    /// counted from its first try in the sender's current run. Past it the message is
+    /// dead-lettered with the reason, in the store too, and the sender's next messages go.
+    pub fn remote_retention(mut self, retention: Duration) -> Self {
+        self.remote_retention = retention;
+        self
+    }
+
+    /// How long a durable component's message to another host is tried.
+    pub fn get_remote_retention(&self) -> Duration {
+        self.remote_retention
     }
 
     /// The most payload bytes queued in all mailboxes together.
@@ -836,9 +854,32 @@ impl Broker {
         self.router().remote.take_if(remote)
     }
 
+    /// Queue a message that came from another host for `target`, as
+    /// [`accept_message`](Self::accept_message) does, and for a durable target once its
+    /// store holds it: the answer is what the serving host may acknowledge, so an
+    /// acknowledged message survives this host's crash. `durable_seq` is the sequence number
+    /// a durable sender gave it ([`RemoteMessage::durable_seq`](crate::RemoteMessage::durable_seq)): a durable target that
+    /// already holds that sender's message of this number (or a later one) answers `Ok`
+    /// without keeping it again. A store that refuses it is `target-crashed("storage: …")`.
+    pub async fn accept_message_stored(
+        &self,
+        sender: ComponentId,
+        target: &str,
+        payload: impl Into<Bytes>,
+        durable_seq: Option<u64>,
+    ) -> Result<(), MessagingError> {
+        self.inner
+            .router
+            .clone()
+            .accept_message_stored(sender, target, payload.into(), durable_seq)
+            .await
+    }
+
     /// Queue a message that came from another host for `target`, with the sender id its
     /// host stamped. Refused (and counted so) like a local send, and with
-    /// `target-not-found` for a component that is not exposed to other hosts.
+    /// `target-not-found` for a component that is not exposed to other hosts. A durable
+    /// target takes a message only once it is stored, which this cannot wait for: it is
+    /// refused, pointing to [`accept_message_stored`](Self::accept_message_stored).
     pub fn accept_message(
         &self,
         sender: ComponentId,
@@ -992,8 +1033,6 @@ impl Broker {
     }
 }
 
-/// The store a durable component `id` is kept in, or why it cannot be durable: no store, or
-/// a spec that would take messages the store does not keep yet.
 /// The messages `entries` have delivered, in all.
 fn delivered(entries: &[Arc<Entry>]) -> u64 {
     entries
@@ -1002,6 +1041,8 @@ fn delivered(entries: &[Arc<Entry>]) -> u64 {
         .sum()
 }
 
+/// The store a durable component `id` is kept in, or why it cannot be durable: no store, or
+/// a spec that would take messages the store does not keep yet.
 pub(crate) fn durable_store(
     id: &ComponentId,
     store: Option<&Arc<dyn Store>>,
@@ -1018,9 +1059,9 @@ pub(crate) fn durable_store(
             "is set, but the broker has no store to keep it in (`BrokerConfig::store`)",
         ));
     };
-    if exposure != crate::Exposure::Local {
+    if exposure == crate::Exposure::Replicated {
         return Err(invalid(
-            "is set with `expose`: messages from other hosts are not stored yet, so a durable component takes messages from this host only",
+            "is set with replicas: each replica keeps its own store, so a durable sender's message sent again could reach another replica, which could not tell it was a copy; expose a durable component to other hosts with one host serving it",
         ));
     }
     if !capabilities.subscribe_patterns().is_empty() {

@@ -18,11 +18,16 @@
 //! changed them: what a handler scheduled or cancelled, and the firings it handled
 //! (`timers` says how).
 //!
+//! Across hosts the same holds: a message from another host is stored before the serving
+//! host acknowledges it (`Router::accept_message_stored`), and a durable sender's message to
+//! another host stays in its outbox until acknowledged, carrying its sequence number, so the
+//! target's store drops a copy.
+//!
 //! What is not covered: requests a durable handler makes go at once (they need their answer
 //! during the handler), so a replayed message asks again; sends to components that are not
-//! durable, publications and messages to other hosts are at least once (a crash between
-//! sending and marking one delivered sends it again, and nothing there drops it); requests
-//! to a durable component and messages from other hosts are not stored.
+//! durable and publications are at least once (a crash between sending and marking one
+//! delivered sends it again, and nothing there drops it); requests to a durable component
+//! are not stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
-use courier_host_store::{Batch, Kind, Store, StoreError, StoredOutgoing};
+use courier_host_store::{Appended, Batch, Kind, Store, StoreError, StoredOutgoing};
 
 use crate::dead_letter::{DeadLetter, MessageKind};
 use crate::mailbox::Envelope;
@@ -218,13 +223,16 @@ impl Router {
     /// room in the mailbox is taken first, so nothing is stored that would then be refused;
     /// the store's answer decides; and only a stored message goes in, naming its position.
     /// Whatever is refused is counted so and handed back. The message was already counted
-    /// sent and admitted.
+    /// sent and admitted. `seq` is its durable sender's sequence number, if it has one: a
+    /// message the store already holds from that sender is not queued again, and counted
+    /// delivered (its first copy is, or was, handled).
     pub(crate) async fn store_then_enqueue(
         self: Arc<Router>,
         entry: Arc<Entry>,
         store: Arc<dyn Store>,
         envelope: Envelope,
         wait: Option<Duration>,
+        seq: Option<u64>,
     ) -> Result<(), Refused> {
         let reserved = match wait {
             None => entry.try_reserve(),
@@ -256,12 +264,7 @@ impl Router {
         else {
             unreachable!("only messages are stored")
         };
-        let record = courier_host_store::Entry::new(
-            entry.shared.id.to_string(),
-            sender.to_string(),
-            Kind::Message,
-            payload.clone(),
-        );
+        let record = crate::outbox::stored_entry(&entry.shared.id, &sender, payload.clone(), seq);
         let stored = store.append(vec![record]).await;
         let position = match stored.as_deref() {
             Ok([appended]) => appended.position(),
@@ -269,6 +272,12 @@ impl Router {
             Err(_) => None,
         };
         match (stored, position) {
+            (Ok(appended), None) if seq.is_some() && appended == [Appended::Duplicate] => {
+                drop(permit);
+                release(&entry.shared, &self.counters, 1, len);
+                crate::metrics::bump(&self.counters.delivered);
+                Ok(())
+            }
             (Ok(_), Some(position)) => {
                 permit.send(Envelope::Message {
                     sender,

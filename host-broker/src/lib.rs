@@ -75,7 +75,7 @@ pub use keyed::{
     check_key,
 };
 pub use metrics::{Accounting, LatencySummary};
-pub use outbox::{MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES};
+pub use outbox::{DEFAULT_REMOTE_RETENTION, MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES};
 pub use registry::ComponentState;
 pub use remote::{Exposure, Remote, RemoteAnswer, RemoteMessage, RemoteRefusal, Served};
 pub use routing::MAX_NAME_BYTES;

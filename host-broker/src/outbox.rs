@@ -35,6 +35,7 @@ use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::ActorShared;
+use crate::remote::{RemoteMessage, RemoteOutcome, RemoteRefusal};
 use crate::routing::{Access, RouteCache, Router, Target, release};
 
 /// How many messages and publications a durable component's outbox holds, sent and not yet
@@ -60,6 +61,22 @@ const RETRY_WAIT: Duration = Duration::from_millis(100);
 /// How long an entry for an id that nobody serves is tried again before it is
 /// dead-lettered: at a restart the sender may be spawned before its target.
 const UNKNOWN_TARGET_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a durable component's message to a component on another host is tried until
+/// the serving host acknowledges it (it stored it, for a durable target), by default
+/// ([`BrokerConfig::remote_retention`](crate::BrokerConfig::remote_retention)): a day, so
+/// an outage of a host, a NATS cluster or the network over a night loses nothing. Past it
+/// the message is dead-lettered, with the last reason it failed, in the store too.
+///
+/// It is counted from the entry's first try in the sender's current run. The entries behind
+/// it wait meanwhile (a sender's messages go in order), so the retention is also how long
+/// an unreachable target can hold its durable senders up; memory stays within the outbox's
+/// bounds ([`MAX_OUTBOX_MESSAGES`], [`MAX_OUTBOX_BYTES`]) however long it is.
+pub const DEFAULT_REMOTE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The longest wait between two tries of a message to another host that failed at once (no
+/// host serves its target now, say, while that host restarts).
+const REMOTE_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 /// The outbox of one durable component.
 pub(crate) struct Outbox {
@@ -360,6 +377,8 @@ enum Dispatched {
     /// Not now (a full mailbox, a store that refused, a target not spawned yet): try it
     /// again.
     Later,
+    /// Not acknowledged by another host: try it again after at most this long.
+    Retry(Duration),
     /// The broker is going or the sender was replaced: it stays stored for the next spawn.
     Stop,
 }
@@ -374,6 +393,7 @@ pub(crate) async fn dispatch(
     store: Arc<dyn Store>,
 ) {
     let mut unknown_since: Option<Instant> = None;
+    let mut remote_tries: Option<RemoteTries> = None;
     let mut backoff = Duration::from_millis(10);
     loop {
         let Some(entry) = outbox.next().await else {
@@ -387,7 +407,15 @@ pub(crate) async fn dispatch(
         }
         let len = entry.payload.len();
         let seq = entry.seq;
-        match try_dispatch(&router, &outbox, &entry, &mut unknown_since).await {
+        let tried = try_dispatch(
+            &router,
+            &outbox,
+            &entry,
+            &mut unknown_since,
+            &mut remote_tries,
+        )
+        .await;
+        match tried {
             Dispatched::Done => {
                 backoff = Duration::from_millis(10);
                 outbox.done(seq, len);
@@ -419,6 +447,11 @@ pub(crate) async fn dispatch(
                 drop((router, shared));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_WAIT);
+                continue;
+            }
+            Dispatched::Retry(wait) => {
+                drop((router, shared));
+                tokio::time::sleep(wait).await;
                 continue;
             }
             Dispatched::Stop => break,
@@ -454,12 +487,22 @@ async fn mark_delivered(outbox: &Outbox, store: &dyn Store) {
     }
 }
 
+/// The tries of the outbox entry at the front, whose target is on another host.
+struct RemoteTries {
+    seq: u64,
+    /// Its first try in this run: the retention counts from it.
+    since: Instant,
+    /// How many of its tries failed at once; the wait before the next grows with them.
+    quick_failures: u32,
+}
+
 /// Try the outbox entry `entry` of `sender` once.
 async fn try_dispatch(
     router: &Arc<Router>,
     outbox: &Outbox,
     entry: &StoredOutgoing,
     unknown_since: &mut Option<Instant>,
+    remote_tries: &mut Option<RemoteTries>,
 ) -> Dispatched {
     let sender = &outbox.id;
     if router.is_shutting_down() {
@@ -478,11 +521,8 @@ async fn try_dispatch(
     let target = entry.destination.as_str();
     let Some(target_entry) = router.registry.get(target) else {
         if let Some(remote) = router.remote.get() {
-            let envelope = Envelope::message(sender.clone(), entry.payload.clone());
-            return match router.route_remote(&*remote, target, envelope) {
-                Ok(()) => Dispatched::Done,
-                Err(refused) => Dispatched::Dead(refused.error.to_string()),
-            };
+            *unknown_since = None;
+            return send_remote(router, &*remote, sender, entry, remote_tries).await;
         }
         let since = *unknown_since.get_or_insert_with(Instant::now);
         if since.elapsed() < UNKNOWN_TARGET_GRACE {
@@ -525,6 +565,84 @@ async fn try_dispatch(
             error => Dispatched::Dead(error.to_string()),
         },
     }
+}
+
+/// Send `entry`, a message of the durable `sender`, to the host that serves its target, and
+/// wait for that host to acknowledge it: it is done only then, so a crash of either host,
+/// of a NATS server, or an acknowledgement lost on the way leaves it in the outbox, to go
+/// again (the serving host drops a copy its durable target already holds, by `sender` and
+/// the entry's sequence number). One entry is on its way at a time: the next goes once this
+/// one is acknowledged, so a durable target never holds a later message of a sender
+/// without every earlier one, and one sequence mark per sender is enough to tell copies.
+///
+/// A refusal that can never pass (too large, access denied) dead-letters it at once;
+/// anything else (no acknowledgement, no host serving the target now, a full mailbox, a
+/// store that failed) is tried again until the broker's remote retention has passed since
+/// its first try, then it is dead-lettered with the last reason.
+async fn send_remote(
+    router: &Arc<Router>,
+    remote: &dyn crate::Remote,
+    sender: &ComponentId,
+    entry: &StoredOutgoing,
+    tries: &mut Option<RemoteTries>,
+) -> Dispatched {
+    let tried = match tries {
+        Some(tried) if tried.seq == entry.seq => tried,
+        _ => tries.insert(RemoteTries {
+            seq: entry.seq,
+            since: Instant::now(),
+            quick_failures: 0,
+        }),
+    };
+    let (message, outcome) = RemoteMessage::durable(
+        router.me.clone(),
+        sender.clone(),
+        entry.destination.as_str().into(),
+        entry.payload.clone(),
+        entry.seq,
+    );
+    let started = Instant::now();
+    let failure = match remote.send(message) {
+        Ok(()) => match outcome.await {
+            Ok(RemoteOutcome::Delivered) => {
+                bump(&router.counters.delivered);
+                *tries = None;
+                return Dispatched::Done;
+            }
+            Ok(RemoteOutcome::Refused(error)) => error,
+            Ok(RemoteOutcome::Failed(reason)) => MessagingError::TargetCrashed(reason),
+            Err(_) => {
+                MessagingError::TargetCrashed("its carrier ended without an outcome".to_string())
+            }
+        },
+        Err(RemoteRefusal { error, message }) => {
+            message.refused();
+            error
+        }
+    };
+    if let MessagingError::PayloadTooLarge(_) | MessagingError::AccessDenied(_) = failure {
+        *tries = None;
+        return Dispatched::Dead(failure.to_string());
+    }
+    let retention = router.config.remote_retention;
+    if tried.since.elapsed() >= retention {
+        *tries = None;
+        return Dispatched::Dead(crate::text::bounded_text(&format!(
+            "not acknowledged by a host serving `{}` within {} of tries (the remote retention of a durable sender); last: {failure}",
+            entry.destination,
+            courier_host_core::units::format_duration(retention)
+        )));
+    }
+    tracing::debug!(component = %sender, target = %entry.destination, error = %failure, "a durable message to another host is tried again");
+    // A try that waited for its acknowledgement goes again at once; one refused at once
+    // (nobody serves the target now) waits, longer each time, so an outage is not a spin.
+    if started.elapsed() >= RETRY_WAIT {
+        tried.quick_failures = 0;
+        return Dispatched::Retry(Duration::ZERO);
+    }
+    tried.quick_failures = tried.quick_failures.saturating_add(1);
+    let wait = Duration::from_millis(10) * 2u32.pow(tried.quick_failures.min(7));
+    Dispatched::Retry(wait.min(REMOTE_RETRY_WAIT))
 }
 
 /// How many dispatched entries wait for their delivered mark at most, under a stream that

@@ -17,7 +17,7 @@
 //! host that receives it, and ends there like any local message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -122,6 +122,28 @@ pub struct RemoteMessage {
     router: Weak<Router>,
     /// Set once it has ended, so the drop does not end it again.
     ended: AtomicBool,
+    /// For a durable sender's outbox entry: its sequence number, and where its ending goes
+    /// (to the outbox, which counts it and decides whether to try again).
+    /// Boxed: most messages are not a durable sender's, and a refusal hands the message
+    /// back by value.
+    durable: Option<Box<DurableTry>>,
+}
+
+/// One try of a durable sender's outbox entry on another host.
+struct DurableTry {
+    seq: u64,
+    outcome: Mutex<Option<oneshot::Sender<RemoteOutcome>>>,
+}
+
+/// How one try of a durable sender's message to another host ended, as its outbox hears it.
+#[derive(Debug)]
+pub(crate) enum RemoteOutcome {
+    /// The serving host acknowledged it: it holds it (in its store, for a durable target).
+    Delivered,
+    /// The serving host refused it with this error.
+    Refused(MessagingError),
+    /// No acknowledgement came (unconfirmed, no host, not sent, the lattice left): why.
+    Failed(String),
 }
 
 impl RemoteMessage {
@@ -137,7 +159,33 @@ impl RemoteMessage {
             payload,
             router,
             ended: AtomicBool::new(false),
+            durable: None,
         }
+    }
+
+    /// A try of the durable `sender`'s outbox entry `seq`: its ending is not counted here but
+    /// handed to the outbox through the returned receiver.
+    pub(crate) fn durable(
+        router: Weak<Router>,
+        sender: ComponentId,
+        target: ComponentId,
+        payload: Bytes,
+        seq: u64,
+    ) -> (RemoteMessage, oneshot::Receiver<RemoteOutcome>) {
+        let (outcome, ended) = oneshot::channel();
+        let mut message = RemoteMessage::new(router, sender, target, payload);
+        message.durable = Some(Box::new(DurableTry {
+            seq,
+            outcome: Mutex::new(Some(outcome)),
+        }));
+        (message, ended)
+    }
+
+    /// The sender's sequence number when the sender is durable: the serving host stores it
+    /// with this number, so a durable target that already holds it (a copy sent again after
+    /// a restart or a try nobody acknowledged) drops it and acknowledges it again.
+    pub fn durable_seq(&self) -> Option<u64> {
+        self.durable.as_ref().map(|durable| durable.seq)
     }
 
     /// Who sent it, as stamped by this host.
@@ -157,24 +205,66 @@ impl RemoteMessage {
 
     /// The serving host has queued it: counted delivered here.
     pub fn delivered(self) {
+        if self.end_durable(RemoteOutcome::Delivered) {
+            return;
+        }
         if let Some(router) = self.end() {
             bump(&router.counters.delivered);
         }
     }
 
     /// It will not be delivered, or may not have been: dead-lettered here with `reason`.
+    /// A durable sender's message is not: its outbox tries it again.
     pub fn dead_letter(self, reason: &str) {
+        self.dead_letter_ref(reason);
+    }
+
+    /// The serving host refused it with `error`: dead-lettered here with `reason`, as
+    /// [`dead_letter`](Self::dead_letter) does; a durable sender's outbox hears the error, to
+    /// tell a refusal worth trying again (a full mailbox, a store that failed, a host
+    /// shutting down) from one that never passes.
+    pub fn refused_there(self, reason: &str, error: MessagingError) {
+        if self.end_durable(RemoteOutcome::Refused(error)) {
+            return;
+        }
         self.dead_letter_ref(reason);
     }
 
     /// Refused before it left: counted refused here; its sender is told by the caller.
     pub(crate) fn refused(self) {
+        if self.durable.is_some() {
+            // Its outbox counts it, as it does every try's ending.
+            self.ended.store(true, Ordering::Release);
+            return;
+        }
         if let Some(router) = self.end() {
             bump(&router.counters.refused);
         }
     }
 
+    /// End a durable sender's try with `outcome`, handed to its outbox; false if it is not
+    /// one.
+    fn end_durable(&self, outcome: RemoteOutcome) -> bool {
+        let Some(durable) = &self.durable else {
+            return false;
+        };
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            let waiting = durable
+                .outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(waiting) = waiting {
+                let _ = waiting.send(outcome);
+            }
+        }
+        true
+    }
+
     fn dead_letter_ref(&self, reason: &str) {
+        if self.end_durable(RemoteOutcome::Failed(reason.to_string())) {
+            return;
+        }
         if let Some(router) = self.end() {
             bump(&router.counters.dead_lettered);
             router.dead_letters.record(
@@ -210,6 +300,7 @@ impl std::fmt::Debug for RemoteMessage {
             .field("sender", &self.sender)
             .field("target", &self.target)
             .field("payload_len", &self.payload.len())
+            .field("durable_seq", &self.durable_seq())
             .finish()
     }
 }
@@ -335,7 +426,38 @@ impl Router {
         payload: Bytes,
     ) -> Result<(), MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
+        if entry.shared.durable.is_some() {
+            // Queued before it is stored, it would be acknowledged and then lost in a crash.
+            self.refused(Some(&entry));
+            return Err(crate::durable::needs_waiting(&entry.shared.id));
+        }
         self.enqueue_arrival(&entry, Envelope::message(sender, payload))
+    }
+
+    /// A message from another host, queued at once for a target that is not durable, and
+    /// for a durable one once its store holds it (carrying `durable_seq`, its durable
+    /// sender's sequence number, so a copy the target already holds is dropped and answered
+    /// `Ok` again). Its `Ok` is what the serving host may acknowledge.
+    pub(crate) async fn accept_message_stored(
+        self: Arc<Router>,
+        sender: ComponentId,
+        target: &str,
+        payload: Bytes,
+        durable_seq: Option<u64>,
+    ) -> Result<(), MessagingError> {
+        let entry = self.admit_arrival(target, payload.len())?;
+        let Some(durable) = entry.shared.durable.as_ref() else {
+            return self.enqueue_arrival(&entry, Envelope::message(sender, payload));
+        };
+        let store = durable.store.clone();
+        let envelope = Envelope::message(sender, payload);
+        let stored = if entry.shared.keyed.is_some() {
+            self.store_for_key(entry, envelope, None, durable_seq).await
+        } else {
+            self.store_then_enqueue(entry, store, envelope, None, durable_seq)
+                .await
+        };
+        stored.map_err(|refused| refused.error)
     }
 
     pub(crate) fn accept_request(

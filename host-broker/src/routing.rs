@@ -407,13 +407,13 @@ impl Router {
         match self.admit_envelope(target, envelope, access, cache)? {
             (Target::Local(entry), envelope) => match entry.shared.durable.as_ref() {
                 Some(_) if entry.shared.keyed.is_some() => Ok(Routed::Storing(Box::pin(
-                    self.clone().store_for_key(entry, envelope, wait),
+                    self.clone().store_for_key(entry, envelope, wait, None),
                 ))),
                 Some(durable) => {
                     let store = durable.store.clone();
                     let storing = self
                         .clone()
-                        .store_then_enqueue(entry, store, envelope, wait);
+                        .store_then_enqueue(entry, store, envelope, wait, None);
                     Ok(Routed::Storing(Box::pin(storing)))
                 }
                 None => self
@@ -430,11 +430,12 @@ impl Router {
     /// Store a message for a durable key, then queue it, as for any durable component; if
     /// the key was put away meanwhile (its entry retired before the message was counted in),
     /// that was no refusal: the key's successor takes the message.
-    async fn store_for_key(
+    pub(crate) async fn store_for_key(
         self: Arc<Router>,
         mut entry: Arc<Entry>,
         mut envelope: Envelope,
         wait: Option<Duration>,
+        seq: Option<u64>,
     ) -> Result<(), Refused> {
         loop {
             let store = match entry.shared.durable.as_ref() {
@@ -443,7 +444,7 @@ impl Router {
             };
             let stored = self
                 .clone()
-                .store_then_enqueue(entry.clone(), store, envelope, wait)
+                .store_then_enqueue(entry.clone(), store, envelope, wait, seq)
                 .await;
             match stored {
                 Err(refused) if entry.shared.is_retired() => {

@@ -185,11 +185,12 @@ impl ComponentSpec {
     /// committed state and handles the stored messages it had not, in order, before anything
     /// new. Off by default: a component that is not durable never touches the disk.
     ///
-    /// A durable component takes messages from this host only (it is refused with an
-    /// [`Exposure`] other than [`Exposure::Local`]) and subscribes to no topic, since
-    /// neither what other hosts send nor publications are stored yet. Requests to it are
-    /// answered as for any component and not stored; the state they change is committed with
-    /// the batch.
+    /// Exposed to other hosts ([`Exposure::Lattice`]), a message from another host is
+    /// acknowledged only once stored, and a durable sender's copy of one it holds is dropped
+    /// by (sender, sequence number). It subscribes to no topic, since publications are not
+    /// stored yet, and it is not replicated ([`Exposure::Replicated`] is refused: each
+    /// replica would keep its own store). Requests to it are answered as for any component
+    /// and not stored; the state they change is committed with the batch.
     ///
     /// Its timers are kept in the store too, changed in the transaction of the batch that
     /// changed them, and armed again at spawn: they survive a stop, a crash and a restart,

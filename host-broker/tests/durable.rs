@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use courier_host_broker::{BrokerError, MessagingError};
+use courier_host_broker::{BrokerError, Exposure, MessagingError};
 use courier_host_store::{Entry, Kind};
 
 use crate::common::{SECOND, Setup, durable_setup, load, store_in};
@@ -19,7 +19,7 @@ async fn a_durable_component_without_a_store_is_refused_naming_it_and_the_cause(
 }
 
 #[tokio::test]
-async fn a_durable_component_cannot_subscribe_or_be_exposed_yet() {
+async fn a_durable_component_cannot_subscribe_or_be_replicated() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
     let setup = durable_setup(store.clone());
@@ -32,6 +32,81 @@ async fn a_durable_component_cannot_subscribe_or_be_exposed_yet() {
         err.to_string().contains("publications are not stored"),
         "{err}"
     );
+    let spec = setup
+        .spec("counter", "counter")
+        .durable(true)
+        .expose(Exposure::Replicated);
+    let err = setup.broker.spawn(spec).await.unwrap_err();
+    assert!(
+        err.to_string().contains("each replica keeps its own store"),
+        "{err}"
+    );
+}
+
+/// What another host sends to an exposed durable component is answered `Ok` (which its
+/// lattice acknowledges) only once stored, and a durable sender's copy of a message the
+/// component already holds, by (sender, sequence number), is dropped, across a restart too.
+#[tokio::test]
+async fn a_message_from_another_host_is_stored_before_its_ok_and_a_durable_senders_copy_is_dropped()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    {
+        let setup = durable_setup(store.clone());
+        setup
+            .spawn(
+                setup
+                    .spec("counter", "counter")
+                    .durable(true)
+                    .expose(Exposure::Lattice),
+            )
+            .await;
+        let refused = setup
+            .broker
+            .accept_message("ping".into(), "counter", &b"+1"[..])
+            .unwrap_err();
+        assert!(
+            matches!(&refused, MessagingError::TargetCrashed(text) if text.starts_with("storage:")),
+            "a way in that cannot wait for the store is refused: {refused:?}"
+        );
+        for seq in [1, 2, 2, 1, 3] {
+            setup
+                .broker
+                .accept_message_stored("ping".into(), "counter", &b"+1"[..], Some(seq))
+                .await
+                .unwrap();
+        }
+        // A sender that is not durable has no number: each of its messages counts.
+        for _ in 0..2 {
+            setup
+                .broker
+                .accept_message_stored("host".into(), "counter", &b"+1"[..], None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(setup.count("counter").await, 5);
+        let accounting = setup.broker.accounting();
+        assert_eq!(accounting.arrived, 8, "{accounting:?}");
+        setup.broker.shutdown(SECOND).await;
+    }
+    // The marks are the store's: a copy that comes after a restart is dropped too.
+    let setup = durable_setup(store.clone());
+    setup
+        .spawn(
+            setup
+                .spec("counter", "counter")
+                .durable(true)
+                .expose(Exposure::Lattice),
+        )
+        .await;
+    for seq in [3, 2, 4] {
+        setup
+            .broker
+            .accept_message_stored("ping".into(), "counter", &b"+1"[..], Some(seq))
+            .await
+            .unwrap();
+    }
+    assert_eq!(setup.count("counter").await, 6);
 }
 
 #[tokio::test]

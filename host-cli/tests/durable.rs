@@ -39,7 +39,7 @@ fn start(manifest: &Path) -> Courier {
 }
 
 /// The counter's count, asked over HTTP.
-fn count(agent: &ureq::Agent, base: &str) -> u64 {
+pub(crate) fn count(agent: &ureq::Agent, base: &str) -> u64 {
     let (status, body) =
         crate::run::post(agent, &format!("{base}/components/counter/requests"), b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -363,7 +363,7 @@ durable = true
 }
 
 /// The reply of a request to `id`, as little-endian `u64`s.
-fn ask(base: &str, id: &str) -> Vec<u64> {
+pub(crate) fn ask(base: &str, id: &str) -> Vec<u64> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(70)))
@@ -372,19 +372,44 @@ fn ask(base: &str, id: &str) -> Vec<u64> {
     // Long: after the kills, ping's recovered messages and pong's share of what they send
     // are handled before this request.
     let url = format!("{base}/components/{id}/requests?timeout_ms=60000");
-    let (status, body) = crate::run::post(&agent, &url, b"");
+    // A durable sender held up by its outbox (its target on a host that was away) has a
+    // full mailbox for a while: 429 until it drains.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, body) = loop {
+        let (status, body) = crate::run::post(&agent, &url, b"");
+        if status != 429 || Instant::now() > deadline {
+            break (status, body);
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     body.chunks(8)
         .map(|word| u64::from_le_bytes(word.try_into().unwrap()))
         .collect()
 }
 
+/// The seed of a torture test's kill moments: `COURIER_TORTURE_SEED`, or the clock's; printed.
+pub(crate) fn torture_seed() -> u64 {
+    let seed = std::env::var("COURIER_TORTURE_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("seed {seed} (COURIER_TORTURE_SEED)");
+    seed
+}
+
 /// A small generator of kill moments (xorshift), seeded from the clock and printed, so a
 /// failing run can be told apart and its seed tried again.
-struct Moments(u64);
+pub(crate) struct Moments(pub(crate) u64);
 
 impl Moments {
-    fn next(&mut self, below: u64) -> u64 {
+    pub(crate) fn next(&mut self, below: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -447,17 +472,7 @@ fn durable_components_killed_twenty_times_count_every_accepted_message_once_in_o
     const KILLS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let manifest = ping_pong_manifest(dir.path());
-    let seed = std::env::var("COURIER_TORTURE_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("seed {seed} (COURIER_TORTURE_SEED)");
+    let seed = torture_seed();
     let mut moments = Moments(seed);
     let (mut accepted, mut unanswered) = (0u64, 0u64);
     let (mut counted_202s, mut counter_unanswered) = (0u64, 0u64);

@@ -6,6 +6,7 @@
 
 mod dashboard;
 mod durable;
+mod durable_lattice;
 mod keyed;
 mod new;
 mod run;

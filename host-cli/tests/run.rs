@@ -189,6 +189,7 @@ pub(crate) fn manifest(dir: &Path, body: &str) -> PathBuf {
         .replace("{cache}", &cache.display().to_string())
         .replace("{ping}", &guest("ping"))
         .replace("{pong}", &guest("pong"))
+        .replace("{counter}", &guest("counter"))
         .replace("{echo}", &guest("echo"))
         .replace("{panicker}", &guest("panicker"))
         .replace("{looper}", &guest("looper"))

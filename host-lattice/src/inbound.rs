@@ -74,6 +74,8 @@ pub(crate) struct Held {
     pub(crate) sender: ComponentId,
     pub(crate) payload: Bytes,
     pub(crate) reply: async_nats::Subject,
+    /// Its durable sender's number for it, if its sender is durable.
+    pub(crate) durable_seq: Option<u64>,
     /// When it is delivered even if its turn has not come.
     until: Instant,
 }
@@ -95,6 +97,7 @@ impl Held {
             sender,
             payload,
             reply,
+            durable_seq: None,
             until: Instant::now() + hold,
         }
     }

@@ -114,6 +114,8 @@ pub(crate) enum Outbound {
         request: bool,
         /// A message's number in its stream to the target (0: not numbered).
         stream_seq: u64,
+        /// A durable sender's number for the message, sent as a header.
+        durable_seq: Option<u64>,
         subject: String,
         sender: ComponentId,
         payload: Bytes,

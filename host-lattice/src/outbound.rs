@@ -95,6 +95,7 @@ impl Inner {
                         seq,
                         request,
                         stream_seq,
+                        durable_seq,
                         subject,
                         sender,
                         payload,
@@ -144,11 +145,8 @@ impl Inner {
                         };
                         let payload = envelope.wrap(&payload);
                         let reply = format!("{replies}.{seq}");
-                        let published = bounded(
-                            left,
-                            self.client.publish_with_reply(subject, reply, payload),
-                        )
-                        .await;
+                        let published =
+                            bounded(left, self.publish(subject, reply, durable_seq, payload)).await;
                         match published {
                             Some(Ok(())) => {}
                             Some(Err(err)) => self.not_sent(
@@ -271,9 +269,10 @@ impl Inner {
             .wrap(&resend.payload);
             let published = bounded(
                 NATS_WAIT,
-                self.client.publish_with_reply(
+                self.publish(
                     self.subjects.actor(&resend.target),
                     format!("{replies}.{}", resend.seq),
+                    resend.durable_seq,
                     payload,
                 ),
             )
@@ -284,6 +283,34 @@ impl Inner {
             }
         }
         left
+    }
+
+    /// Publish a message on `subject` with `reply`, and a durable sender's number in its
+    /// headers when it has one.
+    async fn publish(
+        &self,
+        subject: String,
+        reply: String,
+        durable_seq: Option<u64>,
+        payload: Bytes,
+    ) -> Result<(), async_nats::PublishError> {
+        match durable_seq {
+            None => {
+                self.client
+                    .publish_with_reply(subject, reply, payload)
+                    .await
+            }
+            Some(seq) => {
+                self.client
+                    .publish_with_reply_and_headers(
+                        subject,
+                        reply,
+                        wire::durable_headers(seq),
+                        payload,
+                    )
+                    .await
+            }
+        }
     }
 
     /// Wait until the client is connected, at most until `until`; whether it is.
@@ -346,6 +373,7 @@ impl Remote for Gateway {
             seq,
             request: false,
             stream_seq,
+            durable_seq: message.durable_seq(),
             subject,
             sender: message.sender().clone(),
             payload: message.payload().clone(),
@@ -425,6 +453,7 @@ impl Remote for Gateway {
             seq,
             request: true,
             stream_seq: 0,
+            durable_seq: None,
             subject,
             // The time left goes into the envelope as the request goes on the wire.
             sender: sender.clone(),

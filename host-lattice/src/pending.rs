@@ -45,6 +45,8 @@ pub(crate) struct Resend {
     pub(crate) payload: Bytes,
     pub(crate) stream_seq: u64,
     pub(crate) low: u64,
+    /// A durable sender's number for it.
+    pub(crate) durable_seq: Option<u64>,
 }
 
 #[derive(Default)]
@@ -253,8 +255,10 @@ impl Pending {
                 entry.message.sender().clone(),
                 entry.message.payload().clone(),
             );
+            let durable_seq = entry.message.durable_seq();
             let low = self.low(&target, stream_seq);
             out.push(Resend {
+                durable_seq,
                 seq,
                 queued,
                 target,

@@ -85,11 +85,12 @@ impl Inner {
                         .dead_letter(&format!("no-host: no host serves `{target}`")),
                     Some(error) => {
                         let host = wire::get(reply.headers.as_ref(), wire::HOST).unwrap_or("?");
-                        unacked.message.dead_letter(&format!(
+                        let reason = format!(
                             "refused by host `{}`: {}",
                             wire::header_text(host),
                             wire::error_code(&error)
-                        ));
+                        );
+                        unacked.message.refused_there(&reason, error);
                     }
                     None => unacked.message.delivered(),
                 }

@@ -281,7 +281,11 @@ impl Inner {
             self.counters
                 .arrived_messages
                 .fetch_add(1, Ordering::Relaxed);
-            let outcome = broker.accept_message(held.sender, id, held.payload);
+            // A durable target answers once its store holds the message: only then is it
+            // acknowledged, so an acknowledged message survives this host's crash.
+            let outcome = broker
+                .accept_message_stored(held.sender, id, held.payload, held.durable_seq)
+                .await;
             next = {
                 let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
                 inbound.settled(stream, held.seq, &outcome);
@@ -352,6 +356,16 @@ impl Inner {
         let sender = opened
             .as_ref()
             .and_then(|(envelope, _)| valid_sender(envelope.sender));
+        let Ok(durable_seq) = wire::durable_seq(message.headers.as_ref()) else {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            if let Some(reply) = reply {
+                let refusal = MessagingError::AccessDenied(
+                    "a message whose durable sequence number is not a number".into(),
+                );
+                self.reply(reply, Err(refusal)).await;
+            }
+            return;
+        };
         let outcome = match (opened, sender, from) {
             (Some(_), Some(sender), Some(from)) if self.forged(from, &sender) => {
                 self.counters.forged.fetch_add(1, Ordering::Relaxed);
@@ -382,7 +396,8 @@ impl Inner {
                                     .saturating_sub(wire::unix_ms(SystemTime::now())),
                             )
                         });
-                        let held = Held::new(envelope.stream_seq, sender, payload, reply, left);
+                        let mut held = Held::new(envelope.stream_seq, sender, payload, reply, left);
+                        held.durable_seq = durable_seq;
                         let verdict = self
                             .inbound
                             .lock()
@@ -418,7 +433,9 @@ impl Inner {
                         self.counters
                             .arrived_messages
                             .fetch_add(1, Ordering::Relaxed);
-                        broker.accept_message(sender, id, payload)
+                        broker
+                            .accept_message_stored(sender, id, payload, durable_seq)
+                            .await
                     }
                     Kind::Request => {
                         self.counters

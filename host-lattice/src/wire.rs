@@ -21,6 +21,10 @@
 //! | `Courier-Detail` | the error's text (a name, a limit, a handler's message) |
 //! | `Courier-Incarnation` | a host answering for its name: the random token of its run |
 //!
+//! A message from a durable sender carries one header of its own, `Courier-Durable-Seq`:
+//! the sender's sequence number for it ([`durable_headers`]), by which a durable target
+//! drops a copy it already holds.
+//!
 //! Guests never see NATS and cannot set any of these: a guest chooses only a target and a
 //! payload, and the host writes the rest.
 
@@ -261,6 +265,26 @@ impl Kind {
     }
 }
 
+/// The header of a durable sender's message: its sequence number, in decimal.
+pub(crate) const DURABLE_SEQ: &str = "Courier-Durable-Seq";
+
+/// The headers of a durable sender's message numbered `seq` by its sender.
+pub(crate) fn durable_headers(seq: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(DURABLE_SEQ, seq.to_string().as_str());
+    headers
+}
+
+/// The durable sender's sequence number in `headers`, if the message has one. A value that
+/// is not a number is `Err`: the message is malformed, and refused rather than taken for
+/// one without a number (which its target would not tell from a copy).
+pub(crate) fn durable_seq(headers: Option<&HeaderMap>) -> Result<Option<u64>, ()> {
+    match get(headers, DURABLE_SEQ) {
+        None => Ok(None),
+        Some(value) => value.parse().map(Some).map_err(|_| ()),
+    }
+}
+
 /// A header value, if present.
 pub(crate) fn get<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     headers?.get(name).map(|value| value.as_str())
@@ -375,6 +399,18 @@ mod tests {
             );
         }
         assert!(take_error(Some(&HeaderMap::new())).is_none());
+    }
+
+    #[test]
+    fn a_durable_senders_number_survives_the_trip_and_garbage_is_refused() {
+        for seq in [0, 1, 300, u64::MAX] {
+            assert_eq!(durable_seq(Some(&durable_headers(seq))), Ok(Some(seq)));
+        }
+        assert_eq!(durable_seq(None), Ok(None));
+        assert_eq!(durable_seq(Some(&HeaderMap::new())), Ok(None));
+        let mut garbage = HeaderMap::new();
+        garbage.insert(DURABLE_SEQ, "-1");
+        assert_eq!(durable_seq(Some(&garbage)), Err(()));
     }
 
     #[test]
