@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
+use courier_host_core::{ComponentId, InstanceOptions, MessagingError, TraceContext};
 use courier_host_store::Store;
 
 use crate::actor::park_core;
@@ -23,6 +23,7 @@ use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::remote::{Remote, RemoteAnswer, Served};
 use crate::routing::{Access, Refused, Routed, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
+use crate::telemetry::Telemetry;
 use crate::timers::{ActorTimers, TimerLimits, TimerMetrics, TimerWheel};
 
 /// The sender id of messages the host sends without naming another. No component may
@@ -51,6 +52,7 @@ pub struct BrokerConfig {
     pub(crate) dead_letter_capacity: usize,
     pub(crate) max_queued_bytes: u64,
     pub(crate) store: Option<Arc<dyn Store>>,
+    pub(crate) telemetry: Option<Telemetry>,
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +62,7 @@ impl Default for BrokerConfig {
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             store: None,
+            telemetry: None,
         }
     }
 }
@@ -71,6 +74,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("dead_letter_capacity", &self.dead_letter_capacity)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("store", &self.store.as_ref().map(|_| "Store"))
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }
@@ -118,6 +122,19 @@ impl BrokerConfig {
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
+    }
+
+    /// Record a span per handler call of a sampled trace into `telemetry`'s sink
+    /// ([`Telemetry`]). Without it (the default) no span is built and no trace is started;
+    /// a message that carries a trace context still hands it on to what its handler sends.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Where spans go, if anywhere.
+    pub fn get_telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref()
     }
 
     /// The store durable components are kept in, if there is one.
@@ -434,6 +451,7 @@ impl Broker {
             component.clone(),
             timers.clone(),
         );
+        shared.telemetry = self.router().config.telemetry.clone();
         let recovered_count = recovered.len() as u64;
         let recovered_bytes: u64 = recovered.iter().map(|e| e.payload().len() as u64).sum();
         // A publication is counted once per subscriber when it is fanned out, not here.
@@ -747,7 +765,18 @@ impl Broker {
         target: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), SendError> {
-        let envelope = Envelope::message(ComponentId::from(HOST_SENDER), payload.into());
+        self.send_durable_traced(target, payload, None).await
+    }
+
+    /// [`send_durable`](Self::send_durable) in the trace `trace` names (the context of the
+    /// caller's span, an HTTP client's, say): the target's handler call is its child.
+    pub async fn send_durable_traced(
+        &self,
+        target: &str,
+        payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
+    ) -> Result<(), SendError> {
+        let envelope = Envelope::traced(ComponentId::from(HOST_SENDER), payload.into(), trace);
         Self::stored(
             self.inner
                 .router
@@ -771,17 +800,46 @@ impl Broker {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Vec<u8>, MessagingError> {
+        self.request_traced(target, payload, timeout, None).await
+    }
+
+    /// [`request`](Self::request) in the trace `trace` names (the context of the caller's
+    /// span): the target's handler call is its child, and so on down whatever it asks.
+    pub async fn request_traced(
+        &self,
+        target: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+        trace: Option<TraceContext>,
+    ) -> Result<Vec<u8>, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
         self.router()
-            .request(&sender, target, payload.into(), timeout, Access::Host)
+            .request(
+                &sender,
+                target,
+                payload.into(),
+                timeout,
+                Access::Host,
+                trace,
+            )
             .await
     }
 
     /// Publish from the host to every subscriber of `topic`; returns how many it reached.
     pub fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<u32, MessagingError> {
+        self.publish_traced(topic, payload, None)
+    }
+
+    /// [`publish`](Self::publish) in the trace `trace` names.
+    pub fn publish_traced(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
+    ) -> Result<u32, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
         self.router()
-            .publish(&sender, topic, payload.into(), Access::Host)
+            .publish(&sender, topic, payload.into(), Access::Host, trace)
     }
 
     /// Attach the way to other hosts: from now on a target not registered here goes to
@@ -809,14 +867,17 @@ impl Broker {
 
     /// Queue a message that came from another host for `target`, with the sender id its
     /// host stamped. Refused (and counted so) like a local send, and with
-    /// `target-not-found` for a component that is not exposed to other hosts.
+    /// `target-not-found` for a component that is not exposed to other hosts. `trace` is
+    /// the context its sender's span sent it in, if any.
     pub fn accept_message(
         &self,
         sender: ComponentId,
         target: &str,
         payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
-        self.router().accept_message(sender, target, payload.into())
+        self.router()
+            .accept_message(sender, target, payload.into(), trace)
     }
 
     /// Queue a request that came from another host for `target`, whose sender waits at most
@@ -828,9 +889,10 @@ impl Broker {
         target: &str,
         payload: impl Into<Bytes>,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> Result<RemoteAnswer, MessagingError> {
         self.router()
-            .accept_request(sender, target, payload.into(), timeout)
+            .accept_request(sender, target, payload.into(), timeout, trace)
     }
 
     /// Deliver a publication that came from another host to this host's subscribers of
@@ -840,9 +902,10 @@ impl Broker {
         sender: &ComponentId,
         topic: &str,
         payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
     ) -> u32 {
         self.router()
-            .accept_publication(sender, topic, payload.into())
+            .accept_publication(sender, topic, payload.into(), trace)
     }
 
     /// The most recent dead letters, oldest first. Those of durable components are kept in

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use courier_host_core::{ComponentId, MessagingError};
+use courier_host_core::{ComponentId, MessagingError, TraceContext};
 use tokio::sync::oneshot;
 
 /// The reply channel of a request.
@@ -16,10 +16,13 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
 pub(crate) enum Envelope {
     /// A fire-and-forget message; `position` is where the store keeps it, for a message
     /// to a durable component (its actor names it as consumed once it is handled).
+    /// `published` marks a subscriber's copy of a publication.
     Message {
         sender: ComponentId,
         payload: Bytes,
         position: Option<u64>,
+        trace: Option<TraceContext>,
+        published: bool,
     },
     /// A request; `expires` is when its sender stops waiting.
     Request {
@@ -27,6 +30,7 @@ pub(crate) enum Envelope {
         payload: Bytes,
         reply: Reply,
         expires: Instant,
+        trace: Option<TraceContext>,
     },
     /// Handle what is queued ahead of this, then stop.
     Stop,
@@ -38,12 +42,47 @@ pub(crate) enum Envelope {
 }
 
 impl Envelope {
-    /// A message that is not stored.
+    /// A message that is not stored, of no trace.
     pub(crate) fn message(sender: ComponentId, payload: Bytes) -> Envelope {
+        Envelope::traced(sender, payload, None)
+    }
+
+    /// A message that is not stored, sent in the trace `trace` names (its context is the
+    /// sender's span).
+    pub(crate) fn traced(
+        sender: ComponentId,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Envelope {
         Envelope::Message {
             sender,
             payload,
             position: None,
+            trace,
+            published: false,
+        }
+    }
+
+    /// A subscriber's copy of a publication.
+    pub(crate) fn publication(
+        sender: ComponentId,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Envelope {
+        Envelope::Message {
+            sender,
+            payload,
+            position: None,
+            trace,
+            published: true,
+        }
+    }
+
+    /// The trace it was sent in, if any: the context of its sender's span.
+    pub(crate) fn trace(&self) -> Option<TraceContext> {
+        match self {
+            Envelope::Message { trace, .. } | Envelope::Request { trace, .. } => *trace,
+            Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => None,
         }
     }
 

@@ -592,6 +592,8 @@ async fn append_run(
                         sender: sender.clone(),
                         payload: entry.payload.clone(),
                         position: Some(position),
+                        trace: None,
+                        published: false,
                     }),
                     Appended::Duplicate => {
                         drop(permit);

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_core::{BoxFuture, ComponentId, MessagingError};
+use courier_host_core::{BoxFuture, ComponentId, MessagingError, TraceContext};
 use tokio::sync::oneshot;
 
 use crate::capabilities::Pattern;
@@ -74,18 +74,27 @@ pub trait Remote: Send + Sync + 'static {
     /// the wire, nothing to carry it) comes back with the reason, and its sender hears it.
     fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal>;
 
-    /// Ask the host that serves `target` and wait at most `timeout` for the reply.
+    /// Ask the host that serves `target` and wait at most `timeout` for the reply. `trace`
+    /// is the context of the requester's span, for the serving host's handler to continue.
     fn request(
         &self,
         sender: &ComponentId,
         target: &str,
         payload: Bytes,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>>;
 
     /// Offer a publication to the subscribers on other hosts. The publisher's count covers
     /// this host's subscribers only; what other hosts do with it is theirs to count.
-    fn publish(&self, sender: &ComponentId, topic: &str, payload: Bytes);
+    /// `trace` is the context of the publisher's span.
+    fn publish(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    );
 
     /// A component was spawned here. The spawn waits for the answer; an error fails the
     /// spawn with that reason (say, another host already serves the id).
@@ -111,6 +120,7 @@ pub struct RemoteMessage {
     sender: ComponentId,
     target: ComponentId,
     payload: Bytes,
+    trace: Option<TraceContext>,
     router: Weak<Router>,
     /// Set once it has ended, so the drop does not end it again.
     ended: AtomicBool,
@@ -127,9 +137,22 @@ impl RemoteMessage {
             sender,
             target,
             payload,
+            trace: None,
             router,
             ended: AtomicBool::new(false),
         }
+    }
+
+    /// The same message, sent in the trace `trace` names.
+    pub(crate) fn with_trace(mut self, trace: Option<TraceContext>) -> RemoteMessage {
+        self.trace = trace;
+        self
+    }
+
+    /// The context of its sender's span, if it was sent in a trace: the serving host's
+    /// handler continues the trace.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
     }
 
     /// Who sent it, as stamped by this host.
@@ -315,9 +338,10 @@ impl Router {
         sender: ComponentId,
         target: &str,
         payload: Bytes,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
-        self.enqueue_arrival(&entry, Envelope::message(sender, payload))
+        self.enqueue_arrival(&entry, Envelope::traced(sender, payload, trace))
     }
 
     pub(crate) fn accept_request(
@@ -326,6 +350,7 @@ impl Router {
         target: &str,
         payload: Bytes,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> Result<RemoteAnswer, MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
         let (reply, answer) = oneshot::channel();
@@ -335,6 +360,7 @@ impl Router {
             payload,
             reply,
             expires,
+            trace,
         };
         self.enqueue_arrival(&entry, envelope)?;
         let target = target.to_string();
@@ -348,10 +374,11 @@ impl Router {
         sender: &ComponentId,
         topic: &str,
         payload: Bytes,
+        trace: Option<TraceContext>,
     ) -> u32 {
         if self.is_shutting_down() || topic.len() > MAX_NAME_BYTES {
             return 0;
         }
-        self.fan_out(sender, topic, payload, Some(&self.counters.arrived))
+        self.fan_out(sender, topic, payload, Some(&self.counters.arrived), trace)
     }
 }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_broker::{ComponentId, MessagingError};
+use courier_host_broker::{ComponentId, MessagingError, TraceContext};
 
 /// The most streams remembered; past it the sixteenth heard from longest ago is forgotten
 /// at once, so a flood of new streams costs one scan per 4,096 of them.
@@ -74,6 +74,8 @@ pub(crate) struct Held {
     pub(crate) sender: ComponentId,
     pub(crate) payload: Bytes,
     pub(crate) reply: async_nats::Subject,
+    /// The context of its sender's span, if it was sent in a trace.
+    pub(crate) trace: Option<TraceContext>,
     /// When it is delivered even if its turn has not come.
     until: Instant,
 }
@@ -95,8 +97,15 @@ impl Held {
             sender,
             payload,
             reply,
+            trace: None,
             until: Instant::now() + hold,
         }
+    }
+
+    /// The same message, sent in the trace `trace` names.
+    pub(crate) fn with_trace(mut self, trace: Option<TraceContext>) -> Held {
+        self.trace = trace;
+        self
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_broker::{ComponentId, RemoteMessage};
+use courier_host_broker::{ComponentId, RemoteMessage, TraceContext};
 
 /// A message waiting for its acknowledgement.
 pub(crate) struct Unacked {
@@ -45,6 +45,7 @@ pub(crate) struct Resend {
     pub(crate) payload: Bytes,
     pub(crate) stream_seq: u64,
     pub(crate) low: u64,
+    pub(crate) trace: Option<TraceContext>,
 }
 
 #[derive(Default)]
@@ -254,6 +255,7 @@ impl Pending {
                 entry.message.payload().clone(),
             );
             let low = self.low(&target, stream_seq);
+            let trace = entry.message.trace();
             out.push(Resend {
                 seq,
                 queued,
@@ -262,6 +264,7 @@ impl Pending {
                 payload,
                 stream_seq,
                 low,
+                trace,
             });
         }
         out

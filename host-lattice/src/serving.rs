@@ -158,6 +158,7 @@ impl Inner {
             deadline_ms: 0,
             stream_seq: 0,
             low: 0,
+            trace: None,
         };
         let request = async_nats::Request::new()
             .payload(probe.wrap(&[]))
@@ -276,7 +277,7 @@ impl Inner {
             self.counters
                 .arrived_messages
                 .fetch_add(1, Ordering::Relaxed);
-            let outcome = broker.accept_message(held.sender, id, held.payload);
+            let outcome = broker.accept_message(held.sender, id, held.payload, held.trace);
             next = {
                 let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
                 inbound.settled(stream, held.seq, &outcome);
@@ -377,7 +378,8 @@ impl Inner {
                                     .saturating_sub(wire::unix_ms(SystemTime::now())),
                             )
                         });
-                        let held = Held::new(envelope.stream_seq, sender, payload, reply, left);
+                        let held = Held::new(envelope.stream_seq, sender, payload, reply, left)
+                            .with_trace(envelope.trace);
                         let verdict = self
                             .inbound
                             .lock()
@@ -413,7 +415,7 @@ impl Inner {
                         self.counters
                             .arrived_messages
                             .fetch_add(1, Ordering::Relaxed);
-                        broker.accept_message(sender, id, payload)
+                        broker.accept_message(sender, id, payload, envelope.trace)
                     }
                     Kind::Request => {
                         self.counters
@@ -428,7 +430,7 @@ impl Inner {
                                 .saturating_sub(wire::unix_ms(SystemTime::now()));
                             timeout = timeout.min(Duration::from_millis(left));
                         }
-                        match broker.accept_request(sender, id, payload, timeout) {
+                        match broker.accept_request(sender, id, payload, timeout, envelope.trace) {
                             Ok(answer) => {
                                 let inner = self.clone();
                                 tokio::spawn(async move {
