@@ -472,6 +472,8 @@ async fn try_dispatch(
             &entry.destination,
             entry.payload.clone(),
             Access::Host,
+            // What a durable handler sent leaves after its commit, out of its call's trace.
+            None,
         );
         return Dispatched::Done;
     }

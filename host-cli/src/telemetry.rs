@@ -160,9 +160,10 @@ async fn export(
                     let window = tokio::time::sleep(BATCH_WINDOW);
                     tokio::pin!(window);
                     while batch.len() < BATCH_SPANS {
+                        let room = BATCH_SPANS - batch.len();
                         tokio::select! {
                             () = &mut window => break,
-                            received = spans.recv_many(&mut batch, BATCH_SPANS - batch.len()) => {
+                            received = spans.recv_many(&mut batch, room) => {
                                 if received == 0 {
                                     break;
                                 }

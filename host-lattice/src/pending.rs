@@ -250,12 +250,12 @@ impl Pending {
                 entry.stream_seq,
                 entry.queued,
             );
-            let (sender, payload) = (
+            let (sender, payload, trace) = (
                 entry.message.sender().clone(),
                 entry.message.payload().clone(),
+                entry.message.trace(),
             );
             let low = self.low(&target, stream_seq);
-            let trace = entry.message.trace();
             out.push(Resend {
                 seq,
                 queued,
