@@ -301,7 +301,7 @@ impl Router {
                 };
                 Err(Refused {
                     error,
-                    envelope: Envelope::traced(sender, payload, trace),
+                    envelope: Envelope::traced(sender, payload, trace.map(|trace| *trace)),
                 })
             }
         }

@@ -7,6 +7,11 @@ use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError, TraceContext};
 use tokio::sync::oneshot;
 
+/// The trace context an envelope carries. Boxed: every mailbox slot is an envelope, and an
+/// untraced one (`None`, no allocation) stays as small as it was; a traced one pays one
+/// small allocation per hop.
+pub(crate) type Traced = Option<Box<TraceContext>>;
+
 /// The reply channel of a request.
 pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
 
@@ -21,7 +26,7 @@ pub(crate) enum Envelope {
         sender: ComponentId,
         payload: Bytes,
         position: Option<u64>,
-        trace: Option<TraceContext>,
+        trace: Traced,
         published: bool,
     },
     /// A request; `expires` is when its sender stops waiting.
@@ -30,7 +35,7 @@ pub(crate) enum Envelope {
         payload: Bytes,
         reply: Reply,
         expires: Instant,
-        trace: Option<TraceContext>,
+        trace: Traced,
     },
     /// Handle what is queued ahead of this, then stop.
     Stop,
@@ -58,7 +63,7 @@ impl Envelope {
             sender,
             payload,
             position: None,
-            trace,
+            trace: trace.map(Box::new),
             published: false,
         }
     }
@@ -73,7 +78,7 @@ impl Envelope {
             sender,
             payload,
             position: None,
-            trace,
+            trace: trace.map(Box::new),
             published: true,
         }
     }
@@ -81,7 +86,9 @@ impl Envelope {
     /// The trace it was sent in, if any: the context of its sender's span.
     pub(crate) fn trace(&self) -> Option<TraceContext> {
         match self {
-            Envelope::Message { trace, .. } | Envelope::Request { trace, .. } => *trace,
+            Envelope::Message { trace, .. } | Envelope::Request { trace, .. } => {
+                trace.as_deref().copied()
+            }
             Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => None,
         }
     }

@@ -120,7 +120,8 @@ pub struct RemoteMessage {
     sender: ComponentId,
     target: ComponentId,
     payload: Bytes,
-    trace: Option<TraceContext>,
+    /// Boxed, so a refused message (handed back in an error) stays small.
+    trace: Option<Box<TraceContext>>,
     router: Weak<Router>,
     /// Set once it has ended, so the drop does not end it again.
     ended: AtomicBool,
@@ -145,14 +146,14 @@ impl RemoteMessage {
 
     /// The same message, sent in the trace `trace` names.
     pub(crate) fn with_trace(mut self, trace: Option<TraceContext>) -> RemoteMessage {
-        self.trace = trace;
+        self.trace = trace.map(Box::new);
         self
     }
 
     /// The context of its sender's span, if it was sent in a trace: the serving host's
     /// handler continues the trace.
     pub fn trace(&self) -> Option<TraceContext> {
-        self.trace
+        self.trace.as_deref().copied()
     }
 
     /// Who sent it, as stamped by this host.
@@ -360,7 +361,7 @@ impl Router {
             payload,
             reply,
             expires,
-            trace,
+            trace: trace.map(Box::new),
         };
         self.enqueue_arrival(&entry, envelope)?;
         let target = target.to_string();

@@ -119,7 +119,7 @@ impl Router {
             payload,
             reply,
             expires,
-            trace,
+            trace: trace.map(Box::new),
         };
         // A durable target answers from its own task, which commits what the request
         // changed with its batch; it never lends its core.

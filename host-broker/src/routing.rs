@@ -353,8 +353,8 @@ impl Router {
         else {
             unreachable!("requests go to the remote through `Router::request`")
         };
-        let message =
-            RemoteMessage::new(self.me.clone(), sender, target.into(), payload).with_trace(trace);
+        let message = RemoteMessage::new(self.me.clone(), sender, target.into(), payload)
+            .with_trace(trace.map(|trace| *trace));
         remote
             .send(message)
             .map_err(|RemoteRefusal { error, message }| {
