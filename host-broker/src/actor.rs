@@ -22,6 +22,7 @@ use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState};
 use crate::routing::release;
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
+use crate::telemetry::{CallTrace, HandlerKind, HandlerSpan, Outcome};
 use crate::text::bounded_text;
 use crate::timers::TIMER_SENDER_PREFIX;
 
@@ -582,6 +583,10 @@ impl Core {
             Envelope::Request { .. } => "request",
             _ => "message",
         };
+        // `None`, deciding nothing and reading no clock, unless the message carries a trace
+        // or telemetry is on.
+        let call_trace = CallTrace::begin(envelope.trace(), self.shared.telemetry.as_ref());
+        instance.set_trace(call_trace.as_ref().map(|call| call.context));
         let span = tracing::debug_span!("deliver", sender = %envelope.sender(), target = %self.shared.id, kind, outcome = tracing::field::Empty);
         // Pinned where it is built and polled through references from then on: the call's
         // future is large, and every move of it is a copy.
@@ -602,6 +607,11 @@ impl Core {
             unless_drained(&self.shared, Some(&span), call).await
         };
         let envelope = self.current.take()?;
+        if let Some(call) = call_trace
+            && let Some(start) = call.recording
+        {
+            self.record_span(call, start, &envelope, called.as_ref(), started);
+        }
         let Some(called) = called else {
             span.record("outcome", "abandoned");
             // The call was dropped part-way: its instance must not run again.
@@ -784,6 +794,59 @@ impl Core {
             format!("{TIMER_SENDER_PREFIX}{name}").into(),
             firing.payload,
         ))
+    }
+
+    /// Hand the span of the call just made for `envelope` to the telemetry: `called` is
+    /// what it answered (`None`: the drain cut it).
+    fn record_span(
+        &self,
+        call: CallTrace,
+        start: std::time::SystemTime,
+        envelope: &Envelope,
+        called: Option<&Call>,
+        started: Instant,
+    ) {
+        let Some(telemetry) = &self.shared.telemetry else {
+            return;
+        };
+        let kind = match envelope {
+            Envelope::Request { .. } => HandlerKind::Request,
+            Envelope::Message {
+                published: true, ..
+            } => HandlerKind::Publication,
+            Envelope::Message { sender, .. } if sender.starts_with(TIMER_SENDER_PREFIX) => {
+                HandlerKind::Timer
+            }
+            _ => HandlerKind::Message,
+        };
+        let failed = |err: &courier_host_core::Error| match err.kind() {
+            courier_host_core::ErrorKind::DeadlineExceeded { .. } => Outcome::Timeout,
+            _ => Outcome::Trap,
+        };
+        let (outcome, reply_bytes) = match called {
+            None => (Outcome::Abandoned, 0),
+            Some(Call::Message(Ok(Ok(())))) => (Outcome::Ok, 0),
+            Some(Call::Request(Ok(Ok(reply)))) => (Outcome::Ok, reply.len()),
+            Some(Call::Message(Ok(Err(_))) | Call::Request(Ok(Err(_)))) => (Outcome::Error, 0),
+            Some(Call::Message(Err(err)) | Call::Request(Err(err))) => (failed(err), 0),
+        };
+        telemetry.record(HandlerSpan {
+            context: call.context,
+            parent: call.parent,
+            component: self.shared.id.clone(),
+            sender: match envelope {
+                Envelope::Message { sender, .. } | Envelope::Request { sender, .. } => {
+                    sender.clone()
+                }
+                Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => "host".into(),
+            },
+            kind,
+            outcome,
+            start,
+            duration: started.elapsed(),
+            payload_bytes: envelope.payload().len(),
+            reply_bytes,
+        });
     }
 
     fn delivered(&self, started: Instant) {
@@ -1033,6 +1096,7 @@ mod tests {
                 payload: b"count".to_vec().into(),
                 reply,
                 expires: Instant::now() + Duration::from_secs(10),
+                trace: None,
             })
             .unwrap();
         let shared = Arc::new(ActorShared::new(

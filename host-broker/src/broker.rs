@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
+use courier_host_core::{ComponentId, InstanceOptions, MessagingError, TraceContext};
 use courier_host_store::Store;
 
 use crate::actor::park_core;
@@ -23,6 +23,7 @@ use crate::registry::{ActorShared, ComponentState, Entry, Insert};
 use crate::remote::{Remote, RemoteAnswer, Served};
 use crate::routing::{Access, Refused, Routed, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
+use crate::telemetry::Telemetry;
 use crate::timers::{ActorTimers, TimerLimits, TimerMetrics, TimerWheel};
 
 /// The sender id of messages the host sends without naming another. No component may
@@ -52,6 +53,7 @@ pub struct BrokerConfig {
     pub(crate) max_queued_bytes: u64,
     pub(crate) store: Option<Arc<dyn Store>>,
     pub(crate) remote_retention: Duration,
+    pub(crate) telemetry: Option<Telemetry>,
 }
 
 impl Default for BrokerConfig {
@@ -62,6 +64,7 @@ impl Default for BrokerConfig {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             store: None,
             remote_retention: crate::outbox::DEFAULT_REMOTE_RETENTION,
+            telemetry: None,
         }
     }
 }
@@ -74,6 +77,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("store", &self.store.as_ref().map(|_| "Store"))
             .field("remote_retention", &self.remote_retention)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }
@@ -121,6 +125,19 @@ impl BrokerConfig {
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
+    }
+
+    /// Record a span per handler call of a sampled trace into `telemetry`'s sink
+    /// ([`Telemetry`]). Without it (the default) no span is built and no trace is started;
+    /// a message that carries a trace context still hands it on to what its handler sends.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Where spans go, if anywhere.
+    pub fn get_telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref()
     }
 
     /// The store durable components are kept in, if there is one.
@@ -452,6 +469,7 @@ impl Broker {
             component.clone(),
             timers.clone(),
         );
+        shared.telemetry = self.router().config.telemetry.clone();
         let recovered_count = recovered.len() as u64;
         let recovered_bytes: u64 = recovered.iter().map(|e| e.payload().len() as u64).sum();
         // A publication is counted once per subscriber when it is fanned out, not here.
@@ -792,7 +810,18 @@ impl Broker {
         target: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), SendError> {
-        let envelope = Envelope::message(ComponentId::from(HOST_SENDER), payload.into());
+        self.send_durable_traced(target, payload, None).await
+    }
+
+    /// [`send_durable`](Self::send_durable) in the trace `trace` names (the context of the
+    /// caller's span, an HTTP client's, say): the target's handler call is its child.
+    pub async fn send_durable_traced(
+        &self,
+        target: &str,
+        payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
+    ) -> Result<(), SendError> {
+        let envelope = Envelope::traced(ComponentId::from(HOST_SENDER), payload.into(), trace);
         Self::stored(
             self.inner
                 .router
@@ -816,17 +845,46 @@ impl Broker {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Vec<u8>, MessagingError> {
+        self.request_traced(target, payload, timeout, None).await
+    }
+
+    /// [`request`](Self::request) in the trace `trace` names (the context of the caller's
+    /// span): the target's handler call is its child, and so on down whatever it asks.
+    pub async fn request_traced(
+        &self,
+        target: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+        trace: Option<TraceContext>,
+    ) -> Result<Vec<u8>, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
         self.router()
-            .request(&sender, target, payload.into(), timeout, Access::Host)
+            .request(
+                &sender,
+                target,
+                payload.into(),
+                timeout,
+                Access::Host,
+                trace,
+            )
             .await
     }
 
     /// Publish from the host to every subscriber of `topic`; returns how many it reached.
     pub fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<u32, MessagingError> {
+        self.publish_traced(topic, payload, None)
+    }
+
+    /// [`publish`](Self::publish) in the trace `trace` names.
+    pub fn publish_traced(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
+    ) -> Result<u32, MessagingError> {
         let sender = ComponentId::from(HOST_SENDER);
         self.router()
-            .publish(&sender, topic, payload.into(), Access::Host)
+            .publish(&sender, topic, payload.into(), Access::Host, trace)
     }
 
     /// Attach the way to other hosts: from now on a target not registered here goes to
@@ -861,17 +919,19 @@ impl Broker {
     /// a durable sender gave it ([`RemoteMessage::durable_seq`](crate::RemoteMessage::durable_seq)): a durable target that
     /// already holds that sender's message of this number (or a later one) answers `Ok`
     /// without keeping it again. A store that refuses it is `target-crashed("storage: …")`.
+    /// `trace` is the context its sender's span sent it in, if any.
     pub async fn accept_message_stored(
         &self,
         sender: ComponentId,
         target: &str,
         payload: impl Into<Bytes>,
         durable_seq: Option<u64>,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
         self.inner
             .router
             .clone()
-            .accept_message_stored(sender, target, payload.into(), durable_seq)
+            .accept_message_stored(sender, target, payload.into(), durable_seq, trace)
             .await
     }
 
@@ -880,13 +940,16 @@ impl Broker {
     /// `target-not-found` for a component that is not exposed to other hosts. A durable
     /// target takes a message only once it is stored, which this cannot wait for: it is
     /// refused, pointing to [`accept_message_stored`](Self::accept_message_stored).
+    /// `trace` is the context its sender's span sent it in, if any.
     pub fn accept_message(
         &self,
         sender: ComponentId,
         target: &str,
         payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
-        self.router().accept_message(sender, target, payload.into())
+        self.router()
+            .accept_message(sender, target, payload.into(), trace)
     }
 
     /// Queue a request that came from another host for `target`, whose sender waits at most
@@ -898,9 +961,10 @@ impl Broker {
         target: &str,
         payload: impl Into<Bytes>,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> Result<RemoteAnswer, MessagingError> {
         self.router()
-            .accept_request(sender, target, payload.into(), timeout)
+            .accept_request(sender, target, payload.into(), timeout, trace)
     }
 
     /// Deliver a publication that came from another host to this host's subscribers of
@@ -910,9 +974,10 @@ impl Broker {
         sender: &ComponentId,
         topic: &str,
         payload: impl Into<Bytes>,
+        trace: Option<TraceContext>,
     ) -> u32 {
         self.router()
-            .accept_publication(sender, topic, payload.into())
+            .accept_publication(sender, topic, payload.into(), trace)
     }
 
     /// The most recent dead letters, oldest first. Those of durable components are kept in

@@ -142,6 +142,10 @@ pub(crate) async fn recover(store: &dyn Store, id: &ComponentId) -> Result<Recov
             sender: entry.sender.into(),
             payload: entry.payload,
             position: Some(entry.position),
+            // What the store keeps is the message, not its trace: a message handled after a
+            // restart starts a trace of its own.
+            trace: None,
+            published: false,
         })
         .collect();
     Ok((recovered.state, mailbox, recovered.outbox))
@@ -259,7 +263,10 @@ impl Router {
             .inspect_err(|_| self.refused(Some(&entry)))?;
         let len = envelope.payload().len() as u64;
         let Envelope::Message {
-            sender, payload, ..
+            sender,
+            payload,
+            trace,
+            ..
         } = envelope
         else {
             unreachable!("only messages are stored")
@@ -283,6 +290,8 @@ impl Router {
                     sender,
                     payload,
                     position: Some(position),
+                    trace,
+                    published: false,
                 });
                 Ok(())
             }
@@ -301,7 +310,7 @@ impl Router {
                 };
                 Err(Refused {
                     error,
-                    envelope: Envelope::message(sender, payload),
+                    envelope: Envelope::traced(sender, payload, trace.map(|trace| *trace)),
                 })
             }
         }

@@ -56,6 +56,7 @@ mod request;
 mod routing;
 mod spec;
 mod supervisor;
+mod telemetry;
 mod text;
 mod timers;
 mod upgrade;
@@ -83,10 +84,13 @@ pub use spec::{
     ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY,
 };
 pub use supervisor::{RestartPolicy, Supervision};
+pub use telemetry::{HandlerKind, HandlerSpan, Outcome, SpanSink, Telemetry};
 pub use timers::{DEFAULT_MAX_TIMERS, MIN_TIMER_PERIOD, TIMER_SENDER_PREFIX, TimerMetrics};
 pub use upgrade::Upgraded;
 
-pub use courier_host_core::{ComponentError, ComponentId, MessagingError, TimerError};
+pub use courier_host_core::{
+    ComponentError, ComponentId, MessagingError, TimerError, TraceContext,
+};
 
 /// The payload type of the host's sends: cheap to clone and to share, so a payload is
 /// copied once, into the target.

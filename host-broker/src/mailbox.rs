@@ -4,8 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use courier_host_core::{ComponentId, MessagingError};
+use courier_host_core::{ComponentId, MessagingError, TraceContext};
 use tokio::sync::oneshot;
+
+/// The trace context an envelope carries. Boxed: every mailbox slot is an envelope, and an
+/// untraced one (`None`, no allocation) stays as small as it was; a traced one pays one
+/// small allocation per hop.
+pub(crate) type Traced = Option<Box<TraceContext>>;
 
 /// The reply channel of a request.
 pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
@@ -16,10 +21,13 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, MessagingError>>;
 pub(crate) enum Envelope {
     /// A fire-and-forget message; `position` is where the store keeps it, for a message
     /// to a durable component (its actor names it as consumed once it is handled).
+    /// `published` marks a subscriber's copy of a publication.
     Message {
         sender: ComponentId,
         payload: Bytes,
         position: Option<u64>,
+        trace: Traced,
+        published: bool,
     },
     /// A request; `expires` is when its sender stops waiting.
     Request {
@@ -27,6 +35,7 @@ pub(crate) enum Envelope {
         payload: Bytes,
         reply: Reply,
         expires: Instant,
+        trace: Traced,
     },
     /// Handle what is queued ahead of this, then stop.
     Stop,
@@ -38,12 +47,49 @@ pub(crate) enum Envelope {
 }
 
 impl Envelope {
-    /// A message that is not stored.
+    /// A message that is not stored, of no trace.
     pub(crate) fn message(sender: ComponentId, payload: Bytes) -> Envelope {
+        Envelope::traced(sender, payload, None)
+    }
+
+    /// A message that is not stored, sent in the trace `trace` names (its context is the
+    /// sender's span).
+    pub(crate) fn traced(
+        sender: ComponentId,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Envelope {
         Envelope::Message {
             sender,
             payload,
             position: None,
+            trace: trace.map(Box::new),
+            published: false,
+        }
+    }
+
+    /// A subscriber's copy of a publication.
+    pub(crate) fn publication(
+        sender: ComponentId,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Envelope {
+        Envelope::Message {
+            sender,
+            payload,
+            position: None,
+            trace: trace.map(Box::new),
+            published: true,
+        }
+    }
+
+    /// The trace it was sent in, if any: the context of its sender's span.
+    pub(crate) fn trace(&self) -> Option<TraceContext> {
+        match self {
+            Envelope::Message { trace, .. } | Envelope::Request { trace, .. } => {
+                trace.as_deref().copied()
+            }
+            Envelope::Stop | Envelope::Wake | Envelope::Timer { .. } => None,
         }
     }
 

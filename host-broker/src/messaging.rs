@@ -4,7 +4,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use courier_host_core::guest_log::{LineBudget, escape};
-use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError, Sending};
+use courier_host_core::{BoxFuture, ComponentId, Messaging, MessagingError, Sending, TraceContext};
 
 use crate::capabilities::Capabilities;
 use crate::mailbox::Envelope;
@@ -92,12 +92,18 @@ fn log_denial<T>(
 }
 
 impl Messaging for ActorMessaging {
-    fn start_send_message(&self, sender: &ComponentId, target: &str, message: Vec<u8>) -> Sending {
+    fn start_send_message(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        message: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> Sending {
         if let Some(outbox) = &self.outbox {
             return Sending::Done(self.send_later(outbox, sender, target, message));
         }
         let access = Access::of_component(self.capabilities.may_send(target));
-        let envelope = Envelope::message(sender.clone(), message.into());
+        let envelope = Envelope::traced(sender.clone(), message.into(), trace);
         let router = match self.router() {
             Ok(router) => router,
             Err(err) => return Sending::Done(Err(err)),
@@ -117,12 +123,13 @@ impl Messaging for ActorMessaging {
         sender: &ComponentId,
         target: &str,
         message: Vec<u8>,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
         if let Some(outbox) = &self.outbox {
             return self.send_later(outbox, sender, target, message);
         }
         let access = Access::of_component(self.capabilities.may_send(target));
-        let envelope = Envelope::message(sender.clone(), message.into());
+        let envelope = Envelope::traced(sender.clone(), message.into(), trace);
         let routed = self
             .router()?
             .route(target, envelope, access, Some(&self.last_target))
@@ -136,6 +143,7 @@ impl Messaging for ActorMessaging {
         target: &str,
         request: Vec<u8>,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         let router = self.router();
         let access = Access::of_component(self.capabilities.may_request(target));
@@ -145,7 +153,7 @@ impl Messaging for ActorMessaging {
         let target = target.to_string();
         Box::pin(async move {
             let answer = router?
-                .request(&sender, &target, request.into(), timeout, access)
+                .request(&sender, &target, request.into(), timeout, access, trace)
                 .await;
             if let Some(denials) = &denials {
                 log_denial(denials, &sender, "request from", &answer);
@@ -159,12 +167,13 @@ impl Messaging for ActorMessaging {
         sender: &ComponentId,
         topic: &str,
         message: Vec<u8>,
+        trace: Option<TraceContext>,
     ) -> Result<u32, MessagingError> {
         let access = Access::of_component(self.capabilities.may_publish(topic));
         let router = self.router()?;
         let published = match &self.outbox {
             Some(outbox) => router.publish_later(outbox, topic, message.into(), access),
-            None => router.publish(sender, topic, message.into(), access),
+            None => router.publish(sender, topic, message.into(), access, trace),
         };
         self.denied(sender, "publish on", published)
     }

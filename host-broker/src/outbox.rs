@@ -515,6 +515,8 @@ async fn try_dispatch(
             &entry.destination,
             entry.payload.clone(),
             Access::Host,
+            // What a durable handler sent leaves after its commit, out of its call's trace.
+            None,
         );
         return Dispatched::Done;
     }
@@ -710,6 +712,8 @@ async fn append_run(
                         sender: sender.clone(),
                         payload: entry.payload.clone(),
                         position: Some(position),
+                        trace: None,
+                        published: false,
                     }),
                     Appended::Duplicate => {
                         drop(permit);

@@ -87,6 +87,8 @@ pub(crate) struct ActorShared {
     pub(crate) durable: Option<crate::durable::Durable>,
     /// Its keyed component, if it is a key of one.
     pub(crate) keyed: Option<crate::keyed::KeyOf>,
+    /// Where its handler calls' spans go, if the broker records any.
+    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
     /// Where its core waits while the actor is idle, for a request to borrow.
     pub(crate) handoff: HandOff,
     /// Set by the first request for it, after which the actor leaves its core at the
@@ -115,6 +117,7 @@ impl ActorShared {
             timers,
             durable: None,
             keyed: None,
+            telemetry: None,
             upgrade_pending: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             component: Mutex::new(component),

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_core::{BoxFuture, ComponentId, MessagingError};
+use courier_host_core::{BoxFuture, ComponentId, MessagingError, TraceContext};
 use tokio::sync::oneshot;
 
 use crate::capabilities::Pattern;
@@ -74,18 +74,27 @@ pub trait Remote: Send + Sync + 'static {
     /// the wire, nothing to carry it) comes back with the reason, and its sender hears it.
     fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal>;
 
-    /// Ask the host that serves `target` and wait at most `timeout` for the reply.
+    /// Ask the host that serves `target` and wait at most `timeout` for the reply. `trace`
+    /// is the context of the requester's span, for the serving host's handler to continue.
     fn request(
         &self,
         sender: &ComponentId,
         target: &str,
         payload: Bytes,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>>;
 
     /// Offer a publication to the subscribers on other hosts. The publisher's count covers
     /// this host's subscribers only; what other hosts do with it is theirs to count.
-    fn publish(&self, sender: &ComponentId, topic: &str, payload: Bytes);
+    /// `trace` is the context of the publisher's span.
+    fn publish(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    );
 
     /// A component was spawned here. The spawn waits for the answer; an error fails the
     /// spawn with that reason (say, another host already serves the id).
@@ -122,11 +131,20 @@ pub struct RemoteMessage {
     router: Weak<Router>,
     /// Set once it has ended, so the drop does not end it again.
     ended: AtomicBool,
+    /// Its trace context and durable try, when it has either. One box for both: most
+    /// messages have neither, and a refusal hands the message back by value, so it stays
+    /// small.
+    extra: Option<Box<Extra>>,
+}
+
+/// What only some remote messages carry.
+#[derive(Default)]
+struct Extra {
+    /// The context of its sender's span, if it was sent in a trace.
+    trace: Option<TraceContext>,
     /// For a durable sender's outbox entry: its sequence number, and where its ending goes
     /// (to the outbox, which counts it and decides whether to try again).
-    /// Boxed: most messages are not a durable sender's, and a refusal hands the message
-    /// back by value.
-    durable: Option<Box<DurableTry>>,
+    durable: Option<DurableTry>,
 }
 
 /// One try of a durable sender's outbox entry on another host.
@@ -159,7 +177,7 @@ impl RemoteMessage {
             payload,
             router,
             ended: AtomicBool::new(false),
-            durable: None,
+            extra: None,
         }
     }
 
@@ -174,10 +192,10 @@ impl RemoteMessage {
     ) -> (RemoteMessage, oneshot::Receiver<RemoteOutcome>) {
         let (outcome, ended) = oneshot::channel();
         let mut message = RemoteMessage::new(router, sender, target, payload);
-        message.durable = Some(Box::new(DurableTry {
+        message.extra.get_or_insert_default().durable = Some(DurableTry {
             seq,
             outcome: Mutex::new(Some(outcome)),
-        }));
+        });
         (message, ended)
     }
 
@@ -185,7 +203,25 @@ impl RemoteMessage {
     /// with this number, so a durable target that already holds it (a copy sent again after
     /// a restart or a try nobody acknowledged) drops it and acknowledges it again.
     pub fn durable_seq(&self) -> Option<u64> {
-        self.durable.as_ref().map(|durable| durable.seq)
+        self.durable_try().map(|durable| durable.seq)
+    }
+
+    /// The same message, sent in the trace `trace` names.
+    pub(crate) fn with_trace(mut self, trace: Option<TraceContext>) -> RemoteMessage {
+        if let Some(trace) = trace {
+            self.extra.get_or_insert_default().trace = Some(trace);
+        }
+        self
+    }
+
+    /// The context of its sender's span, if it was sent in a trace: the serving host's
+    /// handler continues the trace.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.extra.as_ref().and_then(|extra| extra.trace)
+    }
+
+    fn durable_try(&self) -> Option<&DurableTry> {
+        self.extra.as_ref()?.durable.as_ref()
     }
 
     /// Who sent it, as stamped by this host.
@@ -232,7 +268,7 @@ impl RemoteMessage {
 
     /// Refused before it left: counted refused here; its sender is told by the caller.
     pub(crate) fn refused(self) {
-        if self.durable.is_some() {
+        if self.durable_try().is_some() {
             // Its outbox counts it, as it does every try's ending.
             self.ended.store(true, Ordering::Release);
             return;
@@ -245,7 +281,7 @@ impl RemoteMessage {
     /// End a durable sender's try with `outcome`, handed to its outbox; false if it is not
     /// one.
     fn end_durable(&self, outcome: RemoteOutcome) -> bool {
-        let Some(durable) = &self.durable else {
+        let Some(durable) = self.durable_try() else {
             return false;
         };
         if !self.ended.swap(true, Ordering::AcqRel) {
@@ -424,6 +460,7 @@ impl Router {
         sender: ComponentId,
         target: &str,
         payload: Bytes,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
         if entry.shared.durable.is_some() {
@@ -431,7 +468,7 @@ impl Router {
             self.refused(Some(&entry));
             return Err(crate::durable::needs_waiting(&entry.shared.id));
         }
-        self.enqueue_arrival(&entry, Envelope::message(sender, payload))
+        self.enqueue_arrival(&entry, Envelope::traced(sender, payload, trace))
     }
 
     /// A message from another host, queued at once for a target that is not durable, and
@@ -444,13 +481,14 @@ impl Router {
         target: &str,
         payload: Bytes,
         durable_seq: Option<u64>,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
+        let envelope = Envelope::traced(sender, payload, trace);
         let Some(durable) = entry.shared.durable.as_ref() else {
-            return self.enqueue_arrival(&entry, Envelope::message(sender, payload));
+            return self.enqueue_arrival(&entry, envelope);
         };
         let store = durable.store.clone();
-        let envelope = Envelope::message(sender, payload);
         let stored = if entry.shared.keyed.is_some() {
             self.store_for_key(entry, envelope, None, durable_seq).await
         } else {
@@ -466,6 +504,7 @@ impl Router {
         target: &str,
         payload: Bytes,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> Result<RemoteAnswer, MessagingError> {
         let entry = self.admit_arrival(target, payload.len())?;
         let (reply, answer) = oneshot::channel();
@@ -475,6 +514,7 @@ impl Router {
             payload,
             reply,
             expires,
+            trace: trace.map(Box::new),
         };
         self.enqueue_arrival(&entry, envelope)?;
         let target = target.to_string();
@@ -488,10 +528,11 @@ impl Router {
         sender: &ComponentId,
         topic: &str,
         payload: Bytes,
+        trace: Option<TraceContext>,
     ) -> u32 {
         if self.is_shutting_down() || topic.len() > MAX_NAME_BYTES {
             return 0;
         }
-        self.fan_out(sender, topic, payload, Some(&self.counters.arrived))
+        self.fan_out(sender, topic, payload, Some(&self.counters.arrived), trace)
     }
 }

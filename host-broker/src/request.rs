@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_core::{ComponentError, ComponentId, MessagingError};
+use courier_host_core::{ComponentError, ComponentId, MessagingError, TraceContext};
 use tokio::sync::oneshot;
 
 use crate::dead_letter::MessageKind;
@@ -73,7 +73,7 @@ impl Router {
     /// dead-letters it instead of handling it: a request never outlives its caller's wait,
     /// and a cycle of requests ends in a timeout. A request with no time at all is refused
     /// with `timeout` at once. A reply or an error text over the payload limit reaches the
-    /// requester as the target's failure.
+    /// requester as the target's failure. `trace` is the context of the requester's span.
     pub(crate) async fn request(
         &self,
         sender: &ComponentId,
@@ -81,6 +81,7 @@ impl Router {
         payload: Bytes,
         timeout: Duration,
         access: Access,
+        trace: Option<TraceContext>,
     ) -> Result<Vec<u8>, MessagingError> {
         if timeout.is_zero() {
             // Nobody would wait for the reply: refused now rather than queued and
@@ -102,7 +103,7 @@ impl Router {
                 };
                 // The remote is held to the timeout too: however it waits, the caller
                 // waits no longer than it asked.
-                let asked = remote.request(sender, target, payload.clone(), timeout);
+                let asked = remote.request(sender, target, payload.clone(), timeout, trace);
                 let answer = tokio::time::timeout(timeout, asked)
                     .await
                     .unwrap_or(Err(MessagingError::Timeout));
@@ -118,6 +119,7 @@ impl Router {
             payload,
             reply,
             expires,
+            trace: trace.map(Box::new),
         };
         // A durable target answers from its own task, which commits what the request
         // changed with its batch; it never lends its core.

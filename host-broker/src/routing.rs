@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_host_core::{ComponentId, MessagingError};
+use courier_host_core::{ComponentId, MessagingError, TraceContext};
 use tokio::sync::mpsc;
 
 use crate::broker::BrokerConfig;
@@ -349,17 +349,24 @@ impl Router {
         envelope: Envelope,
     ) -> Result<(), Refused> {
         let Envelope::Message {
-            sender, payload, ..
+            sender,
+            payload,
+            trace,
+            ..
         } = envelope
         else {
             unreachable!("requests go to the remote through `Router::request`")
         };
-        let message = RemoteMessage::new(self.me.clone(), sender, target.into(), payload);
+        let message = RemoteMessage::new(self.me.clone(), sender, target.into(), payload)
+            .with_trace(trace.map(|trace| *trace));
         remote
             .send(message)
             .map_err(|RemoteRefusal { error, message }| {
-                let envelope =
-                    Envelope::message(message.sender().clone(), message.payload().clone());
+                let envelope = Envelope::traced(
+                    message.sender().clone(),
+                    message.payload().clone(),
+                    message.trace(),
+                );
                 message.refused();
                 Refused { error, envelope }
             })
@@ -499,19 +506,21 @@ impl Router {
     ///
     /// A subscriber whose mailbox is full, or that has stopped or failed but is still
     /// registered, has its copy dead-lettered: the publisher learns only a count, so a
-    /// subscriber it missed is kept on record rather than skipped.
+    /// subscriber it missed is kept on record rather than skipped. `trace` is the context
+    /// of the publisher's span.
     pub(crate) fn publish(
         &self,
         sender: &ComponentId,
         topic: &str,
         payload: Bytes,
         access: Access,
+        trace: Option<TraceContext>,
     ) -> Result<u32, MessagingError> {
         self.check_sender(topic, payload.len(), access)?;
         if let Some(remote) = self.remote.get() {
-            remote.publish(sender, topic, payload.clone());
+            remote.publish(sender, topic, payload.clone(), trace);
         }
-        Ok(self.fan_out(sender, topic, payload, None))
+        Ok(self.fan_out(sender, topic, payload, None, trace))
     }
 
     /// Deliver `payload` to every subscriber of `topic` here; returns how many it reached.
@@ -522,6 +531,7 @@ impl Router {
         topic: &str,
         payload: Bytes,
         arrived: Option<&crate::metrics::PaddedCounter>,
+        trace: Option<TraceContext>,
     ) -> u32 {
         let subscribers = self.registry.subscribers(topic);
         let mut reached = 0;
@@ -529,7 +539,7 @@ impl Router {
         // bytes once, not a hundred times.
         for entry in &subscribers {
             bump(arrived.unwrap_or(&self.counters.sent));
-            let envelope = Envelope::message(sender.clone(), payload.clone());
+            let envelope = Envelope::publication(sender.clone(), payload.clone(), trace);
             match self.enqueue(entry, envelope) {
                 Ok(()) => reached += 1,
                 // The publisher learns only a count, so a subscriber it missed is kept on

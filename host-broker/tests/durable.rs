@@ -63,7 +63,7 @@ async fn a_message_from_another_host_is_stored_before_its_ok_and_a_durable_sende
             .await;
         let refused = setup
             .broker
-            .accept_message("ping".into(), "counter", &b"+1"[..])
+            .accept_message("ping".into(), "counter", &b"+1"[..], None)
             .unwrap_err();
         assert!(
             matches!(&refused, MessagingError::TargetCrashed(text) if text.starts_with("storage:")),
@@ -72,7 +72,7 @@ async fn a_message_from_another_host_is_stored_before_its_ok_and_a_durable_sende
         for seq in [1, 2, 2, 1, 3] {
             setup
                 .broker
-                .accept_message_stored("ping".into(), "counter", &b"+1"[..], Some(seq))
+                .accept_message_stored("ping".into(), "counter", &b"+1"[..], Some(seq), None)
                 .await
                 .unwrap();
         }
@@ -80,7 +80,7 @@ async fn a_message_from_another_host_is_stored_before_its_ok_and_a_durable_sende
         for _ in 0..2 {
             setup
                 .broker
-                .accept_message_stored("host".into(), "counter", &b"+1"[..], None)
+                .accept_message_stored("host".into(), "counter", &b"+1"[..], None, None)
                 .await
                 .unwrap();
         }
@@ -102,7 +102,7 @@ async fn a_message_from_another_host_is_stored_before_its_ok_and_a_durable_sende
     for seq in [3, 2, 4] {
         setup
             .broker
-            .accept_message_stored("ping".into(), "counter", &b"+1"[..], Some(seq))
+            .accept_message_stored("ping".into(), "counter", &b"+1"[..], Some(seq), None)
             .await
             .unwrap();
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_broker::{Broker, MessageKind, Remote, RemoteMessage, RemoteRefusal, Served};
-use courier_host_core::{BoxFuture, ComponentId, MessagingError};
+use courier_host_core::{BoxFuture, ComponentId, MessagingError, TraceContext};
 
 use crate::common::{SECOND, Setup};
 
@@ -24,11 +24,19 @@ impl Remote for Silent {
         _target: &str,
         _payload: Bytes,
         _timeout: Duration,
+        _trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         Box::pin(std::future::pending())
     }
 
-    fn publish(&self, _sender: &ComponentId, _topic: &str, _payload: Bytes) {}
+    fn publish(
+        &self,
+        _sender: &ComponentId,
+        _topic: &str,
+        _payload: Bytes,
+        _trace: Option<TraceContext>,
+    ) {
+    }
 
     fn serve(&self, _served: Served) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(async { Ok(()) })

@@ -23,6 +23,11 @@
 //! component as one row with its keys summed (`keyed`: active, activations, passivations,
 //! activation latency), never a row per key.
 //!
+//! A message or request may carry a W3C `traceparent` header: when it is exactly one valid
+//! version-`00` value, the component's handler call is a child of the span it names, and
+//! so is everything the call sends, on this host and others (`docs/observability.md`). An
+//! invalid one is ignored.
+//!
 //! Errors are JSON, `{"error": "mailbox-full", "message": "..."}`, with the status that says
 //! what kind of error it is: 404 unknown id, 403 denied, 429 mailbox full, 413 too large,
 //! 503 shutting down (or, for a message, target crashed), 504 no reply in time, 502 the
@@ -51,7 +56,7 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -60,6 +65,7 @@ use tokio::sync::Semaphore;
 
 use courier_host_broker::{
     Broker, BrokerError, ComponentError, ComponentSpec, ComponentState, MessagingError,
+    TraceContext,
 };
 use courier_host_lattice::Lattice;
 use serde::{Deserialize, Serialize};
@@ -511,31 +517,47 @@ fn body(body: Result<Bytes, BytesRejection>, max_payload: usize) -> Result<Bytes
 async fn post_key_message(
     state: State<Ingress>,
     Path((id, key)): Path<(String, String)>,
+    headers: HeaderMap,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    post_message(state, Path(format!("{id}/{key}")), payload).await
+    post_message(state, Path(format!("{id}/{key}")), headers, payload).await
 }
 
 /// `POST /components/cart/8812/requests`: a request to a key, as for messages.
 async fn post_key_request(
     state: State<Ingress>,
     Path((id, key)): Path<(String, String)>,
+    headers: HeaderMap,
     params: Result<Query<RequestParams>, QueryRejection>,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    post_request(state, Path(format!("{id}/{key}")), params, payload).await
+    post_request(state, Path(format!("{id}/{key}")), headers, params, payload).await
+}
+
+/// The trace context of an HTTP request: its `traceparent` header, if it has exactly one
+/// that is valid (`TraceContext::parse`: version `00`, lowercase hex, neither id zero).
+/// Anything else is ignored, and the handler's call starts a trace of its own if telemetry
+/// is on, as W3C asks of a receiver that cannot read the header.
+fn traceparent(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut values = headers.get_all("traceparent").iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    TraceContext::parse(value.to_str().ok()?)
 }
 
 async fn post_message(
     State(ingress): State<Ingress>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let payload = body(payload, ingress.max_payload)?;
     // 202 only once a durable component's message is stored; for the others this is `send`.
     ingress
         .broker
-        .send_durable(&id, payload)
+        .send_durable_traced(&id, payload, traceparent(&headers))
         .await
         .map_err(|err| messaging_error(err.into_error(), &id, Call::Message))?;
     let answer = json!({ "status": "accepted", "target": id });
@@ -551,6 +573,7 @@ struct RequestParams {
 async fn post_request(
     State(ingress): State<Ingress>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     params: Result<Query<RequestParams>, QueryRejection>,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -578,7 +601,7 @@ async fn post_request(
     };
     let reply = ingress
         .broker
-        .request(&id, payload, timeout)
+        .request_traced(&id, payload, timeout, traceparent(&headers))
         .await
         .map_err(|err| messaging_error(err, &id, Call::Request { timeout }))?;
     Ok((

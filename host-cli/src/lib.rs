@@ -28,6 +28,7 @@ pub mod prometheus;
 pub mod run;
 pub mod scaffold;
 pub mod server;
+pub mod telemetry;
 pub mod token;
 pub mod units;
 pub mod upgrade;

@@ -21,6 +21,12 @@
 //! token = "..."                  # or user + password, or credentials = "host.creds"
 //!                                # (COURIER_LATTICE_TOKEN in the environment takes precedence)
 //!
+//! [telemetry]                    # optional: export a span per handler call over OTLP
+//! endpoint = "http://127.0.0.1:4318"   # OTLP/HTTP base URL; spans go to <endpoint>/v1/traces
+//! sampling = 0.1                 # share of the traces this host starts that are recorded
+//!                                # (0.0 to 1.0, default 1.0); without the section, nothing
+//!                                # is recorded or exported
+//!
 //! [[component]]
 //! id = "ping"
 //! path = "../target/guests/ping.wasm"   # relative to this file
@@ -66,6 +72,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diagnostics::{Diagnostics, Problem, from_toml_error, line_of};
+use crate::telemetry::TelemetryConfig;
 use crate::units::{ByteSize, Millis, format_bytes};
 
 /// Where the ingress listens unless the manifest or `--listen` says otherwise.
@@ -101,6 +108,8 @@ pub struct Manifest {
     pub components: Vec<ComponentEntry>,
     /// The lattice this host joins, if the manifest has a `[lattice]` table.
     pub lattice: Option<LatticeConfig>,
+    /// Where spans are exported, if the manifest has a `[telemetry]` table.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// The `[runtime]` table.
@@ -381,11 +390,13 @@ impl Manifest {
             ));
         }
         let lattice = raw.lattice.and_then(|raw| check.lattice(raw, &dir));
+        let telemetry = raw.telemetry.and_then(|raw| check.telemetry(raw));
         let manifest = Manifest {
             file: file.to_path_buf(),
             runtime,
             components,
             lattice,
+            telemetry,
         };
         (Some(manifest), check.diagnostics)
     }
@@ -829,6 +840,72 @@ impl Checker<'_> {
         }
         Some(config)
     }
+
+    fn telemetry(&mut self, raw: Spanned<RawTelemetry>) -> Option<TelemetryConfig> {
+        let line = self.line(&raw);
+        let raw = raw.into_inner();
+        let before = self.diagnostics.problems.len();
+        let mut problem = |field: &str, msg: String| {
+            self.diagnostics
+                .push(Problem::new(msg).line(line).field(field));
+        };
+        let endpoint = raw.endpoint.unwrap_or_default();
+        match check_endpoint(&endpoint) {
+            Ok(()) => {}
+            Err(why) => problem("telemetry.endpoint", why),
+        }
+        let sampling = raw.sampling.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sampling) {
+            problem(
+                "telemetry.sampling",
+                format!(
+                    "{sampling} is not a share of traces: give a number from 0.0 (none) to 1.0 (all)"
+                ),
+            );
+        }
+        if self.diagnostics.problems.len() != before {
+            return None;
+        }
+        Some(TelemetryConfig { endpoint, sampling })
+    }
+}
+
+/// Whether `endpoint` is an OTLP/HTTP base URL the exporter can post to: `http://`, a host,
+/// perhaps a port and a path, nothing else.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let example = "as `endpoint = \"http://127.0.0.1:4318\"` (the collector's OTLP/HTTP port)";
+    if endpoint.is_empty() {
+        return Err(format!("name where spans go, {example}"));
+    }
+    let uri: axum::http::Uri = endpoint
+        .parse()
+        .map_err(|err| format!("`{endpoint}` is not a URL ({err}): give one {example}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "`{endpoint}`: the exporter speaks plain HTTP only; run a collector on this \
+                 host (or a local proxy) and give its `http://` address"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "`{endpoint}` is not an `http://` URL: give one {example}"
+            ));
+        }
+    }
+    if uri
+        .authority()
+        .is_none_or(|authority| authority.host().is_empty())
+    {
+        return Err(format!("`{endpoint}` names no host: give one {example}"));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "`{endpoint}` has a query; give the base URL alone (spans go to its `/v1/traces`)"
+        ));
+    }
+    Ok(())
 }
 
 /// Only the ingress's management routes need a token: whoever reaches it can send to,
@@ -851,8 +928,16 @@ struct RawManifest {
     #[serde(default)]
     runtime: RawRuntime,
     lattice: Option<Spanned<RawLattice>>,
+    telemetry: Option<Spanned<RawTelemetry>>,
     #[serde(default)]
     component: Vec<Spanned<RawComponent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    endpoint: Option<String>,
+    sampling: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1343,6 +1428,74 @@ mailbox = 10000
             text.starts_with(&format!("{}:10: component `ping`", file.display())),
             "{text}"
         );
+    }
+
+    #[test]
+    fn telemetry_is_off_without_its_section_and_takes_an_endpoint_and_a_ratio() {
+        let (_dir, file) = folder();
+        assert_eq!(Manifest::parse(GOOD, &file).unwrap().telemetry, None);
+        let source = format!(
+            "{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4318/\"\nsampling = 0.25\n"
+        );
+        let telemetry = Manifest::parse(&source, &file).unwrap().telemetry.unwrap();
+        assert_eq!(telemetry.sampling, 0.25);
+        assert_eq!(telemetry.traces_url(), "http://127.0.0.1:4318/v1/traces");
+        let source = format!("{GOOD}\n[telemetry]\nendpoint = \"http://collector:4318\"\n");
+        let telemetry = Manifest::parse(&source, &file).unwrap().telemetry.unwrap();
+        assert_eq!(
+            telemetry.sampling, 1.0,
+            "every trace unless it says otherwise"
+        );
+    }
+
+    #[test]
+    fn a_telemetry_section_that_cannot_work_is_refused_with_its_field() {
+        for (table, field, says) in [
+            (
+                "sampling = 0.5",
+                "telemetry.endpoint",
+                "name where spans go",
+            ),
+            (
+                "endpoint = \"localhost:4318\"",
+                "telemetry.endpoint",
+                "not an `http://` URL",
+            ),
+            (
+                "endpoint = \"https://otel.example:4318\"",
+                "telemetry.endpoint",
+                "plain HTTP only",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:4318/?x=1\"",
+                "telemetry.endpoint",
+                "has a query",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:4318\"\nsampling = 1.5",
+                "telemetry.sampling",
+                "from 0.0 (none) to 1.0",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:4318\"\nsampling = -0.1",
+                "telemetry.sampling",
+                "from 0.0 (none) to 1.0",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:4318\"\nsampling = nan",
+                "telemetry.sampling",
+                "not a share",
+            ),
+        ] {
+            let refused = problem(&format!("{GOOD}\n[telemetry]\n{table}\n"));
+            assert!(
+                refused.contains(&format!("`{field}`")),
+                "{table}: {refused}"
+            );
+            assert!(refused.contains(says), "{table}: {refused}");
+        }
+        let refused = problem(&format!("{GOOD}\n[telemetry]\nendpont = \"http://x\"\n"));
+        assert!(refused.contains("endpont"), "{refused}");
     }
 
     #[test]

@@ -26,6 +26,10 @@ use crate::{ingress, load};
 /// stopped. Every answer waits on the broker, which has ended by then, so this is ample.
 const SERVER_GRACE: Duration = Duration::from_secs(2);
 
+/// How long the last spans may take to reach the collector once the broker has stopped: one
+/// export's timeout, so a collector that is gone delays the exit no longer.
+const EXPORT_GRACE: Duration = Duration::from_secs(5);
+
 /// What `courier run` was asked, beyond the manifest.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -138,6 +142,25 @@ async fn serve(
         );
         config = config.store(Arc::new(store));
     }
+    // Without a `[telemetry]` section the broker gets none: no span is built and no trace
+    // started, so a run that does not trace pays nothing for it.
+    let exporting = match &manifest.telemetry {
+        Some(telemetry) => {
+            let host = manifest
+                .lattice
+                .as_ref()
+                .map_or_else(|| address.to_string(), |l| l.get_host().to_string());
+            let (tracing, exporting) = crate::telemetry::start(telemetry, &host)?;
+            println!(
+                "courier: exporting spans to {} (sampling {} of new traces)",
+                telemetry.traces_url(),
+                telemetry.sampling
+            );
+            config = config.telemetry(tracing);
+            Some(exporting)
+        }
+        None => None,
+    };
     let broker = Broker::with_config(engine, config);
     // Joined before the components start, so each exposed one is served as it starts and
     // an id another host already serves stops the start with that reason.
@@ -305,6 +328,9 @@ async fn serve(
         server.abort();
     }
     print_report(&report, &broker);
+    if let Some(exporting) = exporting {
+        exporting.finish(EXPORT_GRACE).await;
+    }
     if let Some(lattice) = &lattice {
         let remote = lattice.metrics();
         println!(

@@ -11,6 +11,7 @@ mod keyed;
 mod new;
 mod run;
 mod server;
+mod traces;
 
 use std::path::Path;
 use std::process::Command;

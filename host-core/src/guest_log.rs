@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::trace::TraceId;
 use crate::{ComponentId, LogLevel};
 
 /// The longest line of guest output the host logs; longer ones are cut, with their length.
@@ -83,6 +84,9 @@ impl LineBudget {
 pub(crate) struct GuestLog {
     id: ComponentId,
     budget: LineBudget,
+    /// The trace of the message being handled, written into each line. Set only when a
+    /// call is traced or follows one that was, so an untraced host never touches it.
+    trace: Arc<Mutex<Option<TraceId>>>,
 }
 
 impl GuestLog {
@@ -90,7 +94,13 @@ impl GuestLog {
         GuestLog {
             id,
             budget: LineBudget::default(),
+            trace: Arc::default(),
         }
+    }
+
+    /// Write `trace` into the lines from now on.
+    pub(crate) fn set_trace(&self, trace: Option<TraceId>) {
+        *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = trace;
     }
 
     /// Log one line at `level`, from `stream` (`stdout`, `stderr`) or from the `log` import.
@@ -109,12 +119,22 @@ impl GuestLog {
         let text = crate::text::bounded(text, LINE_LIMIT);
         let text = escape(&text);
         let stream = stream.unwrap_or("log");
-        match level {
-            LogLevel::Trace => tracing::trace!(component, stream, "{text}"),
-            LogLevel::Debug => tracing::debug!(component, stream, "{text}"),
-            LogLevel::Info => tracing::info!(component, stream, "{text}"),
-            LogLevel::Warn => tracing::warn!(component, stream, "{text}"),
-            LogLevel::Error => tracing::error!(component, stream, "{text}"),
+        let trace = *self.trace.lock().unwrap_or_else(|e| e.into_inner());
+        match trace {
+            Some(trace_id) => match level {
+                LogLevel::Trace => tracing::trace!(component, stream, %trace_id, "{text}"),
+                LogLevel::Debug => tracing::debug!(component, stream, %trace_id, "{text}"),
+                LogLevel::Info => tracing::info!(component, stream, %trace_id, "{text}"),
+                LogLevel::Warn => tracing::warn!(component, stream, %trace_id, "{text}"),
+                LogLevel::Error => tracing::error!(component, stream, %trace_id, "{text}"),
+            },
+            None => match level {
+                LogLevel::Trace => tracing::trace!(component, stream, "{text}"),
+                LogLevel::Debug => tracing::debug!(component, stream, "{text}"),
+                LogLevel::Info => tracing::info!(component, stream, "{text}"),
+                LogLevel::Warn => tracing::warn!(component, stream, "{text}"),
+                LogLevel::Error => tracing::error!(component, stream, "{text}"),
+            },
         }
     }
 }

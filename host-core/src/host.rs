@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::courier::actor::{host_services, messaging, types};
 use crate::guest_log::GuestLog;
 use crate::timers::Timers;
+use crate::trace::TraceContext;
 use crate::{ComponentId, LogLevel, MessagingError};
 
 /// A boxed future, as returned by [`Messaging::send_request`].
@@ -32,7 +33,9 @@ pub enum Sending {
 ///
 /// host-core defines it and the broker implements it; host-core's own default,
 /// [`NoMessaging`], refuses every call. `sender` is always the calling instance's id as the
-/// host knows it: a guest cannot choose it.
+/// host knows it: a guest cannot choose it. `trace` is the context of the handler call the
+/// guest is in, if that call is traced ([`Instance::set_trace`](crate::Instance::set_trace)):
+/// what the guest sends carries it, so its receiver's span is that call's child.
 pub trait Messaging: Send + Sync + 'static {
     /// Queue `message` for `target` without waiting for it to be handled.
     fn send_message(
@@ -40,14 +43,21 @@ pub trait Messaging: Send + Sync + 'static {
         sender: &ComponentId,
         target: &str,
         message: Vec<u8>,
+        trace: Option<TraceContext>,
     ) -> Result<(), MessagingError>;
 
     /// What a guest's `send-message` calls: [`send_message`](Self::send_message), unless the
     /// target accepts a message only after something the caller must wait for (a durable
     /// component stores it first), in which case the call waits for the answer. The default
     /// never waits.
-    fn start_send_message(&self, sender: &ComponentId, target: &str, message: Vec<u8>) -> Sending {
-        Sending::Done(self.send_message(sender, target, message))
+    fn start_send_message(
+        &self,
+        sender: &ComponentId,
+        target: &str,
+        message: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> Sending {
+        Sending::Done(self.send_message(sender, target, message, trace))
     }
 
     /// Deliver `request` to `target`'s `handle-request` and wait at most `timeout` for the reply.
@@ -57,6 +67,7 @@ pub trait Messaging: Send + Sync + 'static {
         target: &str,
         request: Vec<u8>,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>>;
 
     /// Deliver `message` to every subscriber of `topic` and return how many it reached.
@@ -65,6 +76,7 @@ pub trait Messaging: Send + Sync + 'static {
         sender: &ComponentId,
         topic: &str,
         message: Vec<u8>,
+        trace: Option<TraceContext>,
     ) -> Result<u32, MessagingError>;
 }
 
@@ -79,6 +91,7 @@ impl Messaging for NoMessaging {
         _: &ComponentId,
         target: &str,
         _: Vec<u8>,
+        _: Option<TraceContext>,
     ) -> Result<(), MessagingError> {
         Err(MessagingError::TargetNotFound(target.to_string()))
     }
@@ -89,12 +102,19 @@ impl Messaging for NoMessaging {
         target: &str,
         _: Vec<u8>,
         _: Duration,
+        _: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         let err = MessagingError::TargetNotFound(target.to_string());
         Box::pin(async move { Err(err) })
     }
 
-    fn publish(&self, _: &ComponentId, topic: &str, _: Vec<u8>) -> Result<u32, MessagingError> {
+    fn publish(
+        &self,
+        _: &ComponentId,
+        topic: &str,
+        _: Vec<u8>,
+        _: Option<TraceContext>,
+    ) -> Result<u32, MessagingError> {
         Err(MessagingError::TargetNotFound(topic.to_string()))
     }
 }
@@ -127,7 +147,9 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     /// Where its `log` calls and output lines go, at a bounded rate.
-    log: GuestLog,
+    pub(crate) log: GuestLog,
+    /// The context of the handler call in progress, if it is traced.
+    pub(crate) trace: Option<TraceContext>,
     messaging: Arc<dyn Messaging>,
     pub(crate) timers: Arc<dyn Timers>,
     pub(crate) stderr: GuestOutput,
@@ -170,6 +192,7 @@ impl HostState {
             messaging,
             timers,
             log,
+            trace: None,
             stderr,
             call_deadline: None,
             ticks_left: 0,
@@ -186,6 +209,12 @@ impl HostState {
     /// The value of type `T` the instance's options carry, if they carry one.
     pub fn extension<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.extensions.get::<T>()
+    }
+
+    /// The context of the handler call in progress, if it is traced: what an embedder's
+    /// host function does on the guest's behalf can carry it on.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.trace
     }
 
     /// Time left in the current call, if it has a deadline.
@@ -220,7 +249,7 @@ impl messaging::Host for HostState {
         // times it), so a slow store cannot hold a guest past its deadline unnoticed.
         match self
             .messaging
-            .start_send_message(&self.id, &target, message)
+            .start_send_message(&self.id, &target, message, self.trace)
         {
             Sending::Done(answer) => answer,
             Sending::Waiting(answer) => answer.await,
@@ -240,12 +269,13 @@ impl messaging::Host for HostState {
             timeout = timeout.min(remaining);
         }
         self.messaging
-            .send_request(&self.id, &target, request, timeout)
+            .send_request(&self.id, &target, request, timeout, self.trace)
             .await
     }
 
     fn publish(&mut self, topic: String, message: Vec<u8>) -> Result<u32, MessagingError> {
-        self.messaging.publish(&self.id, &topic, message)
+        self.messaging
+            .publish(&self.id, &topic, message, self.trace)
     }
 }
 

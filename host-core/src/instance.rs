@@ -13,6 +13,7 @@ use crate::component::Component;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::{Extensions, HostState, MemoryCapExceeded, Messaging, NoMessaging};
 use crate::timers::{NoTimers, Timers};
+use crate::trace::TraceContext;
 use crate::units::format_bytes;
 use crate::{ComponentError, ComponentId};
 
@@ -314,6 +315,25 @@ impl Instance {
     /// The id this instance was given.
     pub fn id(&self) -> &ComponentId {
         &self.store.data().id
+    }
+
+    /// Make the calls from now on part of the trace `trace` names (`None`: of no trace).
+    /// `trace` is the context of the handler call itself (its own span id): what the guest
+    /// sends during the call carries it, through [`Messaging`]'s `trace`, and its log lines
+    /// carry its trace id. A host that never traces never pays for it: setting `None` over
+    /// `None` touches nothing else.
+    pub fn set_trace(&mut self, trace: Option<TraceContext>) {
+        let state = self.store.data_mut();
+        if state.trace.is_none() && trace.is_none() {
+            return;
+        }
+        state.trace = trace;
+        state.log.set_trace(trace.map(|trace| trace.trace_id()));
+    }
+
+    /// The trace of the calls, as [`set_trace`](Self::set_trace) last set it.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.store.data().trace
     }
 
     /// Whether an earlier trap has made this instance unusable.

@@ -14,6 +14,9 @@
 //!   `tracing`, and WASI with no directories, network or environment;
 //! - the [`Messaging`] trait behind a guest's `messaging` imports, which the broker
 //!   implements; alone, host-core answers those calls with `target-not-found`;
+//! - W3C trace context ([`TraceContext`]): what a guest sends while it handles a message
+//!   carries the context of that message's handler call ([`Instance::set_trace`]), and its
+//!   log lines carry the trace id;
 //! - the [`Timers`] trait behind a guest's `timers` imports, which the broker implements;
 //!   alone, host-core refuses every timer with `disabled`.
 //!
@@ -49,6 +52,7 @@ mod host;
 mod instance;
 pub mod text;
 mod timers;
+pub mod trace;
 pub mod units;
 
 use std::sync::Arc;
@@ -61,6 +65,7 @@ pub use instance::{
     CallResult, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES, Instance, InstanceOptions,
 };
 pub use timers::{NoTimers, TimerStart, Timers};
+pub use trace::TraceContext;
 
 /// Why the host refused to schedule a guest's timer: the WIT `timer-error`.
 pub use bindings::courier::actor::timers::TimerError;

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_broker::{ComponentId, MessagingError};
+use courier_host_broker::{ComponentId, MessagingError, TraceContext};
 
 /// The most streams remembered; past it the sixteenth heard from longest ago is forgotten
 /// at once, so a flood of new streams costs one scan per 4,096 of them.
@@ -76,6 +76,8 @@ pub(crate) struct Held {
     pub(crate) reply: async_nats::Subject,
     /// Its durable sender's number for it, if its sender is durable.
     pub(crate) durable_seq: Option<u64>,
+    /// The context of its sender's span, if it was sent in a trace.
+    pub(crate) trace: Option<TraceContext>,
     /// When it is delivered even if its turn has not come.
     until: Instant,
 }
@@ -98,8 +100,15 @@ impl Held {
             payload,
             reply,
             durable_seq: None,
+            trace: None,
             until: Instant::now() + hold,
         }
+    }
+
+    /// The same message, sent in the trace `trace` names.
+    pub(crate) fn with_trace(mut self, trace: Option<TraceContext>) -> Held {
+        self.trace = trace;
+        self
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_nats::Subscriber;
 use bytes::Bytes;
 use courier_host_broker::{
-    Broker, ComponentId, Exposure, HOST_SENDER, MAX_NAME_BYTES, MessagingError, Remote, WeakBroker,
-    check_id,
+    Broker, ComponentId, Exposure, HOST_SENDER, MAX_NAME_BYTES, MessagingError, Remote,
+    TraceContext, WeakBroker, check_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -120,11 +120,13 @@ pub(crate) enum Outbound {
         sender: ComponentId,
         payload: Bytes,
         expires: Instant,
+        trace: Option<TraceContext>,
     },
     Publication {
         subject: String,
         sender: ComponentId,
         payload: Bytes,
+        trace: Option<TraceContext>,
     },
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_broker::{
-    ComponentId, MessagingError, Remote, RemoteMessage, RemoteRefusal, Served,
+    ComponentId, MessagingError, Remote, RemoteMessage, RemoteRefusal, Served, TraceContext,
 };
 use courier_host_core::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -100,6 +100,7 @@ impl Inner {
                         sender,
                         payload,
                         expires,
+                        trace,
                     } => {
                         let due = if request {
                             self.release(payload.len() as u64);
@@ -131,6 +132,7 @@ impl Inner {
                                 deadline_ms: wire::deadline_ms(due),
                                 stream_seq: 0,
                                 low: 0,
+                                trace,
                             }
                         } else {
                             let low = self.going_out(seq, stream_seq, connection);
@@ -141,6 +143,7 @@ impl Inner {
                                 deadline_ms: wire::deadline_ms(expires),
                                 stream_seq,
                                 low,
+                                trace,
                             }
                         };
                         let payload = envelope.wrap(&payload);
@@ -165,6 +168,7 @@ impl Inner {
                         subject,
                         sender,
                         payload,
+                        trace,
                     } => {
                         self.release(payload.len() as u64);
                         let payload = Envelope {
@@ -174,6 +178,7 @@ impl Inner {
                             deadline_ms: 0,
                             stream_seq: 0,
                             low: 0,
+                            trace,
                         }
                         .wrap(&payload);
                         let published =
@@ -265,6 +270,7 @@ impl Inner {
                 deadline_ms: wire::deadline_ms(resend.queued + timeout),
                 stream_seq: resend.stream_seq,
                 low: resend.low,
+                trace: resend.trace,
             }
             .wrap(&resend.payload);
             let published = bounded(
@@ -378,6 +384,7 @@ impl Remote for Gateway {
             sender: message.sender().clone(),
             payload: message.payload().clone(),
             expires: queued + inner.config.ack_timeout,
+            trace: message.trace(),
         };
         // On record, and counted sent, before it can be acknowledged; queued under the
         // same lock that numbered it, so the numbers of a stream go on the wire in order.
@@ -428,6 +435,7 @@ impl Remote for Gateway {
         target: &str,
         payload: Bytes,
         timeout: Duration,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
         let inner = self.0.clone();
         let subject = match inner.address(target, payload.len()) {
@@ -459,6 +467,7 @@ impl Remote for Gateway {
             sender: sender.clone(),
             payload,
             expires: Instant::now() + timeout,
+            trace,
         };
         if let Err(error) = inner.push(item, target) {
             inner.counters.refused_here.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +494,13 @@ impl Remote for Gateway {
         })
     }
 
-    fn publish(&self, sender: &ComponentId, topic: &str, payload: Bytes) {
+    fn publish(
+        &self,
+        sender: &ComponentId,
+        topic: &str,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) {
         let inner = &self.0;
         if inner.leaving.load(Ordering::Acquire) {
             return;
@@ -509,6 +524,7 @@ impl Remote for Gateway {
             subject: inner.subjects.topic(topic),
             sender: sender.clone(),
             payload,
+            trace,
         };
         let queued = inner
             .reserve(len, topic)

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_broker::{ComponentId, RemoteMessage};
+use courier_host_broker::{ComponentId, RemoteMessage, TraceContext};
 
 /// A message waiting for its acknowledgement.
 pub(crate) struct Unacked {
@@ -47,6 +47,7 @@ pub(crate) struct Resend {
     pub(crate) low: u64,
     /// A durable sender's number for it.
     pub(crate) durable_seq: Option<u64>,
+    pub(crate) trace: Option<TraceContext>,
 }
 
 #[derive(Default)]
@@ -251,9 +252,10 @@ impl Pending {
                 entry.stream_seq,
                 entry.queued,
             );
-            let (sender, payload) = (
+            let (sender, payload, trace) = (
                 entry.message.sender().clone(),
                 entry.message.payload().clone(),
+                entry.message.trace(),
             );
             let durable_seq = entry.message.durable_seq();
             let low = self.low(&target, stream_seq);
@@ -266,6 +268,7 @@ impl Pending {
                 payload,
                 stream_seq,
                 low,
+                trace,
             });
         }
         out

@@ -163,6 +163,7 @@ impl Inner {
             deadline_ms: 0,
             stream_seq: 0,
             low: 0,
+            trace: None,
         };
         let request = async_nats::Request::new()
             .payload(probe.wrap(&[]))
@@ -284,7 +285,7 @@ impl Inner {
             // A durable target answers once its store holds the message: only then is it
             // acknowledged, so an acknowledged message survives this host's crash.
             let outcome = broker
-                .accept_message_stored(held.sender, id, held.payload, held.durable_seq)
+                .accept_message_stored(held.sender, id, held.payload, held.durable_seq, held.trace)
                 .await;
             next = {
                 let mut inbound = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
@@ -396,7 +397,8 @@ impl Inner {
                                     .saturating_sub(wire::unix_ms(SystemTime::now())),
                             )
                         });
-                        let mut held = Held::new(envelope.stream_seq, sender, payload, reply, left);
+                        let mut held = Held::new(envelope.stream_seq, sender, payload, reply, left)
+                            .with_trace(envelope.trace);
                         held.durable_seq = durable_seq;
                         let verdict = self
                             .inbound
@@ -434,7 +436,7 @@ impl Inner {
                             .arrived_messages
                             .fetch_add(1, Ordering::Relaxed);
                         broker
-                            .accept_message_stored(sender, id, payload, durable_seq)
+                            .accept_message_stored(sender, id, payload, durable_seq, envelope.trace)
                             .await
                     }
                     Kind::Request => {
@@ -450,7 +452,7 @@ impl Inner {
                                 .saturating_sub(wire::unix_ms(SystemTime::now()));
                             timeout = timeout.min(Duration::from_millis(left));
                         }
-                        match broker.accept_request(sender, id, payload, timeout) {
+                        match broker.accept_request(sender, id, payload, timeout, envelope.trace) {
                             Ok(answer) => {
                                 let inner = self.clone();
                                 tokio::spawn(async move {

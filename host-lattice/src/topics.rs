@@ -89,7 +89,7 @@ impl Inner {
             let sender = opened
                 .as_ref()
                 .and_then(|(envelope, _)| valid_sender(envelope.sender));
-            let (Some((_, at)), Some(sender)) = (opened, sender) else {
+            let (Some((envelope, at)), Some(sender)) = (opened, sender) else {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -103,7 +103,8 @@ impl Inner {
             self.counters
                 .arrived_publications
                 .fetch_add(1, Ordering::Relaxed);
-            broker.accept_publication(&sender, &topic, message.payload.slice(at..));
+            let trace = envelope.trace;
+            broker.accept_publication(&sender, &topic, message.payload.slice(at..), trace);
         }
     }
 }

@@ -4,7 +4,8 @@
 //! A message, request, publication or probe is its payload after a short envelope the
 //! sending host writes ([`Envelope`]): a tag byte, the kind, the sender id and, for a
 //! message or a request, the wall-clock moment its sender stops waiting for it (and for a
-//! request, how long its sender waits). Nothing else: the target is the subject, the
+//! request, how long its sender waits), then, under its own tag, the trace context it was
+//! sent in ([`put_trace`]: a fixed 25 bytes). Nothing else: the target is the subject, the
 //! sending host is the subject's token after the kind letter (so NATS permissions can pin
 //! it), and the sending host's run and the message's sequence number are the reply
 //! subject (`courier.<lattice>.h.<host>.r.<incarnation>.<seq>`).
@@ -32,22 +33,29 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_host_broker::{ComponentError, MessagingError};
+use courier_host_broker::{ComponentError, MessagingError, TraceContext};
+use courier_host_core::trace::TRACE_CONTEXT_BYTES;
 
 pub(crate) const HOST: &str = "Courier-Host";
 pub(crate) const ERROR: &str = "Courier-Error";
 pub(crate) const DETAIL: &str = "Courier-Detail";
 pub(crate) const INCARNATION: &str = "Courier-Incarnation";
 
-/// The first byte of every envelope: anything else is not from a host of this version.
-/// (0xC1 was the envelope without deadlines: a host of that version is refused, not
-/// misread.)
+/// The first byte of an envelope sent in no trace: anything else is not from a host of this
+/// version. (0xC1 was the envelope without deadlines: a host of that version is refused,
+/// not misread.)
 const TAG: u8 = 0xC2;
+
+/// The first byte of an envelope sent in a trace: the same fields, then the trace context
+/// before the payload. A host that knows only [`TAG`] refuses it as malformed rather than
+/// reading the context as payload; what is sent in no trace is written exactly as before,
+/// so tracing costs the wire nothing while it is unused.
+const TAG_TRACED: u8 = 0xC3;
 
 /// The most bytes an envelope takes: tag, kind, sender length, a sender of at most 255
 /// bytes, then a deadline (varint) and a request's timeout or a message's two stream
-/// numbers (varints).
-pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 3 * 10;
+/// numbers (varints), then the trace context.
+pub(crate) const MAX_ENVELOPE: usize = 3 + 255 + 3 * 10 + TRACE_CONTEXT_BYTES;
 
 /// What a host writes before the payload of what it sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +75,8 @@ pub(crate) struct Envelope<'a> {
     pub(crate) stream_seq: u64,
     /// The lowest number in that stream its sender still waits for (at most `stream_seq`).
     pub(crate) low: u64,
+    /// The context of the sender's span, if it was sent in a trace; `None` for a probe.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl<'a> Envelope<'a> {
@@ -75,7 +85,11 @@ impl<'a> Envelope<'a> {
     pub(crate) fn wrap(&self, payload: &[u8]) -> Bytes {
         let sender = &self.sender.as_bytes()[..self.sender.len().min(255)];
         let mut out = BytesMut::with_capacity(MAX_ENVELOPE + payload.len());
-        out.put_u8(TAG);
+        out.put_u8(if self.trace.is_some() {
+            TAG_TRACED
+        } else {
+            TAG
+        });
         out.put_u8(self.kind.code());
         out.put_u8(sender.len() as u8);
         out.put_slice(sender);
@@ -93,6 +107,9 @@ impl<'a> Envelope<'a> {
             }
             Kind::Publication | Kind::Probe => {}
         }
+        if let Some(trace) = &self.trace {
+            put_trace(&mut out, trace);
+        }
         out.put_slice(payload);
         out.freeze()
     }
@@ -103,7 +120,7 @@ impl<'a> Envelope<'a> {
         let (&tag, rest) = bytes.split_first()?;
         let (&kind, rest) = rest.split_first()?;
         let (&len, rest) = rest.split_first()?;
-        if tag != TAG {
+        if tag != TAG && tag != TAG_TRACED {
             return None;
         }
         let kind = Kind::from_code(kind)?;
@@ -130,6 +147,10 @@ impl<'a> Envelope<'a> {
             }
             Kind::Publication | Kind::Probe => {}
         }
+        let trace = match tag {
+            TAG_TRACED => Some(take_trace(bytes, &mut at)?),
+            _ => None,
+        };
         Some((
             Envelope {
                 kind,
@@ -138,6 +159,7 @@ impl<'a> Envelope<'a> {
                 deadline_ms,
                 stream_seq,
                 low,
+                trace,
             },
             at,
         ))
@@ -201,6 +223,23 @@ fn take_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
             return Some(value);
         }
     }
+}
+
+/// `trace` on the wire, in an envelope tagged [`TAG_TRACED`]: its fixed
+/// [`TRACE_CONTEXT_BYTES`] (trace id, span id, flags), so a peer can put nothing else
+/// there.
+pub(crate) fn put_trace(out: &mut impl BufMut, trace: &TraceContext) {
+    out.put_slice(&trace.to_bytes());
+}
+
+/// The trace context [`put_trace`] wrote at `bytes[*at..]`, moving `at` past it, or `None`
+/// for bytes it cannot have written (a context cut short, an id of zeros, unknown flags),
+/// which make the whole envelope malformed.
+pub(crate) fn take_trace(bytes: &[u8], at: &mut usize) -> Option<TraceContext> {
+    let raw = bytes.get(*at..*at + TRACE_CONTEXT_BYTES)?;
+    let context = TraceContext::from_bytes(raw.try_into().ok()?)?;
+    *at += TRACE_CONTEXT_BYTES;
+    Some(context)
 }
 
 /// Sequence numbers as a batch of acknowledgements: each as the LEB128 varint of its
@@ -428,17 +467,23 @@ mod tests {
         assert_eq!(decode_seqs(&vec![1; MAX_ACKS + 1]), None, "too many");
     }
 
+    fn traced() -> TraceContext {
+        TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap()
+    }
+
     #[test]
     fn envelopes_survive_the_trip_and_garbage_is_refused() {
         let now = unix_ms(SystemTime::now());
-        for (kind, sender, timeout_ms, deadline_ms, stream_seq, low) in [
-            (Kind::Message, "ping", 0, now, 0, 0),
-            (Kind::Message, "ping", 0, now, 1, 1),
-            (Kind::Message, "ping", 0, 0, 300_000, 299_000),
-            (Kind::Message, "ping", 0, u64::MAX, u64::MAX, 1),
-            (Kind::Request, "orders/billing", 2500, now, 0, 0),
-            (Kind::Publication, "host", 0, 0, 0, 0),
-            (Kind::Probe, "", 0, 0, 0, 0),
+        let trace = Some(traced());
+        for (kind, sender, timeout_ms, deadline_ms, stream_seq, low, trace) in [
+            (Kind::Message, "ping", 0, now, 0, 0, None),
+            (Kind::Message, "ping", 0, now, 1, 1, trace),
+            (Kind::Message, "ping", 0, 0, 300_000, 299_000, None),
+            (Kind::Message, "ping", 0, u64::MAX, u64::MAX, 1, trace),
+            (Kind::Request, "orders/billing", 2500, now, 0, 0, trace),
+            (Kind::Request, "orders/billing", 2500, now, 0, 0, None),
+            (Kind::Publication, "host", 0, 0, 0, 0, trace),
+            (Kind::Probe, "", 0, 0, 0, 0, None),
         ] {
             let envelope = Envelope {
                 kind,
@@ -447,8 +492,10 @@ mod tests {
                 deadline_ms,
                 stream_seq,
                 low,
+                trace,
             };
             let bytes = envelope.wrap(b"payload");
+            assert!(bytes.len() <= MAX_ENVELOPE + b"payload".len());
             let (opened, at) = Envelope::open(&bytes).expect("it opens");
             assert_eq!(opened, envelope);
             assert_eq!(&bytes[at..], b"payload");
@@ -460,6 +507,7 @@ mod tests {
             deadline_ms: now,
             stream_seq: 7,
             low: 5,
+            trace: None,
         }
         .wrap(b"");
         assert_eq!(
@@ -482,9 +530,58 @@ mod tests {
             &[TAG, 1, 1, b'p', 1, 0x80],
             &[TAG, 1, 1, b'p', 1, 3, 3],
             &[0xC1, 1, 1, b'p', 0],
+            // Traced, with no context (or a short one) where it goes.
+            &[TAG_TRACED, 3, 1, b'p'],
+            &[TAG_TRACED, 1, 1, b'p', 1, 0, 0, 0x4b, 0xf9],
         ] {
             assert_eq!(Envelope::open(garbage), None, "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_trace_context_makes_the_envelope_malformed() {
+        let envelope = Envelope {
+            kind: Kind::Request,
+            sender: "front",
+            timeout_ms: 1000,
+            deadline_ms: 0,
+            stream_seq: 0,
+            low: 0,
+            trace: Some(traced()),
+        };
+        let bytes = envelope.wrap(b"payload").to_vec();
+        assert_eq!(bytes[0], TAG_TRACED);
+        // The context sits right before the payload: ids, flags.
+        let context_at = bytes.len() - b"payload".len() - TRACE_CONTEXT_BYTES;
+        let corrupt = |change: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = bytes.clone();
+            change(&mut bytes);
+            Envelope::open(&bytes).map(|(opened, _)| opened.trace)
+        };
+        // A trace id of zeros, a span id of zeros, flags other than `sampled`.
+        assert_eq!(corrupt(&|b| b[context_at..context_at + 16].fill(0)), None);
+        assert_eq!(
+            corrupt(&|b| b[context_at + 16..context_at + 24].fill(0)),
+            None
+        );
+        assert_eq!(corrupt(&|b| b[context_at + 24] = 0x80), None);
+        // Cut short: nothing else is read as the rest of the context.
+        assert_eq!(corrupt(&|b| b.truncate(context_at + 10)), None);
+        assert_eq!(corrupt(&|b| b.truncate(context_at)), None);
+        // What it wrote reads back as it was, and the same envelope sent in no trace is
+        // the untraced tag with not a byte more.
+        assert_eq!(corrupt(&|_| {}), Some(Some(traced())));
+        let untraced = Envelope {
+            trace: None,
+            ..envelope
+        }
+        .wrap(b"payload");
+        assert_eq!(untraced[0], TAG);
+        assert_eq!(untraced.len(), bytes.len() - TRACE_CONTEXT_BYTES);
+        assert_eq!(
+            &untraced[1..],
+            &[&bytes[1..context_at], &b"payload"[..]].concat()[..]
+        );
     }
 
     #[test]
@@ -496,6 +593,7 @@ mod tests {
             deadline_ms,
             stream_seq: 0,
             low: 0,
+            trace: None,
         };
         let now = unix_ms(SystemTime::now());
         assert!(envelope(now - 1).expired());

@@ -96,10 +96,12 @@ async fn keys_spread_over_the_hosts_reach_their_owner_from_any_host_and_move_onl
     // A host that does not own a key refuses what another host sends it by an older view,
     // naming the owner: the sender hears it.
     let elsewhere = *on_b.first().unwrap();
-    match a
-        .broker
-        .accept_message("host".into(), &key(elsewhere), 1u64.to_le_bytes().to_vec())
-    {
+    match a.broker.accept_message(
+        "host".into(),
+        &key(elsewhere),
+        1u64.to_le_bytes().to_vec(),
+        None,
+    ) {
         Err(MessagingError::TargetNotFound(reason)) => {
             assert!(reason.contains("placed on host `b`"), "{reason}")
         }

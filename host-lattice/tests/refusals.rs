@@ -80,7 +80,7 @@ async fn denied_and_unexposed_targets_are_refused_before_anything_goes_on_the_wi
     // Host B itself refuses an unexposed id, whatever a host asks for.
     let refused = b
         .broker
-        .accept_message("insider".into(), "secret", b"hi".to_vec())
+        .accept_message("insider".into(), "secret", b"hi".to_vec(), None)
         .unwrap_err();
     assert!(
         matches!(&refused, MessagingError::TargetNotFound(id) if id == "secret"),

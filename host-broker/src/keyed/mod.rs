@@ -419,6 +419,7 @@ impl Template {
             .clone()
             .zip(outbox.clone())
             .map(|(store, outbox)| crate::durable::Durable::new(store, stored.messages, outbox));
+        shared.telemetry = router.config.telemetry.clone();
         shared.keyed = Some(KeyOf {
             template: self.clone(),
             last_used: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
