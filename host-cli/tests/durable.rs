@@ -516,31 +516,75 @@ fn durable_components_killed_twenty_times_count_every_accepted_message_once_in_o
          unanswered",
         counted[0], counted[1]
     );
-    assert_eq!(
-        settled, counted,
-        "nothing more arrived: pong counted each once"
-    );
-    assert_eq!(
-        counted[0], sent,
-        "every message whose send returned Ok was counted by pong once"
-    );
-    assert_eq!(counted[1], 0, "in order");
-    assert_eq!(
-        sent % BATCH,
-        0,
-        "a handled message's sends are all kept or none"
-    );
-    let handled = sent / BATCH;
-    assert!(
-        handled >= accepted && handled <= accepted + unanswered,
-        "ping handled {handled}: each of the {accepted} 202s once, and at most the \
-         {unanswered} posts the kills left unanswered besides"
-    );
-    assert!(
-        counter >= counted_202s && counter <= counted_202s + counter_unanswered,
-        "the counter counted {counter}: each of its {counted_202s} 202s once, and at most \
-         the {counter_unanswered} posts the kills left unanswered besides"
-    );
+    Tally {
+        counted,
+        settled,
+        sent,
+        pings: accepted,
+        pings_unanswered: unanswered,
+        counter,
+        counts: counted_202s,
+        counts_unanswered: counter_unanswered,
+    }
+    .assert_each_once_in_order(BATCH);
     courier.terminate();
     assert!(courier.wait(STOP_TIMEOUT).success());
+}
+
+/// What a torture ends with: pong's count and order (twice, the second after a pause), what
+/// ping sent in all, and the counter's count, beside what the HTTP clients were told.
+pub(crate) struct Tally {
+    pub(crate) counted: Vec<u64>,
+    pub(crate) settled: Vec<u64>,
+    pub(crate) sent: u64,
+    /// Posts to ping answered 202, and those a kill left unanswered.
+    pub(crate) pings: u64,
+    pub(crate) pings_unanswered: u64,
+    pub(crate) counter: u64,
+    /// Posts to the counter answered 202, and those a kill left unanswered.
+    pub(crate) counts: u64,
+    pub(crate) counts_unanswered: u64,
+}
+
+impl Tally {
+    /// Every message whose sender was told `Ok` counted once, in order; each post to ping
+    /// (`batch` sends) handled once with all its sends or none; each 202 of the counter
+    /// counted once. A post a kill left unanswered may or may not have been taken.
+    pub(crate) fn assert_each_once_in_order(&self, batch: u64) {
+        let Tally {
+            counted,
+            settled,
+            sent,
+            pings,
+            pings_unanswered,
+            counter,
+            counts,
+            counts_unanswered,
+        } = self;
+        assert_eq!(
+            settled, counted,
+            "nothing more arrived: pong counted each once"
+        );
+        assert_eq!(
+            counted[0], *sent,
+            "every message whose send returned Ok was counted by pong once"
+        );
+        assert_eq!(counted[1], 0, "in order, with no copy");
+        assert_eq!(
+            sent % batch,
+            0,
+            "a handled message's sends are all kept or none"
+        );
+        let handled = sent / batch;
+        assert!(
+            handled >= *pings && handled <= pings + pings_unanswered,
+            "ping handled {handled}: each of the {pings} 202s once, and at most the \
+             {pings_unanswered} posts the kills left unanswered besides"
+        );
+        assert!(
+            counter >= counts && *counter <= counts + counts_unanswered,
+            "the counter counted {counter}: each of the {counts} 202s once, and at most the \
+             {counts_unanswered} posts the kills left unanswered besides"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use courier_test_support::nats::NatsServer;
 
-use crate::durable::{Moments, ask, count, torture_seed};
+use crate::durable::{Moments, Tally, ask, count, torture_seed};
 use crate::run::{Courier, STOP_TIMEOUT, client, manifest};
 
 /// Host B: the durable pong, exposed to the lattice, and a durable counter fed over HTTP.
@@ -228,31 +228,17 @@ fn a_durable_ping_and_pong_on_two_hosts_count_every_sent_message_once_in_order_t
         "seed {seed}: ping 202s {pings} (unanswered {pings_unanswered}), sent {sent}; pong counted {}, out of order {}; counter 202s {counts} (unanswered {counts_unanswered}), counted {counter}",
         counted[0], counted[1]
     );
-    assert_eq!(
-        settled, counted,
-        "nothing more arrived: pong counted each once"
-    );
-    assert_eq!(
-        counted[0], sent,
-        "every message whose send returned Ok was counted by pong once"
-    );
-    assert_eq!(counted[1], 0, "in order, with no copy");
-    assert_eq!(
-        sent % BATCH,
-        0,
-        "a handled message's sends are all kept or none"
-    );
-    let handled = sent / BATCH;
-    assert!(
-        handled >= pings && handled <= pings + pings_unanswered,
-        "ping handled {handled}: each of the {pings} 202s once, and at most the \
-         {pings_unanswered} posts the kills left unanswered besides"
-    );
-    assert!(
-        counter >= counts && counter <= counts + counts_unanswered,
-        "the counter counted {counter}: each of the {counts} 202s once, and at most the \
-         {counts_unanswered} posts the kills left unanswered besides"
-    );
+    Tally {
+        counted,
+        settled,
+        sent,
+        pings,
+        pings_unanswered,
+        counter,
+        counts,
+        counts_unanswered,
+    }
+    .assert_each_once_in_order(BATCH);
     for host in [&a, &b] {
         host.courier.terminate();
     }
