@@ -272,6 +272,12 @@ impl Actor {
             {
                 return end;
             }
+            // A handler call never waits on tokio, and a busy mailbox always has a batch
+            // ready, so without this an actor flooded with messages would keep its worker
+            // for thousands of them (tokio's budget counts only the mailbox reads, one per
+            // batch): timers due, I/O and every other actor on that worker would wait.
+            // One unit per message yields every 128 or so.
+            tokio::task::coop::consume_budget().await;
         }
     }
 

@@ -424,3 +424,54 @@ async fn every_task_ends(runtime: &tokio::runtime::RuntimeMetrics) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// An actor whose mailbox never runs dry gives its worker up every hundred or so messages,
+/// so a neighbour on the same worker (and the timers and I/O tokio serves between tasks) is
+/// not held up for the thousands a poll would otherwise run: tokio's own budget counts only
+/// the mailbox reads, one per batch of 64, and a handler call never touches it.
+///
+/// Counted in messages, not timed: the flooded actor's mailbox is filled and the
+/// neighbour's message queued behind it while the runtime's only worker is held, so what
+/// runs first once it is let go is tokio's scheduling alone, whatever the machine's speed.
+#[test]
+fn a_flooded_actor_lets_its_neighbour_on_the_same_worker_run() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let queued = 20_000;
+    let setup = runtime.block_on(async {
+        let setup = Setup::new();
+        setup
+            .spawn(setup.spec("flooded", "counter").mailbox_capacity(queued))
+            .await;
+        setup.spawn(setup.spec("neighbour", "counter")).await;
+        setup
+    });
+    let delivered = |id: &str| setup.broker.metrics(id).unwrap().delivered;
+    // The worker, held until everything is queued.
+    let (let_go, held) = std::sync::mpsc::channel::<()>();
+    runtime.spawn(async move { held.recv() });
+    for _ in 0..queued {
+        setup.broker.send("flooded", b"add".to_vec()).unwrap();
+    }
+    setup.broker.send("neighbour", b"add".to_vec()).unwrap();
+    let_go.send(()).unwrap();
+    while delivered("neighbour") == 0 {
+        std::hint::spin_loop();
+    }
+    let before = delivered("flooded");
+    // A budget of 128 messages and the batch in hand; one unyielding poll is up to 128
+    // batches, 8,192 messages.
+    assert!(
+        before <= 1_000,
+        "the flooded actor handled {before} messages before its neighbour's one"
+    );
+    runtime.block_on(async {
+        setup
+            .wait_until(|broker| broker.accounting().delivered == queued as u64 + 1)
+            .await;
+        setup.broker.shutdown(Duration::from_secs(5)).await
+    });
+}
