@@ -475,3 +475,79 @@ fn a_flooded_actor_lets_its_neighbour_on_the_same_worker_run() {
         setup.broker.shutdown(Duration::from_secs(5)).await
     });
 }
+
+/// Keeps every span it is handed.
+#[derive(Default)]
+struct Spans(std::sync::Mutex<Vec<courier_host_broker::HandlerSpan>>);
+
+impl courier_host_broker::SpanSink for Spans {
+    fn record(&self, span: courier_host_broker::HandlerSpan) {
+        self.0.lock().unwrap().push(span);
+    }
+}
+
+/// A guest's fire-and-forget message and its publication carry the trace of the call that
+/// sent them, as a request does: the receiver's span is the sender's span's child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_and_a_publication_carry_their_senders_trace() {
+    use courier_host_broker::{Broker, BrokerConfig, HandlerKind, Telemetry, TraceContext};
+    let spans = std::sync::Arc::new(Spans::default());
+    let engine = crate::common::engine();
+    let broker = Broker::with_config(
+        engine.clone(),
+        BrokerConfig::default().telemetry(Telemetry::new(spans.clone(), 1.0)),
+    );
+    let load = |guest| crate::common::load(&engine, guest);
+    for spec in [
+        courier_host_broker::ComponentSpec::new("front", load("probe"))
+            .may_send("counter")
+            .may_publish("news"),
+        courier_host_broker::ComponentSpec::new("counter", load("counter")),
+        courier_host_broker::ComponentSpec::new("listener", load("counter")).subscribe("news"),
+    ] {
+        broker.spawn(spec).await.unwrap();
+    }
+    let incoming =
+        TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    for command in ["send:counter", "publish:news"] {
+        broker
+            .request_traced(
+                "front",
+                command.as_bytes().to_vec(),
+                10 * crate::common::SECOND,
+                Some(incoming),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + 10 * crate::common::SECOND;
+    while spans.0.lock().unwrap().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "four spans never came"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let spans = spans.0.lock().unwrap();
+    let of = |id: &str, kind: HandlerKind| {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|span| &*span.component == id && span.kind == kind)
+            .collect();
+        found
+    };
+    let asked = of("front", HandlerKind::Request);
+    assert_eq!(asked.len(), 2, "{spans:#?}");
+    let (sent, published) = (asked[0], asked[1]);
+    let message = of("counter", HandlerKind::Message);
+    let publication = of("listener", HandlerKind::Publication);
+    assert_eq!((message.len(), publication.len()), (1, 1), "{spans:#?}");
+    for span in spans.iter() {
+        assert_eq!(span.context.trace_id(), incoming.trace_id(), "{span:#?}");
+    }
+    assert_eq!(sent.parent, Some(incoming.span_id()));
+    assert_eq!(message[0].parent, Some(sent.context.span_id()));
+    assert_eq!(&*message[0].sender, "front");
+    assert_eq!(publication[0].parent, Some(published.context.span_id()));
+    broker.shutdown(Duration::from_secs(5)).await;
+}

@@ -500,6 +500,19 @@ impl Template {
         if let Some(task) = entry.take_task() {
             let _ = task.await;
         }
+        // A key put away before it made its instance never waited for its own predecessor,
+        // and its successor waits for it alone (the ending it finds is this one's): this one
+        // has not ended until that one has, or the successor could load a durable state
+        // before that one's last commit, or handle a message before those sent earlier.
+        let predecessor = shared.keyed.as_ref().and_then(|key| {
+            key.predecessor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        });
+        if let Some(mut predecessor) = predecessor {
+            while predecessor.changed().await.is_ok() {}
+        }
         // Its timers stay in the store: the earliest wakes it.
         if let Some(durable) = &shared.durable {
             self.wake_for_timers(&*durable.store, &shared.id).await;
