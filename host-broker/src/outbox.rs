@@ -521,7 +521,20 @@ async fn try_dispatch(
         return Dispatched::Done;
     }
     let target = entry.destination.as_str();
-    let Some(target_entry) = router.registry.get(target) else {
+    // A key another host of the lattice runs goes there, as a send to it would.
+    if let Some(remote) = router.keyed.placed_elsewhere(router, target) {
+        *unknown_since = None;
+        return send_remote(router, &*remote, sender, entry, remote_tries).await;
+    }
+    let target_entry = match router.local_entry(target) {
+        Some(Ok(target_entry)) => Some(target_entry),
+        // Refused for now (too many keys being put away) or for good (not a key it takes).
+        Some(Err(MessagingError::MailboxFull(_))) => return Dispatched::Later,
+        Some(Err(MessagingError::ShuttingDown)) => return Dispatched::Stop,
+        Some(Err(error)) => return Dispatched::Dead(error.to_string()),
+        None => None,
+    };
+    let Some(target_entry) = target_entry else {
         if let Some(remote) = router.remote.get() {
             *unknown_since = None;
             return send_remote(router, &*remote, sender, entry, remote_tries).await;

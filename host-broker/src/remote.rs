@@ -412,7 +412,11 @@ impl Router {
     /// learn nothing about what this host keeps to itself.
     fn admit_arrival(&self, target: &str, len: usize) -> Result<Arc<Entry>, MessagingError> {
         bump(&self.counters.arrived);
-        let (entry, misplaced) = match self.registry.get(target) {
+        // A key's entry put away since it was registered is no answer: its successor is.
+        let registered = self.registry.get(target).filter(|entry| {
+            !(entry.shared.keyed.is_some() && entry.shared.is_retired() && entry.shared.is_closed())
+        });
+        let (entry, misplaced) = match registered {
             Some(entry) => (Some(entry), None),
             None if !self.is_shutting_down() && target.len() <= MAX_NAME_BYTES => {
                 match self.keyed.activate_arrival(self, target) {

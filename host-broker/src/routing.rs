@@ -184,17 +184,14 @@ impl Router {
             touch(&entry);
             return Ok(Target::Local(entry));
         }
-        let entry = match self.registry.get(target) {
-            Some(entry) => entry,
-            None => match self.keyed.activate(self, target) {
-                Some(activated) => activated.map_err(|err| (err, None))?,
-                None => {
-                    return match self.remote.get() {
-                        Some(remote) => Ok(Target::Remote(remote)),
-                        None => Err((MessagingError::TargetNotFound(target.to_string()), None)),
-                    };
-                }
-            },
+        let entry = match self.local_entry(target) {
+            Some(found) => found.map_err(|err| (err, None))?,
+            None => {
+                return match self.remote.get() {
+                    Some(remote) => Ok(Target::Remote(remote)),
+                    None => Err((MessagingError::TargetNotFound(target.to_string()), None)),
+                };
+            }
         };
         touch(&entry);
         if let Some(cache) = cache {
@@ -470,6 +467,39 @@ impl Router {
                 stored => return stored,
             }
         }
+    }
+
+    /// The entry that serves `target` on this host: the registered one, or the instance of
+    /// a key made now for it; `None` if nothing here serves it.
+    ///
+    /// A key's entry can be put away, all the way to its end, between the registry's answer
+    /// and a sender's next look at it (a sender held up by a busy machine for as long as an
+    /// idle key's passivation takes): a key's entry that is retired and closed is never the
+    /// answer, its successor is. One retired but still open is, since counting a message
+    /// into it sends it on to the successor in order ([`enqueue`](Self::enqueue)).
+    pub(crate) fn local_entry(&self, target: &str) -> Option<Result<Arc<Entry>, MessagingError>> {
+        let entry = match self.registry.get(target) {
+            Some(entry) => entry,
+            None => match self.keyed.activate(self, target)? {
+                Ok(entry) => entry,
+                Err(error) => return Some(Err(error)),
+            },
+        };
+        Some(self.past_put_away(target, entry))
+    }
+
+    /// `entry`, read for `target` a moment ago, or the successor of the key it was if that
+    /// one has been put away to its end since.
+    pub(crate) fn past_put_away(
+        &self,
+        target: &str,
+        mut entry: Arc<Entry>,
+    ) -> Result<Arc<Entry>, MessagingError> {
+        while entry.shared.keyed.is_some() && entry.shared.is_retired() && entry.shared.is_closed()
+        {
+            entry = self.successor(target)?;
+        }
+        Ok(entry)
     }
 
     /// The entry that serves the key `id` now that its last one was retired: registered

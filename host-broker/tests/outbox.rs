@@ -576,3 +576,59 @@ async fn live_upgrades_trapping_handlers_and_a_crash_keep_each_message_once_in_o
         "each of ping's messages was counted once, in order, or dead-lettered by its trap"
     );
 }
+
+/// An outbox entry for a key that was put away before it left (here: its sender stopped
+/// while the key's store refused it, then spawned again) makes the key again, as a send
+/// would; it is not taken for a message to an unknown component and dead-lettered after the
+/// grace such a one gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_entry_for_a_key_put_away_meanwhile_makes_the_key_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    let faulty = Arc::new(Faulty {
+        refuse_outbox_appends: true,
+        ..Faulty::new(&store)
+    });
+    let setup = durable_setup(faulty.clone());
+    let keying = courier_host_broker::Keying::default().idle(Duration::from_millis(10));
+    setup
+        .broker
+        .spawn_keyed(setup.spec("cart", "counter").durable(true).keyed(keying))
+        .await
+        .unwrap();
+    let front = || {
+        setup
+            .spec("front", "probe")
+            .durable(true)
+            .may_send("cart/*")
+    };
+    setup.spawn(front()).await;
+    assert_eq!(setup.probe("front", "send:cart/7").await, "ok");
+    until("front's commit", async || {
+        store.load("front").await.unwrap().outbox.len() == 1
+    })
+    .await;
+    setup.broker.stop("front").await.unwrap();
+    // The key its call made, idle since, is put away.
+    setup
+        .wait_until(|broker| broker.keyed_metrics()[0].active == 0)
+        .await;
+    faulty.on.store(false, Ordering::SeqCst);
+    setup.broker.remove("front").await.ok();
+    setup.spawn(front()).await;
+    // Not asked for its count, which would make the key itself.
+    setup
+        .wait_until(|broker| broker.keyed_metrics()[0].delivered == 1)
+        .await;
+    until("front's outbox marked delivered", async || {
+        store.load("front").await.unwrap().outbox.is_empty()
+    })
+    .await;
+    assert!(
+        setup
+            .broker
+            .dead_letters()
+            .iter()
+            .all(|l| !l.reason.contains("no component"))
+    );
+}

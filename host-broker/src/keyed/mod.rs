@@ -725,6 +725,42 @@ mod tests {
         assert_eq!(reply, 1u64.to_le_bytes(), "the successor handled it");
     }
 
+    /// A sender held up after reading a key's entry for as long as the key's whole
+    /// passivation took (retired, stopped, its actor ended) finds the successor, not a
+    /// closed component it would answer `target-not-found` for. Made by hand for the same
+    /// reason as above.
+    #[tokio::test]
+    async fn a_sender_holding_a_key_put_away_to_its_end_reaches_its_successor() {
+        let engine = courier_host_core::Engine::new(
+            courier_host_core::EngineConfig::default().max_instances(8),
+        )
+        .unwrap();
+        let counter = engine
+            .load_component_file("counter", courier_test_support::guest_path("counter"))
+            .unwrap();
+        let broker = Broker::new(engine);
+        let spec = ComponentSpec::new("cart", counter).keyed(Keying::default());
+        broker.spawn_keyed(spec).await.unwrap();
+        let router = broker.router();
+        let stale = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        // The whole of a passivation: out of the registry, retired, stopped, ended.
+        router.registry.remove_if_current(&stale.shared).unwrap();
+        stale.send(Envelope::Stop).await.unwrap();
+        stale.take_task().unwrap().await.unwrap();
+        assert!(stale.shared.is_closed());
+
+        let serving = router.past_put_away("cart/1", stale.clone()).unwrap();
+        assert!(!Arc::ptr_eq(&serving, &stale));
+        assert!(!serving.shared.is_closed());
+        let message = Envelope::message("host".into(), b"add".to_vec().into());
+        router.enqueue(&serving, message).ok().unwrap();
+        let reply = broker
+            .request("cart/1", Vec::new(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(reply, 1u64.to_le_bytes(), "the successor handled it");
+    }
+
     #[test]
     fn keys_are_one_bounded_segment_of_plain_characters() {
         assert!(check_key("8812").is_ok());
