@@ -1042,6 +1042,7 @@ struct HostView {
     host: String,
     served: Vec<String>,
     replicated: Vec<String>,
+    keyed: Vec<String>,
     topics: Vec<String>,
     last_heard_ms: u64,
 }
@@ -1061,6 +1062,7 @@ async fn lattice(State(ingress): State<Ingress>) -> Result<Response, ApiError> {
             host: h.host,
             served: h.served,
             replicated: h.replicated,
+            keyed: h.keyed,
             topics: h.topics,
             last_heard_ms: h.last_heard.as_millis().try_into().unwrap_or(u64::MAX),
         })

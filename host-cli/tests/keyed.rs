@@ -3,7 +3,7 @@
 
 use courier_test_support::guest_path;
 
-use crate::run::{Courier, client, get, json, manifest, post};
+use crate::run::{Courier, client, get, json, manifest, post, wait_until_served};
 
 #[test]
 fn a_keyed_cart_is_reached_per_key_over_http_and_reported_as_one_row() {
@@ -154,4 +154,77 @@ limits = {{ deadline = "5s" }}
         "every 202 handled once, across the kill\nstdout:\n{}",
         courier.stdout()
     );
+}
+
+const LATTICE_CART: &str = r#"
+[runtime]
+cache_dir = "{cache}"
+drain = "1s"
+
+[lattice]
+name = "carts"
+host = "{host}"
+servers = ["{nats}"]
+
+[[component]]
+id = "cart"
+path = "{counter}"
+keyed = true
+replicas = true
+"#;
+
+/// Two `courier run` hosts serving `cart` over a real nats-server: every key runs on one of
+/// them, and an HTTP client reaches it through either, its messages before its request.
+#[test]
+fn keys_of_a_cart_on_two_hosts_are_reached_over_http_through_either_host() {
+    let nats = courier_test_support::nats::NatsServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let body = |host: &str| {
+        LATTICE_CART
+            .replace("{nats}", &nats.url())
+            .replace("{host}", host)
+    };
+    let (file_a, file_b) = (
+        manifest(dir_a.path(), &body("a")),
+        manifest(dir_b.path(), &body("b")),
+    );
+    let listen = ["--listen", "127.0.0.1:0"];
+    let a = Courier::start(&[&["run", file_a.to_str().unwrap()][..], &listen[..]].concat());
+    let b = Courier::start(&[&["run", file_b.to_str().unwrap()][..], &listen[..]].concat());
+    let (address_a, address_b) = (a.address(), b.address());
+    let (base_a, base_b) = (format!("http://{address_a}"), format!("http://{address_b}"));
+    // Each places keys over both only once it hears the other serve `cart`.
+    wait_until_served(&address_a, "cart");
+    wait_until_served(&address_b, "cart");
+    let agent = client();
+    let keys = 40;
+    for key in 0..keys {
+        for _ in 0..2 {
+            let url = format!("{base_a}/components/cart/{key}/messages");
+            let (status, body) = post(&agent, &url, b"+1");
+            assert_eq!(status, 202, "{url}: {}", String::from_utf8_lossy(&body));
+        }
+    }
+    for key in 0..keys {
+        // From host a first: its messages to the key were sent before, so they are in.
+        for base in [&base_a, &base_b] {
+            let url = format!("{base}/components/cart/{key}/requests");
+            let (status, body) = post(&agent, &url, b"");
+            assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
+            assert_eq!(u64::from_le_bytes(body.try_into().unwrap()), 2, "{url}");
+        }
+    }
+    let active = |base: &str| {
+        let (status, listed) = get(&agent, &format!("{base}/components"));
+        assert_eq!(status, 200);
+        let listed = json(listed.as_bytes());
+        listed[0]["keyed"]["active"].as_u64().unwrap()
+    };
+    let (on_a, on_b) = (active(&base_a), active(&base_b));
+    assert_eq!(
+        on_a + on_b,
+        keys,
+        "each key on one host: a {on_a}, b {on_b}"
+    );
+    assert!(on_a > 0 && on_b > 0, "spread over both: a {on_a}, b {on_b}");
 }

@@ -1695,3 +1695,33 @@ fn a_runner_whose_nats_servers_are_all_gone_still_drains_and_reports_in_time() {
     b.terminate();
     assert!(b.wait(STOP_TIMEOUT).success(), "{}", b.stderr());
 }
+
+/// Wait until the host at `address` hears another host serve `id`.
+pub(crate) fn wait_until_served(address: &str, id: &str) {
+    let agent = client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&agent, &format!("http://{address}/lattice"));
+        let lattice = json(body.as_bytes());
+        let served = lattice["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|host| {
+                // Alone (`expose`) or beside other hosts (`replicas`, keyed or not).
+                ["served", "replicated", "keyed"].iter().any(|list| {
+                    host[*list]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|s| s == id))
+                })
+            });
+        if served {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{address} never heard of `{id}`: {lattice}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

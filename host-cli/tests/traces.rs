@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 
-use crate::run::{Courier, STOP_TIMEOUT, client, get, json, manifest, post};
+use crate::run::{Courier, STOP_TIMEOUT, client, manifest, post, wait_until_served};
 
 /// One span as the receiver got it, with the host whose resource it came under.
 #[derive(Debug, Clone)]
@@ -203,33 +203,6 @@ path = "{probe}"
 capabilities = { request = ["back"] }
 expose = true
 "#;
-
-/// Wait until the host at `address` hears another host serve `id`.
-fn wait_until_served(address: &str, id: &str) {
-    let agent = client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = get(&agent, &format!("http://{address}/lattice"));
-        let lattice = json(body.as_bytes());
-        let served = lattice["hosts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|host| {
-                host["served"]
-                    .as_array()
-                    .is_some_and(|ids| ids.iter().any(|s| s == id))
-            });
-        if served {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{address} never heard of `{id}`: {lattice}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// POST a request with the given headers; status and body.
 fn post_with_headers(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {

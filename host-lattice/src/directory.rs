@@ -50,6 +50,8 @@ pub struct HostInfo {
     pub served: Vec<String>,
     /// The ids it serves as one of several replicas.
     pub replicated: Vec<String>,
+    /// The keyed components it serves with others, each key placed on one of them.
+    pub keyed: Vec<String>,
     /// The topic patterns its components subscribe to.
     pub topics: Vec<String>,
     /// How long ago its last heartbeat came.
@@ -405,6 +407,7 @@ impl Directory {
                 host: seen.heartbeat.host.clone(),
                 served: seen.heartbeat.served.clone(),
                 replicated: seen.heartbeat.replicated.clone(),
+                keyed: seen.heartbeat.keyed.clone(),
                 topics: seen.heartbeat.topics.clone(),
                 last_heard: seen.at.elapsed(),
             })

@@ -367,7 +367,7 @@
       tr.append(
         el("td", "id", h.host),
         served,
-        el("td", "", h.replicated.join(", ")),
+        el("td", "", h.replicated.concat(h.keyed.map((id) => id + " (keyed)")).join(", ")),
         el("td", "", h.topics.join(", ")),
         el("td", "num", (h.last_heard_ms / 1000).toFixed(1) + " s ago"),
       );
