@@ -528,7 +528,7 @@ async fn a_message_and_a_publication_carry_their_senders_trace() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let spans = spans.0.lock().unwrap();
+    let spans = spans.0.lock().unwrap().clone();
     let of = |id: &str, kind: HandlerKind| {
         let found: Vec<_> = spans
             .iter()
