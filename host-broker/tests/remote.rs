@@ -107,3 +107,97 @@ async fn a_remote_request_whose_requester_stops_waiting_is_dead_lettered() {
     assert_eq!(report.undelivered.len(), 1, "asker's request from the host");
     assert_every_request_ended(&setup.broker, &["host", "asker"]);
 }
+
+/// Another host that serves nothing: every message is refused as having no host to go to,
+/// the answer a lattice gives while the target's host is away.
+struct Nobody;
+
+impl Remote for Nobody {
+    fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal> {
+        Err(RemoteRefusal {
+            error: MessagingError::TargetNotFound(format!(
+                "no host of the lattice serves `{}` now",
+                message.target()
+            )),
+            message,
+        })
+    }
+
+    fn request(
+        &self,
+        _sender: &ComponentId,
+        _target: &str,
+        _payload: Bytes,
+        _timeout: Duration,
+        _trace: Option<TraceContext>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
+        Box::pin(async { Err(MessagingError::TargetNotFound("far-away".into())) })
+    }
+
+    fn publish(
+        &self,
+        _sender: &ComponentId,
+        _topic: &str,
+        _payload: Bytes,
+        _trace: Option<TraceContext>,
+    ) {
+    }
+
+    fn serve(&self, _served: Served) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn withdraw(&self, _id: &ComponentId) {}
+}
+
+/// A durable sender's message to another host is tried again for the broker's remote
+/// retention and no longer: then it is dead-lettered with the last reason it was refused,
+/// in the store too, so the record outlives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_senders_remote_message_is_dead_lettered_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::common::store_in(&dir);
+    let engine = crate::common::engine();
+    let retention = Duration::from_millis(300);
+    let broker = Broker::with_config(
+        engine.clone(),
+        courier_host_broker::BrokerConfig::default()
+            .store(store.clone())
+            .remote_retention(retention),
+    );
+    let setup = Setup { engine, broker };
+    assert!(setup.broker.attach_remote(Arc::new(Nobody)).is_ok());
+    setup
+        .spawn(
+            setup
+                .spec("front", "probe")
+                .durable(true)
+                .may_send("far-away"),
+        )
+        .await;
+    let sent = Instant::now();
+    assert_eq!(setup.probe("front", "send:far-away").await, "ok");
+    setup
+        .wait_until(|broker| !broker.dead_letters().is_empty())
+        .await;
+    assert!(sent.elapsed() >= retention, "not before the retention");
+    let letters = setup.broker.dead_letters();
+    let letter = &letters[0];
+    assert_eq!((&*letter.sender, &*letter.target), ("front", "far-away"));
+    assert!(
+        letter.reason.contains("no host of the lattice serves"),
+        "{}",
+        letter.reason
+    );
+    setup.assert_accounted().await;
+    // Written by the store's writer after the record here.
+    let deadline = Instant::now() + 10 * SECOND;
+    while store.dead_letters().await.unwrap().letters.is_empty()
+        || !store.load("front").await.unwrap().outbox.is_empty()
+    {
+        assert!(Instant::now() < deadline, "never stored as a dead letter");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stored = store.dead_letters().await.unwrap().letters;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}

@@ -20,6 +20,8 @@
 //! servers = ["nats://127.0.0.1:4222"]
 //! token = "..."                  # or user + password, or credentials = "host.creds"
 //!                                # (COURIER_LATTICE_TOKEN in the environment takes precedence)
+//! durable_retention = "24h"      # how long a durable component's message to another host
+//!                                # is tried before it is dead-lettered (default 24 hours)
 //!
 //! [telemetry]                    # optional: export a span per handler call over OTLP
 //! endpoint = "http://127.0.0.1:4318"   # OTLP/HTTP base URL; spans go to <endpoint>/v1/traces
@@ -110,6 +112,9 @@ pub struct Manifest {
     pub lattice: Option<LatticeConfig>,
     /// Where spans are exported, if the manifest has a `[telemetry]` table.
     pub telemetry: Option<TelemetryConfig>,
+    /// How long a durable component's message to another host is tried before it is
+    /// dead-lettered: `lattice.durable_retention`, else the broker's default (24 hours).
+    pub remote_retention: Duration,
 }
 
 /// The `[runtime]` table.
@@ -389,6 +394,11 @@ impl Manifest {
                 "the manifest declares no components: add a `[[component]]` table with an `id` and a `path`",
             ));
         }
+        let remote_retention = raw
+            .lattice
+            .as_ref()
+            .and_then(|lattice| lattice.get_ref().durable_retention)
+            .map_or(courier_host_broker::DEFAULT_REMOTE_RETENTION, |d| d.0);
         let lattice = raw.lattice.and_then(|raw| check.lattice(raw, &dir));
         let telemetry = raw.telemetry.and_then(|raw| check.telemetry(raw));
         let manifest = Manifest {
@@ -397,6 +407,7 @@ impl Manifest {
             components,
             lattice,
             telemetry,
+            remote_retention,
         };
         (Some(manifest), check.diagnostics)
     }
@@ -423,6 +434,7 @@ impl Manifest {
         BrokerConfig::default()
             .max_payload_bytes(self.runtime.max_payload)
             .max_queued_bytes(self.runtime.max_queued)
+            .remote_retention(self.remote_retention)
     }
 }
 
@@ -983,6 +995,7 @@ struct RawLattice {
     password: Option<String>,
     credentials: Option<PathBuf>,
     ack_timeout: Option<Millis>,
+    durable_retention: Option<Millis>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1183,6 +1196,24 @@ mailbox = 10000
         assert!(manifest.components[0].keyed.is_some());
         let refused = problem(&keyed("expose = true"));
         assert!(refused.contains("replicas = true"), "{refused}");
+    }
+
+    #[test]
+    fn a_durable_senders_remote_retention_comes_from_the_lattice_table() {
+        let (_dir, file) = folder();
+        let manifest = Manifest::parse(GOOD, &file).unwrap();
+        assert_eq!(
+            manifest.broker_config().get_remote_retention(),
+            courier_host_broker::DEFAULT_REMOTE_RETENTION
+        );
+        let source = format!(
+            "{GOOD}\n[lattice]\nname = \"shop\"\nhost = \"a\"\nservers = [\"nats://127.0.0.1:4222\"]\ndurable_retention = \"2h\"\n"
+        );
+        let manifest = Manifest::parse(&source, &file).unwrap();
+        assert_eq!(
+            manifest.broker_config().get_remote_retention(),
+            Duration::from_secs(2 * 3600)
+        );
     }
 
     #[test]
