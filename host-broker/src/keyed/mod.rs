@@ -761,6 +761,52 @@ mod tests {
         assert_eq!(reply, 1u64.to_le_bytes(), "the successor handled it");
     }
 
+    /// A key put away before it made its instance (a successor whose only message went
+    /// to its own successor, say) has not ended while its predecessor runs: the next
+    /// successor waits for it alone, and must not make its instance (load its state,
+    /// handle what came later) before the first has ended.
+    #[tokio::test]
+    async fn a_key_put_away_before_its_instance_ends_after_its_predecessor() {
+        let engine = courier_host_core::Engine::new(
+            courier_host_core::EngineConfig::default().max_instances(8),
+        )
+        .unwrap();
+        let counter = engine
+            .load_component_file("counter", courier_test_support::guest_path("counter"))
+            .unwrap();
+        let broker = Broker::new(engine);
+        let spec = ComponentSpec::new("cart", counter).keyed(Keying::default());
+        broker.spawn_keyed(spec).await.unwrap();
+        let router = broker.router();
+        let template = router.keyed.template("cart").unwrap();
+        let first = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        // The first half of the first one's passivation, by hand: out of the registry, its
+        // ending registered, its actor still running.
+        let (first_ended, first_ending) = watch::channel(());
+        {
+            let mut keys = template.keys.lock().unwrap();
+            keys.active.remove("cart/1");
+            router.registry.remove_if_current(&first.shared).unwrap();
+            keys.ending.insert("cart/1".into(), first_ending);
+        }
+        let second = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        template.keys.lock().unwrap().active.remove("cart/1");
+        template.passivating.fetch_add(1, Ordering::Relaxed);
+        let router_arc = router.me.upgrade().unwrap();
+        let put_away = tokio::spawn(template.clone().passivate(router_arc, second));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !put_away.is_finished(),
+            "the second ended while the first still runs"
+        );
+        drop(first_ended);
+        tokio::time::timeout(Duration::from_secs(10), put_away)
+            .await
+            .expect("the second ends once the first has")
+            .unwrap();
+        drop(first);
+    }
+
     #[test]
     fn keys_are_one_bounded_segment_of_plain_characters() {
         assert!(check_key("8812").is_ok());
