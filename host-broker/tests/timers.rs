@@ -2,7 +2,7 @@
 //! `ticker` from guest-examples. Every test asserts what happened, never how fast.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_host_broker::{Broker, BrokerConfig, BrokerError, ComponentState, TIMER_SENDER_PREFIX};
 use courier_host_store::{RedbStore, Store, Timer as StoredTimer};
@@ -508,16 +508,20 @@ async fn a_periodic_timer_down_for_several_periods_fires_once_with_the_missed_co
     }
 
     let setup = durable_setup(store.clone());
+    let restarted = std::time::Instant::now();
     durable_timekeeper(&setup).await;
     let fired = setup.fired_at_least("tk", 3).await;
     assert!(
         fired[0].missed >= 7,
         "the first message stands for the ticks missed while down: {fired:?}"
     );
-    // Then back on its period: a message a tick, not a flood of the missed ones.
+    // Then back on its period: a message a tick at most, not a flood of the missed ones
+    // (a loaded machine gives fewer, each counting what it missed, never more).
+    let periods = restarted.elapsed().as_millis() / 100;
     assert!(
-        fired[1..].iter().all(|r| r.missed <= 2),
-        "after the catch-up, ticks come one by one: {fired:?}"
+        fired.len() as u128 <= periods + 2,
+        "after the catch-up, ticks come one by one: {} in {periods} periods: {fired:?}",
+        fired.len()
     );
     let timers = setup.broker.metrics("tk").unwrap().timers;
     assert!(timers.missed_ticks >= fired[0].missed, "{timers:?}");
@@ -532,22 +536,27 @@ async fn a_durable_timer_cancelled_before_a_crash_never_fires_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
     let kept = store.clone();
-    crashed_host(&store, |setup| async move {
+    // `gone` is due late enough that a loaded machine still cancels it first (each command
+    // is a commit), and early enough that the test is still looking when it would fire.
+    let gone_due = crashed_host(&store, |setup| async move {
         durable_timekeeper(&setup).await;
-        assert_eq!(setup.command("tk", "after:gone:200:x").await, "ok");
+        let gone_due = Instant::now() + Duration::from_millis(1_500);
+        assert_eq!(setup.command("tk", "after:gone:1500:x").await, "ok");
         assert_eq!(setup.command("tk", "every:gone-too:50:x").await, "ok");
         assert_eq!(setup.command("tk", "after:kept:250:y").await, "ok");
         assert_eq!(setup.command("tk", "cancel:gone").await, "true");
         assert_eq!(setup.command("tk", "cancel:gone-too").await, "true");
         // Wait for the commit of the cancels, not for a firing.
         stored_until(&kept, |t| names(t) == ["kept"]).await;
+        gone_due
     })
     .await;
 
     let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
     let fired = setup.fired_at_least("tk", 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Past the moment `gone` would have fired, and several of `gone-too`'s periods.
+    tokio::time::sleep_until((gone_due + Duration::from_millis(300)).into()).await;
     let fired_later = setup.fired("tk").await;
     assert_eq!(fired.len(), fired_later.len(), "{fired_later:?}");
     assert!(
@@ -562,7 +571,8 @@ async fn a_stopped_durable_component_keeps_its_timers_and_a_removed_one_forgets_
     let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_dir(dir.path()).unwrap());
     let setup = durable_setup(store.clone());
     durable_timekeeper(&setup).await;
-    assert_eq!(setup.command("tk", "after:soon:150:x").await, "ok");
+    // Late enough that a loaded machine stops it first.
+    assert_eq!(setup.command("tk", "after:soon:1000:x").await, "ok");
     setup.broker.stop("tk").await.unwrap();
     assert_eq!(names(&store.timers("tk").await.unwrap()), ["soon"]);
     durable_timekeeper(&setup).await;
