@@ -99,6 +99,17 @@ impl Store for Faulty {
     }
 }
 
+/// A broker on `store` whose appends from an outbox are refused while the returned
+/// store's `on` holds: a durable target that cannot take what is sent to it.
+fn refusing_outbox_appends(store: &Arc<dyn Store>) -> (Arc<Faulty>, Setup) {
+    let faulty = Arc::new(Faulty {
+        refuse_outbox_appends: true,
+        ..Faulty::new(store)
+    });
+    let setup = durable_setup(faulty.clone());
+    (faulty, setup)
+}
+
 /// Pong's count and how many arrived out of order.
 async fn pong(setup: &Setup, id: &str) -> (u64, u64) {
     let reply = setup
@@ -269,11 +280,7 @@ async fn an_outbox_entry_a_crash_kept_from_its_target_is_sent_at_the_next_spawn(
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
     {
-        let faulty = Arc::new(Faulty {
-            refuse_outbox_appends: true,
-            ..Faulty::new(&store)
-        });
-        let setup = durable_setup(faulty);
+        let (_faulty, setup) = refusing_outbox_appends(&store);
         spawn_ping_pong(&setup).await;
         setup.broker.send_durable("ping", "20").await.unwrap();
         until("ping's commit", async || {
@@ -298,11 +305,7 @@ async fn an_outbox_entry_a_crash_kept_from_its_target_is_sent_at_the_next_spawn(
 async fn a_stopped_durable_sender_leaves_its_outbox_stored_and_sends_it_when_spawned_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let faulty = Arc::new(Faulty {
-        refuse_outbox_appends: true,
-        ..Faulty::new(&store)
-    });
-    let setup = durable_setup(faulty.clone());
+    let (faulty, setup) = refusing_outbox_appends(&store);
     spawn_ping_pong(&setup).await;
     setup.broker.send_durable("ping", "20").await.unwrap();
     until("ping's commit", async || {
@@ -585,11 +588,7 @@ async fn live_upgrades_trapping_handlers_and_a_crash_keep_each_message_once_in_o
 async fn an_outbox_entry_for_a_key_put_away_meanwhile_makes_the_key_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(&dir);
-    let faulty = Arc::new(Faulty {
-        refuse_outbox_appends: true,
-        ..Faulty::new(&store)
-    });
-    let setup = durable_setup(faulty.clone());
+    let (faulty, setup) = refusing_outbox_appends(&store);
     let keying = courier_host_broker::Keying::default().idle(Duration::from_millis(10));
     setup
         .broker

@@ -9,24 +9,48 @@ use courier_host_core::{BoxFuture, ComponentId, MessagingError, TraceContext};
 
 use crate::common::{SECOND, Setup};
 
-/// Another host that takes every request and never answers.
-struct Silent;
+/// The rest of the lattice, as a test needs it.
+enum FarAway {
+    /// Another host that takes every message and request and never answers a request.
+    Silent,
+    /// No host serves anything: every message is refused as having nowhere to go, the
+    /// answer a lattice gives while the target's host is away.
+    Nobody,
+}
+use FarAway::{Nobody, Silent};
 
-impl Remote for Silent {
+impl Remote for FarAway {
     fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal> {
-        message.delivered();
-        Ok(())
+        match self {
+            Silent => {
+                message.delivered();
+                Ok(())
+            }
+            Nobody => Err(RemoteRefusal {
+                error: MessagingError::TargetNotFound(format!(
+                    "no host of the lattice serves `{}` now",
+                    message.target()
+                )),
+                message,
+            }),
+        }
     }
 
     fn request(
         &self,
         _sender: &ComponentId,
-        _target: &str,
+        target: &str,
         _payload: Bytes,
         _timeout: Duration,
         _trace: Option<TraceContext>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
-        Box::pin(std::future::pending())
+        match self {
+            Silent => Box::pin(std::future::pending()),
+            Nobody => {
+                let error = MessagingError::TargetNotFound(target.to_string());
+                Box::pin(async { Err(error) })
+            }
+        }
     }
 
     fn publish(
@@ -106,48 +130,6 @@ async fn a_remote_request_whose_requester_stops_waiting_is_dead_lettered() {
     );
     assert_eq!(report.undelivered.len(), 1, "asker's request from the host");
     assert_every_request_ended(&setup.broker, &["host", "asker"]);
-}
-
-/// Another host that serves nothing: every message is refused as having no host to go to,
-/// the answer a lattice gives while the target's host is away.
-struct Nobody;
-
-impl Remote for Nobody {
-    fn send(&self, message: RemoteMessage) -> Result<(), RemoteRefusal> {
-        Err(RemoteRefusal {
-            error: MessagingError::TargetNotFound(format!(
-                "no host of the lattice serves `{}` now",
-                message.target()
-            )),
-            message,
-        })
-    }
-
-    fn request(
-        &self,
-        _sender: &ComponentId,
-        _target: &str,
-        _payload: Bytes,
-        _timeout: Duration,
-        _trace: Option<TraceContext>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, MessagingError>> {
-        Box::pin(async { Err(MessagingError::TargetNotFound("far-away".into())) })
-    }
-
-    fn publish(
-        &self,
-        _sender: &ComponentId,
-        _topic: &str,
-        _payload: Bytes,
-        _trace: Option<TraceContext>,
-    ) {
-    }
-
-    fn serve(&self, _served: Served) -> BoxFuture<'static, Result<(), String>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn withdraw(&self, _id: &ComponentId) {}
 }
 
 /// A durable sender's message to another host is tried again for the broker's remote

@@ -690,10 +690,8 @@ mod tests {
     use super::*;
     use crate::broker::Broker;
 
-    /// The window this covers (a sender that read a key's entry just before a passivation
-    /// retired it) is too narrow to hit reliably from outside, so it is made here by hand.
-    #[tokio::test]
-    async fn a_sender_holding_a_retired_key_reaches_its_successor() {
+    /// A broker with `cart`, a keyed counter.
+    async fn carts() -> Broker {
         let engine = courier_host_core::Engine::new(
             courier_host_core::EngineConfig::default().max_instances(8),
         )
@@ -704,6 +702,14 @@ mod tests {
         let broker = Broker::new(engine);
         let spec = ComponentSpec::new("cart", counter).keyed(Keying::default());
         broker.spawn_keyed(spec).await.unwrap();
+        broker
+    }
+
+    /// The window this covers (a sender that read a key's entry just before a passivation
+    /// retired it) is too narrow to hit reliably from outside, so it is made here by hand.
+    #[tokio::test]
+    async fn a_sender_holding_a_retired_key_reaches_its_successor() {
+        let broker = carts().await;
         let router = broker.router();
         let stale = router.keyed.activate(router, "cart/1").unwrap().unwrap();
         // What a passivation does first: out of the registry, retired.
@@ -731,16 +737,7 @@ mod tests {
     /// reason as above.
     #[tokio::test]
     async fn a_sender_holding_a_key_put_away_to_its_end_reaches_its_successor() {
-        let engine = courier_host_core::Engine::new(
-            courier_host_core::EngineConfig::default().max_instances(8),
-        )
-        .unwrap();
-        let counter = engine
-            .load_component_file("counter", courier_test_support::guest_path("counter"))
-            .unwrap();
-        let broker = Broker::new(engine);
-        let spec = ComponentSpec::new("cart", counter).keyed(Keying::default());
-        broker.spawn_keyed(spec).await.unwrap();
+        let broker = carts().await;
         let router = broker.router();
         let stale = router.keyed.activate(router, "cart/1").unwrap().unwrap();
         // The whole of a passivation: out of the registry, retired, stopped, ended.
@@ -767,16 +764,7 @@ mod tests {
     /// handle what came later) before the first has ended.
     #[tokio::test]
     async fn a_key_put_away_before_its_instance_ends_after_its_predecessor() {
-        let engine = courier_host_core::Engine::new(
-            courier_host_core::EngineConfig::default().max_instances(8),
-        )
-        .unwrap();
-        let counter = engine
-            .load_component_file("counter", courier_test_support::guest_path("counter"))
-            .unwrap();
-        let broker = Broker::new(engine);
-        let spec = ComponentSpec::new("cart", counter).keyed(Keying::default());
-        broker.spawn_keyed(spec).await.unwrap();
+        let broker = carts().await;
         let router = broker.router();
         let template = router.keyed.template("cart").unwrap();
         let first = router.keyed.activate(router, "cart/1").unwrap().unwrap();
