@@ -631,3 +631,47 @@ async fn an_outbox_entry_for_a_key_put_away_meanwhile_makes_the_key_again() {
             .all(|l| !l.reason.contains("no component"))
     );
 }
+
+/// A durable key's outbox survives a crash like a durable component's: what its handler
+/// sent and its commit recorded, undelivered when the host died, goes out when the keyed
+/// component is registered again, each message once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_keys_outbox_left_by_a_crash_is_sent_when_its_component_is_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(&dir);
+    let faulty: Arc<dyn Store> = Arc::new(Faulty {
+        refuse_outbox_appends: true,
+        ..Faulty::new(&store)
+    });
+    let kept = store.clone();
+    crashed_host(&faulty, move |setup| async move {
+        spawn_keyed_ping(&setup).await;
+        setup.broker.send_durable("ping/1", "20").await.unwrap();
+        // Committed by the key, refused by pong's store: it waits in the outbox.
+        until("the key's commit", async || {
+            kept.load("ping/1").await.unwrap().outbox.len() == 20
+        })
+        .await;
+    })
+    .await;
+
+    let setup = durable_setup(store.clone());
+    spawn_keyed_ping(&setup).await;
+    setup.assert_accounted().await;
+    assert_eq!(pong(&setup, "pong").await, (20, 0));
+    until("the key's outbox marked delivered", async || {
+        store.load("ping/1").await.unwrap().outbox.is_empty()
+    })
+    .await;
+}
+
+/// A durable pong, and `ping` as a durable keyed component whose keys send to it.
+async fn spawn_keyed_ping(setup: &Setup) {
+    setup.spawn(setup.spec("pong", "pong").durable(true)).await;
+    let keyed = setup
+        .spec("ping", "ping")
+        .durable(true)
+        .may_send("pong")
+        .keyed(courier_host_broker::Keying::default());
+    setup.broker.spawn_keyed(keyed).await.unwrap();
+}
