@@ -22,7 +22,12 @@
 //! - remote request: `Broker::request` from the host on A to `echo` on B, round trip, against
 //!   the NATS round trip; target: median at most 1.3× the floor's;
 //! - local: ping to pong on one broker (as in `fire_and_forget.rs`), on a broker without a
-//!   lattice and on host A, joined to the lattice; the in-process path should not change.
+//!   lattice and on host A, joined to the lattice; the in-process path should not change;
+//! - remote durable: a durable ping on host C sending to a durable pong on host D, each
+//!   host with its store (redb, in `target/lattice-durable-bench/`): every message stored
+//!   by the sender's commit, sent from its outbox once acknowledged the one before, and
+//!   stored by the receiver before it acknowledges. Timed from the first message accepted
+//!   until pong has handled all, per message, against the remote fire-and-forget figure.
 //!
 //! Without a nats-server (see `courier_test_support::nats`) or the guests, the benchmark
 //! prints a note, records its figures as not measured and measures nothing.
@@ -36,9 +41,10 @@ use bytes::Bytes;
 use courier_benches::native::Timing;
 use courier_benches::sampling::percentile;
 use courier_benches::{Figure, Figures, Settings, Target, guest_built, measure, runtime, settle};
-use courier_host_broker::{Broker, ComponentSpec, Exposure};
+use courier_host_broker::{Broker, BrokerConfig, ComponentSpec, Exposure};
 use courier_host_core::{Engine, EngineConfig};
 use courier_host_lattice::{Lattice, LatticeConfig, LatticeMetrics};
+use courier_host_store::{RedbStore, Store};
 use courier_test_support::nats::NatsServer;
 use futures_util::{FutureExt, StreamExt};
 use tokio::runtime::Runtime;
@@ -413,6 +419,27 @@ fn main() {
         );
     }
 
+    if settings.recording {
+        let count = settings.pick(2_000, 300);
+        let durable = durable_remote(&rt, &engine, &url, count);
+        figures.push(
+            Figure::time(
+                "remote_durable",
+                &format!(
+                    "durable ping (host C) → durable pong (host D), each stored before it is \
+                     acknowledged, {count} messages, until pong has handled all, per message"
+                ),
+                durable,
+            )
+            .vs("remote_handled"),
+        );
+        figures.note(
+            "remote_durable: a durable sender has one message on its way to another host at a \
+             time (the next goes once this one is acknowledged), and the receiver stores each \
+             on its own, so the figure is a round trip and a commit per message",
+        );
+    }
+
     check_books(
         &rt,
         &mut figures,
@@ -740,4 +767,82 @@ fn check_books(
             None => figures.note(format!("{pong} on {name} did not report its count")),
         }
     }
+}
+
+/// A durable ping on host C sends `count` messages to a durable pong on host D, over the
+/// same NATS server; the time per message from the first accepted until pong has handled
+/// all. Hosts of their own, each with a store, so the other figures' hosts keep no disk.
+fn durable_remote(rt: &Runtime, engine: &Engine, url: &str, count: u64) -> Option<f64> {
+    // Sends per handler call: a durable handler's outbox holds at most 1,024.
+    const PER_CALL: u64 = 100;
+    let root = courier_benches::results::target_dir().join("lattice-durable-bench");
+    let _ = std::fs::remove_dir_all(&root);
+    let host = |name: &str| {
+        let store: Arc<dyn Store> = Arc::new(
+            RedbStore::open_in_dir(root.join(name)).expect("opening a durable host's store"),
+        );
+        Broker::with_config(engine.clone(), BrokerConfig::default().store(store))
+    };
+    let (host_c, host_d) = (host("c"), host("d"));
+    let load = |name: &str| courier_benches::load(engine, name);
+    let (lattice_c, lattice_d) = rt.block_on(async {
+        host_d
+            .spawn(
+                ComponentSpec::new("dpong", load("pong"))
+                    .durable(true)
+                    .expose(Exposure::Lattice),
+            )
+            .await
+            .expect("spawning dpong");
+        let join = async |broker: &Broker, name: &str| {
+            let config = LatticeConfig::new(LATTICE, name).server(url);
+            Lattice::join(broker, config)
+                .await
+                .unwrap_or_else(|err| panic!("joining the lattice as {name}: {err}"))
+        };
+        let lattice_d = join(&host_d, "host-d").await;
+        let lattice_c = join(&host_c, "host-c").await;
+        host_c
+            .spawn(
+                ComponentSpec::new("dping", load("ping"))
+                    .durable(true)
+                    .may_send("dpong"),
+            )
+            .await
+            .expect("spawning dping");
+        assert!(
+            lattice_c.wait_for("dpong", TIMEOUT).await,
+            "host C never heard that host D serves dpong"
+        );
+        (lattice_c, lattice_d)
+    });
+    let handled = host_d.accounting().delivered + count;
+    let started = Instant::now();
+    rt.block_on(async {
+        for _ in 0..count / PER_CALL {
+            host_c
+                .send_durable("dping", format!("{PER_CALL}@dpong"))
+                .await
+                .expect("dping takes its message");
+        }
+    });
+    wait_until("dpong on host D to handle every message", || {
+        host_d.accounting().delivered >= handled
+    });
+    let took = started.elapsed();
+    let counts = rt
+        .block_on(host_d.request("dpong", Vec::new(), TIMEOUT))
+        .expect("dpong answers");
+    assert_eq!(
+        counts[..8],
+        (count / PER_CALL * PER_CALL).to_le_bytes(),
+        "each message handled once"
+    );
+    rt.block_on(async {
+        lattice_c.leave(Duration::from_secs(1)).await;
+        lattice_d.leave(Duration::from_secs(1)).await;
+        host_c.shutdown(Duration::from_secs(5)).await;
+        host_d.shutdown(Duration::from_secs(5)).await;
+    });
+    Some(took.as_nanos() as f64 / (count / PER_CALL * PER_CALL) as f64)
 }
