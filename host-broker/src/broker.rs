@@ -13,7 +13,8 @@ use courier_host_store::Store;
 use crate::actor::park_core;
 use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::durable::{Durable, recover};
-use crate::error::{BrokerError, SendError, check_id};
+use crate::error::{BrokerError, SendError};
+use crate::ids::{HOST_SENDER, check_id};
 use crate::handle::ComponentHandle;
 use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
@@ -25,10 +26,6 @@ use crate::routing::{Access, Refused, Routed, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
 use crate::telemetry::Telemetry;
 use crate::timers::{ActorTimers, TimerLimits, TimerMetrics, TimerWheel};
-
-/// The sender id of messages the host sends without naming another. No component may
-/// take it as its id.
-pub const HOST_SENDER: &str = "host";
 
 /// Default largest payload: generous for messages, small enough that one sender cannot make
 /// the host hold gigabytes in a mailbox.
@@ -433,7 +430,7 @@ impl Broker {
         }
         let mut limits = TimerLimits {
             max_timers,
-            max_name_bytes: crate::routing::MAX_NAME_BYTES,
+            max_name_bytes: crate::ids::MAX_NAME_BYTES,
             max_payload_bytes: router.config.max_payload_bytes,
         };
         let stored_timers = match &store {

@@ -45,6 +45,7 @@ mod durable;
 mod error;
 mod handle;
 mod handoff;
+mod ids;
 mod keyed;
 mod mailbox;
 mod messaging;
@@ -63,14 +64,15 @@ mod upgrade;
 
 pub use broker::{
     Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, DurableMetrics,
-    HOST_SENDER, MetricsSnapshot, ShutdownReport, WeakBroker,
+    MetricsSnapshot, ShutdownReport, WeakBroker,
 };
 pub use capabilities::{Capabilities, Pattern, PatternError};
 pub use dead_letter::{
     DEAD_LETTER_PAYLOAD_LIMIT, DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter, MessageKind,
 };
-pub use error::{BrokerError, SendError, check_id};
+pub use error::{BrokerError, SendError};
 pub use handle::ComponentHandle;
+pub use ids::{HOST_SENDER, MAX_NAME_BYTES, check_id};
 pub use keyed::{
     DEFAULT_IDLE, DEFAULT_MAX_ACTIVE, KeyedMetrics, Keying, MAX_KEY_BYTES, MIN_IDLE, Placement,
     check_key,
@@ -79,7 +81,6 @@ pub use metrics::{Accounting, LatencySummary};
 pub use outbox::{DEFAULT_REMOTE_RETENTION, MAX_OUTBOX_BYTES, MAX_OUTBOX_MESSAGES};
 pub use registry::ComponentState;
 pub use remote::{Exposure, Remote, RemoteAnswer, RemoteMessage, RemoteRefusal, Served};
-pub use routing::MAX_NAME_BYTES;
 pub use spec::{
     ComponentSpec, DEFAULT_MAILBOX_BYTES, DEFAULT_MAILBOX_CAPACITY, MAX_MAILBOX_CAPACITY,
 };

@@ -29,7 +29,8 @@ use crate::dead_letter::MessageKind;
 use crate::mailbox::Envelope;
 use crate::metrics::bump;
 use crate::registry::Entry;
-use crate::routing::{MAX_NAME_BYTES, Router, closed_error};
+use crate::ids::MAX_NAME_BYTES;
+use crate::routing::{Router, closed_error};
 use crate::text::bounded;
 
 /// Whether other hosts may reach a component ([`ComponentSpec::expose`](crate::ComponentSpec::expose)).
