@@ -56,8 +56,9 @@
 //! 6. The API face: `broker`, and `handle`, which reaches the router, not the broker's
 //!    insides.
 //!
-//! Not every import runs downward yet. These still point up, each for a reason that a
-//! further move would remove:
+//! Not every import runs downward yet. These still point up (in code outside tests), each
+//! with its reason; the first two and the one to `remote` are plain moves away, the ones to
+//! `keyed` need keyed components turned inside out:
 //!
 //! - `routing` takes [`BrokerConfig`] from `broker`: the settings belong in a module of
 //!   their own below the router.
@@ -69,10 +70,10 @@
 //!   makes it through `keyed` first. Keyed components are built from entries and actors, so
 //!   each of these is a cycle.
 //! - `registry` takes [`Exposure`] from `remote`, a plain value that could live lower.
-//! - `actor` and `durable` use `routing` (the router a durable send is stored through, and
-//!   `release` of a mailbox's byte budget) and `outbox` (a durable handler's sends wait there
-//!   until its batch commits); `durable` also uses `registry`'s entries. `durable` is in
-//!   part routing: it adds the router's stored sends.
+//! - `durable` is in part routing: it adds the router's stored sends, so it uses `routing`,
+//!   `registry`'s entries and `outbox` (where a durable handler's sends wait until its batch
+//!   commits). `actor` uses `routing`'s `release` of a mailbox's byte budget and `outbox` to
+//!   dead-letter what a durable component sent.
 
 mod actor;
 mod broker;
