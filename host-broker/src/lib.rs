@@ -50,18 +50,16 @@
 //! 2. What faces the store, and timers: `durable`, `timers`.
 //! 3. The registry and the actors: `registry`, `actor`, `handoff`, `upgrade` (an upgrade is
 //!    taken inside the actor, between two messages), `report`.
-//! 4. Routing and messaging: `routing`, `messaging`, `request`, `remote`, `outbox`, `stop`,
-//!    `spec`.
+//! 4. Routing and messaging: `config` (the broker's settings), `routing`, `messaging`,
+//!    `request`, `remote`, `outbox`, `stop`, `spec`.
 //! 5. Keyed components: `keyed`.
 //! 6. The API face: `broker`, and `handle`, which reaches the router, not the broker's
 //!    insides.
 //!
 //! Not every import runs downward yet. These still point up (in code outside tests), each
-//! with its reason; the first two and the one to `remote` are plain moves away, the ones to
+//! with its reason; the first and the one to `remote` are plain moves away, the ones to
 //! `keyed` need keyed components turned inside out:
 //!
-//! - `routing` takes [`BrokerConfig`] from `broker`: the settings belong in a module of
-//!   their own below the router.
 //! - `keyed` is written as `impl Broker` blocks (spawning, stopping, upgrading and placing
 //!   keyed components) and takes `durable_store` from `broker`.
 //! - `registry`, `routing`, `spec`, `actor` and `upgrade` reach `keyed`: an entry records the
@@ -78,6 +76,7 @@
 mod actor;
 mod broker;
 mod capabilities;
+mod config;
 mod dead_letter;
 mod durable;
 mod error;
@@ -102,10 +101,9 @@ mod text;
 mod timers;
 mod upgrade;
 
-pub use broker::{
-    Broker, BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES, WeakBroker,
-};
+pub use broker::{Broker, WeakBroker};
 pub use capabilities::{Capabilities, Pattern, PatternError};
+pub use config::{BrokerConfig, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_QUEUED_BYTES};
 pub use dead_letter::{
     DEAD_LETTER_PAYLOAD_LIMIT, DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter, MessageKind,
 };

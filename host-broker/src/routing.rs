@@ -15,7 +15,7 @@ use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError, TraceContext};
 use tokio::sync::mpsc;
 
-use crate::broker::BrokerConfig;
+use crate::config::BrokerConfig;
 use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::error::SendError;
 use crate::ids::MAX_NAME_BYTES;
