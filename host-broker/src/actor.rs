@@ -1125,7 +1125,7 @@ mod tests {
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;
         shared.queued.bytes.store(queued, Ordering::Relaxed);
         shared.queued.messages.store(3, Ordering::Relaxed);
-        let router = crate::routing::Router::new(crate::broker::BrokerConfig::default());
+        let router = crate::routing::Router::new(crate::config::BrokerConfig::default());
         router
             .counters
             .queued_bytes

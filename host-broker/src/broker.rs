@@ -7,174 +7,27 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_host_core::{ComponentId, InstanceOptions, MessagingError, TraceContext};
+use courier_host_core::{Component, ComponentId, InstanceOptions, MessagingError, TraceContext};
 use courier_host_store::Store;
 
 use crate::actor::park_core;
-use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::config::BrokerConfig;
+use crate::dead_letter::DeadLetter;
 use crate::durable::{Durable, recover};
-use crate::error::{BrokerError, SendError, check_id};
+use crate::error::{BrokerError, SendError};
 use crate::handle::ComponentHandle;
+use crate::ids::{HOST_SENDER, check_id};
 use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
-use crate::metrics::{Accounting, LatencySummary};
+use crate::metrics::Accounting;
 use crate::outbox::Outbox;
 use crate::registry::{ActorShared, ComponentState, Entry, Insert};
-use crate::remote::{Remote, RemoteAnswer, Served};
+use crate::remote::{Remote, RemoteAnswer, Served, served_of};
+use crate::report::{MetricsSnapshot, ShutdownReport};
 use crate::routing::{Access, Refused, Routed, Router};
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
-use crate::telemetry::Telemetry;
-use crate::timers::{ActorTimers, TimerLimits, TimerMetrics, TimerWheel};
-
-/// The sender id of messages the host sends without naming another. No component may
-/// take it as its id.
-pub const HOST_SENDER: &str = "host";
-
-/// Default largest payload: generous for messages, small enough that one sender cannot make
-/// the host hold gigabytes in a mailbox.
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 << 20;
-
-/// Default budget of payload bytes queued in all mailboxes together: with the default
-/// per-mailbox budget, sixteen components can be full at once before the broker refuses.
-pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
-
-/// Settings of a [`Broker`]: a builder whose defaults suit most hosts.
-///
-/// ```
-/// use courier_host_broker::BrokerConfig;
-///
-/// let config = BrokerConfig::default().max_payload_bytes(1 << 20);
-/// assert_eq!(config.get_max_payload_bytes(), 1 << 20);
-/// ```
-#[derive(Clone)]
-pub struct BrokerConfig {
-    pub(crate) max_payload_bytes: usize,
-    pub(crate) dead_letter_capacity: usize,
-    pub(crate) max_queued_bytes: u64,
-    pub(crate) store: Option<Arc<dyn Store>>,
-    pub(crate) remote_retention: Duration,
-    pub(crate) telemetry: Option<Telemetry>,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
-            dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
-            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
-            store: None,
-            remote_retention: crate::outbox::DEFAULT_REMOTE_RETENTION,
-            telemetry: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for BrokerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerConfig")
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("dead_letter_capacity", &self.dead_letter_capacity)
-            .field("max_queued_bytes", &self.max_queued_bytes)
-            .field("store", &self.store.as_ref().map(|_| "Store"))
-            .field("remote_retention", &self.remote_retention)
-            .field("telemetry", &self.telemetry)
-            .finish()
-    }
-}
-
-impl BrokerConfig {
-    /// Largest payload of a message, request or reply, in bytes
-    /// ([`DEFAULT_MAX_PAYLOAD_BYTES`] by default). A larger one is refused with
-    /// `payload-too-large`.
-    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
-        self
-    }
-
-    /// How many recent dead letters are kept for inspection
-    /// ([`DEFAULT_DEAD_LETTER_CAPACITY`] by default); older ones stay counted.
-    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
-        self.dead_letter_capacity = capacity;
-        self
-    }
-
-    /// Most payload bytes queued in all mailboxes together ([`DEFAULT_MAX_QUEUED_BYTES`] by
-    /// default), on top of each mailbox's own budget
-    /// ([`ComponentSpec::mailbox_bytes`]): a send that would pass either is refused with
-    /// `mailbox-full`, so senders cannot make the host hold more than this.
-    pub fn max_queued_bytes(mut self, bytes: u64) -> Self {
-        self.max_queued_bytes = bytes;
-        self
-    }
-
-    /// Keep durable components in `store` ([`ComponentSpec::durable`]): their messages are
-    /// stored before their senders hear `Ok`, and their state and the messages they handled
-    /// are committed after every batch. Without a store a durable component is refused at
-    /// spawn; components that are not durable never touch it.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use courier_host_broker::BrokerConfig;
-    /// use courier_host_store::RedbStore;
-    ///
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// let store = RedbStore::open_in_dir(dir.path()).expect("the store opens");
-    /// let config = BrokerConfig::default().store(Arc::new(store));
-    /// assert!(config.get_store().is_some());
-    /// ```
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    /// Record a span per handler call of a sampled trace into `telemetry`'s sink
-    /// ([`Telemetry`]). Without it (the default) no span is built and no trace is started;
-    /// a message that carries a trace context still hands it on to what its handler sends.
-    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
-        self.telemetry = Some(telemetry);
-        self
-    }
-
-    /// Where spans go, if anywhere.
-    pub fn get_telemetry(&self) -> Option<&Telemetry> {
-        self.telemetry.as_ref()
-    }
-
-    /// The store durable components are kept in, if there is one.
-    pub fn get_store(&self) -> Option<&Arc<dyn Store>> {
-        self.store.as_ref()
-    }
-
-    /// How long a durable component's message to a component on another host is tried
-    /// until the serving host acknowledges it
-    /// ([`DEFAULT_REMOTE_RETENTION`](crate::DEFAULT_REMOTE_RETENTION), a day, by default),
-    /// counted from its first try in the sender's current run. Past it the message is
-    /// dead-lettered with the reason, in the store too, and the sender's next messages go.
-    pub fn remote_retention(mut self, retention: Duration) -> Self {
-        self.remote_retention = retention;
-        self
-    }
-
-    /// How long a durable component's message to another host is tried.
-    pub fn get_remote_retention(&self) -> Duration {
-        self.remote_retention
-    }
-
-    /// The most payload bytes queued in all mailboxes together.
-    pub fn get_max_queued_bytes(&self) -> u64 {
-        self.max_queued_bytes
-    }
-
-    /// The largest payload, in bytes.
-    pub fn get_max_payload_bytes(&self) -> usize {
-        self.max_payload_bytes
-    }
-
-    /// How many dead letters are kept.
-    pub fn get_dead_letter_capacity(&self) -> usize {
-        self.dead_letter_capacity
-    }
-}
+use crate::timers::{ActorTimers, TimerLimits, TimerWheel};
+use crate::upgrade::{Upgraded, upgrade_registered};
 
 /// The actor runtime: components spawned from specs, each an actor with a bounded mailbox,
 /// reaching each other through their `messaging` imports.
@@ -220,7 +73,7 @@ impl WeakBroker {
     }
 }
 
-pub(crate) struct BrokerInner {
+struct BrokerInner {
     engine: courier_host_core::Engine,
     /// The only strong reference: actors reach it weakly, so it goes with the broker.
     pub(crate) router: Arc<Router>,
@@ -254,60 +107,6 @@ async fn keep_timer_armed(broker: Weak<BrokerInner>) {
             _ => return,
         }
     }
-}
-
-/// A component's counters at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsSnapshot {
-    /// The component.
-    pub id: ComponentId,
-    /// Where it is in its life.
-    pub state: ComponentState,
-    /// Messages and requests its handlers completed (with `Ok` or a handler error).
-    pub delivered: u64,
-    /// Handler errors and traps.
-    pub failed: u64,
-    /// Messages for it that were dead-lettered.
-    pub dead_lettered: u64,
-    /// Messages for it refused to their senders (mailbox full, failed, too large).
-    pub refused: u64,
-    /// Instances replaced after a trap.
-    pub restarts: u64,
-    /// Requests it was handed directly, idle, and answered on the requester's task rather
-    /// than from its mailbox (a part of `delivered`, `failed` and `dead_lettered`).
-    pub handed_off: u64,
-    /// Messages waiting in its mailbox.
-    pub mailbox_depth: usize,
-    /// The version of the component it runs ([`Component::version`](courier_host_core::Component::version)).
-    pub version: String,
-    /// Handler latency percentiles.
-    pub latency: LatencySummary,
-    /// Its timers: pending, fired, cancelled, and how late they fired.
-    pub timers: TimerMetrics,
-    /// Its commits to the store, if it is durable.
-    pub durable: Option<DurableMetrics>,
-}
-
-/// A durable component's commits: one per handled batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DurableMetrics {
-    /// Batches committed.
-    pub commits: u64,
-    /// Commits the store refused (their messages go again with the next batch).
-    pub failed_commits: u64,
-    /// The mean time of its commits, fsync included.
-    pub mean_commit: Duration,
-}
-
-/// What [`Broker::shutdown`] or [`Broker::stop`] could not deliver.
-#[derive(Debug, Clone, Default)]
-pub struct ShutdownReport {
-    /// Components that were stopped.
-    pub stopped: Vec<ComponentId>,
-    /// Messages delivered while draining.
-    pub delivered_while_draining: u64,
-    /// Messages that were still queued when the deadline passed, now dead letters.
-    pub undelivered: Vec<DeadLetter>,
 }
 
 impl Broker {
@@ -433,7 +232,7 @@ impl Broker {
         }
         let mut limits = TimerLimits {
             max_timers,
-            max_name_bytes: crate::routing::MAX_NAME_BYTES,
+            max_name_bytes: crate::ids::MAX_NAME_BYTES,
             max_payload_bytes: router.config.max_payload_bytes,
         };
         let stored_timers = match &store {
@@ -585,14 +384,14 @@ impl Broker {
             && let Err(reason) = remote.serve(served).await
         {
             // It ran for a moment; whatever reached it meanwhile is handled or accounted.
-            let _ = self.stop_instance(&shared).await;
+            let _ = self.router().stop_instance(&shared).await;
             return Err(BrokerError::Remote {
                 component: id,
                 reason,
             });
         }
         tracing::info!(component = %id, "spawned");
-        Ok(ComponentHandle::new(shared, Arc::downgrade(&self.inner)))
+        Ok(ComponentHandle::new(shared, self.router_weak()))
     }
 
     /// Stop a component: it handles what is already in its mailbox, then ends and is
@@ -611,24 +410,8 @@ impl Broker {
             .remove(id)
             .ok_or_else(|| BrokerError::NotFound(id.into()))?;
         let entries = vec![entry];
-        let before = self.before_stopping(&entries);
-        Ok(self.stop_entries(entries, before).await)
-    }
-
-    /// [`stop`](Self::stop) the component whose actor shares `shared`, if it is still the
-    /// one registered under its id.
-    pub(crate) async fn stop_instance(
-        &self,
-        shared: &Arc<ActorShared>,
-    ) -> Result<ShutdownReport, BrokerError> {
-        let entry = self
-            .router()
-            .registry
-            .remove_if_current(shared)
-            .ok_or_else(|| BrokerError::NotFound(shared.id.clone()))?;
-        let entries = vec![entry];
-        let before = self.before_stopping(&entries);
-        Ok(self.stop_entries(entries, before).await)
+        let before = self.router().before_stopping(&entries);
+        Ok(self.router().stop_entries(entries, before).await)
     }
 
     /// Stop every component, giving them until `drain` from now to handle what is queued;
@@ -641,55 +424,39 @@ impl Broker {
         let entries = router.registry.all();
         // Counted before the drain deadline is set: from then on an actor may dead-letter
         // what is left, and the report must list it.
-        let before = self.before_stopping(&entries);
+        let before = self.router().before_stopping(&entries);
         for entry in &entries {
             entry.shared.drain_by(deadline);
         }
-        self.stop_entries(entries, before).await
+        self.router().stop_entries(entries, before).await
     }
 
-    /// The dead letters recorded so far and the messages `entries` delivered so far, for
-    /// a report of what stopping them did.
-    pub(crate) fn before_stopping(&self, entries: &[Arc<Entry>]) -> (u64, u64) {
-        (self.router().dead_letters.total(), delivered(entries))
-    }
-
-    pub(crate) async fn stop_entries(
-        &self,
-        entries: Vec<Arc<Entry>>,
-        (dead_before, delivered_before): (u64, u64),
-    ) -> ShutdownReport {
-        if let Some(remote) = self.router().remote.get() {
-            for entry in &entries {
-                if served_of(&entry.shared).is_some() {
-                    remote.withdraw(&entry.shared.id);
-                }
-            }
+    /// Replace the running component `id` with `component`, a new version of it, without
+    /// losing or reordering a message: the handler in flight finishes, then the next
+    /// message is handled by an instance of the new version. Its id, mailbox, metrics and
+    /// supervision stay; a restart after a trap makes an instance of the new version.
+    ///
+    /// The new instance is made while the old one still exists, so the engine's pool needs
+    /// a free slot for it. If it cannot be made (no slot, its memory over the component's
+    /// cap, a trap while it starts), the old version keeps serving and the error says why.
+    /// If the running instance traps in `save-state`, the old version keeps serving from a
+    /// fresh instance holding its last checkpoint ([`Supervision::checkpoint`]), or from a
+    /// fresh one with no state if none was saved, and the error says which.
+    ///
+    /// [`Supervision::checkpoint`]: crate::Supervision::checkpoint
+    ///
+    /// ```no_run
+    /// # async fn run(broker: courier_host_broker::Broker) -> Result<(), Box<dyn std::error::Error>> {
+    /// let next = broker.engine().load_component_file("pong", "target/guests/pong.wasm")?;
+    /// let upgraded = broker.upgrade("pong", next).await?;
+    /// println!("pong: {} -> {} in {:?}", upgraded.previous, upgraded.version, upgraded.took);
+    /// # Ok(()) }
+    /// ```
+    pub async fn upgrade(&self, id: &str, component: Component) -> Result<Upgraded, BrokerError> {
+        if let Some(template) = self.router().keyed.template(id) {
+            return self.upgrade_keys(template, component).await;
         }
-        let dead_letters = &self.router().dead_letters;
-        for entry in &entries {
-            // Queued behind what is already there, so those messages are handled first.
-            // A send fails only if the actor has already ended, which is just as good.
-            let _ = entry.send(Envelope::Stop).await;
-        }
-        for entry in &entries {
-            if let Some(task) = entry.take_task() {
-                let _ = task.await;
-            }
-        }
-        let new_dead = (dead_letters.total() - dead_before) as usize;
-        let mut undelivered = dead_letters.recent();
-        let ids: Vec<ComponentId> = entries.iter().map(|e| e.shared.id.clone()).collect();
-        undelivered = undelivered
-            .split_off(undelivered.len().saturating_sub(new_dead))
-            .into_iter()
-            .filter(|letter| ids.contains(&letter.target))
-            .collect();
-        ShutdownReport {
-            stopped: ids,
-            delivered_while_draining: delivered(&entries) - delivered_before,
-            undelivered,
-        }
+        upgrade_registered(&self.router().registry, id, component).await
     }
 
     /// Remove a component: [`stop`](Self::stop) it if it is running, and end what would
@@ -703,8 +470,8 @@ impl Broker {
             Some(entry) => {
                 let store = entry.shared.durable.as_ref().map(|d| d.store.clone());
                 let entries = vec![entry];
-                let before = self.before_stopping(&entries);
-                self.stop_entries(entries, before).await;
+                let before = self.router().before_stopping(&entries);
+                self.router().stop_entries(entries, before).await;
                 store
             }
             None => Some(self.stopped_durable(id).await?),
@@ -1084,26 +851,6 @@ impl Broker {
                 .is_some_and(|durable| durable.outbox.is_pending())
         })
     }
-
-    /// The broker behind `inner`, for a handle that holds it weakly.
-    pub(crate) fn from_inner(inner: Arc<BrokerInner>) -> Broker {
-        Broker { inner }
-    }
-
-    /// The mailbox depth of the component whose actor shares `shared`, if it is still
-    /// the one registered under its id.
-    pub(crate) fn mailbox_depth_of(&self, shared: &Arc<ActorShared>) -> Option<usize> {
-        let entry = self.router().registry.get(&shared.id)?;
-        Arc::ptr_eq(&entry.shared, shared).then(|| entry.mailbox_depth())
-    }
-}
-
-/// The messages `entries` have delivered, in all.
-fn delivered(entries: &[Arc<Entry>]) -> u64 {
-    entries
-        .iter()
-        .map(|e| e.shared.metrics.delivered.load(Ordering::Relaxed))
-        .sum()
 }
 
 /// The store a durable component `id` is kept in, or why it cannot be durable: no store, or
@@ -1171,51 +918,11 @@ async fn load_committed_state(
     }
 }
 
-/// What a remote needs to know of a component, if anything: one that is exposed or
-/// subscribes to topics.
-fn served_of(shared: &ActorShared) -> Option<Served> {
-    // A key is served through its keyed component (`Keyed::served`), never on its own.
-    if shared.keyed.is_some() {
-        return None;
-    }
-    let subscriptions = shared.capabilities.subscribe_patterns().to_vec();
-    (shared.exposure != crate::Exposure::Local || !subscriptions.is_empty()).then(|| Served {
-        id: shared.id.clone(),
-        exposure: shared.exposure,
-        subscriptions,
-    })
-}
-
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
             .field("components", &self.components())
             .field("accounting", &self.accounting())
             .finish()
-    }
-}
-
-impl MetricsSnapshot {
-    pub(crate) fn of(shared: &ActorShared, mailbox_depth: usize) -> MetricsSnapshot {
-        let m = &shared.metrics;
-        MetricsSnapshot {
-            id: shared.id.clone(),
-            state: shared.state(),
-            delivered: m.delivered.load(Ordering::Relaxed),
-            failed: m.failed.load(Ordering::Relaxed),
-            dead_lettered: m.dead_lettered.load(Ordering::Relaxed),
-            refused: m.refused.load(Ordering::Relaxed),
-            restarts: m.restarts.load(Ordering::Relaxed),
-            handed_off: m.handed_off.load(Ordering::Relaxed),
-            mailbox_depth,
-            version: shared.component().version().to_string(),
-            latency: m.latency.summary(),
-            timers: shared.timers.metrics(),
-            durable: shared.durable.as_ref().map(|durable| DurableMetrics {
-                commits: durable.commits.load(Ordering::Relaxed),
-                failed_commits: durable.failed_commits.load(Ordering::Relaxed),
-                mean_commit: durable.mean_commit(),
-            }),
-        }
     }
 }

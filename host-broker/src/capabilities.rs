@@ -1,6 +1,6 @@
 //! Capabilities: which ids and topics a component may reach. Deny by default.
 
-use crate::error::check_id;
+use crate::ids::check_id;
 
 /// A set of ids or topics: an exact name, a `prefix/*` pattern, or `*` for everything.
 ///

@@ -4,8 +4,7 @@
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
 
-use crate::broker::HOST_SENDER;
-use crate::routing::{MAX_NAME_BYTES, Refused};
+use crate::capabilities::PatternError;
 
 /// Why the broker refused an operation on a component.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +30,7 @@ pub enum BrokerError {
         /// Which list it is in: `send`, `request`, `publish` or `subscribe`.
         list: &'static str,
         /// The pattern and what is wrong with it.
-        error: crate::PatternError,
+        error: PatternError,
     },
     /// A value in the spec is out of its bounds.
     #[error("component `{component}`: `{field}` {reason}")]
@@ -114,6 +113,11 @@ pub struct SendError {
 }
 
 impl SendError {
+    /// `payload`, not queued because of `error`.
+    pub(crate) fn new(error: MessagingError, payload: Bytes) -> SendError {
+        SendError { error, payload }
+    }
+
     /// Why the message was not queued.
     pub fn error(&self) -> &MessagingError {
         &self.error
@@ -132,15 +136,6 @@ impl SendError {
     /// The reason, without the payload.
     pub fn into_error(self) -> MessagingError {
         self.error
-    }
-}
-
-impl From<Refused> for SendError {
-    fn from(refused: Refused) -> SendError {
-        SendError {
-            error: refused.error,
-            payload: refused.envelope.into_payload(),
-        }
     }
 }
 
@@ -164,58 +159,5 @@ impl std::fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
-    }
-}
-
-/// Checks a component id against the broker's rules and says what is wrong with it: an id is
-/// `name` or `namespace/name`, made of letters, digits, `-`, `_`, `.` and `/`, so it reads
-/// well in logs and can be matched by `prefix/*` patterns, at most
-/// [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES) long; `host` is taken by the host itself.
-///
-/// [`Broker::spawn`](crate::Broker::spawn) refuses an id that fails this with
-/// [`BrokerError::InvalidId`]; a tool that reads ids from a file can check them first.
-///
-/// ```
-/// use courier_host_broker::check_id;
-///
-/// assert!(check_id("orders/billing-2").is_ok());
-/// assert_eq!(check_id("host"), Err("`host` is the sender id of the host itself"));
-/// assert!(check_id("a b").is_err());
-/// ```
-pub fn check_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() {
-        return Err("it is empty");
-    }
-    if id == HOST_SENDER {
-        return Err("`host` is the sender id of the host itself");
-    }
-    if id.len() > MAX_NAME_BYTES {
-        return Err("it is longer than 255 bytes");
-    }
-    if id.starts_with('/') || id.ends_with('/') || id.contains("//") {
-        return Err("a `/` must separate two non-empty parts");
-    }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-    {
-        return Err("only letters, digits, `-`, `_`, `.` and `/` are allowed");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_id;
-
-    #[test]
-    fn ids_are_names_or_namespaced_names() {
-        assert!(check_id("pong").is_ok());
-        assert!(check_id("orders/billing-2").is_ok());
-        let long = "a".repeat(256);
-        assert!(check_id(&long[..255]).is_ok());
-        for bad in ["", "host", "/a", "a/", "a//b", "a b", "a*", &long] {
-            assert!(check_id(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }

@@ -4,11 +4,12 @@ use std::sync::{Arc, Weak};
 
 use courier_host_core::ComponentId;
 
-use crate::broker::{Broker, BrokerInner, MetricsSnapshot, ShutdownReport};
 use crate::error::BrokerError;
 use crate::registry::{ActorShared, ComponentState};
+use crate::report::{MetricsSnapshot, ShutdownReport};
+use crate::routing::Router;
 
-/// What [`Broker::spawn`] returns: the component's id, its state and counters, and a way to
+/// What [`Broker::spawn`](crate::Broker::spawn) returns: the component's id, its state and counters, and a way to
 /// stop it.
 ///
 /// The handle follows the one instance of the component it was spawned as: once that
@@ -18,12 +19,13 @@ use crate::registry::{ActorShared, ComponentState};
 #[derive(Clone)]
 pub struct ComponentHandle {
     shared: Arc<ActorShared>,
-    broker: Weak<BrokerInner>,
+    /// Held weakly, as actors hold it: the broker holds the only strong reference.
+    router: Weak<Router>,
 }
 
 impl ComponentHandle {
-    pub(crate) fn new(shared: Arc<ActorShared>, broker: Weak<BrokerInner>) -> ComponentHandle {
-        ComponentHandle { shared, broker }
+    pub(crate) fn new(shared: Arc<ActorShared>, router: Weak<Router>) -> ComponentHandle {
+        ComponentHandle { shared, router }
     }
 
     /// The id it was spawned with.
@@ -39,23 +41,20 @@ impl ComponentHandle {
     /// Its counters now; the mailbox depth is 0 once it is no longer registered.
     pub fn metrics(&self) -> MetricsSnapshot {
         let depth = self
-            .broker()
-            .and_then(|broker| broker.mailbox_depth_of(&self.shared))
+            .router
+            .upgrade()
+            .and_then(|router| router.registry.mailbox_depth_of(&self.shared))
             .unwrap_or(0);
         MetricsSnapshot::of(&self.shared, depth)
     }
 
-    /// Stop it as [`Broker::stop`] does: it handles what is already in its mailbox, then
+    /// Stop it as [`Broker::stop`](crate::Broker::stop) does: it handles what is already in its mailbox, then
     /// ends and is removed. [`BrokerError::NotFound`] if it is no longer registered.
     pub async fn stop(&self) -> Result<ShutdownReport, BrokerError> {
-        match self.broker() {
-            Some(broker) => broker.stop_instance(&self.shared).await,
+        match self.router.upgrade() {
+            Some(router) => router.stop_instance(&self.shared).await,
             None => Err(BrokerError::NotFound(self.shared.id.clone())),
         }
-    }
-
-    fn broker(&self) -> Option<Broker> {
-        self.broker.upgrade().map(Broker::from_inner)
     }
 }
 

@@ -401,6 +401,13 @@ impl Registry {
         self.read().get(id).cloned()
     }
 
+    /// The mailbox depth of the component whose actor shares `shared`, if it is still
+    /// the one registered under its id.
+    pub(crate) fn mailbox_depth_of(&self, shared: &Arc<ActorShared>) -> Option<usize> {
+        let entry = self.get(&shared.id)?;
+        Arc::ptr_eq(&entry.shared, shared).then(|| entry.mailbox_depth())
+    }
+
     pub(crate) fn contains(&self, id: &str) -> bool {
         self.read().contains_key(id)
     }

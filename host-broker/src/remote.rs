@@ -26,10 +26,11 @@ use tokio::sync::oneshot;
 
 use crate::capabilities::Pattern;
 use crate::dead_letter::MessageKind;
+use crate::ids::MAX_NAME_BYTES;
 use crate::mailbox::Envelope;
 use crate::metrics::bump;
-use crate::registry::Entry;
-use crate::routing::{MAX_NAME_BYTES, Router, closed_error};
+use crate::registry::{ActorShared, Entry};
+use crate::routing::{Router, closed_error};
 use crate::text::bounded;
 
 /// Whether other hosts may reach a component ([`ComponentSpec::expose`](crate::ComponentSpec::expose)).
@@ -539,4 +540,19 @@ impl Router {
         }
         self.fan_out(sender, topic, payload, Some(&self.counters.arrived), trace)
     }
+}
+
+/// What a remote needs to know of a component, if anything: one that is exposed or
+/// subscribes to topics.
+pub(crate) fn served_of(shared: &ActorShared) -> Option<Served> {
+    // A key is served through its keyed component (`Keyed::served`), never on its own.
+    if shared.keyed.is_some() {
+        return None;
+    }
+    let subscriptions = shared.capabilities.subscribe_patterns().to_vec();
+    (shared.exposure != crate::Exposure::Local || !subscriptions.is_empty()).then(|| Served {
+        id: shared.id.clone(),
+        exposure: shared.exposure,
+        subscriptions,
+    })
 }

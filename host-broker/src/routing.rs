@@ -15,18 +15,15 @@ use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError, TraceContext};
 use tokio::sync::mpsc;
 
-use crate::broker::BrokerConfig;
+use crate::config::BrokerConfig;
 use crate::dead_letter::{DeadLetters, MessageKind};
+use crate::error::SendError;
+use crate::ids::MAX_NAME_BYTES;
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
 use crate::registry::{ActorShared, ComponentState, Entry, Registry};
 use crate::remote::{Remote, RemoteMessage, RemoteRefusal, RemoteSlot};
 use crate::text::bounded;
-
-/// The longest id or topic, in bytes. An id is checked against it at spawn
-/// ([`check_id`](crate::check_id)); a guest that names a longer target or topic gets
-/// `target-not-found` with the name cut short, before the host logs or keeps it.
-pub const MAX_NAME_BYTES: usize = 255;
 
 /// Whether a sender may reach the id or topic it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +52,12 @@ impl Access {
 pub(crate) struct Refused {
     pub(crate) error: MessagingError,
     pub(crate) envelope: Envelope,
+}
+
+impl From<Refused> for SendError {
+    fn from(refused: Refused) -> SendError {
+        SendError::new(refused.error, refused.envelope.into_payload())
+    }
 }
 
 /// The mailbox a component last sent to.

@@ -23,12 +23,11 @@ use courier_host_core::{Component, ComponentId};
 use tokio::sync::oneshot;
 
 use crate::actor::{Aftermath, Core, End, unless_drained};
-use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::mailbox::Envelope;
-use crate::registry::ComponentState;
+use crate::registry::{ComponentState, Registry};
 
-/// What [`Broker::upgrade`] did.
+/// What [`Broker::upgrade`](crate::Broker::upgrade) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgraded {
     /// The component.
@@ -52,75 +51,53 @@ pub(crate) struct UpgradeOrder {
     pub(crate) reply: oneshot::Sender<Result<Upgraded, String>>,
 }
 
-impl Broker {
-    /// Replace the running component `id` with `component`, a new version of it, without
-    /// losing or reordering a message: the handler in flight finishes, then the next
-    /// message is handled by an instance of the new version. Its id, mailbox, metrics and
-    /// supervision stay; a restart after a trap makes an instance of the new version.
-    ///
-    /// The new instance is made while the old one still exists, so the engine's pool needs
-    /// a free slot for it. If it cannot be made (no slot, its memory over the component's
-    /// cap, a trap while it starts), the old version keeps serving and the error says why.
-    /// If the running instance traps in `save-state`, the old version keeps serving from a
-    /// fresh instance holding its last checkpoint ([`Supervision::checkpoint`]), or from a
-    /// fresh one with no state if none was saved, and the error says which.
-    ///
-    /// [`Supervision::checkpoint`]: crate::Supervision::checkpoint
-    ///
-    /// ```no_run
-    /// # async fn run(broker: courier_host_broker::Broker) -> Result<(), Box<dyn std::error::Error>> {
-    /// let next = broker.engine().load_component_file("pong", "target/guests/pong.wasm")?;
-    /// let upgraded = broker.upgrade("pong", next).await?;
-    /// println!("pong: {} -> {} in {:?}", upgraded.previous, upgraded.version, upgraded.took);
-    /// # Ok(()) }
-    /// ```
-    pub async fn upgrade(&self, id: &str, component: Component) -> Result<Upgraded, BrokerError> {
-        let refused = |reason: String| BrokerError::Upgrade {
-            component: id.into(),
-            reason,
-        };
-        if let Some(template) = self.router().keyed.template(id) {
-            return self.upgrade_keys(template, component).await;
+/// Order the upgrade of `id`, a component in `registry` (not a keyed one's template: its
+/// keys are upgraded one by one), and wait for its actor to take it.
+pub(crate) async fn upgrade_registered(
+    registry: &Registry,
+    id: &str,
+    component: Component,
+) -> Result<Upgraded, BrokerError> {
+    let refused = |reason: String| BrokerError::Upgrade {
+        component: id.into(),
+        reason,
+    };
+    let entry = registry
+        .get(id)
+        .ok_or_else(|| BrokerError::NotFound(id.into()))?;
+    match entry.shared.state() {
+        ComponentState::Running | ComponentState::Restarting => {}
+        state => {
+            return Err(refused(format!(
+                "it is {}: only a running component is upgraded",
+                state.name()
+            )));
         }
-        let entry = self
-            .router()
-            .registry
-            .get(id)
-            .ok_or_else(|| BrokerError::NotFound(id.into()))?;
-        match entry.shared.state() {
-            ComponentState::Running | ComponentState::Restarting => {}
-            state => {
-                return Err(refused(format!(
-                    "it is {}: only a running component is upgraded",
-                    state.name()
-                )));
-            }
+    }
+    let (reply, answer) = oneshot::channel();
+    let order = UpgradeOrder {
+        component,
+        ordered: Instant::now(),
+        reply,
+    };
+    if entry.shared.order_upgrade(order).is_err() {
+        return Err(refused("another upgrade of it is under way".into()));
+    }
+    // An actor that closed meanwhile will not look for the order: take it back. (It
+    // closes before it looks for a last order, so one of the two sees the other.)
+    if entry.shared.is_closed() && entry.shared.take_upgrade_order().is_some() {
+        return Err(refused("it stopped before it took the upgrade".into()));
+    }
+    // Wakes an idle actor; a full mailbox means a busy one, which looks for the order
+    // before each message anyway.
+    let _ = entry.try_send(Envelope::Wake);
+    match answer.await {
+        Ok(Ok(upgraded)) => {
+            tracing::info!(component = %id, previous = %upgraded.previous, version = %upgraded.version, took = ?upgraded.took, "upgraded");
+            Ok(upgraded)
         }
-        let (reply, answer) = oneshot::channel();
-        let order = UpgradeOrder {
-            component,
-            ordered: Instant::now(),
-            reply,
-        };
-        if entry.shared.order_upgrade(order).is_err() {
-            return Err(refused("another upgrade of it is under way".into()));
-        }
-        // An actor that closed meanwhile will not look for the order: take it back. (It
-        // closes before it looks for a last order, so one of the two sees the other.)
-        if entry.shared.is_closed() && entry.shared.take_upgrade_order().is_some() {
-            return Err(refused("it stopped before it took the upgrade".into()));
-        }
-        // Wakes an idle actor; a full mailbox means a busy one, which looks for the order
-        // before each message anyway.
-        let _ = entry.try_send(Envelope::Wake);
-        match answer.await {
-            Ok(Ok(upgraded)) => {
-                tracing::info!(component = %id, previous = %upgraded.previous, version = %upgraded.version, took = ?upgraded.took, "upgraded");
-                Ok(upgraded)
-            }
-            Ok(Err(reason)) => Err(refused(reason)),
-            Err(_) => Err(refused("it stopped before it took the upgrade".into())),
-        }
+        Ok(Err(reason)) => Err(refused(reason)),
+        Err(_) => Err(refused("it stopped before it took the upgrade".into())),
     }
 }
 

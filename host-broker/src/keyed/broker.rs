@@ -9,7 +9,8 @@ use courier_host_core::{ComponentId, InstanceOptions};
 
 use super::{DEFAULT_MAX_ACTIVE, KeyedMetrics, MIN_IDLE, Template};
 use crate::broker::{Broker, durable_store};
-use crate::error::{BrokerError, check_id};
+use crate::error::BrokerError;
+use crate::ids::check_id;
 use crate::metrics::Histogram;
 use crate::routing::Router;
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};

@@ -383,7 +383,7 @@ impl Template {
         let spec = self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut limits = TimerLimits {
             max_timers: spec.max_timers,
-            max_name_bytes: crate::routing::MAX_NAME_BYTES,
+            max_name_bytes: crate::ids::MAX_NAME_BYTES,
             max_payload_bytes: router.config.max_payload_bytes,
         };
         if self.store.is_some() {

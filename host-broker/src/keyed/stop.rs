@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::broker::{Broker, ShutdownReport};
+use crate::broker::Broker;
 use crate::registry::Entry;
+use crate::report::ShutdownReport;
 
 impl Broker {
     /// Stop the keyed component `id`, if it is one: its template goes first, so a message
@@ -35,8 +36,8 @@ impl Broker {
                 .filter_map(|(_, entry)| router.registry.remove_if_current(&entry.shared))
                 .collect()
         };
-        let before = self.before_stopping(&entries);
-        let report = self.stop_entries(entries, before).await;
+        let before = router.before_stopping(&entries);
+        let report = router.stop_entries(entries, before).await;
         // Keys being put away hold their instances until their actors end.
         while template.passivating.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
