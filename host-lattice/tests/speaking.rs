@@ -89,6 +89,8 @@ async fn with_per_host_permissions_the_lattice_works_and_a_host_cannot_publish_a
         .expect("a request and its reply pass the permissions");
     assert_eq!(reply, b"within the rules");
     a.settles().await;
+    // Acknowledged once in pong's mailbox, which may not have handled the last yet.
+    assert!(b.broker.quiesce(10 * SECOND).await);
     let metrics = a.lattice().metrics();
     assert_eq!((metrics.sent, metrics.acked), (3, 3), "{metrics:?}");
     let delivered = || b.broker.metrics("pong").unwrap().delivered;
