@@ -112,9 +112,10 @@ impl MessageHandlerInModule for MessageFn {}
 pub const fn require_message_handler<T: MessageHandlerInModule>(_handler: &T) {}
 
 /// The state of a `#[handler]` impl, seen by the `state` exports: the cell that holds it.
-/// Which of [`SavedWithSerde`] and [`NotSaved`] applies is chosen by method resolution on
-/// the concrete type (autoref specialisation): with a codec feature on and a type that is
-/// `Serialize + DeserializeOwned`, the first; otherwise the second.
+/// Which of `SavedWithSerde` (there with a codec feature on) and [`NotSaved`] applies is
+/// chosen by method resolution on the concrete type (autoref specialisation): with a codec
+/// feature on and a type that is `Serialize + DeserializeOwned`, the first; otherwise the
+/// second.
 pub struct StateOf<T: 'static>(pub &'static std::thread::LocalKey<StateCell<T>>);
 
 /// A state that crosses upgrades: saved and loaded through serde, framed like a typed

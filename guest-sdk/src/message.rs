@@ -7,7 +7,7 @@ const TIMER_SENDER_PREFIX: &str = "timer:";
 ///
 /// The sender is stamped by the host; another component cannot forge it. The payload is the
 /// bytes the sender passed, unchanged: a framed value if the sender used
-/// [`encode`](crate::encode), anything at all otherwise.
+/// `courier_sdk::encode` (with a codec feature on), anything at all otherwise.
 ///
 /// ```
 /// use courier_sdk::Message;

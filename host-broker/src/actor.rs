@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use crate::dead_letter::{DeadLetters, MessageKind};
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
-use crate::registry::{ActorShared, ComponentState};
-use crate::routing::release;
+use crate::registry::{ActorShared, ComponentState, release};
+
 use crate::supervisor::{RestartHistory, Supervision, Verdict};
 use crate::telemetry::{CallTrace, HandlerKind, HandlerSpan, Outcome};
 use crate::text::bounded_text;
@@ -221,7 +221,7 @@ impl Actor {
                 // A key woken for its timers makes its instance, which loads them.
                 if self.core().instance.is_none()
                     && self.shared.keyed.is_some()
-                    && let Some(aftermath) = crate::keyed::activate_core(self.core()).await
+                    && let Some(aftermath) = activate_core(self.core()).await
                     && let Some(end) = self.core().settle(aftermath).await
                 {
                     return end;
@@ -509,7 +509,7 @@ impl Core {
         // A key's instance is made by the first call that needs it (`keyed`).
         if self.instance.is_none()
             && self.shared.keyed.is_some()
-            && let Some(aftermath) = crate::keyed::activate_core(self).await
+            && let Some(aftermath) = activate_core(self).await
         {
             return Some(aftermath);
         }
@@ -997,7 +997,7 @@ impl Core {
             self.dead_letters
                 .record(sender, self.shared.id.clone(), kind, &payload, reason);
         if keep && let Some(durable) = &self.shared.durable {
-            crate::durable::keep_dead_letter(&durable.store, &letter);
+            crate::dead_letter::keep(&durable.store, &letter);
         }
         if let Some(reply) = reply {
             let _ = reply.send(Err(MessagingError::TargetCrashed(reason.to_string())));
@@ -1063,6 +1063,72 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     bounded_text(&text)
 }
 
+/// Make the instance of a key's core that has none yet, once the key's predecessor (if it
+/// was being put away) has ended; a durable key's instance starts from its committed state.
+/// What a failure leaves goes back as after any call: the message in hand is dead-lettered
+/// with the reason, and the supervision decides what follows.
+pub(crate) async fn activate_core(core: &mut Core) -> Option<Aftermath> {
+    let shared = core.shared.clone();
+    let key = shared.keyed.as_ref()?;
+    let predecessor = key.take_predecessor();
+    if let Some(mut predecessor) = predecessor {
+        // Ends with an error once the predecessor's passivation drops its sender.
+        while predecessor.changed().await.is_ok() {}
+    }
+    if let Some(durable) = &core.shared.durable {
+        match crate::durable::recover(&*durable.store, &core.shared.id).await {
+            // Only the state: what a crash left unconsumed or unsent was taken at the
+            // component's registration (keyed components' recovery), and what is unconsumed now is in this
+            // key's mailbox already (stored, then queued) or its predecessor's, which has
+            // handled it; an outbox still pending is its predecessor's dispatcher's to send.
+            Ok((state, _unconsumed, _unsent)) => {
+                core.checkpoint = state.map(|state| (state.to_vec(), Instant::now()));
+                // Its timers, kept while it was put away: one due meanwhile fires now.
+                match durable.store.timers(&core.shared.id).await {
+                    Ok(timers) => core.shared.timers.restore(timers),
+                    Err(err) => {
+                        tracing::error!(component = %core.shared.id, error = %err, "its stored timers could not be read: they stay stored, not armed");
+                    }
+                }
+            }
+            Err(err) => {
+                let reason = format!("its state could not be read from the store: {err}");
+                if let Some(envelope) = core.current.take() {
+                    core.dead_letter(envelope, &reason);
+                }
+                return Some(Aftermath::Ended(End::Failed(reason)));
+            }
+        }
+    }
+    let mut instance = match core.component.instantiate(core.options.clone()).await {
+        Ok(instance) => instance,
+        Err(err) => {
+            if let Some(envelope) = core.current.take() {
+                core.dead_letter(envelope, &format!("its instance could not be made: {err}"));
+            }
+            return Some(Aftermath::Trapped(err));
+        }
+    };
+    if let Some((state, _)) = &core.checkpoint {
+        let loaded = instance.load_state(state).await;
+        if !matches!(loaded, Ok(Ok(()))) {
+            // A state it cannot take is never a silent fresh start: what follows would be
+            // handled on the wrong state.
+            let reason = format!(
+                "its `load-state` did not take its committed state of {} bytes",
+                state.len()
+            );
+            if let Some(envelope) = core.current.take() {
+                core.dead_letter(envelope, &reason);
+            }
+            return Some(Aftermath::Ended(End::Failed(reason)));
+        }
+    }
+    core.instance = Some(instance);
+    key.activated();
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -1108,7 +1174,7 @@ mod tests {
         let shared = Arc::new(ActorShared::new(
             "bad".into(),
             Capabilities::none(),
-            crate::remote::Exposure::Local,
+            crate::exposure::Exposure::Local,
             1 << 20,
             hostile.clone(),
             crate::timers::ActorTimers::new(
@@ -1125,7 +1191,10 @@ mod tests {
         let queued = (b"panic".len() + 2 * b"count".len()) as u64;
         shared.queued.bytes.store(queued, Ordering::Relaxed);
         shared.queued.messages.store(3, Ordering::Relaxed);
-        let router = crate::routing::Router::new(crate::config::BrokerConfig::default());
+        let router = crate::routing::Router::new(
+            crate::config::BrokerConfig::default(),
+            std::sync::Arc::new(crate::keyed::Keyed::default()),
+        );
         router
             .counters
             .queued_bytes

@@ -1,10 +1,12 @@
 //! The dead-letter record: messages that were accepted but could not be delivered.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use courier_host_core::ComponentId;
+use courier_host_store::{Kind, Store, StoreError};
 
 use crate::text::bounded_text;
 
@@ -126,6 +128,54 @@ impl DeadLetters {
     pub(crate) fn total(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
     }
+}
+
+/// Keep `letter`, a dead letter of a durable component, in `store`, so it is still listed
+/// after a restart. Written on its own task: whoever dead-letters does not wait on the
+/// disk, and a store that refuses it loses only the record, which is logged.
+pub(crate) fn keep(store: &Arc<dyn Store>, letter: &DeadLetter) {
+    let kept = courier_host_store::DeadLetter {
+        sender: letter.sender.to_string(),
+        target: letter.target.to_string(),
+        kind: match letter.kind {
+            MessageKind::Message => Kind::Message,
+            MessageKind::Request => Kind::Request,
+        },
+        payload: Bytes::copy_from_slice(&letter.payload),
+        payload_len: letter.payload_len as u64,
+        reason: letter.reason.clone(),
+        at: letter.at,
+    };
+    let written = store.dead_letter(kept);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(err) = written.await {
+            tracing::warn!(error = %err, "a dead letter of a durable component was not kept in the store");
+        }
+    });
+}
+
+/// The dead letters `store` keeps, oldest first, as the broker lists them.
+pub(crate) async fn kept(store: &dyn Store) -> Result<Vec<DeadLetter>, StoreError> {
+    let kept = store.dead_letters().await?;
+    Ok(kept
+        .letters
+        .into_iter()
+        .map(|letter| DeadLetter {
+            sender: letter.sender.into(),
+            target: letter.target.into(),
+            kind: match letter.kind {
+                Kind::Request => MessageKind::Request,
+                Kind::Message | Kind::Publication => MessageKind::Message,
+            },
+            payload: letter.payload.to_vec(),
+            payload_len: letter.payload_len as usize,
+            reason: letter.reason,
+            at: letter.at,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Durable components: what of them is kept in the store, and when.
 //!
 //! A durable component's messages are appended to the store before their sender hears `Ok`
-//! ([`Router::store_then_enqueue`]), so "accepted" means "stored". Its actor saves its state
+//! (`Router::store_then_enqueue`, in `storing`), so "accepted" means "stored". Its actor saves its state
 //! after every message it handles and commits, once per batch, the positions of the stored
 //! messages it handled together with that state and what its handlers sent, in one
 //! transaction ([`Durable::commit`]). A crash therefore replays, on top of the last
@@ -13,7 +13,7 @@
 //! What the handlers send waits in the component's outbox (`outbox`) until that commit,
 //! then goes out in order, each message to a durable target carrying the sender's
 //! sequence number so that the target's store drops one it already holds. Dead letters of
-//! durable components are kept in the store too ([`keep_dead_letter`]) and listed again
+//! durable components are kept in the store too (`dead_letter::keep`) and listed again
 //! after a restart. Its timers are kept in the store as well, changed with the batch that
 //! changed them: what a handler scheduled or cancelled, and the firings it handled
 //! (`timers` says how).
@@ -35,13 +35,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_host_core::{ComponentId, MessagingError};
-use courier_host_store::{Appended, Batch, Kind, Store, StoreError, StoredOutgoing};
+use courier_host_store::{Batch, Store, StoreError, StoredOutgoing};
 
-use crate::dead_letter::{DeadLetter, MessageKind};
 use crate::mailbox::Envelope;
 use crate::outbox::Outbox;
-use crate::registry::Entry;
-use crate::routing::{Refused, Router, release};
 use crate::timers::ActorTimers;
 
 /// What a durable component's actor and its senders share: the store, and until the actor
@@ -154,54 +151,6 @@ pub(crate) async fn recover(store: &dyn Store, id: &ComponentId) -> Result<Recov
 /// What [`recover`] found: state, unconsumed messages, undelivered outbox.
 pub(crate) type Recovery = (Option<Bytes>, Vec<Envelope>, Vec<StoredOutgoing>);
 
-/// Keep `letter`, a dead letter of a durable component, in `store`, so it is still listed
-/// after a restart. Written on its own task: whoever dead-letters does not wait on the
-/// disk, and a store that refuses it loses only the record, which is logged.
-pub(crate) fn keep_dead_letter(store: &Arc<dyn Store>, letter: &DeadLetter) {
-    let kept = courier_host_store::DeadLetter {
-        sender: letter.sender.to_string(),
-        target: letter.target.to_string(),
-        kind: match letter.kind {
-            MessageKind::Message => Kind::Message,
-            MessageKind::Request => Kind::Request,
-        },
-        payload: Bytes::copy_from_slice(&letter.payload),
-        payload_len: letter.payload_len as u64,
-        reason: letter.reason.clone(),
-        at: letter.at,
-    };
-    let written = store.dead_letter(kept);
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        if let Err(err) = written.await {
-            tracing::warn!(error = %err, "a dead letter of a durable component was not kept in the store");
-        }
-    });
-}
-
-/// The dead letters `store` keeps, oldest first, as the broker lists them.
-pub(crate) async fn kept_dead_letters(store: &dyn Store) -> Result<Vec<DeadLetter>, StoreError> {
-    let kept = store.dead_letters().await?;
-    Ok(kept
-        .letters
-        .into_iter()
-        .map(|letter| DeadLetter {
-            sender: letter.sender.into(),
-            target: letter.target.into(),
-            kind: match letter.kind {
-                Kind::Request => MessageKind::Request,
-                Kind::Message | Kind::Publication => MessageKind::Message,
-            },
-            payload: letter.payload.to_vec(),
-            payload_len: letter.payload_len as usize,
-            reason: letter.reason,
-            at: letter.at,
-        })
-        .collect())
-}
-
 /// The error of a send that cannot wait (`Broker::send`) to a durable component, which
 /// takes a message only once it is stored; like a store's refusal, `target-crashed` with a
 /// text that starts with `storage:` and says which call waits.
@@ -220,99 +169,4 @@ pub(crate) fn storage_error(target: &ComponentId, err: &StoreError) -> Messaging
     MessagingError::TargetCrashed(crate::text::bounded_text(&format!(
         "storage: component `{target}` could not store the message: {err}"
     )))
-}
-
-impl Router {
-    /// Put `envelope` (a message) in the durable `entry`'s mailbox once the store holds it:
-    /// room in the mailbox is taken first, so nothing is stored that would then be refused;
-    /// the store's answer decides; and only a stored message goes in, naming its position.
-    /// Whatever is refused is counted so and handed back. The message was already counted
-    /// sent and admitted. `seq` is its durable sender's sequence number, if it has one: a
-    /// message the store already holds from that sender is not queued again, and counted
-    /// delivered (its first copy is, or was, handled).
-    pub(crate) async fn store_then_enqueue(
-        self: Arc<Router>,
-        entry: Arc<Entry>,
-        store: Arc<dyn Store>,
-        envelope: Envelope,
-        wait: Option<Duration>,
-        seq: Option<u64>,
-    ) -> Result<(), Refused> {
-        let reserved = match wait {
-            None => entry.try_reserve(),
-            Some(wait) => match tokio::time::timeout(wait, entry.reserve()).await {
-                Ok(Ok(permit)) => Ok(permit),
-                Ok(Err(_)) => Err(false),
-                Err(_) => Err(true),
-            },
-        };
-        let permit = match reserved {
-            Ok(permit) => permit,
-            Err(full) => {
-                self.refused(Some(&entry));
-                let error = if full {
-                    MessagingError::MailboxFull(entry.shared.id.to_string())
-                } else {
-                    crate::routing::closed_error(&entry)
-                };
-                return Err(Refused { error, envelope });
-            }
-        };
-        let envelope = self
-            .charge(&entry, envelope)
-            .inspect_err(|_| self.refused(Some(&entry)))?;
-        let len = envelope.payload().len() as u64;
-        let Envelope::Message {
-            sender,
-            payload,
-            trace,
-            ..
-        } = envelope
-        else {
-            unreachable!("only messages are stored")
-        };
-        let record = crate::outbox::stored_entry(&entry.shared.id, &sender, payload.clone(), seq);
-        let stored = store.append(vec![record]).await;
-        let position = match stored.as_deref() {
-            Ok([appended]) => appended.position(),
-            Ok(_) => None,
-            Err(_) => None,
-        };
-        match (stored, position) {
-            (Ok(appended), None) if seq.is_some() && appended == [Appended::Duplicate] => {
-                drop(permit);
-                release(&entry.shared, &self.counters, 1, len);
-                crate::metrics::bump(&self.counters.delivered);
-                Ok(())
-            }
-            (Ok(_), Some(position)) => {
-                permit.send(Envelope::Message {
-                    sender,
-                    payload,
-                    position: Some(position),
-                    trace,
-                    published: false,
-                });
-                Ok(())
-            }
-            (stored, _) => {
-                drop(permit);
-                release(&entry.shared, &self.counters, 1, len);
-                self.refused(Some(&entry));
-                let error = match stored {
-                    Err(err) => storage_error(&entry.shared.id, &err),
-                    // An entry without a sequence number is never a duplicate, and one
-                    // entry in gives one answer out: a store that says otherwise is broken.
-                    Ok(_) => MessagingError::TargetCrashed(format!(
-                        "storage: component `{}`: the store did not say where it kept the message",
-                        entry.shared.id
-                    )),
-                };
-                Err(Refused {
-                    error,
-                    envelope: Envelope::traced(sender, payload, trace.map(|trace| *trace)),
-                })
-            }
-        }
-    }
 }

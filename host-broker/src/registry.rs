@@ -8,15 +8,15 @@ use std::time::Instant;
 use courier_host_core::guest_log::LineBudget;
 use courier_host_core::{Component, ComponentId};
 use tokio::sync::mpsc::error::{SendError, TrySendError};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::actor::Actor;
 use crate::capabilities::Capabilities;
+use crate::exposure::Exposure;
 use crate::handoff::HandOff;
 use crate::mailbox::Envelope;
-use crate::metrics::{BrokerCounters, Metrics};
-use crate::remote::Exposure;
+use crate::metrics::{BrokerCounters, Histogram, Metrics};
 use crate::timers::{ActorTimers, Doorbell, Ring};
 use crate::upgrade::UpgradeOrder;
 
@@ -86,7 +86,7 @@ pub(crate) struct ActorShared {
     /// The store it is kept in, if it is durable.
     pub(crate) durable: Option<crate::durable::Durable>,
     /// Its keyed component, if it is a key of one.
-    pub(crate) keyed: Option<crate::keyed::KeyOf>,
+    pub(crate) keyed: Option<KeyOf>,
     /// Where its handler calls' spans go, if the broker records any.
     pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
     /// Where its core waits while the actor is idle, for a request to borrow.
@@ -102,6 +102,79 @@ pub(crate) struct ActorShared {
     /// Wakes an actor waiting in a handler call or a restart backoff when the drain
     /// deadline is set, so it can watch for it.
     draining: Notify,
+}
+
+/// What an active key's shared state holds of its keyed component: when it was last used,
+/// for the component's LRU and idle sweep, and what its instance waits for before it is
+/// made.
+pub(crate) struct KeyOf {
+    /// Its keyed component's epoch: `last_used` counts microseconds from it.
+    epoch: Instant,
+    /// Microseconds from the epoch to the last send to it.
+    last_used: AtomicU64,
+    /// When its entry was made.
+    made: Instant,
+    /// The actor of the same key that was being put away when this one was made; its
+    /// instance is made only once that one has ended (closed when it has).
+    predecessor: Mutex<Option<watch::Receiver<()>>>,
+    /// Its keyed component's activation latencies, which its instance's making records.
+    activation_latency: Arc<Histogram>,
+}
+
+impl KeyOf {
+    pub(crate) fn new(
+        epoch: Instant,
+        activation_latency: Arc<Histogram>,
+        predecessor: Option<watch::Receiver<()>>,
+    ) -> KeyOf {
+        KeyOf {
+            last_used: AtomicU64::new(epoch.elapsed().as_micros() as u64),
+            epoch,
+            made: Instant::now(),
+            predecessor: Mutex::new(predecessor),
+            activation_latency,
+        }
+    }
+
+    /// Mark it used now, for the LRU and the idle sweep: a relaxed store per send.
+    pub(crate) fn touch(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// Microseconds from its component's epoch to its last use.
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// The predecessor it still has to wait for, taken: whoever takes it waits.
+    pub(crate) fn take_predecessor(&self) -> Option<watch::Receiver<()>> {
+        self.predecessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Record that its instance is ready, from when its entry was made.
+    pub(crate) fn activated(&self) {
+        self.activation_latency.record(self.made.elapsed());
+    }
+}
+
+/// Count `messages` out of a mailbox's queued messages and give back their `len` bytes of
+/// its budget and the broker's: they are handled, or were never let in.
+pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, messages: u64, len: u64) {
+    if messages > 0 {
+        // Release: whoever sees the count drop sees what handling them did.
+        shared
+            .queued
+            .messages
+            .fetch_sub(messages, Ordering::Release);
+    }
+    if len > 0 {
+        shared.queued.bytes.fetch_sub(len, Ordering::Relaxed);
+        counters.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
 }
 
 impl ActorShared {

@@ -26,29 +26,13 @@ use tokio::sync::oneshot;
 
 use crate::capabilities::Pattern;
 use crate::dead_letter::MessageKind;
+use crate::exposure::Exposure;
 use crate::ids::MAX_NAME_BYTES;
 use crate::mailbox::Envelope;
 use crate::metrics::bump;
 use crate::registry::{ActorShared, Entry};
 use crate::routing::{Router, closed_error};
 use crate::text::bounded;
-
-/// Whether other hosts may reach a component ([`ComponentSpec::expose`](crate::ComponentSpec::expose)).
-///
-/// Deny by default: a component is reachable only from its own host unless its spec says
-/// otherwise.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Exposure {
-    /// Only components and the host on this host reach it.
-    #[default]
-    Local,
-    /// Other hosts reach it too. Its id is served by this host alone: a lattice refuses to
-    /// serve an id another host already serves.
-    Lattice,
-    /// Other hosts reach it, and other hosts may serve the same id: each message goes to
-    /// one of them. Per-sender order is not kept across replicas.
-    Replicated,
-}
 
 /// A component as a lattice needs to know it: whether other hosts may reach it, and the
 /// topics it hears.
@@ -107,10 +91,19 @@ pub trait Remote: Send + Sync + 'static {
     /// Where the key `key` of the keyed component `component` runs, when `component` is
     /// served by several hosts ([`Exposure::Replicated`]): asked before every send to such
     /// a key, so it must be quick. A remote that does not place keys keeps them here.
-    fn place(&self, component: &str, key: &str) -> crate::Placement {
+    fn place(&self, component: &str, key: &str) -> Placement {
         let _ = (component, key);
-        crate::Placement::Here
+        Placement::Here
     }
+}
+
+/// Where a key runs, as the attached [`Remote`] places it ([`Remote::place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On this host.
+    Here,
+    /// On another host, named.
+    Elsewhere(String),
 }
 
 /// A remote send the [`Remote`] did not take, with the message, whose sender hears `error`.
@@ -420,7 +413,7 @@ impl Router {
         let (entry, misplaced) = match registered {
             Some(entry) => (Some(entry), None),
             None if !self.is_shutting_down() && target.len() <= MAX_NAME_BYTES => {
-                match self.keyed.activate_arrival(self, target) {
+                match self.keys.activate_arrival(self, target) {
                     Some(Ok(entry)) => (Some(entry), None),
                     Some(Err(refusal)) => (None, Some(refusal)),
                     None => (None, None),
@@ -550,9 +543,11 @@ pub(crate) fn served_of(shared: &ActorShared) -> Option<Served> {
         return None;
     }
     let subscriptions = shared.capabilities.subscribe_patterns().to_vec();
-    (shared.exposure != crate::Exposure::Local || !subscriptions.is_empty()).then(|| Served {
-        id: shared.id.clone(),
-        exposure: shared.exposure,
-        subscriptions,
+    (shared.exposure != crate::exposure::Exposure::Local || !subscriptions.is_empty()).then(|| {
+        Served {
+            id: shared.id.clone(),
+            exposure: shared.exposure,
+            subscriptions,
+        }
     })
 }

@@ -21,7 +21,7 @@ use crate::error::SendError;
 use crate::ids::MAX_NAME_BYTES;
 use crate::mailbox::Envelope;
 use crate::metrics::{BrokerCounters, bump};
-use crate::registry::{ActorShared, ComponentState, Entry, Registry};
+use crate::registry::{ComponentState, Entry, Registry, release};
 use crate::remote::{Remote, RemoteMessage, RemoteRefusal, RemoteSlot};
 use crate::text::bounded;
 
@@ -102,6 +102,30 @@ pub(crate) enum Target {
     Remote(Arc<dyn Remote>),
 }
 
+/// Keyed components as the router sees them: the keys it makes on their first message, and
+/// the keys other hosts run. Implemented by `keyed`, which sits above the router and holds
+/// the components' templates; the broker gives it to the router when it makes both.
+pub(crate) trait Keys: Send + Sync {
+    /// The entry for `target`, made now if `target` is `<keyed component>/<key>`: `None` if
+    /// it is no keyed component's, an error naming the component and key if the key is
+    /// refused or the broker is shutting down.
+    fn activate(&self, router: &Router, target: &str)
+    -> Option<Result<Arc<Entry>, MessagingError>>;
+
+    /// The entry of `target` for what another host sent it: as [`activate`](Self::activate),
+    /// but only for a key of a component placed over the hosts that serve it and placed
+    /// here (the refusal if it is placed on another host).
+    fn activate_arrival(
+        &self,
+        router: &Router,
+        target: &str,
+    ) -> Option<Result<Arc<Entry>, MessagingError>>;
+
+    /// The remote to send `target` to, if it is a key of a component placed over several
+    /// hosts and the remote places it on another host.
+    fn placed_elsewhere(&self, router: &Router, target: &str) -> Option<Arc<dyn Remote>>;
+}
+
 /// The broker's routing state: the registry and what every send is counted in.
 pub(crate) struct Router {
     pub(crate) config: BrokerConfig,
@@ -112,13 +136,13 @@ pub(crate) struct Router {
     /// Other hosts, once a lattice is attached.
     pub(crate) remote: RemoteSlot,
     /// Keyed components, whose keys are made on their first message.
-    pub(crate) keyed: crate::keyed::Keyed,
+    pub(crate) keys: Arc<dyn Keys>,
     /// This router, for the remote messages that end in its counters.
     pub(crate) me: Weak<Router>,
 }
 
 impl Router {
-    pub(crate) fn new(config: BrokerConfig) -> Arc<Router> {
+    pub(crate) fn new(config: BrokerConfig, keys: Arc<dyn Keys>) -> Arc<Router> {
         Arc::new_cyclic(|me| Router {
             dead_letters: Arc::new(DeadLetters::new(config.dead_letter_capacity)),
             config,
@@ -126,7 +150,7 @@ impl Router {
             shutting_down: AtomicBool::new(false),
             counters: Arc::default(),
             remote: RemoteSlot::new(),
-            keyed: crate::keyed::Keyed::default(),
+            keys,
             me: me.clone(),
         })
     }
@@ -180,7 +204,7 @@ impl Router {
         self.check_sender(target, payload_len, access)
             .map_err(|err| (err, None))?;
         // A key another host of the lattice runs; only looked for while one is attached.
-        if let Some(remote) = self.keyed.placed_elsewhere(self, target) {
+        if let Some(remote) = self.keys.placed_elsewhere(self, target) {
             return Ok(Target::Remote(remote));
         }
         if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
@@ -483,7 +507,7 @@ impl Router {
     pub(crate) fn local_entry(&self, target: &str) -> Option<Result<Arc<Entry>, MessagingError>> {
         let entry = match self.registry.get(target) {
             Some(entry) => entry,
-            None => match self.keyed.activate(self, target)? {
+            None => match self.keys.activate(self, target)? {
                 Ok(entry) => entry,
                 Err(error) => return Some(Err(error)),
             },
@@ -511,7 +535,7 @@ impl Router {
         match self.registry.get(id) {
             Some(entry) => Ok(entry),
             None => self
-                .keyed
+                .keys
                 .activate(self, id)
                 .unwrap_or_else(|| Err(MessagingError::TargetNotFound(id.to_string()))),
         }
@@ -597,22 +621,6 @@ impl Router {
             }
         }
         reached
-    }
-}
-
-/// Count `messages` out of a mailbox's queued messages and give back their `len` bytes of
-/// its budget and the broker's: they are handled, or were never let in.
-pub(crate) fn release(shared: &ActorShared, counters: &BrokerCounters, messages: u64, len: u64) {
-    if messages > 0 {
-        // Release: whoever sees the count drop sees what handling them did.
-        shared
-            .queued
-            .messages
-            .fetch_sub(messages, Ordering::Release);
-    }
-    if len > 0 {
-        shared.queued.bytes.fetch_sub(len, Ordering::Relaxed);
-        counters.queued_bytes.fetch_sub(len, Ordering::Relaxed);
     }
 }
 

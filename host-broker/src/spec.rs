@@ -5,7 +5,7 @@ use std::time::Duration;
 use courier_host_core::{Component, ComponentId, DEFAULT_DEADLINE, DEFAULT_MAX_STATE_BYTES};
 
 use crate::capabilities::{Capabilities, Pattern};
-use crate::remote::Exposure;
+use crate::exposure::Exposure;
 use crate::supervisor::Supervision;
 use crate::timers::DEFAULT_MAX_TIMERS;
 
@@ -54,7 +54,7 @@ pub struct ComponentSpec {
     pub(crate) supervision: Supervision,
     pub(crate) max_timers: u32,
     pub(crate) durable: bool,
-    pub(crate) keyed: Option<crate::keyed::Keying>,
+    pub(crate) keyed: Option<crate::keying::Keying>,
 }
 
 impl ComponentSpec {
@@ -205,13 +205,13 @@ impl ComponentSpec {
     /// [`Broker::spawn_keyed`](crate::Broker::spawn_keyed): `<id>/<key>` reaches the
     /// instance of that key, made on its first message and put away as `keying` says. Its
     /// capabilities, limits, supervision and durability apply to each key.
-    pub fn keyed(mut self, keying: crate::keyed::Keying) -> Self {
+    pub fn keyed(mut self, keying: crate::keying::Keying) -> Self {
         self.keyed = Some(keying);
         self
     }
 
     /// How its keys come and go, if it is keyed.
-    pub fn get_keyed(&self) -> Option<crate::keyed::Keying> {
+    pub fn get_keyed(&self) -> Option<crate::keying::Keying> {
         self.keyed
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use courier_host_core::{Component, ComponentId};
 use tokio::sync::oneshot;
 
-use crate::actor::{Aftermath, Core, End, unless_drained};
+use crate::actor::{Aftermath, Core, End, activate_core, unless_drained};
 use crate::error::BrokerError;
 use crate::mailbox::Envelope;
 use crate::registry::{ComponentState, Registry};
@@ -112,7 +112,7 @@ impl Core {
         // durable), so what it holds moves to the new version as for any instance.
         if self.instance.is_none()
             && self.shared.keyed.is_some()
-            && let Some(aftermath) = crate::keyed::activate_core(self).await
+            && let Some(aftermath) = activate_core(self).await
         {
             return Some(aftermath);
         }

@@ -198,8 +198,10 @@ async fn shutdown_ends_in_time_with_a_save_state_that_sleeps_in_a_checkpoint_or_
     let started = Instant::now();
     let report = setup.broker.shutdown(drain).await;
     let took = started.elapsed();
+    // Far under the 30 s the handlers sleep, with room for a loaded machine: what this
+    // checks is that the drain cut them short, not how fast a busy box unwinds.
     assert!(
-        took < drain + 2 * SECOND,
+        took < drain + 10 * SECOND,
         "shutdown took {took:?} with a drain of {drain:?}"
     );
     let upgraded = upgrade.await.unwrap();

@@ -3,7 +3,7 @@
 //!
 //! A guest that logs in a loop could otherwise write hundreds of megabytes a second to the
 //! host's log, and one that writes a newline followed by text shaped like a log line could
-//! pass that text off as another component's. So every line is cut to [`LINE_LIMIT`] bytes,
+//! pass that text off as another component's. So every line is cut to 8 KiB,
 //! control characters and newlines are written escaped (`\n`, `\u{1b}`), and each instance
 //! may write [`LINES_PER_SECOND`] lines a second, in bursts of up to [`BURST`]: past that,
 //! lines are dropped and counted, and a line saying how many were dropped comes before the

@@ -23,7 +23,7 @@ use crate::subject::{Subjects, is_plain_token};
 use crate::wire;
 
 /// Room kept within the server's largest message for what a host adds to a payload: the
-/// envelope (at most [`wire::MAX_ENVELOPE`] bytes) and the headers of an answer (a host
+/// envelope (at most `wire::MAX_ENVELOPE` bytes) and the headers of an answer (a host
 /// name and an error's text of at most 1 KiB) take less than this.
 pub const HEADER_ROOM: usize = 2048;
 

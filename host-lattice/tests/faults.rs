@@ -147,9 +147,9 @@ async fn a_server_failover_while_both_hosts_live_loses_and_repeats_nothing() {
     let b = receiver("b", &servers[1].url()).await;
     a.sees("pong").await;
 
-    // One burst of 50,000; A's server is killed while at least 200 of them wait for
-    // their acknowledgements, so some are on the dead server (or their acknowledgements
-    // are) and the failover has to send them again.
+    // One burst of 50,000; A's server is frozen while at least 200 of them wait for their
+    // acknowledgements, then killed, so what it held then (messages, or acknowledgements
+    // on their way back) dies with it and the failover has to send them again.
     const BURSTS: u64 = 1;
     const BURST: u64 = 50_000;
     a.broker
@@ -164,6 +164,9 @@ async fn a_server_failover_while_both_hosts_live_loses_and_repeats_nothing() {
         );
         tokio::time::sleep(Duration::from_micros(100)).await;
     }
+    servers[0].freeze();
+    // What host A writes meanwhile piles up unread on the frozen server.
+    tokio::time::sleep(SECOND / 5).await;
     servers[0].kill();
     a.settles().await;
     assert!(b.broker.quiesce(10 * SECOND).await);

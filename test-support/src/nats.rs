@@ -187,6 +187,32 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open, so neither its clients nor its
+    /// routes notice, but nothing sent to it is read, forwarded or answered until it is
+    /// [killed](NatsServer::kill) (SIGKILL ends a stopped process too) or
+    /// [thawed](NatsServer::thaw). A test that needs messages caught on a server when it dies
+    /// freezes it first, so that they are. Does nothing if it is not running.
+    pub fn freeze(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a [frozen](NatsServer::freeze) server go on (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        if let Some(child) = &self.child
+            && let Ok(pid) = libc::pid_t::try_from(child.id())
+        {
+            // SAFETY: `kill` takes any pid and signal and touches no memory of ours; the pid
+            // is our own child's, not yet waited for, so it names no other process.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
     /// Starts the server again, killing it first if it runs, on the same client, monitoring
     /// and cluster ports with the same options and routes; returns once it greets clients. In
     /// a cluster, [`NatsServer::wait_for_routes`] waits for its routes to come back.

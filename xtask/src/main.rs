@@ -356,12 +356,15 @@ fn ensure_guest_target() -> TaskResult {
 /// it. A step fails if the command cannot start or exits unsuccessfully; the error names it.
 fn run(step: &str, mut command: Command) -> TaskResult {
     println!("==> {step}");
+    let started = std::time::Instant::now();
     let status = command.status().map_err(|e| {
         format!(
             "step `{step}` could not start `{}`: {e}",
             command.get_program().display()
         )
     })?;
+    // Each step's time, so a slow run shows which step to look at.
+    println!("<== {step}: {:.0} s", started.elapsed().as_secs_f64());
     if status.success() {
         Ok(())
     } else {

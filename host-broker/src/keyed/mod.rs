@@ -19,19 +19,17 @@
 //! retired once it has counted its message, takes it back and goes to the successor
 //! (`Router::enqueue`).
 //!
-//! `broker` holds the public face: registering a keyed component, upgrading it, its metrics;
+//! `register` makes a keyed component's template and registers it, and reports it;
 //! `placement` where a key runs when several hosts of a lattice serve its component;
 //! `recovery` how a durable one's keys get back what a crash left stored; `wakeups` how a
 //! durable key put away is woken by its timers; `stop` how a keyed component stops with all
 //! its keys.
 
-mod broker;
 mod placement;
 mod recovery;
+mod register;
 mod stop;
 mod wakeups;
-
-pub use placement::Placement;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,110 +40,17 @@ use courier_host_core::{ComponentId, InstanceOptions, MessagingError};
 use courier_host_store::Store;
 use tokio::sync::watch;
 
-use crate::actor::{Aftermath, Core, End};
+use crate::actor::Core;
+use crate::keying::{Keying, check_key};
 use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
 use crate::metrics::{Histogram, LatencySummary};
-use crate::registry::{ActorShared, Entry, Insert};
-use crate::routing::Router;
+use crate::registry::{ActorShared, Entry, Insert, KeyOf};
+use crate::remote::{Placement, Remote};
+use crate::routing::{Keys, Router};
 use crate::spec::ComponentSpec;
 use crate::supervisor::RestartHistory;
 use crate::timers::{ActorTimers, TimerLimits, TimerWheel};
-
-/// The longest key, in bytes. With the component id and the `/`, a key's id stays within
-/// [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES); 128 holds a UUID, a hash in hex or a composite
-/// key with room to spare.
-pub const MAX_KEY_BYTES: usize = 128;
-
-/// How long a key may go without a message before it is put away, by default: five minutes.
-///
-/// Orleans keeps a grain 15 minutes, Dapr an actor 60, Akka's sharding 2. A Courier instance
-/// is cheap to make again (microseconds from the pooled, pre-instantiated component) but holds
-/// a pool slot and its linear memory while active, so a shorter window than Orleans' or Dapr's
-/// costs little and frees slots sooner; five minutes still covers the think time of a person
-/// between two clicks, the case a keyed cart or session is for, which Akka's two cut short.
-pub const DEFAULT_IDLE: Duration = Duration::from_secs(5 * 60);
-
-/// How many keys of one component may be active at once, by default. Each holds an instance
-/// (a pool slot and its memory); the engine's pool is the hard bound, this the soft one that
-/// puts the least recently used away first.
-pub const DEFAULT_MAX_ACTIVE: usize = 10_000;
-
-/// The shortest idle timeout [`Broker::spawn_keyed`](crate::Broker::spawn_keyed) accepts: shorter would make the sweep
-/// that looks for idle keys run more often than it is worth.
-pub const MIN_IDLE: Duration = Duration::from_millis(10);
-
-/// How a keyed component's instances come and go ([`ComponentSpec::keyed`]).
-///
-/// ```
-/// use std::time::Duration;
-/// use courier_host_broker::Keying;
-///
-/// let keying = Keying::default().idle(Duration::from_secs(60)).max_active(1_000);
-/// assert_eq!(keying.get_max_active(), Some(1_000));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keying {
-    idle: Duration,
-    max_active: Option<usize>,
-}
-
-impl Default for Keying {
-    fn default() -> Self {
-        Keying {
-            idle: DEFAULT_IDLE,
-            max_active: None,
-        }
-    }
-}
-
-impl Keying {
-    /// Put a key away once it has had no message for `idle` ([`DEFAULT_IDLE`] by default; at
-    /// least [`MIN_IDLE`]).
-    pub fn idle(mut self, idle: Duration) -> Self {
-        self.idle = idle;
-        self
-    }
-
-    /// Keep at most `max_active` keys active (at least 1, at most the engine's pool of
-    /// instances, since each active key holds one): beyond it the least recently used are
-    /// put away first. By default [`DEFAULT_MAX_ACTIVE`] or seven eighths of the pool,
-    /// whichever is smaller, which leaves slots for keys being put away and other
-    /// components.
-    pub fn max_active(mut self, max_active: usize) -> Self {
-        self.max_active = Some(max_active);
-        self
-    }
-
-    /// The idle timeout.
-    pub fn get_idle(&self) -> Duration {
-        self.idle
-    }
-
-    /// The most keys active at once, if it was set.
-    pub fn get_max_active(&self) -> Option<usize> {
-        self.max_active
-    }
-}
-
-/// Why a key is refused, if it is: empty, longer than [`MAX_KEY_BYTES`], or holding a
-/// character other than an ASCII letter, a digit, `-`, `_` or `.` (a key is one segment of
-/// an id, and these are the characters ids and URLs carry without escaping).
-pub fn check_key(key: &str) -> Result<(), &'static str> {
-    if key.is_empty() {
-        return Err("it is empty");
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err("it is longer than 128 bytes");
-    }
-    if !key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err("only letters, digits, `-`, `_` and `.` are allowed");
-    }
-    Ok(())
-}
 
 /// One keyed component's counters, over all its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +91,7 @@ pub(crate) struct Template {
     spec: Mutex<ComponentSpec>,
     keying: Keying,
     /// `Replicated`: its keys are placed over the hosts of a lattice that serve it.
-    exposure: crate::Exposure,
+    exposure: crate::exposure::Exposure,
     store: Option<Arc<dyn Store>>,
     timer_wheel: Arc<TimerWheel>,
     runtime: tokio::runtime::Handle,
@@ -199,13 +104,13 @@ pub(crate) struct Template {
     /// active ones (at least 64, so a small bound does not throttle), within the slots of
     /// the pool the active keys leave.
     max_passivating: usize,
-    keys: Mutex<Keys>,
+    keys: Mutex<InMemory>,
     activations: AtomicU64,
     passivations: AtomicU64,
     /// Keys chosen to be put away whose actors have not ended yet: they still hold their
     /// instances, so new keys wait while there are many (see [`Template::activate`]).
     passivating: AtomicUsize,
-    activation_latency: Histogram,
+    activation_latency: Arc<Histogram>,
     /// Delivered and failed counts of keys put away, so the totals survive them.
     retired_delivered: AtomicU64,
     retired_failed: AtomicU64,
@@ -218,30 +123,10 @@ pub(crate) struct Template {
 
 /// A template's keys in memory: the active ones and the ones being put away.
 #[derive(Default)]
-struct Keys {
+struct InMemory {
     active: HashMap<ComponentId, Arc<Entry>>,
     /// Closed (the sender dropped) when the key's old actor has ended.
     ending: HashMap<ComponentId, watch::Receiver<()>>,
-}
-
-/// What an active key's shared state holds of its keyed component.
-pub(crate) struct KeyOf {
-    template: Arc<Template>,
-    /// Microseconds from the template's epoch to the last send to it.
-    last_used: AtomicU64,
-    /// When its entry was made.
-    made: Instant,
-    /// The actor of the same key that was being put away when this one was made; its
-    /// instance is made only once that one has ended.
-    predecessor: Mutex<Option<watch::Receiver<()>>>,
-}
-
-impl KeyOf {
-    /// Mark it used now, for the LRU and the idle sweep: a relaxed store per send.
-    pub(crate) fn touch(&self) {
-        let now = self.template.epoch.elapsed().as_micros() as u64;
-        self.last_used.store(now, Ordering::Relaxed);
-    }
 }
 
 impl Keyed {
@@ -268,11 +153,13 @@ impl Keyed {
             .and_then(|(component, _)| self.template(component))
             .is_some_and(|template| template.store.is_some())
     }
+}
 
+impl Keys for Keyed {
     /// The entry for `target`, made now if `target` is `<keyed component>/<key>`: `None` if
     /// it is no keyed component's, an error naming the component and key if the key is
     /// refused or the broker is shutting down.
-    pub(crate) fn activate(
+    fn activate(
         &self,
         router: &Router,
         target: &str,
@@ -290,6 +177,42 @@ impl Keyed {
         }
         let router = router.me.upgrade()?;
         Some(template.activate(&router, target, Stored::default()))
+    }
+
+    /// The entry of `target` for what another host sent it, made now if `target` is a key
+    /// of a component placed over the hosts that serve it and placed here: `None` if it is
+    /// not such a key, the refusal if it is placed on another host.
+    fn activate_arrival(
+        &self,
+        router: &Router,
+        target: &str,
+    ) -> Option<Result<Arc<Entry>, MessagingError>> {
+        let (component, _) = target.split_once('/')?;
+        if !self.template(component)?.is_placed() {
+            return None;
+        }
+        self.activate(router, target)
+    }
+
+    /// The remote to send `target` to, if it is a key of a component placed over several
+    /// hosts and the remote places it on another host. A key of it still active here is put
+    /// away: its host changed.
+    fn placed_elsewhere(&self, router: &Router, target: &str) -> Option<Arc<dyn Remote>> {
+        let remote = router.remote.get()?;
+        let (component, key) = target.split_once('/')?;
+        let template = self.template(component)?;
+        if !template.is_placed() {
+            return None;
+        }
+        match remote.place(component, key) {
+            Placement::Here => None,
+            Placement::Elsewhere(_) => {
+                if let Some(router) = router.me.upgrade() {
+                    template.release_one(&router, target);
+                }
+                Some(remote)
+            }
+        }
     }
 }
 
@@ -355,7 +278,7 @@ impl Template {
     /// Take the least recently used keys out of the active ones, enough to be a little
     /// under the bound, so the scan (linear in the active keys) runs once per many
     /// activations rather than once for each.
-    fn least_recently_used(&self, keys: &mut Keys) -> Vec<Arc<Entry>> {
+    fn least_recently_used(&self, keys: &mut InMemory) -> Vec<Arc<Entry>> {
         let max = self.max_active;
         let excess = keys.active.len() - max + (max / 32).min(keys.active.len() - 1);
         let mut by_use: Vec<(u64, ComponentId)> = keys
@@ -371,7 +294,7 @@ impl Template {
             .collect()
     }
 
-    /// The entry of key `id`, its core parked without an instance: [`activate_core`] makes
+    /// The entry of key `id`, its core parked without an instance: [`activate_core`](crate::actor::activate_core) makes
     /// it, from the template's component of the moment, when the first call needs it.
     fn make_entry(
         self: &Arc<Self>,
@@ -420,15 +343,14 @@ impl Template {
             .zip(outbox.clone())
             .map(|(store, outbox)| crate::durable::Durable::new(store, stored.messages, outbox));
         shared.telemetry = router.config.telemetry.clone();
-        shared.keyed = Some(KeyOf {
-            template: self.clone(),
-            last_used: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
-            made: Instant::now(),
-            predecessor: Mutex::new(predecessor),
-        });
+        shared.keyed = Some(KeyOf::new(
+            self.epoch,
+            self.activation_latency.clone(),
+            predecessor,
+        ));
         let shared = Arc::new(shared);
         if let Some(durable) = &shared.durable {
-            self.runtime.spawn(crate::outbox::dispatch(
+            self.runtime.spawn(crate::dispatch::dispatch(
                 Arc::downgrade(router),
                 Arc::downgrade(&shared),
                 durable.outbox.clone(),
@@ -504,12 +426,7 @@ impl Template {
         // and its successor waits for it alone (the ending it finds is this one's): this one
         // has not ended until that one has, or the successor could load a durable state
         // before that one's last commit, or handle a message before those sent earlier.
-        let predecessor = shared.keyed.as_ref().and_then(|key| {
-            key.predecessor
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-        });
+        let predecessor = shared.keyed.as_ref().and_then(KeyOf::take_predecessor);
         if let Some(mut predecessor) = predecessor {
             while predecessor.changed().await.is_ok() {}
         }
@@ -547,7 +464,7 @@ impl Template {
 
     /// Put away every key idle for the template's timeout.
     fn sweep(self: &Arc<Self>, router: &Arc<Router>) {
-        let idle = self.keying.idle.as_micros() as u64;
+        let idle = self.keying.get_idle().as_micros() as u64;
         let now = self.epoch.elapsed().as_micros() as u64;
         let victims: Vec<Arc<Entry>> = {
             let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
@@ -608,81 +525,7 @@ impl Drop for Decrement<'_> {
 }
 
 fn last_used(entry: &Entry) -> u64 {
-    entry
-        .shared
-        .keyed
-        .as_ref()
-        .map_or(0, |key| key.last_used.load(Ordering::Relaxed))
-}
-
-/// Make the instance of a key's core that has none yet, once the key's predecessor (if it
-/// was being put away) has ended; a durable key's instance starts from its committed state.
-/// What a failure leaves goes back as after any call: the message in hand is dead-lettered
-/// with the reason, and the supervision decides what follows.
-pub(crate) async fn activate_core(core: &mut Core) -> Option<Aftermath> {
-    let key = core.shared.keyed.as_ref()?;
-    let predecessor = key
-        .predecessor
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if let Some(mut predecessor) = predecessor {
-        // Ends with an error once the predecessor's passivation drops its sender.
-        while predecessor.changed().await.is_ok() {}
-    }
-    let (template, made) = (key.template.clone(), key.made);
-    if let Some(durable) = &core.shared.durable {
-        match crate::durable::recover(&*durable.store, &core.shared.id).await {
-            // Only the state: what a crash left unconsumed or unsent was taken at the
-            // component's registration (`recovery`), and what is unconsumed now is in this
-            // key's mailbox already (stored, then queued) or its predecessor's, which has
-            // handled it; an outbox still pending is its predecessor's dispatcher's to send.
-            Ok((state, _unconsumed, _unsent)) => {
-                core.checkpoint = state.map(|state| (state.to_vec(), Instant::now()));
-                // Its timers, kept while it was put away: one due meanwhile fires now.
-                match durable.store.timers(&core.shared.id).await {
-                    Ok(timers) => core.shared.timers.restore(timers),
-                    Err(err) => {
-                        tracing::error!(component = %core.shared.id, error = %err, "its stored timers could not be read: they stay stored, not armed");
-                    }
-                }
-            }
-            Err(err) => {
-                let reason = format!("its state could not be read from the store: {err}");
-                if let Some(envelope) = core.current.take() {
-                    core.dead_letter(envelope, &reason);
-                }
-                return Some(Aftermath::Ended(End::Failed(reason)));
-            }
-        }
-    }
-    let mut instance = match core.component.instantiate(core.options.clone()).await {
-        Ok(instance) => instance,
-        Err(err) => {
-            if let Some(envelope) = core.current.take() {
-                core.dead_letter(envelope, &format!("its instance could not be made: {err}"));
-            }
-            return Some(Aftermath::Trapped(err));
-        }
-    };
-    if let Some((state, _)) = &core.checkpoint {
-        let loaded = instance.load_state(state).await;
-        if !matches!(loaded, Ok(Ok(()))) {
-            // A state it cannot take is never a silent fresh start: what follows would be
-            // handled on the wrong state.
-            let reason = format!(
-                "its `load-state` did not take its committed state of {} bytes",
-                state.len()
-            );
-            if let Some(envelope) = core.current.take() {
-                core.dead_letter(envelope, &reason);
-            }
-            return Some(Aftermath::Ended(End::Failed(reason)));
-        }
-    }
-    core.instance = Some(instance);
-    template.activation_latency.record(made.elapsed());
-    None
+    entry.shared.keyed.as_ref().map_or(0, KeyOf::last_used)
 }
 
 #[cfg(test)]
@@ -711,7 +554,7 @@ mod tests {
     async fn a_sender_holding_a_retired_key_reaches_its_successor() {
         let broker = carts().await;
         let router = broker.router();
-        let stale = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        let stale = router.keys.activate(router, "cart/1").unwrap().unwrap();
         // What a passivation does first: out of the registry, retired.
         router.registry.remove_if_current(&stale.shared).unwrap();
         let message = Envelope::message("host".into(), b"add".to_vec().into());
@@ -739,7 +582,7 @@ mod tests {
     async fn a_sender_holding_a_key_put_away_to_its_end_reaches_its_successor() {
         let broker = carts().await;
         let router = broker.router();
-        let stale = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        let stale = router.keys.activate(router, "cart/1").unwrap().unwrap();
         // The whole of a passivation: out of the registry, retired, stopped, ended.
         router.registry.remove_if_current(&stale.shared).unwrap();
         stale.send(Envelope::Stop).await.unwrap();
@@ -766,8 +609,8 @@ mod tests {
     async fn a_key_put_away_before_its_instance_ends_after_its_predecessor() {
         let broker = carts().await;
         let router = broker.router();
-        let template = router.keyed.template("cart").unwrap();
-        let first = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        let template = broker.keyed().template("cart").unwrap();
+        let first = router.keys.activate(router, "cart/1").unwrap().unwrap();
         // The first half of the first one's passivation, by hand: out of the registry, its
         // ending registered, its actor still running.
         let (first_ended, first_ending) = watch::channel(());
@@ -777,7 +620,7 @@ mod tests {
             router.registry.remove_if_current(&first.shared).unwrap();
             keys.ending.insert("cart/1".into(), first_ending);
         }
-        let second = router.keyed.activate(router, "cart/1").unwrap().unwrap();
+        let second = router.keys.activate(router, "cart/1").unwrap().unwrap();
         template.keys.lock().unwrap().active.remove("cart/1");
         template.passivating.fetch_add(1, Ordering::Relaxed);
         let router_arc = router.me.upgrade().unwrap();

@@ -8,7 +8,7 @@
 //! like any target not registered here, and a key placed here is activated as on one host.
 //!
 //! When the hosts serving the component change, the remote calls
-//! [`Broker::release_moved_keys`]: every active key now placed elsewhere is put away (a
+//! [`Broker::release_moved_keys`](crate::Broker::release_moved_keys): every active key now placed elsewhere is put away (a
 //! durable one saves its state first), handling first what it already queued. What reaches
 //! it while it is being put away goes to the key's new place, or, for what came from
 //! another host that placed the key here, is refused with the host it is placed on now, so
@@ -19,19 +19,10 @@ use std::sync::Arc;
 use courier_host_core::{ComponentId, MessagingError};
 
 use super::{Keyed, Template};
-use crate::broker::Broker;
+use crate::exposure::Exposure;
 use crate::registry::Entry;
-use crate::remote::{Exposure, Remote, Served};
+use crate::remote::{Placement, Served};
 use crate::routing::Router;
-
-/// Where a key runs, as the attached [`Remote`] places it ([`Remote::place`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Placement {
-    /// On this host.
-    Here,
-    /// On another host, named.
-    Elsewhere(String),
-}
 
 impl Template {
     /// Whether this component's keys are placed over the hosts that serve it.
@@ -50,46 +41,6 @@ impl Template {
 }
 
 impl Keyed {
-    /// The remote to send `target` to, if it is a key of a component placed over several
-    /// hosts and the remote places it on another host. A key of it still active here is put
-    /// away: its host changed.
-    pub(crate) fn placed_elsewhere(
-        &self,
-        router: &Router,
-        target: &str,
-    ) -> Option<Arc<dyn Remote>> {
-        let remote = router.remote.get()?;
-        let (component, key) = target.split_once('/')?;
-        let template = self.template(component)?;
-        if !template.is_placed() {
-            return None;
-        }
-        match remote.place(component, key) {
-            Placement::Here => None,
-            Placement::Elsewhere(_) => {
-                if let Some(router) = router.me.upgrade() {
-                    template.release_one(&router, target);
-                }
-                Some(remote)
-            }
-        }
-    }
-
-    /// The entry of `target` for what another host sent it, made now if `target` is a key
-    /// of a component placed over the hosts that serve it and placed here: `None` if it is
-    /// not such a key, the refusal if it is placed on another host.
-    pub(crate) fn activate_arrival(
-        &self,
-        router: &Router,
-        target: &str,
-    ) -> Option<Result<Arc<Entry>, MessagingError>> {
-        let (component, _) = target.split_once('/')?;
-        if !self.template(component)?.is_placed() {
-            return None;
-        }
-        self.activate(router, target)
-    }
-
     /// What a remote attached now serves of the keyed components.
     pub(crate) fn served(&self) -> Vec<Served> {
         self.templates
@@ -123,7 +74,7 @@ impl Keyed {
 
 impl Template {
     /// Put away the key `id` if it is active.
-    fn release_one(self: &Arc<Self>, router: &Arc<Router>, id: &str) {
+    pub(super) fn release_one(self: &Arc<Self>, router: &Arc<Router>, id: &str) {
         let victim = self
             .keys
             .lock()
@@ -161,22 +112,13 @@ impl Template {
     }
 }
 
-impl Broker {
-    /// Whether `id` is a keyed component registered here ([`Broker::spawn_keyed`]).
-    pub fn is_keyed(&self, id: &str) -> bool {
-        self.router().keyed.contains(id)
-    }
-
+impl Keyed {
     /// Put away every active key of the keyed component `id` that the attached remote now
-    /// places on another host (one joined, say): called by a lattice when the hosts that
-    /// serve `id` change. Returns how many keys are being put away.
-    pub fn release_moved_keys(&self, id: &str) -> usize {
-        let router = self.router();
-        let (Some(template), Some(remote), Some(me)) = (
-            router.keyed.template(id),
-            router.remote.get(),
-            router.me.upgrade(),
-        ) else {
+    /// places on another host; returns how many.
+    pub(crate) fn release_moved(&self, router: &Router, id: &str) -> usize {
+        let (Some(template), Some(remote), Some(me)) =
+            (self.template(id), router.remote.get(), router.me.upgrade())
+        else {
             return 0;
         };
         if !template.is_placed() {
@@ -188,11 +130,9 @@ impl Broker {
         })
     }
 
-    /// Put away every active key of the keyed component `id`: called by a lattice this host
-    /// leaves, after which the other hosts place its keys. Returns how many.
-    pub fn release_keys(&self, id: &str) -> usize {
-        let router = self.router();
-        let (Some(template), Some(me)) = (router.keyed.template(id), router.me.upgrade()) else {
+    /// Put away every active key of the keyed component `id`; returns how many.
+    pub(crate) fn release_all(&self, router: &Router, id: &str) -> usize {
+        let (Some(template), Some(me)) = (self.template(id), router.me.upgrade()) else {
             return 0;
         };
         template.release(&me, |_| true)

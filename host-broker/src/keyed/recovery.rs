@@ -18,8 +18,9 @@ use std::time::Duration;
 use courier_host_core::MessagingError;
 use courier_host_store::{Kind, Store};
 
-use super::{Stored, Template, check_key};
+use super::{Stored, Template};
 use crate::error::BrokerError;
+use crate::keying::check_key;
 use crate::routing::Router;
 
 impl Template {

@@ -6,20 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::broker::Broker;
+use super::Keyed;
 use crate::registry::Entry;
 use crate::report::ShutdownReport;
+use crate::routing::Router;
 
-impl Broker {
-    /// Stop the keyed component `id`, if it is one: its template goes first, so a message
-    /// to one of its keys from then on is `target-not-found` (one that reached a key before
-    /// is handled first); then every active key stops as [`Broker::stop`] stops a
-    /// component. A durable key's committed state stays in the store, for the component
-    /// spawned again under the same id. `None` if `id` is no keyed component.
-    pub(crate) async fn stop_keyed(&self, id: &str) -> Option<ShutdownReport> {
-        let router = self.router();
-        let template = router
-            .keyed
+impl Keyed {
+    /// Stop the keyed component `id`, if it is one: its template goes first, so no key of it
+    /// is made from then on; then every active key stops as a component does, and the keys
+    /// being put away are waited for. `None` if `id` is no keyed component.
+    pub(crate) async fn stop(&self, router: &Router, id: &str) -> Option<ShutdownReport> {
+        let template = self
             .templates
             .write()
             .unwrap_or_else(|e| e.into_inner())

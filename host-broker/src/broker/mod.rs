@@ -2,6 +2,8 @@
 //! it reports. Routing lives in `routing`, requests in `request`, the guests' `messaging`
 //! imports in `messaging`.
 
+mod keyed;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use crate::durable::{Durable, recover};
 use crate::error::{BrokerError, SendError};
 use crate::handle::ComponentHandle;
 use crate::ids::{HOST_SENDER, check_id};
+use crate::keyed::Keyed;
 use crate::mailbox::Envelope;
 use crate::messaging::ActorMessaging;
 use crate::metrics::Accounting;
@@ -84,6 +87,8 @@ struct BrokerInner {
     dead_letters_restored: AtomicBool,
     /// The deadlines of every component's timers, and the one task that fires them.
     timer_wheel: Arc<TimerWheel>,
+    /// The keyed components, which the router also holds (as what makes their keys).
+    keyed: Arc<Keyed>,
 }
 
 /// How often the broker's keep-alive timer fires; see [`keep_timer_armed`].
@@ -117,10 +122,12 @@ impl Broker {
 
     /// A broker with the given configuration.
     pub fn with_config(engine: courier_host_core::Engine, config: BrokerConfig) -> Broker {
+        let keyed = Arc::new(Keyed::default());
         Broker {
             inner: Arc::new(BrokerInner {
                 engine,
-                router: Router::new(config),
+                router: Router::new(config, keyed.clone()),
+                keyed,
                 keepalive_started: AtomicBool::new(false),
                 dead_letters_restored: AtomicBool::new(false),
                 timer_wheel: TimerWheel::new(),
@@ -146,6 +153,10 @@ impl Broker {
 
     pub(crate) fn router_weak(&self) -> Weak<Router> {
         Arc::downgrade(&self.inner.router)
+    }
+
+    pub(crate) fn keyed(&self) -> &Keyed {
+        &self.inner.keyed
     }
 
     pub(crate) fn timer_wheel(&self) -> Arc<TimerWheel> {
@@ -183,7 +194,7 @@ impl Broker {
                 reason: "is set: a keyed component is registered with `Broker::spawn_keyed`".into(),
             });
         }
-        if router.keyed.contains(&id) {
+        if self.keyed().contains(&id) {
             return Err(BrokerError::DuplicateId(id));
         }
         check_id(&id).map_err(|reason| BrokerError::InvalidId {
@@ -369,7 +380,7 @@ impl Broker {
             if durable.outbox.is_pending() {
                 tracing::info!(component = %id, "sending again what its outbox had not delivered");
             }
-            tokio::spawn(crate::outbox::dispatch(
+            tokio::spawn(crate::dispatch::dispatch(
                 Arc::downgrade(&self.inner.router),
                 Arc::downgrade(&shared),
                 durable.outbox.clone(),
@@ -453,8 +464,8 @@ impl Broker {
     /// # Ok(()) }
     /// ```
     pub async fn upgrade(&self, id: &str, component: Component) -> Result<Upgraded, BrokerError> {
-        if let Some(template) = self.router().keyed.template(id) {
-            return self.upgrade_keys(template, component).await;
+        if let Some(template) = self.keyed().template(id) {
+            return self.upgrade_keys(&template, component).await;
         }
         upgrade_registered(&self.router().registry, id, component).await
     }
@@ -548,7 +559,7 @@ impl Broker {
             .registry
             .get(target)
             .is_some_and(|entry| entry.shared.durable.is_some())
-            || router.keyed.is_durable_key(target)
+            || self.keyed().is_durable_key(target)
         {
             return Self::stored(router.route_or_store(
                 target,
@@ -668,7 +679,7 @@ impl Broker {
             .iter()
             .filter_map(|entry| served_of(&entry.shared))
             .collect();
-        served.extend(self.router().keyed.served());
+        served.extend(self.keyed().served());
         Ok(served)
     }
 
@@ -763,7 +774,7 @@ impl Broker {
         {
             return;
         }
-        match crate::durable::kept_dead_letters(&**store).await {
+        match crate::dead_letter::kept(&**store).await {
             Ok(kept) => self.router().dead_letters.restore(kept),
             Err(err) => {
                 tracing::warn!(error = %err, "the dead letters kept in the store could not be read; they are not listed");
@@ -858,8 +869,8 @@ impl Broker {
 pub(crate) fn durable_store(
     id: &ComponentId,
     store: Option<&Arc<dyn Store>>,
-    exposure: crate::Exposure,
-    capabilities: &crate::Capabilities,
+    exposure: crate::exposure::Exposure,
+    capabilities: &crate::capabilities::Capabilities,
 ) -> Result<Arc<dyn Store>, BrokerError> {
     let invalid = |reason: &str| BrokerError::InvalidSpec {
         component: id.clone(),
@@ -871,7 +882,7 @@ pub(crate) fn durable_store(
             "is set, but the broker has no store to keep it in (`BrokerConfig::store`)",
         ));
     };
-    if exposure == crate::Exposure::Replicated {
+    if exposure == crate::exposure::Exposure::Replicated {
         return Err(invalid(
             "is set with replicas: each replica keeps its own store, so a durable sender's message sent again could reach another replica, which could not tell it was a copy; expose a durable component to other hosts with one host serving it",
         ));

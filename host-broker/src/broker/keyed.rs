@@ -1,27 +1,28 @@
-//! The broker's face for keyed components: registering one, upgrading its keys, and what
-//! it reports.
+//! The broker's face for keyed components: registering one, upgrading its keys, putting
+//! them away for a lattice, stopping it, and what it reports. What happens to the keys is
+//! `keyed`'s; this checks what the caller asked for and hands it there.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use courier_host_core::{ComponentId, InstanceOptions};
+use courier_host_core::{Component, ComponentId, InstanceOptions};
 
-use super::{DEFAULT_MAX_ACTIVE, KeyedMetrics, MIN_IDLE, Template};
-use crate::broker::{Broker, durable_store};
+use super::{Broker, durable_store};
 use crate::error::BrokerError;
+use crate::exposure::Exposure;
 use crate::ids::check_id;
-use crate::metrics::Histogram;
-use crate::routing::Router;
+use crate::keyed::{KeyedMetrics, Template};
+use crate::keying::{DEFAULT_MAX_ACTIVE, MIN_IDLE};
+use crate::report::ShutdownReport;
 use crate::spec::{ComponentSpec, MAX_MAILBOX_CAPACITY};
+use crate::upgrade::Upgraded;
 
 impl Broker {
     /// Register the keyed component `spec` ([`ComponentSpec::keyed`]): nothing runs yet;
     /// a message, request or timer for `<id>/<key>` makes the instance of that key on its
     /// first arrival, with `<id>/<key>` as its own id (`self-id`). The key must pass
     /// [`check_key`](crate::check_key). Keys are put away when idle or beyond the bound
-    /// ([`Keying`](crate::Keying)); a durable key's state is saved first and loaded on its next activation,
-    /// a key that is not durable starts again from nothing.
+    /// ([`Keying`](crate::Keying)); a durable key's state is saved first and loaded on its
+    /// next activation, a key that is not durable starts again from nothing.
     ///
     /// ```no_run
     /// # async fn run(broker: courier_host_broker::Broker, counter: courier_host_core::Component) {
@@ -74,15 +75,18 @@ impl Broker {
                 format!("is over the most a mailbox may hold, {MAX_MAILBOX_CAPACITY}"),
             ));
         }
-        if keying.idle < MIN_IDLE {
+        if keying.get_idle() < MIN_IDLE {
             return Err(invalid(
                 "idle",
-                format!("of {:?} is under the least, {MIN_IDLE:?}", keying.idle),
+                format!(
+                    "of {:?} is under the least, {MIN_IDLE:?}",
+                    keying.get_idle()
+                ),
             ));
         }
         let pool = self.engine().config().get_max_instances() as usize;
         let max_active = keying
-            .max_active
+            .get_max_active()
             .unwrap_or(DEFAULT_MAX_ACTIVE.min(pool - pool / 8).max(1));
         if max_active == 0 {
             return Err(invalid(
@@ -99,7 +103,7 @@ impl Broker {
             ));
         }
         let keying = keying.max_active(max_active);
-        if spec.exposure == crate::Exposure::Lattice {
+        if spec.exposure == Exposure::Lattice {
             return Err(invalid(
                 "expose",
                 "is `Lattice`: a keyed component reached from other hosts is `Replicated`, its keys placed over the hosts that serve it".into(),
@@ -127,71 +131,8 @@ impl Broker {
                 .instantiate(InstanceOptions::new(format!("{id}/check")))
                 .await?,
         );
-        let exposure = spec.exposure;
-        let template = Arc::new(Template {
-            id: id.clone(),
-            spec: Mutex::new(spec),
-            keying,
-            exposure,
-            store,
-            timer_wheel: self.timer_wheel(),
-            runtime: tokio::runtime::Handle::current(),
-            epoch: Instant::now(),
-            max_active,
-            max_passivating: (max_active / 8)
-                .max(64)
-                .min(pool.saturating_sub(max_active))
-                .max(1),
-            keys: Mutex::default(),
-            activations: AtomicU64::new(0),
-            passivations: AtomicU64::new(0),
-            passivating: AtomicUsize::new(0),
-            activation_latency: Histogram::new(),
-            retired_delivered: AtomicU64::new(0),
-            retired_failed: AtomicU64::new(0),
-            warned: AtomicBool::new(false),
-            wakeups: Arc::default(),
-        });
-        if router.keyed.contains(&id) || router.registry.contains(&id) {
-            return Err(BrokerError::DuplicateId(id));
-        }
-        // Before any sender can reach a key: what a crash left stored for its keys.
-        if let (Some(store), Some(me)) = (&template.store, router.me.upgrade()) {
-            template.recover_keys(&me, store).await?;
-        }
-        {
-            let mut templates = router
-                .keyed
-                .templates
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            if templates.contains_key(&id) || router.registry.contains(&id) {
-                return Err(BrokerError::DuplicateId(id));
-            }
-            templates.insert(id.clone(), template.clone());
-        }
-        if let Some(remote) = router.remote.get()
-            && let Some(served) = template.served()
-            && let Err(reason) = remote.serve(served).await
-        {
-            router
-                .keyed
-                .templates
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            return Err(BrokerError::Remote {
-                component: id,
-                reason,
-            });
-        }
-        tokio::spawn(sweep_idle(Arc::downgrade(&template), self.router_weak()));
-        tokio::spawn(super::wakeups::wake_keys(
-            Arc::downgrade(&template),
-            self.router_weak(),
-        ));
-        tracing::info!(component = %id, idle = ?keying.idle, max_active, "keyed component registered");
-        Ok(())
+        let template = Template::new(spec, keying, store, self.timer_wheel(), pool);
+        self.keyed().register(&self.inner.router, template).await
     }
 
     /// Upgrade a keyed component: keys made from now on run `component`, and every active
@@ -199,20 +140,12 @@ impl Broker {
     /// lost or reordered). A key put away meanwhile comes back on the new version.
     pub(crate) async fn upgrade_keys(
         &self,
-        template: Arc<Template>,
-        component: courier_host_core::Component,
-    ) -> Result<crate::Upgraded, BrokerError> {
+        template: &Template,
+        component: Component,
+    ) -> Result<Upgraded, BrokerError> {
         let started = Instant::now();
-        let previous = {
-            let mut spec = template.spec.lock().unwrap_or_else(|e| e.into_inner());
-            let previous = spec.component.version().to_string();
-            spec.component = component.clone();
-            previous
-        };
-        let active: Vec<ComponentId> = {
-            let keys = template.keys.lock().unwrap_or_else(|e| e.into_inner());
-            keys.active.keys().cloned().collect()
-        };
+        let previous = template.swap_component(component.clone());
+        let active = template.active_ids();
         let mut failed = Vec::new();
         for key in &active {
             match Box::pin(self.upgrade(key, component.clone())).await {
@@ -225,7 +158,7 @@ impl Broker {
         }
         if !failed.is_empty() {
             return Err(BrokerError::Upgrade {
-                component: template.id.clone(),
+                component: template.id().clone(),
                 reason: format!(
                     "{} of {} active keys kept the old version (new keys get the new one): {}",
                     failed.len(),
@@ -234,8 +167,8 @@ impl Broker {
                 ),
             });
         }
-        Ok(crate::Upgraded {
-            id: template.id.clone(),
+        Ok(Upgraded {
+            id: template.id().clone(),
             previous,
             version: component.version().to_string(),
             state_bytes: None,
@@ -243,21 +176,19 @@ impl Broker {
         })
     }
 
+    /// Stop the keyed component `id`, if it is one: its template goes first, so a message
+    /// to one of its keys from then on is `target-not-found` (one that reached a key before
+    /// is handled first); then every active key stops as [`Broker::stop`] stops a
+    /// component. A durable key's committed state stays in the store, for the component
+    /// spawned again under the same id. `None` if `id` is no keyed component.
+    pub(crate) async fn stop_keyed(&self, id: &str) -> Option<ShutdownReport> {
+        self.keyed().stop(self.router(), id).await
+    }
+
     /// Every keyed component's counters, sorted by id: totals over its keys, never one row
     /// per key.
     pub fn keyed_metrics(&self) -> Vec<KeyedMetrics> {
-        let templates: Vec<Arc<Template>> = self
-            .router()
-            .keyed
-            .templates
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut metrics: Vec<KeyedMetrics> = templates.iter().map(|t| t.metrics()).collect();
-        metrics.sort_by(|a, b| a.id.cmp(&b.id));
-        metrics
+        self.keyed().metrics()
     }
 
     /// The ids of every keyed component, sorted.
@@ -267,37 +198,24 @@ impl Broker {
 
     /// How many keys of the keyed component `id` are active now, if it is one.
     pub fn active_keys(&self, id: &str) -> Option<usize> {
-        let template = self.router().keyed.template(id)?;
-        let active = template
-            .keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .active
-            .len();
-        Some(active)
+        self.keyed().active_keys(id)
     }
-}
 
-/// Put away the template's idle keys every quarter of its timeout (at most every second,
-/// so a long timeout is still kept to within a second or so), for as long as it and the
-/// broker live.
-async fn sweep_idle(template: Weak<Template>, router: Weak<Router>) {
-    let period = match template.upgrade() {
-        Some(template) => {
-            (template.keying.idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
-        }
-        None => return,
-    };
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let (Some(template), Some(router)) = (template.upgrade(), router.upgrade()) else {
-            return;
-        };
-        if router.is_shutting_down() {
-            return;
-        }
-        template.sweep(&router);
+    /// Whether `id` is a keyed component registered here ([`Broker::spawn_keyed`]).
+    pub fn is_keyed(&self, id: &str) -> bool {
+        self.keyed().contains(id)
+    }
+
+    /// Put away every active key of the keyed component `id` that the attached remote now
+    /// places on another host (one joined, say): called by a lattice when the hosts that
+    /// serve `id` change. Returns how many keys are being put away.
+    pub fn release_moved_keys(&self, id: &str) -> usize {
+        self.keyed().release_moved(self.router(), id)
+    }
+
+    /// Put away every active key of the keyed component `id`: called by a lattice this host
+    /// leaves, after which the other hosts place its keys. Returns how many.
+    pub fn release_keys(&self, id: &str) -> usize {
+        self.keyed().release_all(self.router(), id)
     }
 }
