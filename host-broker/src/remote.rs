@@ -354,6 +354,11 @@ impl RemoteSlot {
         }
     }
 
+    /// Whether a remote is attached: one atomic load, for the checks on every send.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
     /// The remote attached now, if any.
     pub(crate) fn get(&self) -> Option<Arc<dyn Remote>> {
         if !self.attached.load(Ordering::Acquire) {

@@ -203,8 +203,11 @@ impl Router {
     ) -> Result<Target, (MessagingError, Option<Arc<Entry>>)> {
         self.check_sender(target, payload_len, access)
             .map_err(|err| (err, None))?;
-        // A key another host of the lattice runs; only looked for while one is attached.
-        if let Some(remote) = self.keys.placed_elsewhere(self, target) {
+        // A key another host of the lattice runs; only looked for while one is attached, so
+        // a host without a lattice pays one load here, not a call.
+        if self.remote.is_attached()
+            && let Some(remote) = self.keys.placed_elsewhere(self, target)
+        {
             return Ok(Target::Remote(remote));
         }
         if let Some(entry) = cache.and_then(|cache| cache.get(target)) {
