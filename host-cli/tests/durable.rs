@@ -417,22 +417,23 @@ impl Moments {
     }
 }
 
-/// Posts `body` to `url` until told to stop or a post goes unanswered (the kill): how many
-/// were answered 202, and whether one went unanswered.
-struct Poster {
+/// Posts `body` to `url` until told to stop or the host stops answering; counts the 202s.
+/// A post that got no answer may or may not have been stored: it ends the loader, and is
+/// counted apart.
+pub(crate) struct Loader {
     accepted: Arc<AtomicU64>,
-    lost: Arc<AtomicBool>,
+    unanswered: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: thread::JoinHandle<()>,
 }
 
-impl Poster {
-    fn start(url: String, body: &'static [u8]) -> Poster {
+impl Loader {
+    pub(crate) fn start(url: String, body: &'static [u8]) -> Loader {
         let accepted = Arc::new(AtomicU64::new(0));
-        let lost = Arc::new(AtomicBool::new(false));
+        let unanswered = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (accepted, lost, stop) = (accepted.clone(), lost.clone(), stop.clone());
+            let (accepted, unanswered, stop) = (accepted.clone(), unanswered.clone(), stop.clone());
             thread::spawn(move || {
                 let agent = client();
                 while !stop.load(Ordering::Relaxed) {
@@ -440,29 +441,36 @@ impl Poster {
                         Ok(response) if response.status().as_u16() == 202 => {
                             accepted.fetch_add(1, Ordering::Relaxed);
                         }
+                        // A full mailbox (ping held up by its outbox while pong is away:
+                        // 429) accepted nothing: wait a little and post again.
+                        Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
+                            thread::sleep(Duration::from_millis(20));
+                        }
                         Ok(response) => panic!("{url} refused: {}", response.status()),
                         Err(_) => {
-                            lost.store(true, Ordering::Relaxed);
+                            unanswered.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
                     }
                 }
             })
         };
-        Poster {
+        Loader {
             accepted,
-            lost,
+            unanswered,
             stop,
             thread,
         }
     }
 
-    /// Stop posting: the 202s counted, and 1 if a post went unanswered.
-    fn finish(self) -> (u64, u64) {
+    /// Stop it; its 202s and its unanswered posts.
+    pub(crate) fn finish(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
-        let accepted = self.accepted.load(Ordering::Relaxed);
-        (accepted, u64::from(self.lost.load(Ordering::Relaxed)))
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.unanswered.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -481,8 +489,8 @@ fn durable_components_killed_twenty_times_count_every_accepted_message_once_in_o
         let base = format!("http://{}", courier.address());
         // One client posts "send ten to pong" to ping, another "+1" to the counter, until
         // the kill cuts them off.
-        let to_ping = Poster::start(format!("{base}/components/ping/messages"), b"10");
-        let to_counter = Poster::start(format!("{base}/components/counter/messages"), b"+1");
+        let to_ping = Loader::start(format!("{base}/components/ping/messages"), b"10");
+        let to_counter = Loader::start(format!("{base}/components/counter/messages"), b"+1");
         let moment = Duration::from_millis(moments.next(800));
         thread::sleep(moment);
         courier.kill();

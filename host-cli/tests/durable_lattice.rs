@@ -5,14 +5,12 @@
 //! on B fed over HTTP counts every 202.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use courier_test_support::nats::NatsServer;
 
-use crate::durable::{Moments, Tally, ask, count, torture_seed};
+use crate::durable::{Loader, Moments, Tally, ask, count, torture_seed};
 use crate::run::{Courier, STOP_TIMEOUT, client, manifest};
 
 /// Host B: the durable pong, exposed to the lattice, and a durable counter fed over HTTP.
@@ -81,63 +79,6 @@ impl Host {
         self.courier.kill();
         thread::sleep(down);
         *self = Host::start(self.manifest.clone());
-    }
-}
-
-/// Posts `body` to `url` until told to stop or the host stops answering; counts the 202s.
-/// A post that got no answer may or may not have been stored: it ends the loader, and is
-/// counted apart.
-struct Loader {
-    accepted: Arc<AtomicU64>,
-    unanswered: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl Loader {
-    fn start(url: String, body: &'static [u8]) -> Loader {
-        let accepted = Arc::new(AtomicU64::new(0));
-        let unanswered = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, unanswered, stop) = (accepted.clone(), unanswered.clone(), stop.clone());
-            thread::spawn(move || {
-                let agent = client();
-                while !stop.load(Ordering::Relaxed) {
-                    match agent.post(&url).send(body) {
-                        Ok(response) if response.status().as_u16() == 202 => {
-                            accepted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // A full mailbox (ping held up by its outbox while pong is away:
-                        // 429) accepted nothing: wait a little and post again.
-                        Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
-                            thread::sleep(Duration::from_millis(20));
-                        }
-                        Ok(response) => panic!("{url} refused: {}", response.status()),
-                        Err(_) => {
-                            unanswered.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        Loader {
-            accepted,
-            unanswered,
-            stop,
-            thread,
-        }
-    }
-
-    /// Stop it; its 202s and its unanswered posts.
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        (
-            self.accepted.load(Ordering::Relaxed),
-            self.unanswered.load(Ordering::Relaxed),
-        )
     }
 }
 
